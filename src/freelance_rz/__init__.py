@@ -1,0 +1,25 @@
+"""freelance_rz: brokerless job distribution. Producers hold jobs; workers pull them.
+
+Public API: :class:`Producer` (a ``concurrent.futures.Executor``), :class:`Worker`, and the
+exceptions below. Everything else is private and may change.
+"""
+
+from .errors import FreelanceError, JobFailed, JobLost, ProtocolError
+from .producer import JobFuture, Producer
+from .tasks import TaskNotAllowed
+from .worker import Worker, WorkerStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FreelanceError",
+    "JobFailed",
+    "JobFuture",
+    "JobLost",
+    "Producer",
+    "ProtocolError",
+    "TaskNotAllowed",
+    "Worker",
+    "WorkerStats",
+    "__version__",
+]

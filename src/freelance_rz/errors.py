@@ -1,0 +1,68 @@
+"""Exceptions of freelance_rz: one root, split into local misuse, wire errors and job outcomes.
+
+Modelled on h11's ``LocalProtocolError``/``RemoteProtocolError`` split: errors are translated
+once, at the boundary where they are detected, into one of these types.
+"""
+
+from __future__ import annotations
+
+
+class FreelanceError(Exception):
+    """Root of every exception freelance_rz raises on purpose."""
+
+
+class ProtocolError(FreelanceError):
+    """A message broke the wire protocol (docs/protocol.md).
+
+    Attributes:
+        code: one of ``protocol.E_*`` (sent back in ERR).
+        message: what was wrong, for logs and ERR.
+        rid: the request id of the offending message when it could be read, else None.
+    """
+
+    def __init__(self, code: int, message: str, rid: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.rid = rid
+
+
+class JobFailed(FreelanceError):
+    """The job ran (or was refused by the worker) and raised; set on the job's Future.
+
+    Attributes:
+        remote_type: the exception's class name on the worker, e.g. ``"ValueError"``, or
+            ``"TaskNotAllowed"``/``"JobProcessDied"`` for errors of the worker itself.
+        remote_message: ``str(exception)`` on the worker.
+        remote_traceback: the formatted traceback on the worker ("" when there is none).
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str) -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.remote_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class JobLost(FreelanceError):
+    """The job was dead-lettered: its leases expired ``max_attempts`` times (each time the
+    worker holding it died or stopped heartbeating), so it is not offered again.
+
+    Attributes:
+        job_id: the producer's id of the job.
+        attempts: how many leases were lost.
+    """
+
+    def __init__(self, job_id: int, attempts: int) -> None:
+        super().__init__(
+            f"job {job_id} dead-lettered after {attempts} lost attempt(s): "
+            "each worker holding it died or stopped heartbeating"
+        )
+        self.job_id = job_id
+        self.attempts = attempts

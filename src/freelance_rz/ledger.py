@@ -1,0 +1,296 @@
+"""The producer's job ledger: states, leases, retries, dead letters, dedupe. Pure.
+
+Theory of operation
+-------------------
+Every job is in exactly one state. The events that move it are in ``TRANSITIONS``; an event
+with no entry for the job's state raises :class:`LedgerError` (a bug, never a wire input:
+wire inputs that do not fit are answered by return values, e.g. a stale lease is "void").
+
+    PENDING  --claim-->    LEASED     a worker holds it under a lease with a deadline
+    LEASED   --beat-->     LEASED     deadline = now + lease_s
+    LEASED   --release-->  PENDING    declined / undeliverable: head of queue, same attempt
+    LEASED   --expire-->   PENDING    deadline passed: head of queue, attempt + 1
+    LEASED   --exhaust-->  DEAD       deadline passed on the last attempt: dead letter
+    LEASED   --succeed/fail--> DONE / FAILED
+    PENDING  --succeed/fail--> DONE / FAILED   (a result from an earlier, expired lease)
+    PENDING  --cancel-->   CANCELLED
+    LEASED   --cancel-->   CANCELLED  (its lease becomes void)
+
+The first result for a job from any lease issued for it (to the worker it was issued to)
+resolves the job; every later or unknown result is "stale": acknowledged and dropped by the
+caller. Terminal jobs (DONE, FAILED, DEAD, CANCELLED) leave the table at once, so memory is
+bounded by live jobs; per-state counters keep the totals.
+
+Pending jobs wait in a FIFO (a deque; cancelled entries are skipped lazily) and lease
+deadlines in a heap (extended deadlines are re-pushed lazily when popped), so every
+operation is O(1) or O(log n) in the number of live jobs. The clock is passed in as ``now``
+(monotonic seconds); nothing here reads it.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+
+class LedgerError(Exception):
+    """An event that is not allowed in the job's current state (a programming error)."""
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: (state, event) -> next state. ``None`` stands for "not in the ledger yet".
+TRANSITIONS: dict[tuple[JobState | None, str], JobState] = {
+    (None, "submit"): JobState.PENDING,
+    (JobState.PENDING, "claim"): JobState.LEASED,
+    (JobState.LEASED, "beat"): JobState.LEASED,
+    (JobState.LEASED, "release"): JobState.PENDING,
+    (JobState.LEASED, "expire"): JobState.PENDING,
+    (JobState.LEASED, "exhaust"): JobState.DEAD,
+    (JobState.LEASED, "succeed"): JobState.DONE,
+    (JobState.LEASED, "fail"): JobState.FAILED,
+    (JobState.PENDING, "succeed"): JobState.DONE,
+    (JobState.PENDING, "fail"): JobState.FAILED,
+    (JobState.PENDING, "cancel"): JobState.CANCELLED,
+    (JobState.LEASED, "cancel"): JobState.CANCELLED,
+}
+TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
+
+
+@dataclass(slots=True)
+class _Job:
+    job_id: int
+    payload: bytes
+    max_attempts: int
+    state: JobState | None = None
+    attempt: int = 1
+    lease_id: int | None = None  # current lease
+    worker: Hashable = None  # holder of the current lease
+    deadline: float = 0.0
+    # every lease ever issued for this job -> its worker (results from these are accepted)
+    issued: dict[int, Hashable] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A job handed to a worker. ``deadline`` in monotonic seconds; ``attempt`` from 1."""
+
+    job_id: int
+    lease_id: int
+    attempt: int
+    payload: bytes
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A lease that ran out. ``dead``: the job was dead-lettered, else it was re-queued."""
+
+    job_id: int
+    lease_id: int
+    attempt: int
+    dead: bool
+
+
+class Ledger:
+    """The job table of one producer.
+
+    Args:
+        lease_s: seconds a lease lives without a heartbeat (> 0).
+        max_attempts: leases a job may lose before it is dead-lettered (>= 1); a job may
+            override it at submit.
+
+    Raises:
+        ValueError: on out-of-range arguments.
+    """
+
+    def __init__(self, *, lease_s: float, max_attempts: int) -> None:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be > 0 seconds, got {lease_s!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self._jobs: dict[int, _Job] = {}
+        self._pending: deque[int] = deque()
+        self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
+        self._lease_job: dict[int, int] = {}  # live lease id -> job id
+        self._rng = random.Random()
+        self.counts: dict[JobState, int] = {state: 0 for state in JobState}
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of live (pending or leased) jobs."""
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def state(self, job_id: int) -> JobState | None:
+        """State of a live job, or None when it is terminal or unknown."""
+        job = self._jobs.get(job_id)
+        return None if job is None else job.state
+
+    def attempt(self, job_id: int) -> int:
+        """The attempt number of a live job (1 for its first lease). Raises KeyError."""
+        return self._jobs[job_id].attempt
+
+    @property
+    def pending(self) -> int:
+        return self.counts[JobState.PENDING]
+
+    def next_deadline(self) -> float | None:
+        """Earliest lease deadline (monotonic seconds), or None. May be early, never late."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def leases_of(self, worker: Hashable) -> list[int]:
+        """Live lease ids held by ``worker`` (O(live leases); for status and tests)."""
+        return [
+            lease_id
+            for lease_id, job_id in self._lease_job.items()
+            if self._jobs[job_id].worker == worker
+        ]
+
+    # --- transitions -----------------------------------------------------------------------
+
+    def _move(self, job: _Job, event: str) -> None:
+        new = TRANSITIONS.get((job.state, event))
+        if new is None:
+            raise LedgerError(f"job {job.job_id}: event {event!r} not allowed in {job.state}")
+        if job.state is not None:
+            self.counts[job.state] -= 1
+        self.counts[new] += 1
+        job.state = new
+        if new in TERMINAL:
+            del self._jobs[job.job_id]
+            self._end_lease(job)
+
+    def _end_lease(self, job: _Job) -> None:
+        if job.lease_id is not None:
+            self._lease_job.pop(job.lease_id, None)
+            job.lease_id = None
+            job.worker = None
+
+    def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None = None) -> None:
+        """Add a job at the tail of the queue.
+
+        Raises:
+            ValueError: ``job_id`` is already live, or ``max_attempts`` < 1.
+        """
+        if job_id in self._jobs:
+            raise ValueError(f"job {job_id} is already in the ledger")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        job = _Job(job_id, payload, max_attempts or self.max_attempts)
+        self._jobs[job_id] = job
+        self._move(job, "submit")
+        self._pending.append(job_id)
+
+    def claim(self, worker: Hashable, now: float) -> Lease | None:
+        """Lease the job at the head of the queue to ``worker``, or None when none is pending."""
+        while self._pending:
+            job = self._jobs.get(self._pending.popleft())
+            if job is None or job.state is not JobState.PENDING:
+                continue  # cancelled or resolved while queued
+            self._move(job, "claim")
+            lease_id = self._rng.getrandbits(63)
+            while lease_id in self._lease_job or lease_id in job.issued:
+                lease_id = self._rng.getrandbits(63)
+            job.lease_id = lease_id
+            job.worker = worker
+            job.deadline = now + self.lease_s
+            job.issued[lease_id] = worker
+            self._lease_job[lease_id] = job.job_id
+            heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
+            return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline)
+        return None
+
+    def _live(self, worker: Hashable, lease_id: int) -> _Job | None:
+        job_id = self._lease_job.get(lease_id)
+        if job_id is None:
+            return None
+        job = self._jobs[job_id]
+        return job if job.worker == worker else None
+
+    def beat(self, worker: Hashable, lease_ids: Iterable[int], now: float) -> list[int]:
+        """Extend ``worker``'s leases to ``now + lease_s``; return the ids that are void
+        (unknown, expired, cancelled, resolved or held by another worker)."""
+        void = []
+        for lease_id in lease_ids:
+            job = self._live(worker, lease_id)
+            if job is None:
+                void.append(lease_id)
+            else:
+                self._move(job, "beat")
+                job.deadline = now + self.lease_s
+        return void
+
+    def release(self, worker: Hashable, job_id: int, lease_id: int) -> bool:
+        """Put a leased job back at the head of the queue with the same attempt (the worker
+        declined it, or the JOB could not be delivered). False when the lease is void."""
+        job = self._live(worker, lease_id)
+        if job is None or job.job_id != job_id:
+            return False
+        del job.issued[lease_id]  # the job never ran under this lease
+        self._end_lease(job)
+        self._move(job, "release")
+        self._pending.appendleft(job_id)
+        return True
+
+    def resolve(self, worker: Hashable, job_id: int, lease_id: int, ok: bool) -> bool:
+        """Take a result. True when it is the first for the job and came under a lease
+        issued for it to this ``worker``: the job is then DONE (``ok``) or FAILED and has left
+        the ledger. False for a stale, duplicate or forged result: change nothing."""
+        job = self._jobs.get(job_id)
+        if job is None or job.issued.get(lease_id, _NOBODY) != worker:
+            return False
+        self._move(job, "succeed" if ok else "fail")
+        return True
+
+    def cancel(self, job_id: int) -> JobState | None:
+        """Cancel a live job. Returns the state it was in (PENDING, or LEASED: its lease is
+        now void and the worker learns so at its next heartbeat), or None if not live."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        was = job.state
+        self._move(job, "cancel")
+        return was
+
+    def expire(self, now: float) -> list[Expired]:
+        """Re-queue (attempt + 1) or dead-letter every job whose lease deadline is <= now."""
+        out = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, lease_id, job_id = heapq.heappop(heap)
+            job = self._jobs.get(job_id)
+            if job is None or job.lease_id != lease_id:
+                continue  # resolved, released or re-leased since
+            if job.deadline > now:  # extended by heartbeats: look again later
+                heapq.heappush(heap, (job.deadline, lease_id, job_id))
+                continue
+            self._end_lease(job)
+            if job.attempt >= job.max_attempts:
+                self._move(job, "exhaust")
+                out.append(Expired(job_id, lease_id, job.attempt, dead=True))
+            else:
+                self._move(job, "expire")
+                job.attempt += 1
+                self._pending.appendleft(job_id)
+                out.append(Expired(job_id, lease_id, job.attempt - 1, dead=False))
+        return out
+
+
+_NOBODY = object()

@@ -1,0 +1,491 @@
+"""Producer: an embedded ``concurrent.futures.Executor`` whose jobs are pulled by workers.
+
+The producer owns one I/O thread. That thread alone touches the ZeroMQ ROUTER "offer" socket
+and the :class:`~freelance_rz.ledger.Ledger`; application threads reach it through a
+thread-safe queue plus a wake-up pipe polled beside the socket (the shape of pyzmq's
+``zmq.auth.thread``: a thread that owns its socket, controlled over a pipe). The thread is a
+thin shell: poll, decode, hand to the ledger, send what it returns, resolve futures.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .discovery import Announcer, local_networks, resolve_interfaces
+from .errors import JobFailed, JobLost, ProtocolError
+from .ledger import Ledger
+from .tasks import task_name
+
+log = logging.getLogger("freelance_rz.producer")
+
+DEFAULT_LEASE_S = 1.0  # C4: a dead worker's job is re-offered within 1 s
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
+RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
+WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
+LINGER_MS = 200  # on close, time given to the last replies to leave
+
+
+class JobFuture(Future):  # type: ignore[type-arg]
+    """A Future of a job. ``job_id`` (int) is the job's id at its producer."""
+
+    job_id: int
+
+
+class Producer(Executor):
+    """Holds jobs and hands them to workers that pull them (a ``concurrent.futures.Executor``).
+
+    Args:
+        group: workers browsing for this group (``--group``) find this producer.
+        interfaces: IPv4 addresses to bind, announce and multicast on. None reads
+            ``$FREELANCE_RZ_INTERFACES`` (comma-separated), else binds and announces on all.
+        port: TCP port of the offer socket; 0 picks a free one.
+        lease_s: seconds a worker holds a job without a heartbeat before it is re-offered.
+        max_attempts: leases a job may lose (worker died or went silent) before it is
+            dead-lettered and its Future fails with :class:`~freelance_rz.JobLost`.
+        announce: False skips mDNS (workers must then ``--connect`` to :attr:`endpoint`).
+
+    Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
+    constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
+    servers (workers) pull from the clients (producers), so there is no broker.
+
+    Raises:
+        ValueError: bad ``interfaces``, ``lease_s`` or ``max_attempts``.
+    """
+
+    def __init__(
+        self,
+        group: str = "default",
+        *,
+        interfaces: list[str] | None = None,
+        port: int = 0,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        announce: bool = True,
+    ) -> None:
+        self.group = group
+        self.interfaces = resolve_interfaces(interfaces)
+        self.port = port
+        self.announce = announce
+        self.producer_id = uuid.uuid4().hex[:16]
+        self._ledger = Ledger(lease_s=lease_s, max_attempts=max_attempts)
+        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._job_ids = itertools.count(1)
+        self._lock = threading.Lock()  # guards start/shutdown state below
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._shutdown = False
+        self._io_closed = False  # the I/O thread has ended; the wake pipe is closed
+        self._endpoints: list[str] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Producer:
+        """Bind the offer socket, announce it on mDNS and start the I/O thread.
+
+        Blocks until announced (mDNS probing takes about 1.5 s). Idempotent.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            zmq.ZMQError, OSError: the socket could not be bound or mDNS could not start.
+        """
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot start a producer after shutdown")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"freelance-producer-{self.producer_id[:6]}",
+                    daemon=True,
+                )
+                self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The bound ROUTER endpoint, e.g. ``"tcp://127.0.0.1:41234"`` (the first one when
+        bound on several interfaces). Raises RuntimeError before :meth:`start`."""
+        if not self._endpoints:
+            raise RuntimeError("the producer is not started: call start() or use 'with'")
+        return self._endpoints[0]
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every bound endpoint (one per interface)."""
+        return list(self._endpoints)
+
+    def __enter__(self) -> Producer:
+        return self.start()
+
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:
+        """Queue ``fn(*args, **kwargs)`` to run on a worker; return its Future.
+
+        Args:
+            fn: a module-level function (sent as ``"module:qualname"``; the worker must have
+                its module in ``--tasks``) or a ``"module:function"`` string.
+            args, kwargs: msgpack-encodable values (None, bool, int, float, str, bytes, and
+                lists/tuples/dicts of them; tuples arrive as lists).
+
+        Returns:
+            A :class:`JobFuture` whose result is the task's return value; it fails with
+            :class:`~freelance_rz.JobFailed` when the task raised or the worker refused it,
+            or :class:`~freelance_rz.JobLost` when it was dead-lettered.
+
+        Raises:
+            TypeError: an argument msgpack cannot encode.
+            ValueError: ``fn`` is not a module-level function or valid task name.
+            RuntimeError: after :meth:`shutdown`.
+        """
+        payload = p.pack_call(task_name(fn), args, kwargs)
+        if self._thread is None:
+            self.start()
+        future = JobFuture()
+        future.job_id = next(self._job_ids)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit after shutdown")
+            self._put("submit", future.job_id, payload, future)
+        future.add_done_callback(self._on_done)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting jobs; the I/O thread ends once every job is resolved.
+
+        Args:
+            wait: block until then (as ``Executor.shutdown``; with no worker serving, this
+                waits for one).
+            cancel_futures: cancel jobs not yet handed to a worker first.
+        """
+        with self._lock:
+            first = not self._shutdown
+            self._shutdown = True
+            if first and self._thread is not None:
+                self._put("shutdown", cancel_futures)
+        if wait and self._thread is not None:
+            self._thread.join()
+
+    def _put(self, *command: Any) -> None:
+        """Hand a command to the I/O thread. Call with ``self._lock`` held."""
+        if self._io_closed:
+            raise RuntimeError("the producer's I/O thread has stopped")
+        self._commands.put(command)
+        os.write(self._wake_w, b"\0")
+
+    def _on_done(self, future: Future[Any]) -> None:
+        if future.cancelled():
+            with self._lock:
+                if not self._io_closed:
+                    self._put("cancel", future.job_id)  # type: ignore[attr-defined]
+
+    # --- the I/O thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        ctx = zmq.Context.instance()
+        announcer = None
+        try:
+            sock = self._bind(ctx)
+            if self.announce:
+                announcer = Announcer(self.producer_id, self.group, self._endpoints, self.interfaces)
+                announcer.start()
+        except BaseException as exc:
+            self._start_error = exc
+            if "sock" in locals():
+                sock.close(0)
+            self._close_pipe()
+            self._started.set()
+            return
+        log.info("producer %s serving on %s", self.producer_id, ", ".join(self._endpoints))
+        self._started.set()
+        loop = _OfferLoop(self, sock)
+        try:
+            loop.run()
+        except BaseException as exc:
+            log.exception("producer I/O thread crashed")
+            for future in loop.futures.values():  # never leave a caller waiting forever
+                if not future.done():
+                    future.set_exception(RuntimeError(f"producer I/O thread crashed: {exc!r}"))
+            raise
+        finally:
+            if announcer is not None:
+                announcer.close()
+            sock.close(LINGER_MS)
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        with self._lock:
+            self._io_closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error on send
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker takes its id back
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        try:
+            if self.interfaces is None:
+                port = self._bind_port(sock, "*", self.port)
+                hosts = [str(n.ip) for n in local_networks()] or ["127.0.0.1"]
+            else:
+                port = self.port
+                for host in self.interfaces:
+                    port = self._bind_port(sock, host, port)
+                hosts = self.interfaces
+        except BaseException:
+            sock.close(0)
+            raise
+        self._endpoints = [f"tcp://{host}:{port}" for host in hosts]
+        return sock
+
+    @staticmethod
+    def _bind_port(sock: zmq.Socket[bytes], host: str, port: int) -> int:
+        if port == 0:
+            return sock.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+
+
+class _OfferLoop:
+    """The producer's I/O loop state: socket, ledger, futures, parked claims."""
+
+    def __init__(self, producer: Producer, sock: zmq.Socket[bytes]) -> None:
+        self.producer = producer
+        self.sock = sock
+        self.ledger = producer._ledger
+        self.lease_ms = int(self.ledger.lease_s * 1000)
+        self.futures: dict[int, JobFuture] = {}
+        # parked claims: FIFO order of arrival, expiry heap, and per-worker index
+        self.parked: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
+        self.parked_heap: list[tuple[float, bytes, int]] = []
+        self.workers_seen: dict[bytes, float] = {}
+        self.closing = False
+        self.started_at = time.monotonic()
+        self.bad_messages = 0
+        self._last_bad_log = 0.0
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.producer._wake_r, zmq.POLLIN)
+        while True:
+            now = time.monotonic()
+            events = dict(poller.poll(self._timeout_ms(now)))
+            now = time.monotonic()
+            if self.producer._wake_r in events:
+                self._drain_commands(now)
+            if self.sock in events:
+                self._drain_socket(now)
+            self._expire(now)
+            self._dispatch(now)
+            if self.closing and not self.ledger:
+                break
+        for identity, rid in list(self.parked):  # let parked workers move on at once
+            self._send(identity, p.NoJob(rid=rid))
+
+    def _timeout_ms(self, now: float) -> int:
+        soonest = self.ledger.next_deadline()
+        if self.parked_heap:
+            first = self.parked_heap[0][0]
+            soonest = first if soonest is None else min(soonest, first)
+        if soonest is None:
+            return 1000
+        return max(0, min(1000, int((soonest - now) * 1000) + 1))
+
+    # --- commands from application threads --------------------------------------------------
+
+    def _drain_commands(self, now: float) -> None:
+        try:
+            while os.read(self.producer._wake_r, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        commands = self.producer._commands
+        while True:
+            try:
+                command = commands.get_nowait()
+            except queue.Empty:
+                return
+            verb = command[0]
+            if verb == "submit":
+                _, job_id, payload, future = command
+                self.futures[job_id] = future
+                self.ledger.submit(job_id, payload)
+            elif verb == "cancel":
+                self.ledger.cancel(command[1])
+                self.futures.pop(command[1], None)
+            elif verb == "shutdown":
+                self.closing = True
+                if command[1]:  # cancel_futures
+                    for future in list(self.futures.values()):
+                        future.cancel()  # pending ones only; their callbacks post "cancel"
+
+    # --- messages from workers --------------------------------------------------------------
+
+    def _drain_socket(self, now: float) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                self._bad(None, ProtocolError(p.E_MALFORMED, "no routing id"))
+                continue
+            identity = frames[0]
+            try:
+                msg = p.decode_request(frames[1:])
+            except ProtocolError as exc:
+                self._bad(identity, exc)
+                continue
+            self.workers_seen[identity] = now
+            self._handle(identity, msg, now)
+
+    def _bad(self, identity: bytes | None, exc: ProtocolError) -> None:
+        self.bad_messages += 1
+        now = time.monotonic()
+        if now - self._last_bad_log > 1.0:  # at most one line a second under a flood
+            self._last_bad_log = now
+            log.warning(
+                "bad message from %r: %s (%d bad so far)", identity, exc.message, self.bad_messages
+            )
+        if identity is not None:
+            self._send(identity, p.Err(rid=exc.rid, code=exc.code, message=exc.message))
+
+    def _handle(self, identity: bytes, msg: p.Request, now: float) -> None:
+        if isinstance(msg, p.Claim):
+            self._claim(identity, msg, now)
+        elif isinstance(msg, p.Result):
+            self._result(identity, msg)
+            if msg.claim is not None:
+                self._claim(identity, msg.claim, now)
+        elif isinstance(msg, p.Beat):
+            void = self.ledger.beat(identity, msg.leases, now)
+            self._send(identity, p.BeatAck(rid=msg.rid, void=tuple(void)))
+        elif isinstance(msg, p.Decline):
+            self.ledger.release(identity, msg.job_id, msg.lease_id)
+            self._send(identity, p.Ack(rid=msg.rid))
+        elif isinstance(msg, p.CancelClaim):
+            self.parked.pop((identity, msg.claim_rid), None)
+            self._send(identity, p.Ack(rid=msg.rid))
+        elif isinstance(msg, p.Bye):
+            for key in [key for key in self.parked if key[0] == identity]:
+                del self.parked[key]
+            self._send(identity, p.Ack(rid=msg.rid))
+        elif isinstance(msg, p.Status):
+            self._send(identity, p.StatusReply(rid=msg.rid, info=self.status(now)))
+
+    def _claim(self, identity: bytes, claim: p.Claim, now: float) -> None:
+        if self._offer(identity, claim.rid, now):
+            return
+        expires_at = now + min(claim.wait_ms, MAX_WAIT_MS) / 1000
+        self.parked[(identity, claim.rid)] = expires_at
+        heapq.heappush(self.parked_heap, (expires_at, identity, claim.rid))
+
+    def _offer(self, identity: bytes, rid: int, now: float) -> bool:
+        """Lease the next job to a claim; False when no job is pending or the worker is gone."""
+        while True:
+            lease = self.ledger.claim(identity, now)
+            if lease is None:
+                return False
+            future = self.futures[lease.job_id]
+            if not future.running() and not future.set_running_or_notify_cancel():
+                self.ledger.cancel(lease.job_id)  # cancelled while its "cancel" was in flight
+                del self.futures[lease.job_id]
+                continue
+            job = p.Job(
+                rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
+                lease_ms=self.lease_ms, payload=lease.payload,
+            )
+            if self._send(identity, job):
+                return True
+            self.ledger.release(identity, lease.job_id, lease.lease_id)
+            return False
+
+    def _result(self, identity: bytes, msg: p.Result) -> None:
+        accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok)
+        self._send(identity, p.Ack(rid=msg.rid))  # ack first: callbacks may be slow
+        if not accepted:
+            log.debug("stale result for job %d dropped", msg.job_id)
+            return
+        future = self.futures.pop(msg.job_id)
+        try:
+            if msg.ok:
+                future.set_result(p.unpack_value(msg.payload))
+            else:
+                future.set_exception(JobFailed(*p.unpack_error(msg.payload)))
+        except ProtocolError as exc:  # a result we cannot read still resolves the Future
+            future.set_exception(exc)
+
+    def _send(self, identity: bytes, msg: p.Reply) -> bool:
+        try:
+            self.sock.send_multipart([identity, *p.encode(msg)], zmq.NOBLOCK)
+            return True
+        except (zmq.Again, zmq.ZMQError) as exc:  # EHOSTUNREACH: the worker is gone
+            log.debug("cannot send to %r: %s", identity, exc)
+            self.workers_seen.pop(identity, None)
+            for key in [key for key in self.parked if key[0] == identity]:
+                del self.parked[key]
+            return False
+
+    # --- time ------------------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        for expired in self.ledger.expire(now):
+            if expired.dead:
+                future = self.futures.pop(expired.job_id)
+                future.set_exception(JobLost(expired.job_id, expired.attempt))
+                log.warning("job %d dead-lettered after %d attempts", expired.job_id, expired.attempt)
+            else:
+                log.info("lease of job %d expired; re-queued", expired.job_id)
+        heap = self.parked_heap
+        while heap and heap[0][0] <= now:
+            _, identity, rid = heapq.heappop(heap)
+            if self.parked.pop((identity, rid), None) is not None:
+                self._send(identity, p.NoJob(rid=rid))
+        if now - min(self.workers_seen.values(), default=now) > WORKER_FORGET_S:
+            self.workers_seen = {
+                k: t for k, t in self.workers_seen.items() if now - t <= WORKER_FORGET_S
+            }
+
+    def _dispatch(self, now: float) -> None:
+        """Hand pending jobs to parked claims, oldest claim first."""
+        while self.parked and self.ledger.pending:
+            (identity, rid), _ = next(iter(self.parked.items()))
+            del self.parked[(identity, rid)]
+            self._offer(identity, rid, now)
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Counts and facts for STATUS."""
+        from . import __version__
+
+        counts = {state.value: n for state, n in self.ledger.counts.items()}
+        return {
+            **counts,
+            "producer_id": self.producer.producer_id,
+            "group": self.producer.group,
+            "workers": len(self.workers_seen),
+            "parked_claims": len(self.parked),
+            "uptime_s": round(now - self.started_at, 3),
+            "version": __version__,
+            "bad_messages": self.bad_messages,
+        }
+

@@ -1,0 +1,405 @@
+"""Wire protocol of freelance_rz: frames, verbs, codec and validation. Pure: no sockets.
+
+Theory of operation
+-------------------
+A worker holds one DEALER socket per producer; a producer holds one ROUTER "offer" socket.
+Every message is three ZeroMQ frames (the ROUTER adds the peer's routing id in front)::
+
+    frame 0  signature  b"FRZ1"  ("FRZ" + protocol version as an ASCII digit)
+    frame 1  verb       ASCII, e.g. b"CLAIM"
+    frame 2  body       a msgpack map with short string keys
+
+Every request carries a request id ``rid`` (unsigned int chosen by the sender); every reply
+echoes it, so one DEALER can have many requests outstanding (zguide ch. 4, "freelance"
+pattern, with request ids instead of REQ lock-step). Job arguments and results travel as
+opaque msgpack ``payload`` bytes: the producer encodes them once at ``submit`` and the worker
+hands them to its job process without decoding them.
+
+``decode_request`` (producer side) and ``decode_reply`` (worker side) validate every field
+and raise :class:`ProtocolError` carrying an error code and, where it could be read, the rid
+so the receiver can answer with :class:`Err`. Unknown extra fields are ignored: a newer
+minor revision may add optional fields; anything else needs a new version digit.
+The full specification is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgpack
+
+from .errors import ProtocolError
+
+VERSION = 1
+SIGNATURE = b"FRZ1"
+
+#: Largest unsigned value accepted in integer fields (ids fit in a signed 64-bit int).
+MAX_UINT = 2**63 - 1
+
+# Error codes carried by ERR (documented in docs/protocol.md, section "Errors").
+E_MALFORMED = 1  #: wrong frame count or undecodable body
+E_VERSION = 2  #: signature/version not spoken here
+E_UNKNOWN_VERB = 3  #: verb not defined, or not valid in this direction
+E_INVALID = 4  #: a field missing or of the wrong type or range
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claim:
+    """Worker -> producer: give me one job for one free slot; park up to ``wait_ms`` ms."""
+
+    rid: int
+    wait_ms: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    """Producer -> worker: the answer to a claim. ``lease_ms``: heartbeat within this many ms."""
+
+    rid: int
+    job_id: int
+    lease_id: int
+    attempt: int
+    lease_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NoJob:
+    """Producer -> worker: a claim's ``wait_ms`` passed (or it was dropped) with no job."""
+
+    rid: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Result:
+    """Worker -> producer: outcome of a lease. ``payload`` is msgpack of the value when ``ok``,
+    else of ``{"type", "message", "traceback"}``. ``claim`` optionally carries the next claim
+    so one round trip both delivers a result and asks for the next job."""
+
+    rid: int
+    job_id: int
+    lease_id: int
+    ok: bool
+    payload: bytes
+    claim: Claim | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ack:
+    """Producer -> worker: request ``rid`` was taken (RESULT, DECLINE, CANCEL_CLAIM, BYE)."""
+
+    rid: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Beat:
+    """Worker -> producer: heartbeat extending the leases named (ids)."""
+
+    rid: int
+    leases: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BeatAck:
+    """Producer -> worker: leases of the BEAT that are void (cancelled, expired, unknown)."""
+
+    rid: int
+    void: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decline:
+    """Worker -> producer: a JOB the worker cannot take now; it returns to the queue head."""
+
+    rid: int
+    job_id: int
+    lease_id: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CancelClaim:
+    """Worker -> producer: drop the parked claim ``claim_rid`` (no answer will be sent to it)."""
+
+    rid: int
+    claim_rid: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bye:
+    """Worker -> producer: drop all my parked claims; I am leaving (my leases stay valid)."""
+
+    rid: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Status:
+    """Anyone -> producer: report counts."""
+
+    rid: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StatusReply:
+    """Producer -> asker: ``info`` is a map of counts and facts (see docs/protocol.md)."""
+
+    rid: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Err:
+    """Reply to a malformed or unsupported message. ``rid`` is None when it could not be read."""
+
+    rid: int | None
+    code: int
+    message: str
+
+
+Request = Union[Claim, Result, Beat, Decline, CancelClaim, Bye, Status]
+Reply = Union[Job, NoJob, Ack, BeatAck, StatusReply, Err]
+Message = Union[Request, Reply]
+
+# verb <-> class; each class's fields are validated by the checks in _FIELD_CHECKS.
+_REQUESTS: dict[bytes, type] = {
+    b"CLAIM": Claim,
+    b"RESULT": Result,
+    b"BEAT": Beat,
+    b"DECLINE": Decline,
+    b"CANCEL_CLAIM": CancelClaim,
+    b"BYE": Bye,
+    b"STATUS": Status,
+}
+_REPLIES: dict[bytes, type] = {
+    b"JOB": Job,
+    b"NOJOB": NoJob,
+    b"ACK": Ack,
+    b"BEAT_ACK": BeatAck,
+    b"STATUS_REPLY": StatusReply,
+    b"ERR": Err,
+}
+_VERB_OF: dict[type, bytes] = {cls: verb for verb, cls in (_REQUESTS | _REPLIES).items()}
+
+
+def _uint(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_UINT:
+        raise ValueError("must be an unsigned integer below 2**63")
+    return value
+
+
+def _opt_uint(value: Any) -> int | None:
+    return None if value is None else _uint(value)
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("must be a boolean")
+    return value
+
+
+def _bytes(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise ValueError("must be binary (msgpack bin)")
+    return value
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError("must be a string")
+    return value
+
+
+def _uint_list(value: Any) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise ValueError("must be an array of unsigned integers")
+    return tuple(_uint(v) for v in value)
+
+
+def _map(value: Any) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise ValueError("must be a map")
+    return value
+
+
+def _claim(value: Any) -> Claim | None:
+    if value is None:
+        return None
+    body = _map(value)
+    return _build(Claim, body)
+
+
+# Field name -> check (returns the validated value or raises ValueError).
+_FIELD_CHECKS: dict[str, Any] = {
+    "rid": _uint,
+    "wait_ms": _uint,
+    "job_id": _uint,
+    "lease_id": _uint,
+    "attempt": _uint,
+    "lease_ms": _uint,
+    "payload": _bytes,
+    "ok": _bool,
+    "claim": _claim,
+    "leases": _uint_list,
+    "void": _uint_list,
+    "claim_rid": _uint,
+    "info": _map,
+    "code": _uint,
+    "message": _str,
+}
+_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {
+    cls: dataclasses.fields(cls) for cls in _VERB_OF
+}
+
+
+def _build(cls: type, body: dict[str, Any]) -> Any:
+    kwargs = {}
+    for field in _FIELDS[cls]:
+        name = field.name
+        if name not in body:
+            if field.default is not dataclasses.MISSING:
+                continue
+            raise ProtocolError(E_INVALID, f"{_VERB_OF[cls].decode()}: missing field {name!r}")
+        value = body[name]
+        if cls is Err and name == "rid":
+            check = _opt_uint
+        else:
+            check = _FIELD_CHECKS[name]
+        try:
+            kwargs[name] = check(value)
+        except ValueError as exc:
+            raise ProtocolError(
+                E_INVALID, f"{_VERB_OF[cls].decode()}: field {name!r} {exc}"
+            ) from None
+    return cls(**kwargs)
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Encode a message into its three frames ``[signature, verb, body]``.
+
+    Raises:
+        KeyError: ``msg`` is not one of this module's message classes.
+    """
+    verb = _VERB_OF[type(msg)]
+    body = {}
+    for field in _FIELDS[type(msg)]:
+        value = getattr(msg, field.name)
+        if isinstance(value, Claim):
+            value = {"rid": value.rid, "wait_ms": value.wait_ms}
+        elif isinstance(value, tuple):
+            value = list(value)
+        body[field.name] = value
+    return [SIGNATURE, verb, msgpack.packb(body, use_bin_type=True)]
+
+
+def _decode(frames: list[bytes], table: dict[bytes, type]) -> Any:
+    if len(frames) != 3:
+        raise ProtocolError(E_MALFORMED, f"expected 3 frames, got {len(frames)}")
+    signature, verb, raw = frames
+    if signature != SIGNATURE:
+        if signature[:3] == SIGNATURE[:3]:
+            raise ProtocolError(
+                E_VERSION, f"protocol version {signature[3:]!r} not spoken; this is {VERSION}"
+            )
+        raise ProtocolError(E_MALFORMED, "bad signature frame")
+    try:
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError(E_MALFORMED, f"body is not msgpack: {exc.__class__.__name__}") from None
+    if type(body) is not dict:
+        raise ProtocolError(E_MALFORMED, "body is not a msgpack map")
+    rid = body.get("rid")
+    rid = rid if type(rid) is int and 0 <= rid <= MAX_UINT else None
+    cls = table.get(verb)
+    if cls is None:
+        raise ProtocolError(E_UNKNOWN_VERB, f"unknown or misdirected verb {verb[:32]!r}", rid)
+    try:
+        return _build(cls, body)
+    except ProtocolError as exc:
+        exc.rid = rid
+        raise
+
+
+def decode_request(frames: list[bytes]) -> Request:
+    """Decode and validate a worker -> producer message (frames without the routing id).
+
+    Raises:
+        ProtocolError: bad frame count, signature, version, msgpack, verb or field; its
+            ``code`` is one of the ``E_*`` constants and ``rid`` the request id if readable.
+    """
+    return _decode(frames, _REQUESTS)  # type: ignore[no-any-return]
+
+
+def decode_reply(frames: list[bytes]) -> Reply:
+    """Decode and validate a producer -> worker message. Raises :class:`ProtocolError`."""
+    return _decode(frames, _REPLIES)  # type: ignore[no-any-return]
+
+
+# --- job and result payloads (opaque to the protocol layer, decoded by the ends) ---------
+
+
+def pack_call(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bytes:
+    """Encode a call ``[task, args, kwargs]``.
+
+    Raises:
+        TypeError: an argument msgpack cannot encode (the message names the type).
+    """
+    try:
+        return msgpack.packb([task, list(args), kwargs], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"job arguments must be msgpack-encodable: {exc}") from None
+
+
+def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
+    """Decode a call payload. Raises :class:`ProtocolError` (E_INVALID) when malformed."""
+    try:
+        call = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(E_INVALID, f"job payload is not msgpack: {exc.__class__.__name__}")
+    if (
+        type(call) is not list
+        or len(call) != 3
+        or type(call[0]) is not str
+        or type(call[1]) is not list
+        or type(call[2]) is not dict
+        or not all(type(k) is str for k in call[2])
+    ):
+        raise ProtocolError(E_INVALID, "job payload must be [task: str, args: array, kwargs: map]")
+    return call[0], call[1], call[2]
+
+
+def pack_value(value: Any) -> bytes:
+    """Encode a task's return value. Raises TypeError when msgpack cannot encode it."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"task result must be msgpack-encodable: {exc}") from None
+
+
+def unpack_value(payload: bytes) -> Any:
+    """Decode a result value. Raises :class:`ProtocolError` (E_INVALID) when malformed."""
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(E_INVALID, f"result payload is not msgpack: {exc.__class__.__name__}")
+
+
+def pack_error(type_name: str, message: str, traceback: str) -> bytes:
+    """Encode a remote error ``{"type", "message", "traceback"}``."""
+    return msgpack.packb(
+        {"type": type_name, "message": message, "traceback": traceback}, use_bin_type=True
+    )
+
+
+def unpack_error(payload: bytes) -> tuple[str, str, str]:
+    """Decode a remote error into ``(type, message, traceback)``.
+
+    Raises:
+        ProtocolError: (E_INVALID) the payload is not such a map of strings.
+    """
+    err = unpack_value(payload)
+    if type(err) is not dict or not all(
+        type(err.get(key)) is str for key in ("type", "message", "traceback")
+    ):
+        raise ProtocolError(E_INVALID, "error payload must be a map of type, message, traceback")
+    return err["type"], err["message"], err["traceback"]

@@ -1,0 +1,206 @@
+"""How a job executes: one child process per slot, fed over a pipe, crash captured.
+
+The worker's network loop never runs task code. Each slot owns a child process (started with
+``spawn``, so it shares no threads or sockets with the worker) that imports the worker's task
+modules once and then runs one job at a time. A job that hogs the GIL, hangs or kills its
+interpreter therefore cannot silence the worker's heartbeats; a dead child is reported as a
+``JobProcessDied`` failure and replaced.
+
+Pipe messages are msgpack, never pickle: parent -> child ``[job_id, payload]``; child ->
+parent one byte (1 ok, 0 error) followed by the msgpack result or error payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+
+from . import protocol as p
+
+log = logging.getLogger("freelance_rz.runner")
+
+_SPAWN = multiprocessing.get_context("spawn")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished job: ``ok`` and its payload (msgpack value, or error map when not ok)."""
+
+    job_id: int
+    ok: bool
+    payload: bytes
+
+
+class JobProcess:
+    """A slot's child process.
+
+    Args:
+        modules: the worker's task modules (the allowlist), imported by the child at start.
+
+    Raises (from :meth:`start`):
+        OSError: the child could not be started.
+    """
+
+    def __init__(self, modules: list[str]) -> None:
+        self.modules = modules
+        self.job_id: int | None = None  # the job running now, if any
+        self.ready = False  # the child has imported the task modules
+        self._conn: Connection | None = None
+        self._process: Any = None
+
+    def start(self) -> None:
+        """Start the child; it is :attr:`ready` once it has imported the task modules."""
+        parent, child = _SPAWN.Pipe(duplex=True)
+        self._process = _SPAWN.Process(
+            target=_child_main, args=(child, self.modules), name="freelance-job", daemon=True
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self.ready = False
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the child has imported the task modules.
+
+        Raises:
+            RuntimeError: the child failed to import them, died or did not answer in time.
+        """
+        assert self._conn is not None
+        if not self._conn.poll(timeout_s):
+            raise RuntimeError(f"job process not ready after {timeout_s} s")
+        self.take_outcome()
+
+    def fileno(self) -> int:
+        assert self._conn is not None
+        return self._conn.fileno()
+
+    @property
+    def free(self) -> bool:
+        return self.ready and self.job_id is None
+
+    def run(self, job_id: int, payload: bytes) -> None:
+        """Start a job (the slot must be free). Its outcome arrives via :meth:`take_outcome`
+        when :meth:`fileno` is readable."""
+        assert self._conn is not None and self.free
+        self.job_id = job_id
+        try:
+            self._conn.send_bytes(msgpack.packb([job_id, payload], use_bin_type=True))
+        except OSError:
+            pass  # the child is dead: take_outcome reports it when the pipe shows EOF
+
+    def take_outcome(self) -> Outcome | None:
+        """Read what the child sent (call when :meth:`fileno` is readable): the finished
+        job's outcome, or None for the child's "ready" message.
+
+        A dead child yields a ``JobProcessDied`` failure for its job and is replaced.
+
+        Raises:
+            RuntimeError: a starting child could not import the task modules.
+        """
+        assert self._conn is not None
+        job_id, self.job_id = self.job_id, None
+        try:
+            data = self._conn.recv_bytes()
+        except (EOFError, OSError):
+            code = self._reap()
+            if not self.ready:
+                raise RuntimeError(f"job process {code} while starting") from None
+            self.start()
+            if job_id is None:
+                log.warning("idle job process %s; replaced", code)
+                return None
+            log.warning("job %d: job process %s; replaced", job_id, code)
+            message = f"the job's process {code}"
+            return Outcome(job_id, False, p.pack_error("JobProcessDied", message, ""))
+        kind, body = data[:1], data[1:]
+        if not self.ready:
+            if kind != b"R":
+                raise RuntimeError(f"job process could not start: {body.decode(errors='replace')}")
+            self.ready = True
+            return None
+        if job_id is None:  # cannot happen with a well-behaved child
+            log.error("job process sent an outcome while idle; dropped")
+            return None
+        return Outcome(job_id, kind == b"\x01", body)
+
+    def abort(self) -> None:
+        """Kill the running job (its outcome is dropped) and start a fresh child."""
+        self.job_id = None
+        self._reap(kill=True)
+        self.start()
+
+    def close(self) -> None:
+        """Kill the child. Safe to call twice."""
+        if self._process is not None:
+            self._reap(kill=True)
+            self._process = None
+
+    def _reap(self, kill: bool = False) -> str:
+        process = self._process
+        if kill and process.is_alive():
+            process.kill()
+        process.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        code = process.exitcode
+        if code is None:
+            return "did not exit"
+        if code < 0:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+
+def _child_main(conn: Connection, modules: list[str]) -> None:
+    """Body of a job process: import the task modules, then run jobs until the pipe closes."""
+    _die_with_parent()
+    # The worker decides when jobs stop (C6): Ctrl-C in a terminal signals the whole group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from .tasks import Allowlist
+
+    try:
+        allowlist = Allowlist(modules)
+    except BaseException as exc:  # noqa: BLE001 - reported to the worker, which stops
+        conn.send_bytes(b"E" + f"{type(exc).__name__}: {exc}".encode())
+        return
+    conn.send_bytes(b"R")
+    while True:
+        try:
+            job_id, payload = msgpack.unpackb(conn.recv_bytes())
+        except EOFError:
+            return
+        try:
+            task, args, kwargs = p.unpack_call(payload)
+            fn = allowlist.resolve(task)
+            out = b"\x01" + p.pack_value(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
+            out = b"\x00" + p.pack_error(
+                type(exc).__name__, str(exc), traceback.format_exc()
+            )
+        conn.send_bytes(out)
+
+
+def _die_with_parent() -> None:
+    """On Linux, ask the kernel to SIGKILL this process when its parent dies (prctl)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,486 @@
+"""Worker: finds producers, pulls one job per free slot, runs it, delivers the result.
+
+Theory of operation
+-------------------
+The worker's main thread owns one DEALER socket per producer (a :class:`_Peer`) and the
+job processes of its slots (:mod:`freelance_rz.runner`). It keeps one invariant: every live
+peer holds exactly as many parked claims (long-polls) as the worker has free slots. When a
+JOB fills a slot, the now-surplus claims at the other peers are cancelled; a JOB that arrives
+for a full worker is DECLINEd (back to the head of that producer's queue). When a job ends,
+its RESULT carries the next claim to the same producer, so a busy worker spends one round
+trip per job. Nothing is ever queued on the worker side (C1).
+
+Liveness is judged by the conversation: every request must be answered, a CLAIM within
+``wait_ms`` + grace and anything else within ``reply_timeout_s``. A peer that misses that is
+unreachable: its socket is closed, its claims forgotten, and it is retried with exponential
+backoff, re-sending every result it has not acknowledged. Results are kept until ACKed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import os
+import queue
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
+from .errors import ProtocolError
+from .runner import JobProcess, Outcome
+
+log = logging.getLogger("freelance_rz.worker")
+
+DEFAULT_WAIT_MS = 1000  # claim long-poll; with CLAIM_GRACE_S this bounds C5 detection at 1.5 s
+CLAIM_GRACE_S = 0.5  # extra time a producer has to answer a claim after wait_ms
+REPLY_TIMEOUT_S = 1.0  # time a producer has to answer RESULT, BEAT, DECLINE, ...
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 10.0
+STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
+
+
+@dataclass(slots=True)
+class _Running:
+    peer: _Peer
+    job_id: int
+    lease_id: int
+    lease_ms: int
+
+
+@dataclass(eq=False)
+class _Peer:
+    """One producer as the worker sees it."""
+
+    key: str  # producer id (discovered) or endpoint (--connect)
+    endpoint: str
+    discovered: bool
+    sock: zmq.Socket[bytes] | None = None
+    claims: set[int] = field(default_factory=set)  # rids of parked claims
+    inflight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # rid -> (verb, deadline, job_id)
+    unacked: dict[int, tuple[int, bool, bytes]] = field(default_factory=dict)  # job_id -> result
+    leases: dict[int, JobProcess] = field(default_factory=dict)  # lease_id -> slot running it
+    backoff_s: float = BACKOFF_MIN_S
+    retry_at: float = 0.0
+    next_beat_at: float = 0.0
+    withdrawn: bool = False  # its mDNS records are gone
+
+    @property
+    def alive(self) -> bool:
+        return self.sock is not None
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did: counts of jobs and producers."""
+
+    jobs_run: int = 0
+    jobs_failed: int = 0
+    producers_found: int = 0
+
+
+class Worker:
+    """Pulls jobs from producers and runs them in one child process per slot.
+
+    Args:
+        tasks: importable module names whose public functions may run (the allowlist).
+        discover: browse mDNS for producers of ``group``.
+        connect: static producer endpoints, e.g. ``["tcp://10.0.0.5:5555"]``.
+        group: producer group to serve.
+        slots: jobs run at once (default: number of CPUs).
+        interfaces: IPv4 addresses for mDNS (None: ``$FREELANCE_RZ_INTERFACES``, else all).
+        name: a label for logs and the routing id (default: hostname and pid).
+        wait_ms: claim long-poll in milliseconds.
+
+    :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
+
+    Raises:
+        ValueError: no producer source, no task module, ``slots`` < 1, bad interfaces.
+        ModuleNotFoundError: a ``tasks`` module cannot be found.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        *,
+        discover: bool = False,
+        connect: Sequence[str] = (),
+        group: str = "default",
+        slots: int | None = None,
+        interfaces: list[str] | None = None,
+        name: str | None = None,
+        wait_ms: int = DEFAULT_WAIT_MS,
+    ) -> None:
+        if not discover and not connect:
+            raise ValueError("a worker needs --discover or at least one --connect endpoint")
+        if not tasks:
+            raise ValueError("a worker needs at least one --tasks module")
+        for module in tasks:
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"--tasks module {module!r} not found", name=module)
+        self.slots = (os.cpu_count() or 1) if slots is None else slots
+        if self.slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        for endpoint in connect:
+            if not endpoint.startswith("tcp://"):
+                raise ValueError(f"--connect {endpoint!r}: expected tcp://HOST:PORT")
+        self.tasks = list(tasks)
+        self.discover = discover
+        self.connect = list(connect)
+        self.group = group
+        self.interfaces = resolve_interfaces(interfaces)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.wait_ms = wait_ms
+        self.identity = f"{self.name}-{uuid.uuid4().hex[:8]}".encode()
+        self.stats = WorkerStats()
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._rids = itertools.count(1)
+        self._peers: dict[str, _Peer] = {}
+        self._procs: list[JobProcess] = []
+        self._running: dict[JobProcess, _Running] = {}
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+
+    # --- control from other threads / signal handlers --------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop (C6): finish running jobs, deliver their results, claim nothing new.
+        Safe from any thread and from signal handlers."""
+        self._post("stop", None)
+
+    def _post(self, kind: str, value: Any) -> None:
+        self._events.put((kind, value))
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending anyway) or closed (run ended)
+
+    # --- main loop -------------------------------------------------------------------------
+
+    def run(self) -> WorkerStats:
+        """Serve until stopped. Returns the :class:`WorkerStats`.
+
+        Raises:
+            RuntimeError: a job process could not import the task modules.
+        """
+        self._ctx = zmq.Context.instance()
+        browser = None
+        try:
+            self._procs = [JobProcess(self.tasks) for _ in range(self.slots)]
+            for proc in self._procs:
+                proc.start()
+            if self.discover:
+                browser = Browser(
+                    self.group, self.interfaces,
+                    on_found=lambda a: self._post("found", a),
+                    on_gone=lambda name: self._post("gone", name),
+                )
+                browser.start()
+            for endpoint in self.connect:
+                self._add_peer(_Peer(endpoint, endpoint, discovered=False))
+            for proc in self._procs:
+                proc.wait_ready()
+            log.info(
+                "worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
+                ", ".join(self.tasks),
+                f"discovering group {self.group!r}" if self.discover else "static producers",
+            )
+            self._loop()
+        finally:
+            if browser is not None:
+                browser.close()
+            for peer in self._peers.values():
+                if peer.sock is not None:
+                    peer.sock.close(0)
+            for proc in self._procs:
+                proc.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        log.info(
+            "worker %s stopped: %d producer(s) found, %d job(s) run, %d failed",
+            self.name, self.stats.producers_found, self.stats.jobs_run, self.stats.jobs_failed,
+        )
+        return self.stats
+
+    def _loop(self) -> None:
+        while True:
+            poller = zmq.Poller()  # rebuilt each turn: peers and job processes come and go
+            poller.register(self._wake_r, zmq.POLLIN)
+            procs = {proc.fileno(): proc for proc in self._procs}
+            for fd in procs:
+                poller.register(fd, zmq.POLLIN)
+            peers = [peer for peer in self._peers.values() if peer.sock is not None]
+            for peer in peers:
+                poller.register(peer.sock, zmq.POLLIN)
+            events = dict(poller.poll(self._timeout_ms(time.monotonic())))
+            now = time.monotonic()
+            if self._wake_r in events:
+                self._drain_events(now)
+            for fd, proc in procs.items():
+                if fd in events:
+                    self._job_ended(proc, now)
+            for peer in peers:
+                if peer.sock is not None and peer.sock in events:
+                    self._drain_peer(peer, now)
+            for peer in list(self._peers.values()):
+                self._check_peer(peer, now)
+            self._reconcile_claims()
+            if self._stopping and self._finished(now):
+                return
+
+    def _timeout_ms(self, now: float) -> int:
+        soonest = now + 1.0
+        for peer in self._peers.values():
+            if peer.sock is None:
+                soonest = min(soonest, peer.retry_at)
+                continue
+            if peer.leases:
+                soonest = min(soonest, peer.next_beat_at)
+            for _, deadline, _ in peer.inflight.values():
+                soonest = min(soonest, deadline)
+        return max(0, int((soonest - now) * 1000) + 1)
+
+    def _finished(self, now: float) -> bool:
+        if self._running:
+            return False
+        undelivered = sum(len(peer.unacked) for peer in self._peers.values())
+        if not undelivered:
+            return True
+        if now > self._stop_deadline:
+            log.error("stopping with %d result(s) undelivered: producers unreachable", undelivered)
+            return True
+        return False
+
+    # --- discovery and control events ------------------------------------------------------
+
+    def _drain_events(self, now: float) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                kind, value = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "stop":
+                if not self._stopping:
+                    log.info("worker %s stopping: finishing %d running job(s)", self.name, len(self._running))
+                self._stopping = True
+                self._stop_deadline = now + STOP_DELIVERY_S
+            elif kind == "found":
+                self._found(value)
+            elif kind == "gone":
+                for peer in self._peers.values():
+                    if peer.discovered and value.startswith(peer.key + "."):
+                        peer.withdrawn = True
+
+    def _found(self, announcement: Announcement) -> None:
+        if announcement.producer_id in self._peers:
+            self._peers[announcement.producer_id].withdrawn = False
+            return
+        endpoint = choose_endpoint(announcement.endpoints, self.interfaces)
+        peer = _Peer(announcement.producer_id, endpoint, discovered=True)
+        for old in list(self._peers.values()):
+            if old.endpoint == endpoint:  # a producer restarted on the same endpoint
+                log.info("producer at %s replaced by %s", endpoint, peer.key)
+                peer.unacked.update(old.unacked)  # a durable producer may still take them
+                self._drop_peer(old)
+        self._add_peer(peer)
+
+    def _add_peer(self, peer: _Peer) -> None:
+        self._peers[peer.key] = peer
+        self.stats.producers_found += 1
+        log.info("producer %s at %s", peer.key, peer.endpoint)
+        self._connect(peer)
+
+    def _drop_peer(self, peer: _Peer) -> None:
+        if peer.sock is not None:
+            peer.sock.close(0)
+            peer.sock = None
+        del self._peers[peer.key]
+
+    # --- sockets ---------------------------------------------------------------------------
+
+    def _connect(self, peer: _Peer) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.connect(peer.endpoint)
+        peer.sock = sock
+        for job_id, result in peer.unacked.items():  # re-send what was never acknowledged
+            self._send_result(peer, job_id, *result, claim=None)
+
+    def _unreachable(self, peer: _Peer, now: float, why: str) -> None:
+        log.warning("producer %s unreachable (%s); retry in %.2f s", peer.key, why, peer.backoff_s)
+        assert peer.sock is not None
+        peer.sock.close(0)
+        peer.sock = None
+        peer.claims.clear()
+        peer.inflight.clear()
+        peer.retry_at = now + peer.backoff_s
+        peer.backoff_s = min(peer.backoff_s * 2, BACKOFF_MAX_S)
+
+    def _check_peer(self, peer: _Peer, now: float) -> None:
+        if peer.sock is None:
+            if peer.withdrawn and not peer.unacked and not peer.leases:
+                self._drop_peer(peer)
+            elif now >= peer.retry_at:
+                self._connect(peer)
+            return
+        late = [verb for verb, deadline, _ in peer.inflight.values() if deadline <= now]
+        if late:
+            self._unreachable(peer, now, f"no answer to {late[0]}")
+            return
+        if peer.withdrawn and not peer.unacked and not peer.leases and not self._stopping:
+            log.info("producer %s withdrew its announcement", peer.key)
+            self._drop_peer(peer)
+            return
+        if peer.leases and now >= peer.next_beat_at:
+            if not any(verb == "BEAT" for verb, _, _ in peer.inflight.values()):
+                self._request(peer, p.Beat(rid=next(self._rids), leases=tuple(peer.leases)))
+            lease_ms = min(self._running[proc].lease_ms for proc in peer.leases.values())
+            peer.next_beat_at = now + max(lease_ms / 4000, 0.02)
+
+    def _request(self, peer: _Peer, msg: p.Request, job_id: int = 0) -> None:
+        """Send a request and expect its answer in time."""
+        assert peer.sock is not None
+        timeout = REPLY_TIMEOUT_S
+        if isinstance(msg, p.Claim):
+            timeout = msg.wait_ms / 1000 + CLAIM_GRACE_S
+        elif isinstance(msg, p.Result) and msg.claim is not None:
+            self._expect(peer, msg.claim.rid, "CLAIM", msg.claim.wait_ms / 1000 + CLAIM_GRACE_S, 0)
+        self._expect(peer, msg.rid, type(msg).__name__.upper(), timeout, job_id)
+        try:
+            peer.sock.send_multipart(p.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # send queue full: the reply deadline will notice
+
+    def _expect(self, peer: _Peer, rid: int, verb: str, timeout_s: float, job_id: int) -> None:
+        peer.inflight[rid] = (verb, time.monotonic() + timeout_s, job_id)
+        if verb == "CLAIM":
+            peer.claims.add(rid)
+
+    # --- claims ----------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return sum(1 for proc in self._procs if proc.free)
+
+    def _reconcile_claims(self) -> None:
+        """Keep as many parked claims at each live peer as there are free slots."""
+        free = 0 if self._stopping else self._free_slots()
+        for peer in self._peers.values():
+            if peer.sock is None or (peer.withdrawn and free):
+                continue
+            if self._stopping and peer.claims:
+                for rid in peer.claims:  # BYE drops them unanswered
+                    peer.inflight.pop(rid, None)
+                peer.claims.clear()
+                self._request(peer, p.Bye(rid=next(self._rids)))
+                continue
+            while len(peer.claims) < free:
+                self._request(peer, p.Claim(rid=next(self._rids), wait_ms=self.wait_ms))
+            while len(peer.claims) > free:
+                rid = peer.claims.pop()
+                peer.inflight.pop(rid, None)
+                self._request(peer, p.CancelClaim(rid=next(self._rids), claim_rid=rid))
+
+    # --- replies ---------------------------------------------------------------------------
+
+    def _drain_peer(self, peer: _Peer, now: float) -> None:
+        while peer.sock is not None:
+            try:
+                frames = peer.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = p.decode_reply(frames)
+            except ProtocolError as exc:
+                log.warning("producer %s sent a bad message: %s (dropped)", peer.key, exc.message)
+                continue
+            peer.backoff_s = BACKOFF_MIN_S  # it answers: it is alive
+            self._handle(peer, msg, now)
+
+    def _handle(self, peer: _Peer, msg: p.Reply, now: float) -> None:
+        expected = peer.inflight.pop(msg.rid, None) if msg.rid is not None else None
+        if isinstance(msg, p.Job):
+            peer.claims.discard(msg.rid)
+            self._job(peer, msg, now)
+        elif isinstance(msg, p.NoJob):
+            peer.claims.discard(msg.rid)
+        elif isinstance(msg, p.Ack):
+            if expected is not None and expected[0] == "RESULT":
+                peer.unacked.pop(expected[2], None)
+        elif isinstance(msg, p.BeatAck):
+            for lease_id in msg.void:
+                proc = peer.leases.pop(lease_id, None)
+                if proc is not None:
+                    log.warning("lease of job %d is void at its producer; aborting it", self._running[proc].job_id)
+                    del self._running[proc]
+                    proc.abort()
+        elif isinstance(msg, p.Err):
+            log.error("producer %s refused %s: %s", peer.key, expected and expected[0], msg.message)
+            if expected is not None and expected[0] == "CLAIM":
+                peer.claims.discard(msg.rid)
+            if expected is not None and expected[0] == "RESULT":
+                log.error("result of job %d was refused and is dropped", expected[2])
+                peer.unacked.pop(expected[2], None)
+
+    def _job(self, peer: _Peer, job: p.Job, now: float) -> None:
+        proc = next((proc for proc in self._procs if proc.free), None)
+        if proc is None or self._stopping:
+            self._request(peer, p.Decline(rid=next(self._rids), job_id=job.job_id, lease_id=job.lease_id))
+            return
+        proc.run(job.job_id, job.payload)
+        self._running[proc] = _Running(peer, job.job_id, job.lease_id, job.lease_ms)
+        if not peer.leases:
+            peer.next_beat_at = now + max(job.lease_ms / 4000, 0.02)
+        peer.leases[job.lease_id] = proc
+
+    # --- results ---------------------------------------------------------------------------
+
+    def _job_ended(self, proc: JobProcess, now: float) -> None:
+        outcome = proc.take_outcome()
+        running = self._running.pop(proc, None)
+        if outcome is None or running is None:
+            return
+        peer = running.peer
+        peer.leases.pop(running.lease_id, None)
+        self.stats.jobs_run += 1
+        if not outcome.ok:
+            self.stats.jobs_failed += 1
+        self._deliver(peer, running, outcome)
+
+    def _deliver(self, peer: _Peer, running: _Running, outcome: Outcome) -> None:
+        result = (running.lease_id, outcome.ok, outcome.payload)
+        peer.unacked[running.job_id] = result
+        if peer.sock is None:
+            return  # sent when the producer is reachable again
+        claim = None
+        if not self._stopping and not peer.withdrawn:
+            claim = p.Claim(rid=next(self._rids), wait_ms=self.wait_ms)
+        self._send_result(peer, running.job_id, *result, claim=claim)
+
+    def _send_result(
+        self, peer: _Peer, job_id: int, lease_id: int, ok: bool, payload: bytes, claim: p.Claim | None
+    ) -> None:
+        msg = p.Result(
+            rid=next(self._rids), job_id=job_id, lease_id=lease_id, ok=ok, payload=payload, claim=claim
+        )
+        self._request(peer, msg, job_id=job_id)
