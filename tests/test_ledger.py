@@ -404,14 +404,13 @@ def test_expire_skips_resolved_released_and_cancelled(ledger):
         ledger.submit(job_id, b"")
     a = claim_ok(ledger, "w", 0.0)
     b = claim_ok(ledger, "w", 0.0)
-    c = claim_ok(ledger, "w", 0.0)
+    claim_ok(ledger, "w", 0.0)
     assert ledger.resolve("w", 1, a.lease_id, False)
     assert ledger.release("w", 2, b.lease_id)
     assert ledger.cancel(3) is L
     assert ledger.expire(100.0) == []
     assert ledger.next_deadline() is None
     assert counts(ledger) == {F: 1, P: 1, C: 1}
-    del c
 
 
 def test_next_deadline_is_none_after_everything_expired(ledger):
@@ -568,11 +567,6 @@ def test_a_finished_job_id_may_be_submitted_again(ledger):
     assert counts(ledger) == {D: 1, L: 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a cancelled job's stale queue entry lets a re-submitted job with the same id "
-    "jump ahead of jobs submitted before it (FIFO broken)",
-)
 def test_resubmitted_id_goes_to_the_tail(ledger):
     ledger.submit(1, b"")
     ledger.submit(2, b"")

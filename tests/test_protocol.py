@@ -531,11 +531,6 @@ def test_unpack_call_rejects_malformed_payloads(payload):
     assert info.value.code == E_INVALID
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: unpack_call uses strict_map_key=True, so a dict argument with int keys "
-    "packs at submit but is refused by the worker",
-)
 def test_call_with_int_keyed_dict_argument_round_trips():
     payload = p.pack_call("m:f", ({1: "a", 2: "b"},), {})  # packs fine
     assert p.unpack_call(payload) == ("m:f", [{1: "a", 2: "b"}], {})

@@ -209,11 +209,6 @@ def test_task_name_rejects_malformed_strings(name):
         split_task_name(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _MODULE_RE/_FUNC_RE use '$', which also matches before a trailing newline; "
-    "use re.fullmatch or \\Z",
-)
 @pytest.mark.parametrize("name", ["mod:f\n", "mod\n:f"])
 def test_task_name_rejects_a_trailing_newline(name):
     with pytest.raises(ValueError):

@@ -4,7 +4,7 @@ Public API: :class:`Producer` (a ``concurrent.futures.Executor``), :class:`Worke
 exceptions below. Everything else is private and may change.
 """
 
-from .errors import FreelanceError, JobFailed, JobLost, ProtocolError
+from .errors import FreelanceError, JobFailed, JobLost, ProducerClosed, ProtocolError
 from .producer import JobFuture, Producer
 from .tasks import TaskNotAllowed
 from .worker import Worker, WorkerStats
@@ -17,6 +17,7 @@ __all__ = [
     "JobFuture",
     "JobLost",
     "Producer",
+    "ProducerClosed",
     "ProtocolError",
     "TaskNotAllowed",
     "Worker",

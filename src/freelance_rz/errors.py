@@ -66,3 +66,7 @@ class JobLost(FreelanceError):
         )
         self.job_id = job_id
         self.attempts = attempts
+
+
+class ProducerClosed(FreelanceError):
+    """The producer was closed (:meth:`Producer.close`) before the job finished."""

@@ -123,7 +123,7 @@ class Ledger:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self._jobs: dict[int, _Job] = {}
-        self._pending: deque[int] = deque()
+        self._pending: deque[_Job] = deque()
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
         self._rng = random.Random()
@@ -196,13 +196,13 @@ class Ledger:
         job = _Job(job_id, payload, max_attempts or self.max_attempts)
         self._jobs[job_id] = job
         self._move(job, "submit")
-        self._pending.append(job_id)
+        self._pending.append(job)
 
     def claim(self, worker: Hashable, now: float) -> Lease | None:
         """Lease the job at the head of the queue to ``worker``, or None when none is pending."""
         while self._pending:
-            job = self._jobs.get(self._pending.popleft())
-            if job is None or job.state is not JobState.PENDING:
+            job = self._pending.popleft()
+            if job.state is not JobState.PENDING:
                 continue  # cancelled or resolved while queued
             self._move(job, "claim")
             lease_id = self._rng.getrandbits(63)
@@ -246,7 +246,7 @@ class Ledger:
         del job.issued[lease_id]  # the job never ran under this lease
         self._end_lease(job)
         self._move(job, "release")
-        self._pending.appendleft(job_id)
+        self._pending.appendleft(job)
         return True
 
     def resolve(self, worker: Hashable, job_id: int, lease_id: int, ok: bool) -> bool:
@@ -288,7 +288,7 @@ class Ledger:
             else:
                 self._move(job, "expire")
                 job.attempt += 1
-                self._pending.appendleft(job_id)
+                self._pending.appendleft(job)
                 out.append(Expired(job_id, lease_id, job.attempt - 1, dead=False))
         return out
 

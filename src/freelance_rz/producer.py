@@ -25,7 +25,7 @@ import zmq
 
 from . import protocol as p
 from .discovery import Announcer, local_networks, resolve_interfaces
-from .errors import JobFailed, JobLost, ProtocolError
+from .errors import JobFailed, JobLost, ProducerClosed, ProtocolError
 from .ledger import Ledger
 from .tasks import task_name
 
@@ -182,6 +182,21 @@ class Producer(Executor):
         if wait and self._thread is not None:
             self._thread.join()
 
+    def close(self, timeout_s: float | None = 10.0) -> None:
+        """Stop now: cancel pending jobs, fail running ones with
+        :class:`~freelance_rz.errors.ProducerClosed`, withdraw the mDNS announcement and
+        close the socket. Idempotent.
+
+        Args:
+            timeout_s: seconds to wait for the I/O thread to end (None: no limit).
+        """
+        with self._lock:
+            self._shutdown = True
+            if self._thread is not None and not self._io_closed:
+                self._put("close")
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def _put(self, *command: Any) -> None:
         """Hand a command to the I/O thread. Call with ``self._lock`` held."""
         if self._io_closed:
@@ -278,7 +293,8 @@ class _OfferLoop:
         self.parked: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
         self.parked_heap: list[tuple[float, bytes, int]] = []
         self.workers_seen: dict[bytes, float] = {}
-        self.closing = False
+        self.closing = False  # shutdown(): end once every job is resolved
+        self.aborted = False  # close(): end now
         self.started_at = time.monotonic()
         self.bad_messages = 0
         self._last_bad_log = 0.0
@@ -297,10 +313,13 @@ class _OfferLoop:
                 self._drain_socket(now)
             self._expire(now)
             self._dispatch(now)
-            if self.closing and not self.ledger:
+            if self.closing and (self.aborted or not self.ledger):
                 break
         for identity, rid in list(self.parked):  # let parked workers move on at once
             self._send(identity, p.NoJob(rid=rid))
+        for future in self.futures.values():  # only after close()
+            if not future.cancel():
+                future.set_exception(ProducerClosed("the producer was closed before the job finished"))
 
     def _timeout_ms(self, now: float) -> int:
         soonest = self.ledger.next_deadline()
@@ -333,6 +352,8 @@ class _OfferLoop:
             elif verb == "cancel":
                 self.ledger.cancel(command[1])
                 self.futures.pop(command[1], None)
+            elif verb == "close":
+                self.closing = self.aborted = True
             elif verb == "shutdown":
                 self.closing = True
                 if command[1]:  # cancel_futures

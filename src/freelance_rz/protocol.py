@@ -353,7 +353,7 @@ def pack_call(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, An
 def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
     """Decode a call payload. Raises :class:`ProtocolError` (E_INVALID) when malformed."""
     try:
-        call = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        call = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
         raise ProtocolError(E_INVALID, f"job payload is not msgpack: {exc.__class__.__name__}")
     if (

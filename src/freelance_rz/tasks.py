@@ -18,8 +18,8 @@ from typing import Any
 
 from .errors import FreelanceError
 
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_FUNC_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_FUNC_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class TaskNotAllowed(FreelanceError):
@@ -56,7 +56,7 @@ def task_name(fn: Callable[..., Any] | str) -> str:
 def split_task_name(name: str) -> tuple[str, str]:
     """Split ``"module:function"``. Raises ValueError when either part is malformed."""
     module, sep, func = name.partition(":")
-    if not sep or not _MODULE_RE.match(module) or not _FUNC_RE.match(func):
+    if not sep or not _MODULE_RE.fullmatch(module) or not _FUNC_RE.fullmatch(func):
         raise ValueError(
             f"task name {name!r} must be 'module:function' with a public module-level "
             "function name (no dots, no leading underscore)"
@@ -78,7 +78,7 @@ class Allowlist:
     def __init__(self, modules: Iterable[str]) -> None:
         self.modules: dict[str, ModuleType] = {}
         for name in modules:
-            if not _MODULE_RE.match(name):
+            if not _MODULE_RE.fullmatch(name):
                 raise ValueError(f"--tasks {name!r} is not a module name")
             self.modules[name] = importlib.import_module(name)
         if not self.modules:

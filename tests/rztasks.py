@@ -1,0 +1,36 @@
+"""Task module the integration tests' workers run (started with cwd = tests/)."""
+
+import os
+import time
+from os import system  # noqa: F401 - must NOT be runnable as "rztasks:system"
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def whoami(delay_s=0.0):
+    """Sleep, then say which worker ran this (RZ_WORKER is set per worker by the tests)."""
+    started = time.time()
+    time.sleep(delay_s)
+    return {"worker": os.environ.get("RZ_WORKER", "?"), "started": started, "pid": os.getpid()}
+
+
+def crash(code=3):
+    os._exit(code)
+
+
+def unencodable():
+    return object()
+
+
+def _private():
+    return "never"

@@ -1,0 +1,301 @@
+"""End to end over real ZeroMQ sockets and real mDNS on loopback, with worker subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from concurrent.futures import CancelledError, wait
+
+import pytest
+import zmq
+
+import rztasks
+from freelance_rz import JobFailed, JobLost, Producer, ProducerClosed
+from freelance_rz import protocol as p
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def results_by_worker(futures):
+    return Counter(f.result()["worker"] for f in futures)
+
+
+def test_submit_result_map_and_kwargs(make_producer, start_worker):
+    producer = make_producer()
+    start_worker("w1", "--slots", "2")
+    assert producer.submit(rztasks.add, 2, 3).result(timeout=15) == 5
+    assert producer.submit("rztasks:echo", 1, [2, "x"], k={"a": b"\x00"}).result(timeout=5) == {
+        "args": [1, [2, "x"]], "kwargs": {"k": {"a": b"\x00"}},
+    }
+    assert list(producer.map(rztasks.add, range(20), range(20), timeout=15)) == list(range(0, 40, 2))
+
+
+def test_errors_travel_c7(make_producer, start_worker):
+    producer = make_producer()
+    start_worker("w1")
+    with pytest.raises(JobFailed) as info:
+        producer.submit(rztasks.fail, "no good").result(timeout=15)
+    assert info.value.remote_type == "ValueError"
+    assert info.value.remote_message == "no good"
+    assert "raise ValueError(message)" in info.value.remote_traceback
+    with pytest.raises(JobFailed) as info:
+        producer.submit(rztasks.unencodable).result(timeout=5)
+    assert info.value.remote_type == "TypeError"
+    assert producer.submit(rztasks.add, 1, 1).result(timeout=5) == 2  # the worker carries on
+
+
+@pytest.mark.parametrize(
+    "name", ["os:system", "builtins:eval", "rztasks:system", "rztasks:nothing"]
+)
+def test_task_outside_the_allowlist_is_refused(make_producer, start_worker, name):
+    producer = make_producer()
+    start_worker("w1")
+    with pytest.raises(JobFailed) as info:
+        producer.submit(name, "echo owned").result(timeout=15)
+    assert info.value.remote_type == "TaskNotAllowed"
+    assert producer.submit(rztasks.add, 1, 2).result(timeout=5) == 3
+
+
+def test_bad_submit_arguments_fail_at_submit(make_producer):
+    producer = make_producer(announce=False)
+    with pytest.raises(TypeError, match="msgpack"):
+        producer.submit(rztasks.add, object(), 1)
+    with pytest.raises(ValueError, match="module-level"):
+        producer.submit(lambda: 1)
+    with pytest.raises(ValueError):
+        producer.submit("not a task name")
+    with pytest.raises(ValueError, match="leading underscore"):
+        producer.submit("rztasks:_private")
+
+
+def test_crashing_job_is_a_failure_and_the_worker_survives(make_producer, start_worker):
+    producer = make_producer()
+    start_worker("w1")
+    with pytest.raises(JobFailed) as info:
+        producer.submit(rztasks.crash, 7).result(timeout=15)
+    assert info.value.remote_type == "JobProcessDied"
+    assert "exited with code 7" in info.value.remote_message
+    assert producer.submit(rztasks.add, 2, 2).result(timeout=10) == 4
+
+
+def test_static_connect_without_mdns(make_producer, start_worker):
+    producer = make_producer(announce=False)
+    start_worker("w1", connect=producer.endpoint)
+    assert producer.submit(rztasks.add, 4, 4).result(timeout=15) == 8
+
+
+def test_two_producers_two_workers(make_producer, start_worker):
+    a, b = make_producer(), make_producer()
+    start_worker("w1")
+    start_worker("w2")
+    fa = [a.submit(rztasks.whoami, 0.02) for _ in range(40)]
+    fb = [b.submit(rztasks.whoami, 0.02) for _ in range(40)]
+    done, _ = wait(fa + fb, timeout=30)
+    assert len(done) == 80
+    assert set(results_by_worker(fa)) == {"w1", "w2"}
+    assert set(results_by_worker(fb)) == {"w1", "w2"}
+
+
+def test_late_worker_gets_jobs_c2(make_producer, start_worker):
+    producer = make_producer()
+    start_worker("w1")
+    futures = [producer.submit(rztasks.whoami, 0.05) for _ in range(120)]  # ~6 s for one
+    futures[0].result(timeout=15)
+    late = start_worker("w2-late")
+    wait(futures, timeout=30)
+    by_worker = results_by_worker(futures)
+    assert by_worker["w2-late"] >= 20, by_worker
+    first = min(f.result()["started"] for f in futures if f.result()["worker"] == "w2-late")
+    assert first - late.started_at < 5.0  # contract C2 is 1 s; measured in benchmarks
+
+
+def test_long_job_does_not_hold_back_short_ones_c3(make_producer, start_worker):
+    producer = make_producer()
+    start_worker("w1")
+    start_worker("w2")
+    warm = [producer.submit(rztasks.add, i, 0) for i in range(4)]
+    wait(warm, timeout=15)
+    long = producer.submit(rztasks.whoami, 4.0)
+    time.sleep(0.2)
+    short = [producer.submit(rztasks.whoami, 0.01) for _ in range(30)]
+    done, _ = wait(short, timeout=10)
+    assert len(done) == 30
+    assert not long.done()  # every short job finished while the long one still ran
+    assert long.result(timeout=10)["worker"] not in {None}
+
+
+def test_sigkill_worker_mid_job_nothing_lost_c4(make_producer, start_worker):
+    producer = make_producer(lease_s=1.0)
+    victim = start_worker("victim", "--slots", "2")
+    start_worker("survivor", "--slots", "2")
+    futures = [producer.submit(rztasks.whoami, 0.1) for _ in range(80)]
+    resolutions = Counter()
+    for f in futures:
+        f.add_done_callback(lambda f: resolutions.update([f.job_id]))
+    deadline = time.monotonic() + 15
+    while not any(f.done() and f.result()["worker"] == "victim" for f in futures):
+        assert time.monotonic() < deadline, "the victim never ran a job"
+        time.sleep(0.05)
+    victim.signal_group(signal.SIGKILL)
+    killed_at = time.monotonic()
+    done, _ = wait(futures, timeout=30)
+    assert len(done) == 80
+    assert all(f.exception() is None for f in futures)
+    assert set(resolutions.values()) == {1}  # each Future resolved exactly once
+    assert time.monotonic() - killed_at < 15
+
+
+def test_sigterm_busy_worker_finishes_its_job_c6(make_producer, start_worker):
+    producer = make_producer()
+    worker = start_worker("w1")
+    ready = producer.submit(rztasks.add, 0, 0)
+    assert ready.result(timeout=15) == 0
+    running = producer.submit(rztasks.whoami, 1.5)
+    time.sleep(0.5)
+    worker.signal_group(signal.SIGTERM)  # like Ctrl-C in a terminal: the whole group
+    assert running.result(timeout=10)["worker"] == "w1"
+    assert worker.wait(timeout=10) == 0
+    queued = producer.submit(rztasks.add, 1, 1)
+    time.sleep(0.5)
+    assert not queued.done()  # the stopped worker claimed nothing new
+    assert "stopped" in worker.log()
+    queued.cancel()
+
+
+def test_cancel_pending_future(make_producer):
+    producer = make_producer(announce=False)
+    future = producer.submit(rztasks.add, 1, 2)
+    assert future.cancel()
+    with pytest.raises(CancelledError):
+        future.result(timeout=1)
+    status = _status(producer)
+    deadline = time.monotonic() + 5
+    while status["cancelled"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = _status(producer)
+    assert status["cancelled"] == 1 and status["pending"] == 0
+
+
+def test_shutdown_waits_and_close_fails_running_jobs(start_worker):
+    producer = Producer(interfaces=["127.0.0.1"]).start()
+    try:
+        start_worker("w1")
+        futures = [producer.submit(rztasks.whoami, 0.05) for _ in range(10)]
+        producer.shutdown(wait=True)
+        assert all(f.done() and f.exception() is None for f in futures)
+        with pytest.raises(RuntimeError):
+            producer.submit(rztasks.add, 1, 1)
+    finally:
+        producer.close()
+    orphan = Producer(interfaces=["127.0.0.1"], announce=False).start()
+    future = orphan.submit(rztasks.add, 1, 1)
+    orphan.close()
+    assert future.cancelled() or isinstance(future.exception(timeout=1), ProducerClosed)
+
+
+def _dealer(endpoint: str, identity: bytes = b"raw-test") -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(endpoint)
+    return sock
+
+
+def _status(producer: Producer) -> dict:
+    sock = _dealer(producer.endpoint, b"status-probe")
+    try:
+        sock.send_multipart(p.encode(p.Status(rid=1)))
+        reply = p.decode_reply(sock.recv_multipart())
+        assert isinstance(reply, p.StatusReply)
+        return reply.info
+    finally:
+        sock.close()
+
+
+def test_malformed_frames_get_err_and_producer_keeps_serving(make_producer, start_worker):
+    producer = make_producer()
+    sock = _dealer(producer.endpoint)
+    try:
+        cases = [
+            ([b"garbage"], p.E_MALFORMED),
+            ([b"XXXX", b"CLAIM", b"\x80"], p.E_MALFORMED),
+            ([b"FRZ9", b"CLAIM", b"\x80"], p.E_VERSION),
+            ([p.SIGNATURE, b"CLAIM", b"\xc1\xff"], p.E_MALFORMED),
+            ([p.SIGNATURE, b"FLY", b"\x81\xa3rid\x07"], p.E_UNKNOWN_VERB),
+            ([p.SIGNATURE, b"JOB", b"\x81\xa3rid\x07"], p.E_UNKNOWN_VERB),
+            ([p.SIGNATURE, b"CLAIM", b"\x82\xa3rid\x07\xa7wait_ms\xa3abc"], p.E_INVALID),
+            ([p.SIGNATURE, b"RESULT", b"\x81\xa3rid\x07"], p.E_INVALID),
+        ]
+        for frames, code in cases:
+            sock.send_multipart(frames)
+            reply = p.decode_reply(sock.recv_multipart())
+            assert isinstance(reply, p.Err) and reply.code == code, (frames, reply)
+        # a forged result and beat change nothing
+        sock.send_multipart(p.encode(p.Result(rid=8, job_id=1, lease_id=99, ok=True, payload=b"\x01")))
+        assert isinstance(p.decode_reply(sock.recv_multipart()), p.Ack)
+        sock.send_multipart(p.encode(p.Beat(rid=9, leases=(99,))))
+        assert p.decode_reply(sock.recv_multipart()) == p.BeatAck(rid=9, void=(99,))
+    finally:
+        sock.close()
+    start_worker("w1")
+    assert producer.submit(rztasks.add, 20, 22).result(timeout=15) == 42
+    assert _status(producer)["bad_messages"] == 8
+
+
+def test_silent_worker_leases_expire_then_dead_letter(make_producer):
+    """A 'worker' that claims and never heartbeats: the job is re-offered after each lease
+    and dead-lettered after max_attempts."""
+    producer = make_producer(announce=False, lease_s=0.3, max_attempts=2)
+    future = producer.submit(rztasks.add, 1, 1)
+    sock = _dealer(producer.endpoint, b"silent")
+    try:
+        attempts = []
+        for rid in (1, 2):
+            sock.send_multipart(p.encode(p.Claim(rid=rid, wait_ms=3000)))
+            job = p.decode_reply(sock.recv_multipart())
+            assert isinstance(job, p.Job)
+            attempts.append(job.attempt)
+        assert attempts == [1, 2]
+        with pytest.raises(JobLost):
+            future.result(timeout=5)
+        # a late result from the dead-lettered job's lease is acknowledged and dropped
+        sock.send_multipart(p.encode(p.Result(rid=3, job_id=job.job_id, lease_id=job.lease_id, ok=True, payload=b"\x02")))
+        assert isinstance(p.decode_reply(sock.recv_multipart()), p.Ack)
+    finally:
+        sock.close()
+
+
+def test_parked_claim_gets_a_job_submitted_later(make_producer):
+    producer = make_producer(announce=False)
+    sock = _dealer(producer.endpoint, b"parked")
+    try:
+        sock.send_multipart(p.encode(p.Claim(rid=5, wait_ms=5000)))
+        time.sleep(0.2)
+        sent = time.monotonic()
+        future = producer.submit(rztasks.add, 1, 2)
+        job = p.decode_reply(sock.recv_multipart())
+        assert isinstance(job, p.Job) and job.rid == 5
+        assert time.monotonic() - sent < 1.0  # handed over at once, not at the next poll
+        assert p.unpack_call(job.payload) == ("rztasks:add", [1, 2], {})
+        sock.send_multipart(p.encode(p.Result(rid=6, job_id=job.job_id, lease_id=job.lease_id, ok=True, payload=p.pack_value(3))))
+        assert isinstance(p.decode_reply(sock.recv_multipart()), p.Ack)
+        assert future.result(timeout=5) == 3
+        sock.send_multipart(p.encode(p.Claim(rid=7, wait_ms=100)))
+        assert p.decode_reply(sock.recv_multipart()) == p.NoJob(rid=7)
+    finally:
+        sock.close()
+
+
+def test_worker_cli_errors(tmp_path):
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "freelance_rz.cli", *a], capture_output=True, text=True, timeout=30
+    )
+    missing = run("--discover", "--tasks", "no_such_module_xyz")
+    assert missing.returncode == 2 and "no_such_module_xyz" in missing.stderr
+    neither = run("--tasks", "rztasks")
+    assert neither.returncode == 2 and "--discover" in neither.stderr
