@@ -299,3 +299,44 @@ def test_worker_cli_errors(tmp_path):
     assert missing.returncode == 2 and "no_such_module_xyz" in missing.stderr
     neither = run("--tasks", "rztasks")
     assert neither.returncode == 2 and "--discover" in neither.stderr
+
+
+def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_producer, start_worker, tmp_path):
+    """A producer SIGKILLed (no mDNS goodbye) stops being waited on; the worker keeps serving
+    the other producer without a stall."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TESTS_DIR
+
+    out = open(tmp_path / "producer-a.log", "wb")
+    a = subprocess.Popen(
+        [sys.executable, "rzproducer.py", "1000", "0.05"], cwd=TESTS_DIR, stdout=out,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while b"tcp://" not in (tmp_path / "producer-a.log").read_bytes():
+            assert time.monotonic() < deadline and a.poll() is None, "producer A did not start"
+            time.sleep(0.05)
+        worker = start_worker("w1")
+        b = make_producer()
+        warm = b.submit(rztasks.whoami, 0.0)
+        assert warm.result(timeout=20)["worker"] == "w1"
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait(10)
+        killed_at = time.monotonic()
+        futures = [b.submit(rztasks.whoami, 0.02) for _ in range(50)]
+        done, _ = wait(futures, timeout=20)
+        assert len(done) == 50
+        assert time.monotonic() - killed_at < 10
+        deadline = time.monotonic() + 5
+        while "unreachable" not in worker.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "unreachable" in worker.log()
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait(10)
+        out.close()

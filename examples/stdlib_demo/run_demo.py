@@ -13,9 +13,9 @@ Run from the repository root::
 Exit code 0 when every file got exactly one result (a result or a task failure) and the late
 worker ran at least one job; 1 otherwise. Workers' logs are written to the output directory.
 
-Note: ``sysconfig.get_paths()["stdlib"]`` also holds the base interpreter's ``site-packages``
-(third-party packages, not the standard library). It is skipped unless
-``--include-site-packages`` is given.
+Note: on some installs (pyenv, python.org builds) ``sysconfig.get_paths()["stdlib"]`` also
+holds the base interpreter's ``site-packages``; its files are compressed too unless
+``--stdlib-only`` is given.
 """
 
 from __future__ import annotations
@@ -67,15 +67,16 @@ SHOW_FAILURES = 5
 # --- files ---------------------------------------------------------------------------------
 
 
-def collect_files(root: str, include_site_packages: bool) -> list[str]:
-    """Every regular file under ``root``, recursively, sorted; no symlinks, no __pycache__."""
+def collect_files(root: str, skip_site_packages: bool = False) -> list[str]:
+    """Every regular file under ``root``, recursively, sorted; no symlinks, no __pycache__
+    (nor site-packages / dist-packages when ``skip_site_packages``)."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [
             d for d in dirnames
             if d != "__pycache__"
             and not os.path.islink(os.path.join(dirpath, d))
-            and (include_site_packages or d not in SITE_DIRS)
+            and not (skip_site_packages and d in SITE_DIRS)
         ]
         for name in filenames:
             path = os.path.join(dirpath, name)
@@ -161,18 +162,25 @@ def stop_workers(workers: list[WorkerProc], timeout_s: float = STOP_TIMEOUT_S) -
         if worker.proc.poll() is None:
             _killpg(worker.proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    for worker in workers:
-        try:
-            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            worker.killed = True
+    try:
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.killed = True
+                _killpg(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait()
+            worker.exit_code = worker.proc.returncode
+            # the worker is gone; leave nothing of its group behind (its job processes die
+            # with it, but make sure)
+            if _killpg(worker.proc.pid, 0):
+                time.sleep(0.2)
+                _killpg(worker.proc.pid, signal.SIGKILL)
+    except BaseException:  # Ctrl-C while waiting: no more patience, but nothing survives
+        for worker in workers:
             _killpg(worker.proc.pid, signal.SIGKILL)
             worker.proc.wait()
-        worker.exit_code = worker.proc.returncode
-        # the worker is gone; leave nothing of its group behind (job processes die with it)
-        if _killpg(worker.proc.pid, 0):
-            time.sleep(0.2)
-            _killpg(worker.proc.pid, signal.SIGKILL)
+        raise
 
 
 class LateLauncher(threading.Thread):
@@ -226,7 +234,8 @@ class Tally:
         self.results[path] = value
         worker = str(value.get("worker"))
         self.per_worker[worker] += 1
-        self.first_result_at.setdefault(worker, now)
+        if now < self.first_result_at.get(worker, now + 1):  # as_completed is not in order
+            self.first_result_at[worker] = now
 
 
 def progress_description(tally: Tally) -> str:
@@ -238,7 +247,7 @@ def progress_description(tally: Tally) -> str:
 
 def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
     root = sysconfig.get_paths()["stdlib"]
-    files = collect_files(root, args.include_site_packages)
+    files = collect_files(root, skip_site_packages=args.stdlib_only)
     if args.limit > 0:
         files = files[: args.limit]
     if not files:
@@ -246,14 +255,14 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
         return 1
     console.print(
         f"[bold]{len(files):,}[/bold] files under {root}"
-        + ("" if args.include_site_packages else " (site-packages skipped)")
+        + (" (site-packages skipped)" if args.stdlib_only else "")
     )
 
     workers: list[WorkerProc] = []
     late: LateLauncher | None = None
     producer = Producer(group=GROUP, interfaces=[LOOPBACK])
     tally = Tally()
-    finished_cleanly = False
+    producer_done = False  # shut down after every job was resolved
     t_begin = time.monotonic()
     try:
         # The early workers start while the producer probes mDNS (about 1.5 s).
@@ -268,8 +277,15 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
         late = LateLauncher(t0 + args.late_delay, args.slots, out_dir)
         late.start()
         futures: dict[Future[Any], str] = {}
+        arrived: dict[Future[Any], float] = {}  # when the producer resolved each future
+
+        def stamp(future: Future[Any]) -> None:  # runs on the producer's I/O thread
+            arrived[future] = time.monotonic()
+
         for path in files:
-            futures[producer.submit(TASK, path)] = path
+            future = producer.submit(TASK, path)
+            future.add_done_callback(stamp)
+            futures[future] = path
         t_submitted = time.monotonic()
 
         progress = Progress(
@@ -283,7 +299,7 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
                 for n, future in enumerate(
                     as_completed(futures, timeout=args.timeout - (time.monotonic() - t0)), 1
                 ):
-                    tally.take(futures[future], future, time.monotonic() - t0)
+                    tally.take(futures[future], future, arrived.get(future, time.monotonic()) - t0)
                     if n % 50 == 0 or n == len(files):
                         progress.update(bar, description=progress_description(tally))
                     progress.advance(bar)
@@ -299,19 +315,22 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
             console.print(f"[red]could not launch {LATE_WORKER}: {late.error!r}[/red]")
         if late.worker is not None:
             workers.append(late.worker)
-        producer.shutdown(wait=True)  # every job is resolved: returns at once
-        finished_cleanly = True
+        if all(future.done() for future in futures):
+            producer.shutdown(wait=True)  # every job is resolved: returns at once
+            producer_done = True
     finally:
         if late is not None:
             late.cancelled.set()
             late.join()
             if late.worker is not None and late.worker not in workers:
                 workers.append(late.worker)
-        if not finished_cleanly:  # error or Ctrl-C: do not wait for jobs
-            producer.shutdown(wait=False, cancel_futures=True)
-        stop_workers(workers)
-        if not finished_cleanly:
-            console.print(f"[yellow]workers stopped; their logs are in {out_dir}[/yellow]")
+        try:
+            # graceful: running jobs finish and deliver while the producer still listens
+            stop_workers(workers)
+        finally:
+            if not producer_done:  # error, Ctrl-C or --timeout: stop now, pending jobs cancelled
+                producer.close(timeout_s=5.0)
+                console.print(f"[yellow]producer closed, workers stopped; logs in {out_dir}[/yellow]")
 
     return report(
         console, files, tally, workers, late, wall=wall, submit_s=t_submitted - t0,
@@ -396,7 +415,13 @@ def report(
     if tally.duplicates:
         problems.append(f"{len(tally.duplicates)} file(s) got more than one result")
     if tally.per_worker.get(LATE_WORKER, 0) < 1:
-        problems.append(f"the late worker {LATE_WORKER} ran no job")
+        launched = LATE_WORKER in {w.name for w in workers}
+        problems.append(
+            f"the late worker {LATE_WORKER} ran no job ("
+            + (f"launched at t+{late_delay:.2f} s" if launched else "never launched")
+            + f"; the jobs were all done at t+{wall:.2f} s; it needs ~1-2 s to start and find "
+            "the producer over mDNS: use more files or a shorter --late-delay)"
+        )
     bad_exits = [w for w in workers if w.exit_code != 0]
     for worker in bad_exits:
         console.print(
@@ -404,7 +429,7 @@ def report(
             f"{' after SIGKILL' if worker.killed else ''}; see {worker.log_path}[/red]"
         )
     if not bad_exits and workers:
-        console.print(f"all {len(workers)} workers stopped gracefully on SIGTERM (exit code 0)")
+        console.print(f"all {len(workers)} worker(s) stopped gracefully on SIGTERM (exit code 0)")
     console.print(f"worker logs: {out_dir}")
     if problems:
         console.print(f"[bold red]FAILED: {'; '.join(problems)}[/bold red]")
@@ -414,6 +439,15 @@ def report(
         f"{LATE_WORKER} ran {tally.per_worker[LATE_WORKER]:,} job(s)"
     )
     return 0
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup run in peace
+    raise Terminated
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -426,8 +460,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="only the first N files (0: all)")
     parser.add_argument("--out", help="directory for logs (default: a new temporary directory)")
     parser.add_argument(
-        "--include-site-packages", action="store_true",
-        help="also compress the base interpreter's site-packages (not the standard library)",
+        "--stdlib-only", action="store_true",
+        help="skip site-packages / dist-packages directories under the stdlib directory",
     )
     parser.add_argument(
         "--timeout", type=float, default=240.0,
@@ -450,11 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     console = Console()
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the finally blocks stop the workers
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args, console, out_dir)
     except KeyboardInterrupt:
         console.print(f"[red]interrupted; worker logs: {out_dir}[/red]")
         return 130
+    except Terminated:
+        console.print(f"[red]terminated (SIGTERM); worker logs: {out_dir}[/red]")
+        return 143
     except RuntimeError as exc:
         console.print(f"[red]error: {exc}[/red]")
         console.print(f"worker logs: {out_dir}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zeroconf import (
+    DNSQuestionType,
     InterfaceChoice,
     IPVersion,
     ServiceBrowser,
@@ -164,7 +165,12 @@ class Browser:
     def start(self) -> None:
         """Start browsing (returns at once). Raises OSError on socket errors."""
         self._zc = _zeroconf(self._interfaces)
-        self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[self._handle])
+        # QM (multicast replies): a QU query's unicast reply goes to port 5353 on this host,
+        # which every zeroconf socket here shares, so it can land in another process and the
+        # producer is only found by the next query a second later (C2 needs < 1 s).
+        self._browser = ServiceBrowser(
+            self._zc, SERVICE_TYPE, handlers=[self._handle], question_type=DNSQuestionType.QM
+        )
 
     def close(self) -> None:
         """Stop browsing. Safe to call twice."""

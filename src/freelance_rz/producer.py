@@ -85,6 +85,7 @@ class Producer(Executor):
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()  # guards start/shutdown state below
         self._thread: threading.Thread | None = None
@@ -202,7 +203,10 @@ class Producer(Executor):
         if self._io_closed:
             raise RuntimeError("the producer's I/O thread has stopped")
         self._commands.put(command)
-        os.write(self._wake_w, b"\0")
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the I/O thread has wake-ups pending and drains the queue
 
     def _on_done(self, future: Future[Any]) -> None:
         if future.cancelled():
