@@ -1,6 +1,7 @@
 """A producer in its own process, for tests that kill one: submits N jobs, prints its endpoint,
 then waits for them. Usage: python rzproducer.py N DELAY_S"""
 
+import os
 import sys
 
 from freelance_rz import Producer
@@ -9,7 +10,7 @@ import rztasks
 
 if __name__ == "__main__":
     count, delay_s = int(sys.argv[1]), float(sys.argv[2])
-    with Producer(interfaces=["127.0.0.1"]) as producer:
+    with Producer(os.environ.get("RZ_GROUP", "default"), interfaces=["127.0.0.1"]) as producer:
         futures = [producer.submit(rztasks.whoami, delay_s) for _ in range(count)]
         print(producer.endpoint, flush=True)
         for future in futures:

@@ -37,6 +37,8 @@ MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
 LINGER_MS = 200  # on close, time given to the last replies to leave
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost on a hot path
+_LAST = int(zmq.NOBLOCK)
 
 
 class JobFuture(Future):  # type: ignore[type-arg]
@@ -93,6 +95,7 @@ class Producer(Executor):
         self._start_error: BaseException | None = None
         self._shutdown = False
         self._io_closed = False  # the I/O thread has ended; the wake pipe is closed
+        self._wake_pending = False  # a wake-up byte is in the pipe (set by _put, cleared by I/O)
         self._endpoints: list[str] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -203,10 +206,12 @@ class Producer(Executor):
         if self._io_closed:
             raise RuntimeError("the producer's I/O thread has stopped")
         self._commands.put(command)
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the I/O thread has wake-ups pending and drains the queue
+        if not self._wake_pending:  # one wake-up byte per batch of commands
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: the I/O thread has wake-ups pending
 
     def _on_done(self, future: Future[Any]) -> None:
         if future.cancelled():
@@ -337,6 +342,7 @@ class _OfferLoop:
     # --- commands from application threads --------------------------------------------------
 
     def _drain_commands(self, now: float) -> None:
+        self.producer._wake_pending = False  # before draining: a later _put writes again
         try:
             while os.read(self.producer._wake_r, 65536):
                 pass
@@ -399,9 +405,7 @@ class _OfferLoop:
         if isinstance(msg, p.Claim):
             self._claim(identity, msg, now)
         elif isinstance(msg, p.Result):
-            self._result(identity, msg)
-            if msg.claim is not None:
-                self._claim(identity, msg.claim, now)
+            self._result(identity, msg, now)
         elif isinstance(msg, p.Beat):
             void = self.ledger.beat(identity, msg.leases, now)
             self._send(identity, p.BeatAck(rid=msg.rid, void=tuple(void)))
@@ -418,14 +422,18 @@ class _OfferLoop:
         elif isinstance(msg, p.Status):
             self._send(identity, p.StatusReply(rid=msg.rid, info=self.status(now)))
 
-    def _claim(self, identity: bytes, claim: p.Claim, now: float) -> None:
-        if self._offer(identity, claim.rid, now):
+    def _claim(self, identity: bytes, claim: p.Claim, now: float, ack: int | None = None) -> None:
+        """Answer a claim with a job now, or park it. ``ack``: rid of the RESULT that carried
+        the claim, acknowledged by the JOB, or by an ACK when the claim is parked."""
+        if self._offer(identity, claim.rid, now, ack):
             return
+        if ack is not None:
+            self._send(identity, p.Ack(rid=ack))
         expires_at = now + min(claim.wait_ms, MAX_WAIT_MS) / 1000
         self.parked[(identity, claim.rid)] = expires_at
         heapq.heappush(self.parked_heap, (expires_at, identity, claim.rid))
 
-    def _offer(self, identity: bytes, rid: int, now: float) -> bool:
+    def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
         """Lease the next job to a claim; False when no job is pending or the worker is gone."""
         while True:
             lease = self.ledger.claim(identity, now)
@@ -438,16 +446,20 @@ class _OfferLoop:
                 continue
             job = p.Job(
                 rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
-                lease_ms=self.lease_ms, payload=lease.payload,
+                lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
             )
             if self._send(identity, job):
                 return True
             self.ledger.release(identity, lease.job_id, lease.lease_id)
             return False
 
-    def _result(self, identity: bytes, msg: p.Result) -> None:
+    def _result(self, identity: bytes, msg: p.Result, now: float) -> None:
         accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok)
-        self._send(identity, p.Ack(rid=msg.rid))  # ack first: callbacks may be slow
+        # answer before resolving the Future: its callbacks may be slow
+        if msg.claim is None:
+            self._send(identity, p.Ack(rid=msg.rid))
+        else:
+            self._claim(identity, msg.claim, now, ack=msg.rid)
         if not accepted:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
@@ -461,8 +473,13 @@ class _OfferLoop:
             future.set_exception(exc)
 
     def _send(self, identity: bytes, msg: p.Reply) -> bool:
+        signature, verb, body = p.encode(msg)
+        send = self.sock.send
         try:
-            self.sock.send_multipart([identity, *p.encode(msg)], zmq.NOBLOCK)
+            send(identity, _MORE)
+            send(signature, _MORE)
+            send(verb, _MORE)
+            send(body, _LAST)
             return True
         except (zmq.Again, zmq.ZMQError) as exc:  # EHOSTUNREACH: the worker is gone
             log.debug("cannot send to %r: %s", identity, exc)

@@ -55,7 +55,9 @@ class Claim:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Job:
-    """Producer -> worker: the answer to a claim. ``lease_ms``: heartbeat within this many ms."""
+    """Producer -> worker: the answer to a claim. ``lease_ms``: heartbeat within this many ms.
+    ``ack``: the rid of a RESULT that carried this claim; the JOB acknowledges it too, so a
+    busy worker spends one message each way per job."""
 
     rid: int
     job_id: int
@@ -63,6 +65,7 @@ class Job:
     attempt: int
     lease_ms: int
     payload: bytes
+    ack: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -188,10 +191,6 @@ def _uint(value: Any) -> int:
     return value
 
 
-def _opt_uint(value: Any) -> int | None:
-    return None if value is None else _uint(value)
-
-
 def _bool(value: Any) -> bool:
     if type(value) is not bool:
         raise ValueError("must be a boolean")
@@ -222,11 +221,8 @@ def _map(value: Any) -> dict[str, Any]:
     return value
 
 
-def _claim(value: Any) -> Claim | None:
-    if value is None:
-        return None
-    body = _map(value)
-    return _build(Claim, body)
+def _claim(value: Any) -> Claim:
+    return _build(Claim, _map(value))  # type: ignore[no-any-return]
 
 
 # Field name -> check (returns the validated value or raises ValueError).
@@ -240,6 +236,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "payload": _bytes,
     "ok": _bool,
     "claim": _claim,
+    "ack": _uint,
     "leases": _uint_list,
     "void": _uint_list,
     "claim_rid": _uint,
@@ -261,12 +258,11 @@ def _build(cls: type, body: dict[str, Any]) -> Any:
                 continue
             raise ProtocolError(E_INVALID, f"{_VERB_OF[cls].decode()}: missing field {name!r}")
         value = body[name]
-        if cls is Err and name == "rid":
-            check = _opt_uint
-        else:
-            check = _FIELD_CHECKS[name]
+        if value is None and (field.default is None or (cls is Err and name == "rid")):
+            kwargs[name] = None  # an optional field sent as nil
+            continue
         try:
-            kwargs[name] = check(value)
+            kwargs[name] = _FIELD_CHECKS[name](value)
         except ValueError as exc:
             raise ProtocolError(
                 E_INVALID, f"{_VERB_OF[cls].decode()}: field {name!r} {exc}"

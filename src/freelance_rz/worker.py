@@ -214,15 +214,18 @@ class Worker:
         return self.stats
 
     def _loop(self) -> None:
+        watched: tuple[Any, ...] = ()
         while True:
-            poller = zmq.Poller()  # rebuilt each turn: peers and job processes come and go
-            poller.register(self._wake_r, zmq.POLLIN)
+            # the poller is rebuilt only when peers or job processes came or went
             procs = {proc.fileno(): proc for proc in self._procs}
-            for fd in procs:
-                poller.register(fd, zmq.POLLIN)
             peers = [peer for peer in self._peers.values() if peer.sock is not None]
-            for peer in peers:
-                poller.register(peer.sock, zmq.POLLIN)
+            now_watched = (*procs, *(peer.sock for peer in peers))
+            if now_watched != watched:
+                watched = now_watched
+                poller = zmq.Poller()
+                poller.register(self._wake_r, zmq.POLLIN)
+                for item in watched:
+                    poller.register(item, zmq.POLLIN)
             events = dict(poller.poll(self._timeout_ms(time.monotonic())))
             now = time.monotonic()
             if self._wake_r in events:
@@ -421,6 +424,10 @@ class Worker:
         expected = peer.inflight.pop(msg.rid, None) if msg.rid is not None else None
         if isinstance(msg, p.Job):
             peer.claims.discard(msg.rid)
+            if msg.ack is not None:  # the JOB also answers the RESULT that carried the claim
+                acked = peer.inflight.pop(msg.ack, None)
+                if acked is not None and acked[0] == "RESULT":
+                    peer.unacked.pop(acked[2], None)
             self._job(peer, msg, now)
         elif isinstance(msg, p.NoJob):
             peer.claims.discard(msg.rid)

@@ -1,0 +1,756 @@
+"""A durable job store for a producer: stdlib ``sqlite3``, WAL mode, batched writes.
+
+What it is for (issue 7)
+------------------------
+A producer that dies takes its in-memory :class:`~freelance_rz.ledger.Ledger` with it. With a
+store, every change the ledger makes (a job added, leased, given back, re-queued, finished) is
+also recorded here, and a restarted producer rebuilds its ledger from :meth:`JobStore.restore`:
+pending jobs are offered again, leased jobs whose lease cannot be confirmed are re-queued with
+the attempt counted, finished results are kept (for a while, see retention) so a result of an
+earlier run can still be looked up.
+
+Durability
+----------
+The file is a SQLite database in WAL mode with ``synchronous=NORMAL``. A transaction is in the
+WAL file once :meth:`JobStore.flush` returns, so it survives a crash of the *process*
+(SIGKILL, an exception, ``os._exit``): that is the failure this store is about. It is not
+fsynced on every commit, so the last transactions before a crash of the *machine* (power loss,
+kernel panic) may be lost; the database is still consistent then (SQLite's guarantee).
+
+Batching: the mutating methods (:meth:`~JobStore.add`, :meth:`~JobStore.lease`,
+:meth:`~JobStore.release`, :meth:`~JobStore.requeue`, :meth:`~JobStore.finish`) only buffer.
+:meth:`~JobStore.flush` writes the buffer in ONE transaction; the producer calls it once per
+turn of its loop (and before it tells a caller a job is accepted). Buffered changes are
+coalesced per job, so a job added, leased and finished between two flushes costs one row
+(its result) and a job added and leased costs one row plus one lease row. Until a flush,
+changes are lost in a crash; after it, they are not.
+
+Threads and processes
+---------------------
+A store is used by one thread at a time (the producer's I/O thread); it is not thread-safe.
+It may be opened in one thread and then handed to another (the connection is opened with
+``check_same_thread=False`` for that), as long as the two never use it at once.
+The file is locked for the life of the store (SQLite ``locking_mode=EXCLUSIVE``): a second
+store (a second producer, in this or another process) on the same file gets
+:class:`StoreError` rather than both offering the same jobs. The operating system drops the
+lock when the process dies, so a restarted producer opens the file at once.
+
+Safety of the file
+------------------
+Opening never empties, recreates or "repairs" an existing file. A file that is not a SQLite
+database, is damaged (``PRAGMA quick_check`` fails), belongs to another application, is a
+store of a newer schema version, or lacks one of the tables raises :class:`StoreError` naming
+the path and the problem, and nothing is written to it. Only a missing or empty (0-byte) file
+is initialised as a new store.
+
+Layout (schema version 1; ``PRAGMA user_version`` holds the version, ``PRAGMA
+application_id`` marks the file as a freelance_rz job store)::
+
+    meta(key, value)                        producer_key, next_job_id
+    jobs(job_id, payload, attempt, max_attempts, lease_id)
+                                            live jobs only; lease_id NULL when pending
+    leases(job_id, lease_id, worker)        every lease issued for a live job
+    results(job_id, state, payload, finished_at)
+                                            finished jobs, until retention purges them
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FreelanceError
+
+SCHEMA_VERSION = 1
+#: ``PRAGMA application_id`` of a job store: "FRZ1" read as a big-endian int.
+APPLICATION_ID = 0x46525A31
+#: seconds to wait for the file lock when opening (a dying predecessor releasing it).
+LOCK_TIMEOUT_S = 1.0
+#: states of a finished job, as stored in :attr:`StoredResult.state`.
+FINISHED_STATES = frozenset({"done", "failed", "dead", "cancelled"})
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
+    " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, lease_id INTEGER)",
+    "CREATE TABLE leases (job_id INTEGER NOT NULL, lease_id INTEGER NOT NULL,"
+    " worker BLOB NOT NULL, PRIMARY KEY (job_id, lease_id)) WITHOUT ROWID",
+    "CREATE TABLE results (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
+    " payload BLOB NOT NULL, finished_at REAL NOT NULL)",
+    "CREATE INDEX results_by_finished_at ON results (finished_at)",
+)
+_COLUMNS = {
+    "meta": ("key", "value"),
+    "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id"),
+    "leases": ("job_id", "lease_id", "worker"),
+    "results": ("job_id", "state", "payload", "finished_at"),
+}
+
+
+class StoreError(FreelanceError):
+    """The job store file cannot be used: not a SQLite database, damaged, another
+    application's database, a newer schema version, locked by another store, or an SQLite
+    error while reading or writing it. The message names the path and what is wrong.
+
+    Attributes:
+        path: the store's file path.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"job store {path!r}: {problem}")
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A live job as restored from the store.
+
+    Attributes:
+        job_id: the producer's id of the job.
+        payload: the job as submitted (the packed call).
+        attempt: the attempt its next lease will carry (from 1).
+        max_attempts: leases it may lose before it is dead-lettered.
+        leases: every lease still on record for it, lease id -> worker routing id (leases
+            given back with :meth:`JobStore.release` are forgotten), so a result from a
+            lease of an earlier process can still be accepted.
+    """
+
+    job_id: int
+    payload: bytes
+    attempt: int
+    max_attempts: int
+    leases: dict[int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A finished job.
+
+    Attributes:
+        job_id: the producer's id of the job.
+        state: ``"done"``, ``"failed"``, ``"dead"`` or ``"cancelled"``.
+        payload: the packed result value (done) or error map (failed), as passed to
+            :meth:`JobStore.finish`; ``b""`` for dead and cancelled jobs by convention.
+        finished_at: when it finished, unix seconds (``time.time()``).
+    """
+
+    job_id: int
+    state: str
+    payload: bytes
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What :meth:`JobStore.restore` found.
+
+    Attributes:
+        pending: live jobs to offer again, in queue order: the jobs that were pending, by
+            job id, then the jobs that were leased, by job id, each with ``attempt`` one
+            higher (its lease cannot be confirmed, so it counts as lost).
+        dead: ids of leased jobs that were on their last attempt: the restore dead-lettered
+            them (a ``"dead"`` result is now stored for each), in job id order.
+        next_job_id: the first job id never used in this store (purged jobs included).
+        producer_key: a random id made when the store was created and kept for its life, so
+            workers can recognise a restarted producer of the same store.
+    """
+
+    pending: list[StoredJob]
+    dead: list[int]
+    next_job_id: int
+    producer_key: str
+
+
+class JobStore:
+    """The durable job table of one producer (see the module docstring).
+
+    Args:
+        path: the database file (``str`` or path-like). Created when missing; its directory
+            must exist.
+        retention_s: :meth:`purge` removes results that finished more than this many
+            seconds ago; None keeps them regardless of age.
+        retention_count: :meth:`purge` keeps only the newest this many results (by
+            ``finished_at``, then job id); None keeps any number.
+
+    Raises:
+        StoreError: the file is not a SQLite database, is damaged, is another
+            application's database, is a store of a newer :data:`SCHEMA_VERSION`, lacks a
+            table, is locked by another store, or cannot be opened (the file is left as it
+            was).
+        ValueError: ``retention_s`` < 0 or not a number, ``retention_count`` < 0 or not
+            an int.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        retention_s: float | None = 7 * 24 * 3600,
+        retention_count: int | None = 100_000,
+    ) -> None:
+        if retention_s is not None and (
+            isinstance(retention_s, bool)
+            or not isinstance(retention_s, (int, float))
+            or not retention_s >= 0
+            or math.isinf(retention_s)
+        ):
+            raise ValueError(f"retention_s must be None or a number of seconds >= 0, got {retention_s!r}")
+        if retention_count is not None and (
+            isinstance(retention_count, bool) or not isinstance(retention_count, int) or retention_count < 0
+        ):
+            raise ValueError(f"retention_count must be None or an int >= 0, got {retention_count!r}")
+        self.path = os.fspath(path)
+        self.retention_s = retention_s
+        self.retention_count = retention_count
+        # live jobs: job_id -> [attempt, current lease id or None] (mirror of the jobs table
+        # plus the buffer; it makes is_live O(1) and lets updates write whole rows)
+        self._live: dict[int, list[Any]] = {}
+        self._reset_buffer()
+        self._conn: sqlite3.Connection | None = None
+        conn = self._open()
+        try:
+            self._producer_key, self._next_id = self._load(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._stored_next_id = self._next_id
+
+    # --- opening -----------------------------------------------------------------------------
+
+    def _error(self, problem: str) -> StoreError:
+        return StoreError(self.path, problem)
+
+    def _sqlite_error(self, doing: str, exc: BaseException) -> StoreError:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith("SQLITE_BUSY") or "locked" in str(exc):
+            return self._error(
+                f"is in use by another job store (another producer on the same file?): {exc}"
+            )
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return self._error(f"is damaged ({exc}) while {doing}; the file was left as it is")
+        return self._error(f"SQLite error while {doing}: {exc}")
+
+    def _open(self) -> sqlite3.Connection:
+        self._check_header()
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_S
+            )
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot be opened: {exc}") from exc
+        try:
+            # before the first read: hold the file lock for the life of the connection
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            new = self._validate(conn)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise self._error(f"cannot be put in WAL mode (journal_mode is {mode!r})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if new:
+                self._create(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._sqlite_error("opening it", exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_header(self) -> None:
+        """Refuse a file that is not SQLite before SQLite opens it (it would not write to
+        it either, but the message is clearer)."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+        except FileNotFoundError:
+            return
+        except IsADirectoryError:
+            raise self._error("is a directory, not a job store file") from None
+        except OSError as exc:
+            raise self._error(f"cannot be read: {exc}") from exc
+        if not header:
+            return  # an empty file: SQLite treats it as an empty database
+        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+            raise self._error(
+                "is not a SQLite database (damaged, or some other file); "
+                "it was left as it is: move it away to start a new store"
+            )
+
+    def _validate(self, conn: sqlite3.Connection) -> bool:
+        """Check an existing file read-only. True when it is empty (a new store)."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = sorted(
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not name.startswith("sqlite_")
+        )
+        if app_id == 0 and not tables and version == 0:
+            return True
+        if app_id != APPLICATION_ID:
+            shown = ", ".join(tables[:8]) + (", ..." if len(tables) > 8 else "")
+            raise self._error(
+                "is a SQLite database of another application, not a freelance_rz job store "
+                f"(application_id {app_id:#x}, tables: {shown or 'none'}); it was left as it is"
+            )
+        if version > SCHEMA_VERSION:
+            raise self._error(
+                f"has schema version {version}, newer than version {SCHEMA_VERSION} that this "
+                "freelance_rz understands: upgrade freelance_rz to use it (it was left as it is)"
+            )
+        if version < 1:
+            raise self._error(f"has an invalid schema version {version} (damaged?)")
+        missing = [name for name in _COLUMNS if name not in tables]
+        if missing:
+            raise self._error(f"is damaged: missing table(s) {', '.join(missing)}")
+        for name, expected in _COLUMNS.items():
+            columns = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({name})"))
+            if columns != expected:
+                raise self._error(
+                    f"is damaged: table {name} has columns {columns}, expected {expected}"
+                )
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise self._error(
+                f"is damaged (SQLite quick_check: {'; '.join(map(str, problems))}); "
+                "it was left as it is"
+            )
+        return False
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("producer_key", secrets.token_hex(8)), ("next_job_id", 1)],
+            )
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _load(self, conn: sqlite3.Connection) -> tuple[str, int]:
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            key, next_id = meta.get("producer_key"), meta.get("next_job_id")
+            if not isinstance(key, str) or not isinstance(next_id, int):
+                raise self._error(f"is damaged: bad meta table {meta!r}")
+            for job_id, attempt, lease_id in conn.execute(
+                "SELECT job_id, attempt, lease_id FROM jobs"
+            ):
+                self._live[job_id] = [attempt, lease_id]
+            for table in ("jobs", "results"):
+                (top,) = conn.execute(f"SELECT max(job_id) FROM {table}").fetchone()
+                if top is not None and top >= next_id:
+                    next_id = top + 1
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("reading it", exc) from exc
+        return key, next_id
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _reset_buffer(self) -> None:
+        self._ins: dict[int, tuple[bytes, int]] = {}  # new jobs: job_id -> (payload, max)
+        self._upd: set[int] = set()  # stored jobs whose attempt / current lease changed
+        self._lease_add: dict[tuple[int, int], bytes] = {}  # (job_id, lease_id) -> worker
+        self._lease_del: set[tuple[int, int]] = set()
+        self._gone: set[int] = set()  # stored jobs that finished
+        self._fin: dict[int, StoredResult] = {}  # results to write
+        self._dirty = False
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise self._error("is closed")
+        return self._conn
+
+    def close(self) -> None:
+        """Flush, then close the file (releasing its lock). Idempotent.
+
+        Raises:
+            StoreError: the final flush failed (the file is closed anyway; the buffered
+                changes are lost).
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._conn = None
+            conn.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def restore(self) -> Restored:
+        """Rebuild the job table of a (re)started producer. Call once, after opening.
+
+        Leased jobs are taken back: the ones with attempts left become pending with
+        ``attempt + 1``; the ones on their last attempt (``attempt >= max_attempts``) are
+        dead-lettered. Both changes are written before this returns.
+
+        Returns:
+            :class:`Restored`: the jobs to offer, in order; the dead-lettered ids; the next
+            job id; the store's producer key.
+
+        Raises:
+            StoreError: SQLite failed while reading or writing (e.g. a damaged page).
+        """
+        conn = self._require_open()
+        self.flush()
+        try:
+            leases: dict[int, dict[int, bytes]] = {}
+            for job_id, lease_id, worker in conn.execute(
+                "SELECT job_id, lease_id, worker FROM leases"
+            ):
+                leases.setdefault(job_id, {})[lease_id] = worker
+            pending: list[StoredJob] = []
+            leased: list[StoredJob] = []
+            dead: list[int] = []
+            for job_id, payload, attempt, max_attempts, lease_id in conn.execute(
+                "SELECT job_id, payload, attempt, max_attempts, lease_id FROM jobs ORDER BY job_id"
+            ):
+                if lease_id is None:
+                    pending.append(
+                        StoredJob(job_id, payload, attempt, max_attempts, leases.get(job_id, {}))
+                    )
+                elif attempt >= max_attempts:
+                    dead.append(job_id)
+                else:
+                    leased.append(
+                        StoredJob(job_id, payload, attempt + 1, max_attempts, leases.get(job_id, {}))
+                    )
+            if leased or dead:
+                now = time.time()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(
+                        "UPDATE jobs SET attempt = ?, lease_id = NULL WHERE job_id = ?",
+                        [(job.attempt, job.job_id) for job in leased],
+                    )
+                    self._write_finished(
+                        conn, dead, [(job_id, "dead", b"", now) for job_id in dead]
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+                for job in leased:
+                    self._live[job.job_id] = [job.attempt, None]
+                for job_id in dead:
+                    del self._live[job_id]
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("restoring jobs", exc) from exc
+        return Restored(pending + leased, dead, self._next_id, self._producer_key)
+
+    # --- mutations (buffered until flush) -----------------------------------------------------
+
+    def _job(self, job_id: int, doing: str) -> list[Any]:
+        if self._conn is None:
+            raise self._error("is closed")
+        state = self._live.get(job_id)
+        if state is None:
+            raise ValueError(f"cannot {doing} job {job_id!r}: it is not live in the store")
+        return state
+
+    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
+        """Record a new pending job (attempt 1). Buffered until :meth:`flush`.
+
+        Args:
+            job_id: a fresh id (never used in this store: take them from
+                :attr:`Restored.next_job_id` on; any order is fine), a 64-bit signed int.
+            payload: the job (bytes-like).
+            max_attempts: leases it may lose before it is dead-lettered (>= 1).
+
+        Raises:
+            ValueError: the job is live already, or an argument is out of range.
+            TypeError: ``payload`` is not bytes-like.
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        if job_id in self._live:
+            raise ValueError(f"job {job_id} is already live in the store")
+        if not isinstance(job_id, int) or not _INT64_MIN <= job_id <= _INT64_MAX:
+            raise ValueError(f"job_id must be a 64-bit int, got {job_id!r}")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        if not isinstance(max_attempts, int) or not 1 <= max_attempts <= _INT64_MAX:
+            raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        self._live[job_id] = [1, None]
+        self._ins[job_id] = (bytes(payload), max_attempts)
+        if job_id >= self._next_id:
+            self._next_id = job_id + 1
+        self._dirty = True
+
+    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
+        """Record that a pending job was leased. Buffered until :meth:`flush`.
+
+        Args:
+            job_id: a pending job.
+            lease_id: the new lease's id (a 64-bit signed int; the ledger's are 63-bit).
+            worker: routing id of the worker holding it.
+            attempt: the attempt the lease carries (from 1).
+
+        Raises:
+            ValueError: the job is not live or is leased already, or ``lease_id`` or
+                ``attempt`` is out of range.
+            StoreError: the store is closed.
+        """
+        state = self._job(job_id, "lease")
+        if state[1] is not None:
+            raise ValueError(f"cannot lease job {job_id}: it is leased already")
+        if not isinstance(lease_id, int) or not _INT64_MIN <= lease_id <= _INT64_MAX:
+            raise ValueError(f"lease_id must be a 64-bit int, got {lease_id!r}")
+        _check_attempt(attempt)
+        state[0] = attempt
+        state[1] = lease_id
+        self._changed(job_id)
+        key = (job_id, lease_id)
+        self._lease_add[key] = worker
+
+    def release(self, job_id: int, lease_id: int) -> None:
+        """Record that a lease was given back (declined, or the JOB could not be sent): the
+        job is pending again with the same attempt and the lease is forgotten. Buffered.
+
+        Raises:
+            ValueError: the job is not live, or ``lease_id`` is not its current lease.
+            StoreError: the store is closed.
+        """
+        state = self._job(job_id, "release")
+        if state[1] != lease_id or lease_id is None:
+            raise ValueError(
+                f"cannot release lease {lease_id!r} of job {job_id}: its current lease is "
+                f"{state[1]!r}"
+            )
+        state[1] = None
+        self._changed(job_id)
+        key = (job_id, lease_id)
+        if self._lease_add.pop(key, None) is None:
+            self._lease_del.add(key)
+
+    def requeue(self, job_id: int, attempt: int) -> None:
+        """Record that a lease expired: the job is pending again with ``attempt`` (the old
+        lease stays on record, so a late result under it is still recognised). Buffered.
+
+        Raises:
+            ValueError: the job is not live or not leased, or ``attempt`` < 1.
+            StoreError: the store is closed.
+        """
+        state = self._job(job_id, "requeue")
+        if state[1] is None:
+            raise ValueError(f"cannot requeue job {job_id}: it is not leased")
+        _check_attempt(attempt)
+        state[0] = attempt
+        state[1] = None
+        self._changed(job_id)
+
+    def _changed(self, job_id: int) -> None:
+        if job_id not in self._ins:  # a new job is written whole from _live at flush
+            self._upd.add(job_id)
+        self._dirty = True
+
+    def finish(self, job_id: int, state: str, payload: bytes, finished_at: float) -> None:
+        """Record that a live job finished: its payload and leases are dropped and its result
+        is kept (until :meth:`purge` removes it). Buffered until :meth:`flush`.
+
+        Args:
+            job_id: a live (pending or leased) job.
+            state: ``"done"``, ``"failed"``, ``"dead"`` or ``"cancelled"``.
+            payload: the packed result value (done) or error map (failed); ``b""`` for dead
+                and cancelled jobs.
+            finished_at: unix seconds (``time.time()``); retention ages count from it.
+
+        Raises:
+            ValueError: the job is not live, or ``state`` is not one of the above.
+            TypeError: ``payload`` is not bytes-like.
+            StoreError: the store is closed.
+        """
+        self._job(job_id, "finish")
+        if state not in FINISHED_STATES:
+            raise ValueError(f"state must be one of {sorted(FINISHED_STATES)}, got {state!r}")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        del self._live[job_id]
+        if self._ins.pop(job_id, None) is None:
+            self._gone.add(job_id)
+            self._upd.discard(job_id)
+        self._fin[job_id] = StoredResult(job_id, state, bytes(payload), float(finished_at))
+        self._dirty = True
+
+    # --- writing -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    @staticmethod
+    def _write_finished(
+        conn: sqlite3.Connection, gone: Iterable[int], results: Iterable[tuple[Any, ...]]
+    ) -> None:
+        gone_rows = [(job_id,) for job_id in gone]
+        if gone_rows:
+            conn.executemany("DELETE FROM jobs WHERE job_id = ?", gone_rows)
+            conn.executemany("DELETE FROM leases WHERE job_id = ?", gone_rows)
+        conn.executemany(
+            "INSERT OR REPLACE INTO results (job_id, state, payload, finished_at)"
+            " VALUES (?, ?, ?, ?)",
+            results,
+        )
+
+    def flush(self) -> None:
+        """Write every buffered change in one transaction (a no-op when there is none).
+
+        When this returns, the changes survive a crash of the process.
+
+        Raises:
+            StoreError: the store is closed, or SQLite failed (disk full, I/O error, a
+                damaged page). The transaction is rolled back and the changes stay
+                buffered, so a later flush can retry them.
+        """
+        conn = self._require_open()
+        if not self._dirty:
+            return
+        live = self._live
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._gone or self._fin:
+                    self._write_finished(
+                        conn,
+                        self._gone,
+                        [(r.job_id, r.state, r.payload, r.finished_at) for r in self._fin.values()],
+                    )
+                if self._lease_del:
+                    conn.executemany(
+                        "DELETE FROM leases WHERE job_id = ? AND lease_id = ?", self._lease_del
+                    )
+                if self._ins:
+                    conn.executemany(
+                        "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (job_id, payload, live[job_id][0], max_attempts, live[job_id][1])
+                            for job_id, (payload, max_attempts) in self._ins.items()
+                        ],
+                    )
+                if self._upd:
+                    conn.executemany(
+                        "UPDATE jobs SET attempt = ?, lease_id = ? WHERE job_id = ?",
+                        [(*live[job_id], job_id) for job_id in self._upd],
+                    )
+                if self._lease_add:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO leases (job_id, lease_id, worker) VALUES (?, ?, ?)",
+                        [
+                            (job_id, lease_id, worker)
+                            for (job_id, lease_id), worker in self._lease_add.items()
+                            if job_id in live
+                        ],
+                    )
+                if self._next_id != self._stored_next_id:
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'next_job_id'", (self._next_id,)
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("writing changes", exc) from exc
+        self._stored_next_id = self._next_id
+        self._reset_buffer()
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def result(self, job_id: int) -> StoredResult | None:
+        """The result of a job finished in this run or an earlier one (buffered results
+        included), or None when the job is live, unknown or purged.
+
+        Raises:
+            StoreError: the store is closed, or SQLite failed.
+        """
+        conn = self._require_open()
+        found = self._fin.get(job_id)
+        if found is not None:
+            return found
+        if not isinstance(job_id, int) or not _INT64_MIN <= job_id <= _INT64_MAX:
+            return None
+        try:
+            row = conn.execute(
+                "SELECT job_id, state, payload, finished_at FROM results WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("reading a result", exc) from exc
+        return None if row is None else StoredResult(*row)
+
+    def is_live(self, job_id: int) -> bool:
+        """True when the job is pending or leased (buffered changes included)."""
+        return job_id in self._live
+
+    def purge(self, now: float) -> int:
+        """Apply retention: flush, then remove the results whose age (``now - finished_at``)
+        exceeds ``retention_s``, then all but the newest ``retention_count`` results.
+
+        Args:
+            now: unix seconds (``time.time()``), the clock of ``finished_at``.
+
+        Returns:
+            How many results were removed.
+
+        Raises:
+            StoreError: the store is closed, or SQLite failed.
+        """
+        conn = self._require_open()
+        self.flush()
+        if self.retention_s is None and self.retention_count is None:
+            return 0
+        removed = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self.retention_s is not None:
+                    removed += conn.execute(
+                        "DELETE FROM results WHERE finished_at < ?", (now - self.retention_s,)
+                    ).rowcount
+                if self.retention_count is not None:
+                    (count,) = conn.execute("SELECT count(*) FROM results").fetchone()
+                    if count > self.retention_count:
+                        removed += conn.execute(
+                            "DELETE FROM results WHERE job_id IN (SELECT job_id FROM results"
+                            " ORDER BY finished_at DESC, job_id DESC LIMIT -1 OFFSET ?)",
+                            (self.retention_count,),
+                        ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            raise self._sqlite_error("purging results", exc) from exc
+        return removed
+
+
+def _check_attempt(attempt: int) -> None:
+    if not isinstance(attempt, int) or not 1 <= attempt <= _INT64_MAX:
+        raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
