@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
+from ._sockets import send_frames
 from .discovery import Announcer, local_networks, resolve_interfaces
 from .errors import JobFailed, JobLost, ProducerClosed, ProtocolError
 from .ledger import Ledger
@@ -37,8 +38,6 @@ MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
 LINGER_MS = 200  # on close, time given to the last replies to leave
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost on a hot path
-_LAST = int(zmq.NOBLOCK)
 
 
 class JobFuture(Future):  # type: ignore[type-arg]
@@ -473,13 +472,8 @@ class _OfferLoop:
             future.set_exception(exc)
 
     def _send(self, identity: bytes, msg: p.Reply) -> bool:
-        signature, verb, body = p.encode(msg)
-        send = self.sock.send
         try:
-            send(identity, _MORE)
-            send(signature, _MORE)
-            send(verb, _MORE)
-            send(body, _LAST)
+            send_frames(self.sock, [identity, *p.encode(msg)])
             return True
         except (zmq.Again, zmq.ZMQError) as exc:  # EHOSTUNREACH: the worker is gone
             log.debug("cannot send to %r: %s", identity, exc)

@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
+from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
 from .runner import JobProcess, Outcome
@@ -45,6 +46,7 @@ REPLY_TIMEOUT_S = 1.0  # time a producer has to answer RESULT, BEAT, DECLINE, ..
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
+TIMER_SLACK_S = 0.02  # timers are checked at least this often while messages keep arriving
 
 
 @dataclass(slots=True)
@@ -215,6 +217,7 @@ class Worker:
 
     def _loop(self) -> None:
         watched: tuple[Any, ...] = ()
+        check_at = 0.0  # next time to look at deadlines, heartbeats and reconnects
         while True:
             # the poller is rebuilt only when peers or job processes came or went
             procs = {proc.fileno(): proc for proc in self._procs}
@@ -226,7 +229,8 @@ class Worker:
                 poller.register(self._wake_r, zmq.POLLIN)
                 for item in watched:
                     poller.register(item, zmq.POLLIN)
-            events = dict(poller.poll(self._timeout_ms(time.monotonic())))
+            timeout_ms = max(0, int((check_at - time.monotonic()) * 1000) + 1)
+            events = dict(poller.poll(timeout_ms))
             now = time.monotonic()
             if self._wake_r in events:
                 self._drain_events(now)
@@ -236,13 +240,15 @@ class Worker:
             for peer in peers:
                 if peer.sock is not None and peer.sock in events:
                     self._drain_peer(peer, now)
-            for peer in list(self._peers.values()):
-                self._check_peer(peer, now)
+            if now >= check_at:  # timers: not on every message, at most TIMER_SLACK_S late
+                for peer in list(self._peers.values()):
+                    self._check_peer(peer, now)
+                check_at = min(self._soonest_timer(now), now + TIMER_SLACK_S)
             self._reconcile_claims()
             if self._stopping and self._finished(now):
                 return
 
-    def _timeout_ms(self, now: float) -> int:
+    def _soonest_timer(self, now: float) -> float:
         soonest = now + 1.0
         for peer in self._peers.values():
             if peer.sock is None:
@@ -252,7 +258,7 @@ class Worker:
                 soonest = min(soonest, peer.next_beat_at)
             for _, deadline, _ in peer.inflight.values():
                 soonest = min(soonest, deadline)
-        return max(0, int((soonest - now) * 1000) + 1)
+        return soonest
 
     def _finished(self, now: float) -> bool:
         if self._running:
@@ -371,7 +377,7 @@ class Worker:
             self._expect(peer, msg.claim.rid, "CLAIM", msg.claim.wait_ms / 1000 + CLAIM_GRACE_S, 0)
         self._expect(peer, msg.rid, type(msg).__name__.upper(), timeout, job_id)
         try:
-            peer.sock.send_multipart(p.encode(msg), zmq.NOBLOCK)
+            send_frames(peer.sock, p.encode(msg))
         except zmq.Again:
             pass  # send queue full: the reply deadline will notice
 
