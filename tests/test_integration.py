@@ -340,3 +340,43 @@ def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_produc
             os.killpg(a.pid, signal.SIGKILL)
             a.wait(10)
         out.close()
+
+
+def test_submit_async_from_a_running_loop(make_producer, start_worker):
+    import asyncio
+
+    producer = make_producer()
+    start_worker("w1", "--slots", "2")
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(producer.submit_async(rztasks.whoami, 0.2) for _ in range(4)))
+        tick.cancel()
+        return results, ticks
+
+    results, ticks = asyncio.run(asyncio.wait_for(main(), 30))
+    assert len(results) == 4 and all(r["worker"] == "w1" for r in results)
+    assert ticks >= 10  # the loop kept running while jobs were out
+    with pytest.raises(JobFailed):
+        asyncio.run(producer.submit_async(rztasks.fail, "async boom"))
+
+
+def test_status_reports_counts_and_workers(make_producer, start_worker):
+    producer = make_producer()
+    start_worker("w1")
+    assert producer.submit(rztasks.add, 1, 1).result(timeout=15) == 2
+    with pytest.raises(JobFailed):
+        producer.submit(rztasks.fail, "x").result(timeout=5)
+    status = producer.status()
+    assert status["done"] == 1 and status["failed"] == 1 and status["pending"] == 0
+    assert status["workers"] == 1 and status["group"] == "default"
+    wire = _status(producer)  # the same facts over the STATUS verb
+    assert (wire["done"], wire["failed"], wire["producer_id"]) == (1, 1, producer.producer_id)

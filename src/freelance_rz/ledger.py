@@ -198,6 +198,29 @@ class Ledger:
         self._move(job, "submit")
         self._pending.append(job)
 
+    def restore(
+        self,
+        job_id: int,
+        payload: bytes,
+        *,
+        attempt: int,
+        max_attempts: int,
+        leases: dict[int, Hashable],
+    ) -> None:
+        """Re-add a pending job of an earlier run (a durable store's restart): at the tail,
+        with its attempt number and the leases issued for it before, so a result that a
+        worker delivers late under one of those leases is still accepted once.
+
+        Raises:
+            ValueError: ``job_id`` is already live, or ``attempt``/``max_attempts`` < 1.
+        """
+        if attempt < 1:
+            raise ValueError(f"attempt must be >= 1, got {attempt!r}")
+        self.submit(job_id, payload, max_attempts=max_attempts)
+        job = self._jobs[job_id]
+        job.attempt = attempt
+        job.issued.update(leases)
+
     def claim(self, worker: Hashable, now: float) -> Lease | None:
         """Lease the job at the head of the queue to ``worker``, or None when none is pending."""
         while self._pending:

@@ -9,6 +9,7 @@ thin shell: poll, decode, hand to the ledger, send what it returns, resolve futu
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -168,6 +169,39 @@ class Producer(Executor):
             self._put("submit", future.job_id, payload, future)
         future.add_done_callback(self._on_done)
         return future
+
+    async def submit_async(
+        self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """``await`` a job's result from asyncio code without blocking the event loop.
+
+        Same arguments and errors as :meth:`submit`; the first call may start the producer
+        (binding and mDNS probing, about 1.5 s), which then happens in a thread. Cancelling
+        the awaiting task cancels the job if no worker holds it yet.
+        """
+        if self._thread is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.start)
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    def status(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
+        ``done``, ``failed``, ``dead``, ``cancelled``; ``workers`` seen in the last minute;
+        ``parked_claims``; ``uptime_s`` (seconds); ``producer_id``, ``group``, ``version``.
+
+        Raises:
+            RuntimeError: the producer is not running.
+            concurrent.futures.TimeoutError: no answer within ``timeout_s`` seconds.
+        """
+        return self._call(lambda loop: loop.status(time.monotonic()), timeout_s)
+
+    def _call(self, fn: Callable[[_OfferLoop], Any], timeout_s: float) -> Any:
+        """Run ``fn(loop)`` on the I/O thread and return its result."""
+        answer: Future[Any] = Future()
+        with self._lock:
+            if self._thread is None:
+                raise RuntimeError("the producer is not started")
+            self._put("call", fn, answer)
+        return answer.result(timeout_s)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting jobs; the I/O thread ends once every job is resolved.
@@ -361,6 +395,12 @@ class _OfferLoop:
             elif verb == "cancel":
                 self.ledger.cancel(command[1])
                 self.futures.pop(command[1], None)
+            elif verb == "call":
+                _, fn, answer = command
+                try:
+                    answer.set_result(fn(self))
+                except Exception as exc:  # handed back to the caller, never kills the loop
+                    answer.set_exception(exc)
             elif verb == "close":
                 self.closing = self.aborted = True
             elif verb == "shutdown":
