@@ -854,3 +854,26 @@ TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(
     max_examples=200, stateful_step_count=50, deadline=None
 )
+
+
+def test_restore_keeps_attempt_and_accepts_a_result_under_an_earlier_lease():
+    ledger = Ledger(lease_s=1.0, max_attempts=3)
+    ledger.submit(1, b"first")
+    ledger.restore(7, b"restored", attempt=2, max_attempts=3, leases={555: "w-old"})
+    assert ledger.state(7) is JobState.PENDING and ledger.attempt(7) == 2
+    assert ledger.claim("w", 0.0).job_id == 1  # restored jobs go to the tail
+    lease = ledger.claim("w", 0.0)
+    assert (lease.job_id, lease.attempt) == (7, 2)
+    assert not ledger.resolve("w-other", 7, 555, True)  # the lease was not issued to it
+    assert ledger.resolve("w-old", 7, 555, True)  # a result from the earlier run counts once
+    assert not ledger.resolve("w-old", 7, 555, True)
+    assert ledger.beat("w", [lease.lease_id], 0.5) == [lease.lease_id]  # the new lease is void
+
+
+def test_restore_refuses_bad_arguments():
+    ledger = Ledger(lease_s=1.0, max_attempts=3)
+    with pytest.raises(ValueError):
+        ledger.restore(1, b"", attempt=0, max_attempts=3, leases={})
+    ledger.submit(2, b"")
+    with pytest.raises(ValueError):
+        ledger.restore(2, b"", attempt=1, max_attempts=3, leases={})
