@@ -380,3 +380,25 @@ def test_status_reports_counts_and_workers(make_producer, start_worker):
     assert status["workers"] == 1 and status["group"] == "default"
     wire = _status(producer)  # the same facts over the STATUS verb
     assert (wire["done"], wire["failed"], wire["producer_id"]) == (1, 1, producer.producer_id)
+
+
+def test_concurrent_submits_all_reach_the_io_thread(make_producer):
+    """Regression: a lost wake-up once stranded commands submitted while the I/O thread was
+    between reading its wake-up pipe and draining its queue."""
+    import threading
+
+    producer = make_producer(announce=False)
+
+    def burst():
+        for _ in range(20_000):
+            producer.submit(rztasks.add, 1, 1)
+
+    threads = [threading.Thread(target=burst) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 30
+    while producer.status()["pending"] < 80_000:
+        assert time.monotonic() < deadline, producer.status()
+        time.sleep(0.05)

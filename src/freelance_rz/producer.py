@@ -375,12 +375,14 @@ class _OfferLoop:
     # --- commands from application threads --------------------------------------------------
 
     def _drain_commands(self, now: float) -> None:
-        self.producer._wake_pending = False  # before draining: a later _put writes again
         try:
             while os.read(self.producer._wake_r, 65536):
                 pass
         except BlockingIOError:
             pass
+        # Cleared after reading the pipe and before draining the queue: a _put that still
+        # sees True has its command drained below; one that sees False writes a new byte.
+        self.producer._wake_pending = False
         commands = self.producer._commands
         while True:
             try:

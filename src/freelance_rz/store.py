@@ -25,6 +25,12 @@ coalesced per job, so a job added, leased and finished between two flushes costs
 (its result) and a job added and leased costs one row plus one lease row. Until a flush,
 changes are lost in a crash; after it, they are not.
 
+Memory
+------
+The store keeps, per live job, its attempt and current lease id in memory (``is_live`` and
+the validation of every call are dict look-ups), plus the changes buffered since the last
+flush. Payloads and results are not kept in memory once flushed.
+
 Threads and processes
 ---------------------
 A store is used by one thread at a time (the producer's I/O thread); it is not thread-safe.
@@ -103,11 +109,16 @@ class StoreError(FreelanceError):
 
     Attributes:
         path: the store's file path.
+        problem: what is wrong, without the path.
     """
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"job store {path!r}: {problem}")
         self.path = path
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +214,17 @@ class JobStore:
             or not retention_s >= 0
             or math.isinf(retention_s)
         ):
-            raise ValueError(f"retention_s must be None or a number of seconds >= 0, got {retention_s!r}")
+            raise ValueError(
+                f"retention_s must be None or a number of seconds >= 0, got {retention_s!r}"
+            )
         if retention_count is not None and (
-            isinstance(retention_count, bool) or not isinstance(retention_count, int) or retention_count < 0
+            isinstance(retention_count, bool)
+            or not isinstance(retention_count, int)
+            or retention_count < 0
         ):
-            raise ValueError(f"retention_count must be None or an int >= 0, got {retention_count!r}")
+            raise ValueError(
+                f"retention_count must be None or an int >= 0, got {retention_count!r}"
+            )
         self.path = os.fspath(path)
         self.retention_s = retention_s
         self.retention_count = retention_count
@@ -231,12 +248,16 @@ class JobStore:
         return StoreError(self.path, problem)
 
     def _sqlite_error(self, doing: str, exc: BaseException) -> StoreError:
+        # sqlite_errorname exists from Python 3.11; the messages are SQLite's own
         name = getattr(exc, "sqlite_errorname", "")
-        if name.startswith("SQLITE_BUSY") or "locked" in str(exc):
+        text = str(exc)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
             return self._error(
                 f"is in use by another job store (another producer on the same file?): {exc}"
             )
-        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+            "malformed" in text or "not a database" in text
+        ):
             return self._error(f"is damaged ({exc}) while {doing}; the file was left as it is")
         return self._error(f"SQLite error while {doing}: {exc}")
 
@@ -340,7 +361,7 @@ class JobStore:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
 
     def _load(self, conn: sqlite3.Connection) -> tuple[str, int]:
