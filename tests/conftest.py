@@ -17,6 +17,9 @@ os.environ["FREELANCE_RZ_INTERFACES"] = "127.0.0.1"
 
 TESTS_DIR = Path(__file__).parent
 LOOPBACK = ["127.0.0.1"]
+# A group of this test run's own: a worker or producer of another run on the same loopback
+# (a developer's shell, a second checkout) never trades jobs with ours.
+GROUP = f"rz-test-{os.getpid()}"
 
 
 class WorkerProcess:
@@ -67,7 +70,7 @@ def start_worker(tmp_path):
 
     def start(label: str, *extra: str, connect: str | None = None) -> WorkerProcess:
         source = ["--connect", connect] if connect else ["--discover", "--interface", "127.0.0.1"]
-        args = [*source, "--tasks", "rztasks", "--name", label, *extra]
+        args = [*source, "--tasks", "rztasks", "--group", GROUP, "--name", label, *extra]
         worker = WorkerProcess(args, label, tmp_path / f"{label}.log")
         started.append(worker)
         return worker
@@ -88,6 +91,7 @@ def make_producer():
 
     def make(**kwargs) -> Producer:
         kwargs.setdefault("interfaces", LOOPBACK)
+        kwargs.setdefault("group", GROUP)
         producer = Producer(**kwargs).start()
         made.append(producer)
         return producer

@@ -10,7 +10,7 @@ import rztasks
 
 if __name__ == "__main__":
     count, delay_s = int(sys.argv[1]), float(sys.argv[2])
-    with Producer(os.environ.get("RZ_GROUP", "default"), interfaces=["127.0.0.1"]) as producer:
+    with Producer(os.environ["RZ_GROUP"], interfaces=["127.0.0.1"]) as producer:
         futures = [producer.submit(rztasks.whoami, delay_s) for _ in range(count)]
         print(producer.endpoint, flush=True)
         for future in futures:

@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 import rztasks
+from conftest import GROUP
 from freelance_rz import JobFailed, JobLost, Producer, ProducerClosed
 from freelance_rz import protocol as p
 
@@ -89,6 +90,10 @@ def test_two_producers_two_workers(make_producer, start_worker):
     a, b = make_producer(), make_producer()
     start_worker("w1")
     start_worker("w2")
+    deadline = time.monotonic() + 20
+    while a.status()["workers"] < 2 or b.status()["workers"] < 2:  # both found both
+        assert time.monotonic() < deadline, (a.status(), b.status())
+        time.sleep(0.05)
     fa = [a.submit(rztasks.whoami, 0.02) for _ in range(40)]
     fb = [b.submit(rztasks.whoami, 0.02) for _ in range(40)]
     done, _ = wait(fa + fb, timeout=30)
@@ -178,7 +183,7 @@ def test_cancel_pending_future(make_producer):
 
 
 def test_shutdown_waits_and_close_fails_running_jobs(start_worker):
-    producer = Producer(interfaces=["127.0.0.1"]).start()
+    producer = Producer(GROUP, interfaces=["127.0.0.1"]).start()
     try:
         start_worker("w1")
         futures = [producer.submit(rztasks.whoami, 0.05) for _ in range(10)]
@@ -313,7 +318,7 @@ def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_produc
     out = open(tmp_path / "producer-a.log", "wb")
     a = subprocess.Popen(
         [sys.executable, "rzproducer.py", "1000", "0.05"], cwd=TESTS_DIR, stdout=out,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ, RZ_GROUP=GROUP),
     )
     try:
         deadline = time.monotonic() + 20
@@ -377,7 +382,7 @@ def test_status_reports_counts_and_workers(make_producer, start_worker):
         producer.submit(rztasks.fail, "x").result(timeout=5)
     status = producer.status()
     assert status["done"] == 1 and status["failed"] == 1 and status["pending"] == 0
-    assert status["workers"] == 1 and status["group"] == "default"
+    assert status["workers"] == 1 and status["group"] == GROUP
     wire = _status(producer)  # the same facts over the STATUS verb
     assert (wire["done"], wire["failed"], wire["producer_id"]) == (1, 1, producer.producer_id)
 

@@ -6,6 +6,7 @@ exceptions below. Everything else is private and may change.
 
 from .errors import FreelanceError, JobFailed, JobLost, ProducerClosed, ProtocolError
 from .producer import JobFuture, Producer
+from .store import StoreError
 from .tasks import TaskNotAllowed
 from .worker import Worker, WorkerStats
 
@@ -19,6 +20,7 @@ __all__ = [
     "Producer",
     "ProducerClosed",
     "ProtocolError",
+    "StoreError",
     "TaskNotAllowed",
     "Worker",
     "WorkerStats",

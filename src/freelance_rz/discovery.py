@@ -72,13 +72,15 @@ def _zeroconf(interfaces: list[str] | None) -> Zeroconf:
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
-    """A producer seen on mDNS. ``name`` is the DNS-SD instance name (unique per start)."""
+    """A producer seen on mDNS. ``name`` is the DNS-SD instance name (unique per start);
+    ``store_key`` is set for a durable producer and survives its restarts."""
 
     name: str
     producer_id: str
     group: str
     version: int
     endpoints: tuple[str, ...]
+    store_key: str | None = None
 
 
 class Announcer:
@@ -89,25 +91,30 @@ class Announcer:
         group: the producer's group.
         endpoints: its ZeroMQ endpoints, e.g. ``["tcp://127.0.0.1:5555"]``.
         interfaces: IPv4 addresses to announce on, or None (see :func:`resolve_interfaces`).
+        store_key: a durable producer's store key (TXT ``sk``), the same across restarts, so
+            workers hand results of the old process to the new one.
     """
 
     def __init__(
-        self, producer_id: str, group: str, endpoints: Sequence[str], interfaces: list[str] | None
+        self,
+        producer_id: str,
+        group: str,
+        endpoints: Sequence[str],
+        interfaces: list[str] | None,
+        store_key: str | None = None,
     ) -> None:
         self._interfaces = interfaces
         host, port = _host_port(endpoints[0])
+        properties = {"v": str(VERSION), "id": producer_id, "g": group, "ep": ",".join(endpoints)}
+        if store_key is not None:
+            properties["sk"] = store_key
         addresses = interfaces or [host]
         self._info = ServiceInfo(
             SERVICE_TYPE,
             f"{producer_id}.{SERVICE_TYPE}",
             port=port,
             addresses=[socket.inet_aton(a) for a in addresses if a != "0.0.0.0"],
-            properties={
-                "v": str(VERSION),
-                "id": producer_id,
-                "g": group,
-                "ep": ",".join(endpoints),
-            },
+            properties=properties,
             server=f"{producer_id}.local.",
         )
         self._zc: Zeroconf | None = None
@@ -214,7 +221,9 @@ def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement 
         endpoints = tuple(ep for ep in text["ep"].split(",") if ep.startswith("tcp://"))
         if not endpoints or not text["id"]:
             return None
-        return Announcement(name, text["id"], text["g"], int(text["v"]), endpoints)
+        return Announcement(
+            name, text["id"], text["g"], int(text["v"]), endpoints, text.get("sk") or None
+        )
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
 

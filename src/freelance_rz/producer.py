@@ -29,6 +29,7 @@ from ._sockets import send_frames
 from .discovery import Announcer, local_networks, resolve_interfaces
 from .errors import JobFailed, JobLost, ProducerClosed, ProtocolError
 from .ledger import Ledger
+from .store import JobStore, Restored, StoreError
 from .tasks import task_name
 
 log = logging.getLogger("freelance_rz.producer")
@@ -38,6 +39,9 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0  # finished results kept in a store a week...
+DEFAULT_RETENTION_COUNT = 100_000  # ...and at most this many
+PURGE_EVERY_S = 10.0  # how often retention is applied
 LINGER_MS = 200  # on close, time given to the last replies to leave
 
 
@@ -59,6 +63,13 @@ class Producer(Executor):
         max_attempts: leases a job may lose (worker died or went silent) before it is
             dead-lettered and its Future fails with :class:`~freelance_rz.JobLost`.
         announce: False skips mDNS (workers must then ``--connect`` to :attr:`endpoint`).
+        store: path of a sqlite job store (created if missing). With it, :meth:`submit`
+            returns only once the job is recorded, and a producer restarted on the same store
+            offers its pending jobs again, re-queues those that were leased (attempt + 1),
+            keeps finished results (:meth:`get`) and accepts results that workers still hold
+            for the old process (the zguide's Titanic pattern, without a broker).
+        retention_s, retention_count: finished results kept in the store at most this many
+            seconds, and at most this many (newest first). None: no limit.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -66,6 +77,7 @@ class Producer(Executor):
 
     Raises:
         ValueError: bad ``interfaces``, ``lease_s`` or ``max_attempts``.
+        freelance_rz.StoreError: the store is corrupt, of a newer schema, or in use.
     """
 
     def __init__(
@@ -77,6 +89,9 @@ class Producer(Executor):
         lease_s: float = DEFAULT_LEASE_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         announce: bool = True,
+        store: str | os.PathLike[str] | None = None,
+        retention_s: float | None = DEFAULT_RETENTION_S,
+        retention_count: int | None = DEFAULT_RETENTION_COUNT,
     ) -> None:
         self.group = group
         self.interfaces = resolve_interfaces(interfaces)
@@ -88,7 +103,16 @@ class Producer(Executor):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._job_ids = itertools.count(1)
+        self._store: JobStore | None = None
+        self._restored: Restored | None = None
+        self.store_key: str | None = None  # stable across restarts on the same store
+        first_id = 1
+        if store is not None:
+            self._store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
+            self._restored = self._store.restore()
+            self.store_key = self._restored.producer_key
+            first_id = self._restored.next_job_id
+        self._job_ids = itertools.count(first_id)
         self._lock = threading.Lock()  # guards start/shutdown state below
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -163,11 +187,29 @@ class Producer(Executor):
             self.start()
         future = JobFuture()
         future.job_id = next(self._job_ids)
+        recorded: Future[None] | None = None if self._store is None else Future()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
-            self._put("submit", future.job_id, payload, future)
+            self._put("submit", future.job_id, payload, future, recorded)
+        if recorded is not None:
+            recorded.result()  # durable before we return (raises StoreError if it is not)
         future.add_done_callback(self._on_done)
+        return future
+
+    def get(self, job_id: int, timeout_s: float = 5.0) -> JobFuture:
+        """The Future of a job by id, also of a job submitted before a restart on the same
+        store (already resolved when it finished; finished results are kept per retention).
+
+        Raises:
+            KeyError: no such job (never submitted, or its result was purged).
+            RuntimeError: after the producer stopped.
+        """
+        if self._thread is None:
+            self.start()
+        future: JobFuture | None = self._call(lambda loop: loop.find(job_id), timeout_s)
+        if future is None:
+            raise KeyError(f"no job {job_id} at this producer (or its result was purged)")
         return future
 
     async def submit_async(
@@ -231,6 +273,11 @@ class Producer(Executor):
             self._shutdown = True
             if self._thread is not None and not self._io_closed:
                 self._put("close")
+            never_started = self._thread is None and not self._io_closed
+        if never_started:
+            if self._store is not None:
+                self._store.close()
+            self._close_pipe()
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -260,12 +307,17 @@ class Producer(Executor):
         try:
             sock = self._bind(ctx)
             if self.announce:
-                announcer = Announcer(self.producer_id, self.group, self._endpoints, self.interfaces)
+                announcer = Announcer(
+                    self.producer_id, self.group, self._endpoints, self.interfaces,
+                    store_key=self.store_key,
+                )
                 announcer.start()
         except BaseException as exc:
             self._start_error = exc
             if "sock" in locals():
                 sock.close(0)
+            if self._store is not None:
+                self._store.close()
             self._close_pipe()
             self._started.set()
             return
@@ -276,14 +328,17 @@ class Producer(Executor):
             loop.run()
         except BaseException as exc:
             log.exception("producer I/O thread crashed")
-            for future in loop.futures.values():  # never leave a caller waiting forever
-                if not future.done():
-                    future.set_exception(RuntimeError(f"producer I/O thread crashed: {exc!r}"))
+            crashed = RuntimeError(f"producer I/O thread crashed: {exc!r}")
+            for future in [*loop.futures.values(), *loop.unrecorded]:
+                if not future.done():  # never leave a caller waiting forever
+                    future.set_exception(crashed)
             raise
         finally:
             if announcer is not None:
                 announcer.close()
             sock.close(LINGER_MS)
+            if self._store is not None:
+                self._store.close()
             self._close_pipe()
 
     def _close_pipe(self) -> None:
@@ -340,6 +395,38 @@ class _OfferLoop:
         self.started_at = time.monotonic()
         self.bad_messages = 0
         self._last_bad_log = 0.0
+        self.store: JobStore | _NoStore = producer._store or _NoStore()
+        self.unrecorded: list[Future[None]] = []  # submits waiting for the next flush
+        self.purge_at = 0.0
+        restored = producer._restored
+        if restored is not None:
+            for job in restored.pending:
+                self.ledger.restore(
+                    job.job_id, job.payload, attempt=job.attempt,
+                    max_attempts=job.max_attempts, leases=dict(job.leases),
+                )
+                future = JobFuture()
+                future.job_id = job.job_id
+                future.add_done_callback(producer._on_done)
+                self.futures[job.job_id] = future
+            log.info("store: %d job(s) restored, %d dead-lettered", len(restored.pending), len(restored.dead))
+
+    def find(self, job_id: int) -> JobFuture | None:
+        """The live Future of a job, or a resolved one built from the store, or None."""
+        if job_id in self.futures:
+            return self.futures[job_id]
+        stored = self.store.result(job_id)
+        if stored is None:
+            return None
+        future = JobFuture()
+        future.job_id = job_id
+        if stored.state == "cancelled":
+            future.cancel()
+        elif stored.state == "dead":
+            future.set_exception(JobLost(job_id, 0))
+        else:
+            self._resolve(future, stored.state == "done", stored.payload)
+        return future
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -355,6 +442,7 @@ class _OfferLoop:
                 self._drain_socket(now)
             self._expire(now)
             self._dispatch(now)
+            self._flush(now)
             if self.closing and (self.aborted or not self.ledger):
                 break
         for identity, rid in list(self.parked):  # let parked workers move on at once
@@ -362,6 +450,23 @@ class _OfferLoop:
         for future in self.futures.values():  # only after close()
             if not future.cancel():
                 future.set_exception(ProducerClosed("the producer was closed before the job finished"))
+
+    def _flush(self, now: float) -> None:
+        """Make this turn's changes durable, then let waiting submits return."""
+        try:
+            self.store.flush()
+            if now >= self.purge_at:
+                self.purge_at = now + PURGE_EVERY_S
+                self.store.purge(time.time())
+        except StoreError as exc:
+            log.error("job store: %s", exc)
+            for recorded in self.unrecorded:  # not durable: refuse these submits
+                recorded.set_exception(exc)
+            self.unrecorded.clear()
+            return
+        for recorded in self.unrecorded:
+            recorded.set_result(None)
+        self.unrecorded.clear()
 
     def _timeout_ms(self, now: float) -> int:
         soonest = self.ledger.next_deadline()
@@ -391,12 +496,14 @@ class _OfferLoop:
                 return
             verb = command[0]
             if verb == "submit":
-                _, job_id, payload, future = command
+                _, job_id, payload, future, recorded = command
                 self.futures[job_id] = future
                 self.ledger.submit(job_id, payload)
+                self.store.add(job_id, payload, self.ledger.max_attempts)
+                if recorded is not None:
+                    self.unrecorded.append(recorded)
             elif verb == "cancel":
-                self.ledger.cancel(command[1])
-                self.futures.pop(command[1], None)
+                self._cancel(command[1])
             elif verb == "call":
                 _, fn, answer = command
                 try:
@@ -451,7 +558,7 @@ class _OfferLoop:
             void = self.ledger.beat(identity, msg.leases, now)
             self._send(identity, p.BeatAck(rid=msg.rid, void=tuple(void)))
         elif isinstance(msg, p.Decline):
-            self.ledger.release(identity, msg.job_id, msg.lease_id)
+            self._release(identity, msg.job_id, msg.lease_id)
             self._send(identity, p.Ack(rid=msg.rid))
         elif isinstance(msg, p.CancelClaim):
             self.parked.pop((identity, msg.claim_rid), None)
@@ -482,17 +589,26 @@ class _OfferLoop:
                 return False
             future = self.futures[lease.job_id]
             if not future.running() and not future.set_running_or_notify_cancel():
-                self.ledger.cancel(lease.job_id)  # cancelled while its "cancel" was in flight
-                del self.futures[lease.job_id]
+                self._cancel(lease.job_id)  # cancelled while its "cancel" was in flight
                 continue
+            self.store.lease(lease.job_id, lease.lease_id, identity, lease.attempt)
             job = p.Job(
                 rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
                 lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
             )
             if self._send(identity, job):
                 return True
-            self.ledger.release(identity, lease.job_id, lease.lease_id)
+            self._release(identity, lease.job_id, lease.lease_id)
             return False
+
+    def _release(self, identity: bytes, job_id: int, lease_id: int) -> None:
+        if self.ledger.release(identity, job_id, lease_id):
+            self.store.release(job_id, lease_id)
+
+    def _cancel(self, job_id: int) -> None:
+        if self.ledger.cancel(job_id) is not None:
+            self.store.finish(job_id, "cancelled", b"", time.time())
+        self.futures.pop(job_id, None)
 
     def _result(self, identity: bytes, msg: p.Result, now: float) -> None:
         accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok)
@@ -504,12 +620,16 @@ class _OfferLoop:
         if not accepted:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
-        future = self.futures.pop(msg.job_id)
+        self.store.finish(msg.job_id, "done" if msg.ok else "failed", msg.payload, time.time())
+        self._resolve(self.futures.pop(msg.job_id), msg.ok, msg.payload)
+
+    @staticmethod
+    def _resolve(future: JobFuture, ok: bool, payload: bytes) -> None:
         try:
-            if msg.ok:
-                future.set_result(p.unpack_value(msg.payload))
+            if ok:
+                future.set_result(p.unpack_value(payload))
             else:
-                future.set_exception(JobFailed(*p.unpack_error(msg.payload)))
+                future.set_exception(JobFailed(*p.unpack_error(payload)))
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
             future.set_exception(exc)
 
@@ -529,10 +649,12 @@ class _OfferLoop:
     def _expire(self, now: float) -> None:
         for expired in self.ledger.expire(now):
             if expired.dead:
+                self.store.finish(expired.job_id, "dead", b"", time.time())
                 future = self.futures.pop(expired.job_id)
                 future.set_exception(JobLost(expired.job_id, expired.attempt))
                 log.warning("job %d dead-lettered after %d attempts", expired.job_id, expired.attempt)
             else:
+                self.store.requeue(expired.job_id, expired.attempt + 1)
                 log.info("lease of job %d expired; re-queued", expired.job_id)
         heap = self.parked_heap
         while heap and heap[0][0] <= now:
@@ -567,3 +689,31 @@ class _OfferLoop:
             "bad_messages": self.bad_messages,
         }
 
+
+
+class _NoStore:
+    """Stands in for a :class:`JobStore` when the producer keeps jobs in memory only."""
+
+    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
+        pass
+
+    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
+        pass
+
+    def release(self, job_id: int, lease_id: int) -> None:
+        pass
+
+    def requeue(self, job_id: int, attempt: int) -> None:
+        pass
+
+    def finish(self, job_id: int, state: str, payload: bytes, finished_at: float) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def purge(self, now: float) -> int:
+        return 0
+
+    def result(self, job_id: int) -> None:
+        return None

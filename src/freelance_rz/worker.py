@@ -64,6 +64,7 @@ class _Peer:
     key: str  # producer id (discovered) or endpoint (--connect)
     endpoint: str
     discovered: bool
+    store_key: str | None = None  # a durable producer's, the same across its restarts
     sock: zmq.Socket[bytes] | None = None
     claims: set[int] = field(default_factory=set)  # rids of parked claims
     inflight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # rid -> (verb, deadline, job_id)
@@ -301,13 +302,25 @@ class Worker:
             self._peers[announcement.producer_id].withdrawn = False
             return
         endpoint = choose_endpoint(announcement.endpoints, self.interfaces)
-        peer = _Peer(announcement.producer_id, endpoint, discovered=True)
+        peer = _Peer(
+            announcement.producer_id, endpoint, discovered=True, store_key=announcement.store_key
+        )
         for old in list(self._peers.values()):
-            if old.endpoint == endpoint:  # a producer restarted on the same endpoint
-                log.info("producer at %s replaced by %s", endpoint, peer.key)
-                peer.unacked.update(old.unacked)  # a durable producer may still take them
-                self._drop_peer(old)
+            same_store = old.store_key is not None and old.store_key == peer.store_key
+            if same_store or old.endpoint == endpoint:  # the producer restarted
+                log.info("producer %s at %s replaced by %s", old.key, old.endpoint, peer.key)
+                self._hand_over(old, peer)
         self._add_peer(peer)
+
+    def _hand_over(self, old: _Peer, new: _Peer) -> None:
+        """Move what the worker owes a restarted producer to its new process: unacknowledged
+        results and the running jobs' future results (a durable producer takes them)."""
+        new.unacked.update(old.unacked)
+        new.leases.update(old.leases)
+        for running in self._running.values():
+            if running.peer is old:
+                running.peer = new
+        self._drop_peer(old)
 
     def _add_peer(self, peer: _Peer) -> None:
         self._peers[peer.key] = peer

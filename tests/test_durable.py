@@ -1,0 +1,134 @@
+"""Durable producer (store=...): SIGKILL the producer process mid-run, restart it on the same
+store, and every accepted job completes exactly once from the caller's view."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import GROUP, TESTS_DIR
+from freelance_rz import Producer, StoreError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class DurableProducer:
+    def __init__(self, tmp_path, name: str, *args: str) -> None:
+        self.log_path = tmp_path / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "rzdurable.py", str(tmp_path / "jobs.sqlite"), GROUP, *args],
+            cwd=TESTS_DIR, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def done(self) -> dict[int, dict]:
+        return {
+            int(line.split(" ", 2)[1]): json.loads(line.split(" ", 2)[2])
+            for line in self.lines() if line.startswith("done ")
+        }
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"{what}; log:\n" + "\n".join(self.lines())
+            assert self.proc.poll() is None, f"exited early; log:\n" + "\n".join(self.lines())
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def durable(tmp_path):
+    made: list[DurableProducer] = []
+
+    def make(name: str, *args: str) -> DurableProducer:
+        made.append(DurableProducer(tmp_path, name, *args))
+        return made[-1]
+
+    yield make
+    for producer in made:
+        producer.kill()
+
+
+def test_sigkill_and_restart_every_job_completes_once(durable, start_worker):
+    start_worker("w1")
+    start_worker("w2")
+    first = durable("first", "submit", "40", "0.15")
+    first.wait_for(lambda: len(first.done()) >= 8, 30, "no job finished")
+    first.kill()  # jobs pending, leased and finished
+    finished_before = first.done()
+    second = durable("second", "resume", "40")
+    second.wait_for(lambda: "all done" in second.lines(), 60, "resumed jobs did not finish")
+    results = second.done()
+    assert sorted(results) == list(range(1, 41))  # every accepted job, exactly once
+    assert all("error" not in result for result in results.values()), results
+    for job_id, result in finished_before.items():  # finished results were kept, not re-run
+        assert results[job_id] == result
+
+
+def test_result_of_a_job_running_across_the_restart_is_delivered_once(durable, start_worker):
+    start_worker("w1", "--slots", "1")
+    first = durable("first", "submit", "1", "3.0")
+    first.wait_for(lambda: any(line.startswith("endpoint") for line in first.lines()), 20, "no start")
+    time.sleep(1.5)  # the worker is running the job
+    first.kill()
+    killed_at = time.time()
+    second = durable("second", "resume", "1")
+    second.wait_for(lambda: "all done" in second.lines(), 30, "the result never arrived")
+    result = second.done()[1]
+    assert result["worker"] == "w1"
+    assert result["started"] < killed_at  # the run that began before the kill, not a re-run
+
+
+def test_corrupt_or_newer_store_is_refused_and_left_alone(tmp_path):
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError) as info:
+        Producer(interfaces=["127.0.0.1"], store=corrupt)
+    assert str(corrupt) in str(info.value)
+    assert corrupt.read_bytes() == b"this is not a database" * 100
+
+    import sqlite3
+
+    from freelance_rz.store import SCHEMA_VERSION
+
+    newer = tmp_path / "newer.sqlite"
+    Producer(interfaces=["127.0.0.1"], store=newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=str(SCHEMA_VERSION + 1)):
+        Producer(interfaces=["127.0.0.1"], store=newer)
+
+
+def test_get_returns_finished_results_after_restart(tmp_path, start_worker):
+    import rztasks
+
+    store = tmp_path / "jobs.sqlite"
+    with Producer(GROUP, interfaces=["127.0.0.1"], store=store) as producer:
+        start_worker("w1")
+        ok = producer.submit(rztasks.add, 2, 3)
+        bad = producer.submit(rztasks.fail, "stored failure")
+        assert ok.result(timeout=20) == 5
+        bad.exception(timeout=10)
+    with Producer(GROUP, interfaces=["127.0.0.1"], store=store, announce=False) as again:
+        assert again.get(ok.job_id).result(timeout=1) == 5
+        assert again.get(bad.job_id).exception(timeout=1).remote_message == "stored failure"
+        with pytest.raises(KeyError):
+            again.get(999)
+        assert again.submit(rztasks.add, 0, 0).job_id > bad.job_id  # ids are never reused
+        again.close()
