@@ -174,12 +174,17 @@ def test_cancel_pending_future(make_producer):
     assert future.cancel()
     with pytest.raises(CancelledError):
         future.result(timeout=1)
+    done, _ = wait([future], timeout=5)  # wait() and as_completed() see it too
+    assert done == {future}
     status = _status(producer)
     deadline = time.monotonic() + 5
     while status["cancelled"] != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
         status = _status(producer)
     assert status["cancelled"] == 1 and status["pending"] == 0
+    others = [producer.submit(rztasks.add, 1, 2) for _ in range(3)]
+    producer.shutdown(wait=False, cancel_futures=True)
+    assert len(wait(others, timeout=5).done) == 3
 
 
 def test_shutdown_waits_and_close_fails_running_jobs(start_worker):
@@ -196,6 +201,7 @@ def test_shutdown_waits_and_close_fails_running_jobs(start_worker):
     orphan = Producer(interfaces=["127.0.0.1"], announce=False).start()
     future = orphan.submit(rztasks.add, 1, 1)
     orphan.close()
+    assert wait([future], timeout=5).done == {future}
     assert future.cancelled() or isinstance(future.exception(timeout=1), ProducerClosed)
 
 

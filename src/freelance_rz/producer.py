@@ -448,7 +448,9 @@ class _OfferLoop:
         for identity, rid in list(self.parked):  # let parked workers move on at once
             self._send(identity, p.NoJob(rid=rid))
         for future in self.futures.values():  # only after close()
-            if not future.cancel():
+            if future.cancel():
+                future.set_running_or_notify_cancel()  # wakes wait() and as_completed()
+            else:
                 future.set_exception(ProducerClosed("the producer was closed before the job finished"))
 
     def _flush(self, now: float) -> None:
@@ -608,7 +610,10 @@ class _OfferLoop:
     def _cancel(self, job_id: int) -> None:
         if self.ledger.cancel(job_id) is not None:
             self.store.finish(job_id, "cancelled", b"", time.time())
-        self.futures.pop(job_id, None)
+        future = self.futures.pop(job_id, None)
+        if future is not None and future.cancelled():
+            # as ThreadPoolExecutor does: wakes concurrent.futures.wait() and as_completed()
+            future.set_running_or_notify_cancel()
 
     def _result(self, identity: bytes, msg: p.Result, now: float) -> None:
         accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok)
