@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 import rztasks
-from conftest import GROUP
+from conftest import GROUP, TESTS_DIR
 from freelance_rz import JobFailed, JobLost, Producer, ProducerClosed
 from freelance_rz import protocol as p
 
@@ -304,12 +304,27 @@ def test_worker_cli_errors(tmp_path):
     import sys
 
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "freelance_rz.cli", *a], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "freelance_rz.cli", *a], capture_output=True, text=True, timeout=30,
+        cwd=TESTS_DIR,
     )
     missing = run("--discover", "--tasks", "no_such_module_xyz")
     assert missing.returncode == 2 and "no_such_module_xyz" in missing.stderr
     neither = run("--tasks", "rztasks")
     assert neither.returncode == 2 and "--discover" in neither.stderr
+    for endpoint in ("tcp://127.0.0.1", "tcp://127.0.0.1:99999", "ipc://x"):
+        bad = run("--connect", endpoint, "--tasks", "rztasks")
+        assert bad.returncode == 2 and "tcp://HOST:PORT" in bad.stderr, bad.stderr
+    nowhere = run("--discover", "--interface", "198.18.200.1", "--tasks", "rztasks")
+    assert nowhere.returncode == 1 and "198.18.200.1" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"port": -1}, {"port": 70000}, {"group": ""}, {"group": "g" * 64}, {"lease_s": 0.01}]
+)
+def test_producer_refuses_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        Producer(interfaces=["127.0.0.1"], **kwargs)
 
 
 def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_producer, start_worker, tmp_path):
@@ -319,7 +334,6 @@ def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_produc
     import subprocess
     import sys
 
-    from conftest import TESTS_DIR
 
     out = open(tmp_path / "producer-a.log", "wb")
     a = subprocess.Popen(

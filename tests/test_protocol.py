@@ -619,3 +619,12 @@ def test_messages_are_frozen():
     msg = Ack(rid=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         msg.rid = 2  # type: ignore[misc]
+
+
+def test_tuple_dict_keys_are_refused_at_encoding():
+    """msgpack would encode them as arrays that no Python peer can decode."""
+    with pytest.raises(TypeError, match="dict keys"):
+        p.pack_call("m:f", ({(1, 2): "a"},), {})
+    with pytest.raises(TypeError, match="dict keys"):
+        p.pack_value({(1, 2): "b"})
+    assert p.unpack_value(p.pack_value({1: "int keys", None: "are fine"})) == {1: "int keys", None: "are fine"}

@@ -85,8 +85,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("freelance-worker: interrupted twice; running jobs abandoned", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
-        print(f"freelance-worker: error: {exc}", file=sys.stderr)
+    except (RuntimeError, OSError) as exc:  # e.g. a job process that cannot import its tasks,
+        print(f"freelance-worker: error: {exc}", file=sys.stderr)  # an --interface not here
         return 1
     return 0
 

@@ -64,10 +64,17 @@ def resolve_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
 
 
 def _zeroconf(interfaces: list[str] | None) -> Zeroconf:
-    return Zeroconf(
-        interfaces=InterfaceChoice.All if interfaces is None else interfaces,
-        ip_version=IPVersion.V4Only,
-    )
+    try:
+        return Zeroconf(
+            interfaces=InterfaceChoice.All if interfaces is None else interfaces,
+            ip_version=IPVersion.V4Only,
+        )
+    except OSError as exc:
+        where = "all interfaces" if interfaces is None else ", ".join(interfaces)
+        raise OSError(
+            exc.errno, f"cannot start mDNS on {where} (is each one an address of this host?): "
+            f"{exc.strerror or exc}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from .tasks import task_name
 log = logging.getLogger("freelance_rz.producer")
 
 DEFAULT_LEASE_S = 1.0  # C4: a dead worker's job is re-offered within 1 s
+MIN_LEASE_S = 0.2  # below this, heartbeats (every lease / 4) cannot keep up on a busy host
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
@@ -76,7 +77,7 @@ class Producer(Executor):
     servers (workers) pull from the clients (producers), so there is no broker.
 
     Raises:
-        ValueError: bad ``interfaces``, ``lease_s`` or ``max_attempts``.
+        ValueError: bad ``group``, ``interfaces``, ``port``, ``lease_s`` or ``max_attempts``.
         freelance_rz.StoreError: the store is corrupt, of a newer schema, or in use.
     """
 
@@ -93,6 +94,15 @@ class Producer(Executor):
         retention_s: float | None = DEFAULT_RETENTION_S,
         retention_count: int | None = DEFAULT_RETENTION_COUNT,
     ) -> None:
+        if not isinstance(group, str) or not 0 < len(group) <= 63:
+            raise ValueError(f"group must be a string of 1 to 63 characters, got {group!r}")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0 (any free port) to 65535, got {port!r}")
+        if not lease_s >= MIN_LEASE_S:
+            raise ValueError(
+                f"lease_s must be >= {MIN_LEASE_S} s (workers heartbeat every lease_s / 4), "
+                f"got {lease_s!r}"
+            )
         self.group = group
         self.interfaces = resolve_interfaces(interfaces)
         self.port = port
@@ -371,10 +381,16 @@ class Producer(Executor):
 
     @staticmethod
     def _bind_port(sock: zmq.Socket[bytes], host: str, port: int) -> int:
-        if port == 0:
-            return sock.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
-        sock.bind(f"tcp://{host}:{port}")
-        return port
+        try:
+            if port == 0:
+                return sock.bind_to_random_port(f"tcp://{host}", min_port=20000, max_port=60000)
+            sock.bind(f"tcp://{host}:{port}")
+            return port
+        except zmq.ZMQError as exc:
+            raise OSError(
+                f"cannot bind the offer socket to tcp://{host}:{port or '*'}: {exc} "
+                "(is the address one of this host's, and the port free?)"
+            ) from None
 
 
 class _OfferLoop:

@@ -334,16 +334,31 @@ def decode_reply(frames: list[bytes]) -> Reply:
 # --- job and result payloads (opaque to the protocol layer, decoded by the ends) ---------
 
 
+def _pack_checked(value: Any, what: str) -> bytes:
+    """msgpack ``value`` and check it decodes again: msgpack encodes tuple dict keys as
+    arrays, which no Python peer can decode (unhashable), so they are refused here."""
+    try:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} must be msgpack-encodable: {exc}") from None
+    try:
+        msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    except Exception:
+        raise TypeError(
+            f"{what} must be msgpack-encodable: dict keys must be str, bytes, int, float, "
+            "bool or None (not tuples)"
+        ) from None
+    return packed
+
+
 def pack_call(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bytes:
     """Encode a call ``[task, args, kwargs]``.
 
     Raises:
-        TypeError: an argument msgpack cannot encode (the message names the type).
+        TypeError: an argument msgpack cannot encode (the message names the type), or a
+            dict key no peer could decode (a tuple).
     """
-    try:
-        return msgpack.packb([task, list(args), kwargs], use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"job arguments must be msgpack-encodable: {exc}") from None
+    return _pack_checked([task, list(args), kwargs], "job arguments")
 
 
 def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
@@ -365,11 +380,9 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
 
 
 def pack_value(value: Any) -> bytes:
-    """Encode a task's return value. Raises TypeError when msgpack cannot encode it."""
-    try:
-        return msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"task result must be msgpack-encodable: {exc}") from None
+    """Encode a task's return value. Raises TypeError when msgpack cannot encode it (or
+    the decoding side could not: tuple dict keys)."""
+    return _pack_checked(value, "task result")
 
 
 def unpack_value(payload: bytes) -> Any:

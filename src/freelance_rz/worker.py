@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import queue
+import re
 import socket
 import time
 import uuid
@@ -39,6 +40,7 @@ from .errors import ProtocolError
 from .runner import JobProcess, Outcome
 
 log = logging.getLogger("freelance_rz.worker")
+_ENDPOINT_RE = re.compile(r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
 
 DEFAULT_WAIT_MS = 1000  # claim long-poll; with CLAIM_GRACE_S this bounds C5 detection at 1.5 s
 CLAIM_GRACE_S = 0.5  # extra time a producer has to answer a claim after wait_ms
@@ -132,7 +134,8 @@ class Worker:
         if self.slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         for endpoint in connect:
-            if not endpoint.startswith("tcp://"):
+            match = _ENDPOINT_RE.fullmatch(endpoint)
+            if match is None or not 0 < int(match["port"]) < 65536:
                 raise ValueError(f"--connect {endpoint!r}: expected tcp://HOST:PORT")
         self.tasks = list(tasks)
         self.discover = discover
