@@ -334,7 +334,6 @@ def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_produc
     import subprocess
     import sys
 
-
     out = open(tmp_path / "producer-a.log", "wb")
     a = subprocess.Popen(
         [sys.executable, "rzproducer.py", "1000", "0.05"], cwd=TESTS_DIR, stdout=out,
@@ -427,3 +426,18 @@ def test_concurrent_submits_all_reach_the_io_thread(make_producer):
     while producer.status()["pending"] < 80_000:
         assert time.monotonic() < deadline, producer.status()
         time.sleep(0.05)
+
+
+def test_app_holding_the_gil_does_not_lose_healthy_jobs(make_producer, start_worker):
+    """The app's thread holds the GIL in one long C call; the producer's I/O thread cannot
+    run, so it must not blame the workers for the silence (leases are extended)."""
+    producer = make_producer(lease_s=1.0, max_attempts=1)
+    start_worker("w1")
+    assert producer.submit(rztasks.add, 0, 0).result(timeout=15) == 0
+    started = time.perf_counter()
+    sum(range(2_000_000))
+    n = int(2_000_000 * 2.5 / max(time.perf_counter() - started, 1e-6))  # ~2.5 s of GIL
+    future = producer.submit(rztasks.whoami, 0.5)
+    time.sleep(0.2)
+    sum(range(n))
+    assert future.result(timeout=20)["worker"] == "w1"

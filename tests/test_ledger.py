@@ -877,3 +877,12 @@ def test_restore_refuses_bad_arguments():
     ledger.submit(2, b"")
     with pytest.raises(ValueError):
         ledger.restore(2, b"", attempt=1, max_attempts=3, leases={})
+
+
+def test_postpone_moves_live_lease_deadlines():
+    ledger = Ledger(lease_s=1.0, max_attempts=1)
+    ledger.submit(1, b"")
+    ledger.claim("w", 0.0)
+    ledger.postpone(5.0)
+    assert ledger.expire(5.9) == []  # would have expired at 1.0
+    assert [e.job_id for e in ledger.expire(6.0)] == [1]

@@ -260,6 +260,12 @@ class Ledger:
                 job.deadline = now + self.lease_s
         return void
 
+    def postpone(self, seconds: float) -> None:
+        """Push every live lease's deadline ``seconds`` later: the producer itself could not
+        run for that long (its process was stalled), so silence from workers proves nothing."""
+        for job_id in self._lease_job.values():
+            self._jobs[job_id].deadline += seconds
+
     def release(self, worker: Hashable, job_id: int, lease_id: int) -> bool:
         """Put a leased job back at the head of the queue with the same attempt (the worker
         declined it, or the JOB could not be delivered). False when the lease is void."""

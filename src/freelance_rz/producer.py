@@ -43,6 +43,7 @@ WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0  # finished results kept in a store a week...
 DEFAULT_RETENTION_COUNT = 100_000  # ...and at most this many
 PURGE_EVERY_S = 10.0  # how often retention is applied
+STALL_S = 0.2  # an I/O turn this much later than planned means the thread could not run
 LINGER_MS = 200  # on close, time given to the last replies to leave
 
 
@@ -449,9 +450,14 @@ class _OfferLoop:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.producer._wake_r, zmq.POLLIN)
         while True:
+            before = time.monotonic()
+            timeout_ms = self._timeout_ms(before)
+            events = dict(poller.poll(timeout_ms))
             now = time.monotonic()
-            events = dict(poller.poll(self._timeout_ms(now)))
-            now = time.monotonic()
+            stalled = now - before - timeout_ms / 1000
+            if stalled > STALL_S:  # e.g. the app held the GIL in one long C call
+                log.warning("producer I/O thread stalled %.1f s; leases extended as much", stalled)
+                self.ledger.postpone(stalled)
             if self.producer._wake_r in events:
                 self._drain_commands(now)
             if self.sock in events:
