@@ -68,6 +68,9 @@ def test_bad_submit_arguments_fail_at_submit(make_producer):
         producer.submit("not a task name")
     with pytest.raises(ValueError, match="leading underscore"):
         producer.submit("rztasks:_private")
+    small = make_producer(announce=False, max_payload_bytes=1000)
+    with pytest.raises(ValueError, match="max_payload_bytes"):
+        small.submit(rztasks.echo, b"x" * 1000)
 
 
 def test_crashing_job_is_a_failure_and_the_worker_survives(make_producer, start_worker):
@@ -441,3 +444,20 @@ def test_app_holding_the_gil_does_not_lose_healthy_jobs(make_producer, start_wor
     time.sleep(0.2)
     sum(range(n))
     assert future.result(timeout=20)["worker"] == "w1"
+
+
+def test_worker_gives_up_on_a_gone_producer_and_frees_its_slot(make_producer, start_worker):
+    """A producer closed while its job runs: after --give-up-s the worker aborts the job and
+    its only slot serves the next producer."""
+    gone = make_producer()
+    worker = start_worker("w1", "--slots", "1", "--give-up-s", "2")
+    hanging = gone.submit(rztasks.whoami, 120.0)
+    deadline = time.monotonic() + 15
+    while gone.status()["leased"] != 1:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    gone.close()
+    assert isinstance(hanging.exception(timeout=5), ProducerClosed)
+    fresh = make_producer()
+    assert fresh.submit(rztasks.add, 5, 5).result(timeout=30) == 10
+    assert "aborting 1 running job" in worker.log()

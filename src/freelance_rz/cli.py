@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from .worker import Worker
+from .worker import GIVE_UP_S, Worker
 
 
 def worker_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,11 @@ def worker_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help="worker name in logs (default: HOST-PID)")
     parser.add_argument(
+        "--give-up-s", type=float, default=GIVE_UP_S, metavar="SECONDS",
+        help="abort the running jobs of a producer unreachable this long, and forget it if it "
+        "was discovered (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
     )
@@ -63,7 +68,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     try:
         worker = Worker(
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
-            slots=args.slots, interfaces=args.interface, name=args.name,
+            slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ from .tasks import task_name
 log = logging.getLogger("freelance_rz.producer")
 
 DEFAULT_LEASE_S = 1.0  # C4: a dead worker's job is re-offered within 1 s
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MIN_LEASE_S = 0.2  # below this, heartbeats (every lease / 4) cannot keep up on a busy host
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
@@ -72,6 +73,8 @@ class Producer(Executor):
             for the old process (the zguide's Titanic pattern, without a broker).
         retention_s, retention_count: finished results kept in the store at most this many
             seconds, and at most this many (newest first). None: no limit.
+        max_payload_bytes: largest encoded job (task name and arguments) :meth:`submit`
+            accepts, in bytes; jobs are messages, bulk data belongs in files or object stores.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -94,6 +97,7 @@ class Producer(Executor):
         store: str | os.PathLike[str] | None = None,
         retention_s: float | None = DEFAULT_RETENTION_S,
         retention_count: int | None = DEFAULT_RETENTION_COUNT,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if not isinstance(group, str) or not 0 < len(group) <= 63:
             raise ValueError(f"group must be a string of 1 to 63 characters, got {group!r}")
@@ -105,6 +109,7 @@ class Producer(Executor):
                 f"got {lease_s!r}"
             )
         self.group = group
+        self.max_payload_bytes = max_payload_bytes
         self.interfaces = resolve_interfaces(interfaces)
         self.port = port
         self.announce = announce
@@ -190,10 +195,16 @@ class Producer(Executor):
 
         Raises:
             TypeError: an argument msgpack cannot encode.
-            ValueError: ``fn`` is not a module-level function or valid task name.
+            ValueError: ``fn`` is not a module-level function or valid task name, or the
+                encoded job is larger than ``max_payload_bytes``.
             RuntimeError: after :meth:`shutdown`.
         """
         payload = p.pack_call(task_name(fn), args, kwargs)
+        if len(payload) > self.max_payload_bytes:
+            raise ValueError(
+                f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
+                f"({self.max_payload_bytes}); pass a path or URL to the data instead"
+            )
         if self._thread is None:
             self.start()
         future = JobFuture()

@@ -45,10 +45,12 @@ _ENDPOINT_RE = re.compile(r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(
 DEFAULT_WAIT_MS = 1000  # claim long-poll; with CLAIM_GRACE_S this bounds C5 detection at 1.5 s
 CLAIM_GRACE_S = 0.5  # extra time a producer has to answer a claim after wait_ms
 REPLY_TIMEOUT_S = 1.0  # time a producer has to answer RESULT, BEAT, DECLINE, ...
+MIN_TRANSFER_RATE = 10e6  # bytes/s: a RESULT's reply timeout grows by its size at this rate
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
 TIMER_SLACK_S = 0.02  # timers are checked at least this often while messages keep arriving
+GIVE_UP_S = 60.0  # a producer unreachable this long: abort its jobs, forget it if discovered
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class _Peer:
     retry_at: float = 0.0
     next_beat_at: float = 0.0
     withdrawn: bool = False  # its mDNS records are gone
+    unreachable_since: float | None = None  # monotonic seconds; None while it answers
 
     @property
     def alive(self) -> bool:
@@ -103,6 +106,8 @@ class Worker:
         interfaces: IPv4 addresses for mDNS (None: ``$FREELANCE_RZ_INTERFACES``, else all).
         name: a label for logs and the routing id (default: hostname and pid).
         wait_ms: claim long-poll in milliseconds.
+        give_up_s: seconds a producer may stay unreachable before its running jobs are aborted,
+            its undelivered results dropped and, if it was discovered, it is forgotten.
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
@@ -122,6 +127,7 @@ class Worker:
         interfaces: list[str] | None = None,
         name: str | None = None,
         wait_ms: int = DEFAULT_WAIT_MS,
+        give_up_s: float = GIVE_UP_S,
     ) -> None:
         if not discover and not connect:
             raise ValueError("a worker needs --discover or at least one --connect endpoint")
@@ -144,6 +150,7 @@ class Worker:
         self.interfaces = resolve_interfaces(interfaces)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.wait_ms = wait_ms
+        self.give_up_s = give_up_s
         self.identity = f"{self.name}-{uuid.uuid4().hex[:8]}".encode()
         self.stats = WorkerStats()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -331,6 +338,22 @@ class Worker:
         log.info("producer %s at %s", peer.key, peer.endpoint)
         self._connect(peer)
 
+    def _give_up(self, peer: _Peer) -> None:
+        """A producer unreachable for GIVE_UP_S: its leases expired there long ago (the jobs
+        are offered again), so stop its running jobs and forget the results it never took."""
+        if peer.leases or peer.unacked:
+            log.error(
+                "producer %s unreachable for %.0f s: aborting %d running job(s), dropping %d "
+                "undelivered result(s)", peer.key, self.give_up_s, len(peer.leases), len(peer.unacked),
+            )
+        for proc in list(peer.leases.values()):
+            self._running.pop(proc, None)
+            proc.abort()
+        peer.leases.clear()
+        peer.unacked.clear()
+        if peer.discovered:
+            log.warning("producer %s forgotten after %.0f s unreachable", peer.key, self.give_up_s)
+
     def _drop_peer(self, peer: _Peer) -> None:
         if peer.sock is not None:
             peer.sock.close(0)
@@ -353,7 +376,11 @@ class Worker:
             self._send_result(peer, job_id, *result, claim=None)
 
     def _unreachable(self, peer: _Peer, now: float, why: str) -> None:
-        log.warning("producer %s unreachable (%s); retry in %.2f s", peer.key, why, peer.backoff_s)
+        if peer.unreachable_since is None:
+            peer.unreachable_since = now
+            log.warning("producer %s unreachable (%s); retrying with backoff", peer.key, why)
+        else:
+            log.debug("producer %s still unreachable (%s); retry in %.2f s", peer.key, why, peer.backoff_s)
         assert peer.sock is not None
         peer.sock.close(0)
         peer.sock = None
@@ -364,6 +391,12 @@ class Worker:
 
     def _check_peer(self, peer: _Peer, now: float) -> None:
         if peer.sock is None:
+            assert peer.unreachable_since is not None
+            if now - peer.unreachable_since > self.give_up_s:
+                self._give_up(peer)
+                if peer.discovered:
+                    self._drop_peer(peer)
+                    return
             if peer.withdrawn and not peer.unacked and not peer.leases:
                 self._drop_peer(peer)
             elif now >= peer.retry_at:
@@ -387,6 +420,8 @@ class Worker:
         """Send a request and expect its answer in time."""
         assert peer.sock is not None
         timeout = REPLY_TIMEOUT_S
+        if isinstance(msg, p.Result):  # a large result takes a while to cross the link
+            timeout += len(msg.payload) / MIN_TRANSFER_RATE
         if isinstance(msg, p.Claim):
             timeout = msg.wait_ms / 1000 + CLAIM_GRACE_S
         elif isinstance(msg, p.Result) and msg.claim is not None:
@@ -439,6 +474,9 @@ class Worker:
             except ProtocolError as exc:
                 log.warning("producer %s sent a bad message: %s (dropped)", peer.key, exc.message)
                 continue
+            if peer.unreachable_since is not None:
+                log.info("producer %s reachable again", peer.key)
+                peer.unreachable_since = None
             peer.backoff_s = BACKOFF_MIN_S  # it answers: it is alive
             self._handle(peer, msg, now)
 
