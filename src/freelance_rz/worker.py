@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 The worker's main thread owns one DEALER socket per producer (a :class:`_Peer`) and the
-job processes of its slots (:mod:`freelance_rz.runner`). It keeps one invariant: every live
-peer holds exactly as many parked claims (long-polls) as the worker has free slots. When a
-JOB fills a slot, the now-surplus claims at the other peers are cancelled; a JOB that arrives
-for a full worker is DECLINEd (back to the head of that producer's queue). When a job ends,
+job processes of its slots (:mod:`freelance_rz.runner`). Every live peer holds as many
+parked claims (long-polls) as the worker has free slots. When a JOB fills a slot, the
+now-surplus claims at the other peers are withdrawn (CANCEL_CLAIM) once the slot has stayed
+busy for SURPLUS_GRACE_S; a JOB that arrives for a full worker is DECLINEd (back to the head
+of that producer's queue), so a worker never holds more jobs than slots. When a job ends,
 its RESULT carries the next claim to the same producer, so a busy worker spends one round
 trip per job. Nothing is ever queued on the worker side (C1).
 
@@ -50,6 +51,7 @@ BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
 TIMER_SLACK_S = 0.02  # timers are checked at least this often while messages keep arriving
+SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
 GIVE_UP_S = 60.0  # a producer unreachable this long: abort its jobs, forget it if discovered
 
 
@@ -163,6 +165,7 @@ class Worker:
         self._running: dict[JobProcess, _Running] = {}
         self._stopping = False
         self._stop_deadline = 0.0
+        self._filled_at = 0.0  # when a slot was last filled (monotonic seconds)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 
     # --- control from other threads / signal handlers --------------------------------------
@@ -255,12 +258,12 @@ class Worker:
                 for peer in list(self._peers.values()):
                     self._check_peer(peer, now)
                 check_at = min(self._soonest_timer(now), now + TIMER_SLACK_S)
-            self._reconcile_claims()
+            self._reconcile_claims(now)
             if self._stopping and self._finished(now):
                 return
 
     def _soonest_timer(self, now: float) -> float:
-        soonest = now + 1.0
+        soonest = min(now + 1.0, self._filled_at + SURPLUS_GRACE_S) if self._surplus() else now + 1.0
         for peer in self._peers.values():
             if peer.sock is None:
                 soonest = min(soonest, peer.retry_at)
@@ -270,6 +273,10 @@ class Worker:
             for _, deadline, _ in peer.inflight.values():
                 soonest = min(soonest, deadline)
         return soonest
+
+    def _surplus(self) -> bool:
+        free = self._free_slots()
+        return any(len(peer.claims) > free for peer in self._peers.values())
 
     def _finished(self, now: float) -> bool:
         if self._running:
@@ -442,9 +449,15 @@ class Worker:
     def _free_slots(self) -> int:
         return sum(1 for proc in self._procs if proc.free)
 
-    def _reconcile_claims(self) -> None:
-        """Keep as many parked claims at each live peer as there are free slots."""
+    def _reconcile_claims(self, now: float) -> None:
+        """Keep as many parked claims at each live peer as there are free slots.
+
+        Surplus claims (a slot was just filled) are withdrawn only once the slot has stayed
+        busy for SURPLUS_GRACE_S: short jobs end sooner, and withdrawing and renewing a claim
+        at every other producer for each of them would cost more than the rare JOB that has
+        to be declined meanwhile."""
         free = 0 if self._stopping else self._free_slots()
+        withdraw = now - self._filled_at >= SURPLUS_GRACE_S
         for peer in self._peers.values():
             if peer.sock is None or (peer.withdrawn and free):
                 continue
@@ -456,7 +469,7 @@ class Worker:
                 continue
             while len(peer.claims) < free:
                 self._request(peer, p.Claim(rid=next(self._rids), wait_ms=self.wait_ms))
-            while len(peer.claims) > free:
+            while len(peer.claims) > free and withdraw:
                 rid = peer.claims.pop()
                 peer.inflight.pop(rid, None)
                 self._request(peer, p.CancelClaim(rid=next(self._rids), claim_rid=rid))
@@ -515,6 +528,7 @@ class Worker:
             self._request(peer, p.Decline(rid=next(self._rids), job_id=job.job_id, lease_id=job.lease_id))
             return
         proc.run(job.job_id, job.payload)
+        self._filled_at = now
         self._running[proc] = _Running(peer, job.job_id, job.lease_id, job.lease_ms)
         if not peer.leases:
             peer.next_beat_at = now + max(job.lease_ms / 4000, 0.02)
