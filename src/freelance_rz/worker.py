@@ -50,7 +50,7 @@ MIN_TRANSFER_RATE = 10e6  # bytes/s: a RESULT's reply timeout grows by its size 
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 10.0
 STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
-TIMER_SLACK_S = 0.02  # timers are checked at least this often while messages keep arriving
+TIMER_SLACK_S = 0.02  # after activity, timers are looked at within this many seconds
 SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
 GIVE_UP_S = 60.0  # a producer unreachable this long: abort its jobs, forget it if discovered
 
@@ -254,10 +254,12 @@ class Worker:
             for peer in peers:
                 if peer.sock is not None and peer.sock in events:
                     self._drain_peer(peer, now)
-            if now >= check_at:  # timers: not on every message, at most TIMER_SLACK_S late
+            if events:  # handling may have set new timers: look within TIMER_SLACK_S
+                check_at = min(check_at, now + TIMER_SLACK_S)
+            if now >= check_at:  # timers: not on every message; idle, sleep until the next
                 for peer in list(self._peers.values()):
                     self._check_peer(peer, now)
-                check_at = min(self._soonest_timer(now), now + TIMER_SLACK_S)
+                check_at = self._soonest_timer(now)
             self._reconcile_claims(now)
             if self._stopping and self._finished(now):
                 return

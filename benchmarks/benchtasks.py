@@ -1,0 +1,42 @@
+"""Task module for the benchmarks (workers run with cwd = benchmarks/).
+
+Every function here is also run inline by the PUSH/PULL baseline workers, so both systems
+execute the same code. Tasks that take a ``key`` append one line per *execution* to the file
+named by ``$BENCH_EXEC_LOG`` ("key worker started_at"), written when the task starts, so a job
+killed mid-run and re-run elsewhere shows up as two executions (S4 duplicates).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_log_fd: int | None = None
+
+
+def _record(key: str) -> None:
+    global _log_fd
+    path = os.environ.get("BENCH_EXEC_LOG")
+    if not path:
+        return
+    if _log_fd is None:
+        _log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(_log_fd, f"{key} {os.environ.get('RZ_WORKER', '?')} {time.time():.6f}\n".encode())
+
+
+def inc(x):
+    """S1 / S6: the trivial job."""
+    return x + 1
+
+
+def sleep_job(key, seconds):
+    """S2-S5: a job that takes ``seconds``; returns the worker that ran it."""
+    _record(key)
+    time.sleep(seconds)
+    return os.environ.get("RZ_WORKER", "?")
+
+
+def whoami(seconds=0.0):
+    """Warm-up: which worker runs this (no execution record)."""
+    time.sleep(seconds)
+    return os.environ.get("RZ_WORKER", "?")

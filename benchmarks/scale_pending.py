@@ -1,0 +1,170 @@
+"""Scale check M1, run in a process of its own (fresh heap, exact RSS): memory per pending job
+with 1,000,000 small jobs pending, and claim rate with 10^6 vs 10^3 pending.
+
+``scale_pending.py producer OUT``: a real Producer (announce=False, loopback), jobs submitted
+through ``Producer.submit`` (so a Future each), claims by a raw DEALER speaking the protocol:
+rounds of 500 pipelined CLAIMs (timed) each followed by 500 DECLINEs (untimed, jobs go back to
+the head), so the pending count stays put.
+``scale_pending.py ledger OUT``: the pure Ledger alone (no Futures, no sockets).
+Writes one JSON object to OUT.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+
+import common  # noqa: F401 - pins FREELANCE_RZ_INTERFACES
+import zmq
+from freelance_rz import Producer
+from freelance_rz import protocol as p
+from freelance_rz.ledger import Ledger
+
+N_BIG = 1_000_000
+N_SMALL = 1_000
+ROUNDS = 10
+BATCH = 500
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def ledger_mode() -> dict:
+    ledger = Ledger(lease_s=600, max_attempts=3)
+    payloads = [p.pack_call("benchtasks:inc", (i,), {}) for i in range(N_BIG)]  # not counted
+    gc.collect()
+    before = rss()
+    for i in range(N_SMALL):
+        ledger.submit(i, payloads[i])
+    rate_small = ledger_claim_rate(ledger)
+    t = time.perf_counter()
+    for i in range(N_SMALL, N_BIG):
+        ledger.submit(i, payloads[i])
+    submit_rate = (N_BIG - N_SMALL) / (time.perf_counter() - t)
+    gc.collect()
+    after = rss()
+    rate_big = ledger_claim_rate(ledger)
+    return {"bytes_per_job": (after - before) / N_BIG, "claims_per_s_1e3": rate_small,
+            "claims_per_s_1e6": rate_big, "submits_per_s": submit_rate}
+
+
+def ledger_claim_rate(ledger: Ledger) -> float:
+    claimed = 0
+    elapsed = 0.0
+    for r in range(ROUNDS + 1):  # round 0 warms up, untimed
+        t = time.perf_counter()
+        leases = [ledger.claim(b"w", t) for _ in range(BATCH)]
+        elapsed += time.perf_counter() - t
+        for lease in leases:
+            ledger.release(b"w", lease.job_id, lease.lease_id)
+        if r == 0:
+            elapsed = 0.0
+        else:
+            claimed += BATCH
+    return claimed / elapsed
+
+
+class Dealer:
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.rid = 0
+
+    def send(self, msg) -> None:
+        self.sock.send_multipart(p.encode(msg))
+
+    def recv(self):
+        return p.decode_reply(self.sock.recv_multipart())
+
+    def next_rid(self) -> int:
+        self.rid += 1
+        return self.rid
+
+    def status(self) -> dict:
+        self.send(p.Status(rid=self.next_rid()))
+        while True:
+            msg = self.recv()
+            if isinstance(msg, p.StatusReply):
+                return msg.info
+
+    def claim_rate(self) -> float:
+        claimed = 0
+        elapsed = 0.0
+        for r in range(ROUNDS + 1):  # round 0 warms up, untimed
+            t = time.perf_counter()
+            for _ in range(BATCH):
+                self.send(p.Claim(rid=self.next_rid(), wait_ms=0))
+            jobs = [self.recv() for _ in range(BATCH)]
+            elapsed += time.perf_counter() - t
+            assert all(isinstance(j, p.Job) for j in jobs), jobs[:3]
+            for j in jobs:
+                self.send(p.Decline(rid=self.next_rid(), job_id=j.job_id, lease_id=j.lease_id))
+            for _ in jobs:
+                self.recv()
+            if r == 0:
+                elapsed = 0.0
+            else:
+                claimed += BATCH
+        return claimed / elapsed
+
+
+class Stuck(Exception):
+    pass
+
+
+def wait_pending(dealer: Dealer, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (pending := dealer.status()["pending"]) < n:
+        if time.monotonic() > deadline:
+            raise Stuck(f"producer ingested {pending} of {n} submitted jobs; "
+                        f"no progress for {timeout} s (the rest never reached its I/O thread)")
+        time.sleep(0.05)
+
+
+def producer_mode() -> dict:
+    producer = Producer("bench-scale", interfaces=["127.0.0.1"], announce=False, lease_s=600).start()
+    dealer = Dealer(producer.endpoint)
+    futures = []
+    for i in range(N_SMALL):
+        futures.append(producer.submit("benchtasks:inc", i))
+    wait_pending(dealer, N_SMALL)
+    rate_small = dealer.claim_rate()
+    gc.collect()
+    before = rss()
+    t = time.perf_counter()
+    for i in range(N_SMALL, N_BIG):
+        futures.append(producer.submit("benchtasks:inc", i))
+    wait_pending(dealer, N_BIG)
+    submit_rate = (N_BIG - N_SMALL) / (time.perf_counter() - t)
+    gc.collect()
+    after = rss()
+    rate_big = dealer.claim_rate()
+    # Does close() come back with this many pending jobs? (cancels 10^6 Futures)
+    t = time.perf_counter()
+    producer.close(timeout_s=20)
+    close_s = time.perf_counter() - t
+    alive = producer._thread is not None and producer._thread.is_alive()
+    return {"bytes_per_job": (after - before) / (N_BIG - N_SMALL), "claims_per_s_1e3": rate_small,
+            "claims_per_s_1e6": rate_big, "submits_per_s": submit_rate,
+            "close_s": close_s, "close_hung": alive}
+
+
+def main() -> None:
+    mode, out = sys.argv[1], sys.argv[2]
+    try:
+        result = ledger_mode() if mode == "ledger" else producer_mode()
+    except Stuck as exc:
+        result = {"error": str(exc)}
+    with open(out, "w") as f:
+        json.dump(result, f)
+    os._exit(0)  # do not wait on a producer thread that may be stuck
+
+
+if __name__ == "__main__":
+    main()
