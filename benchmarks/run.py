@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -524,7 +523,7 @@ def base_latencies(bp: BaselineProducer, n: int = S6_SAMPLES) -> list[float]:
         t = time.perf_counter()
         bp.send(job_id, "inc", [i])
         with bp.cond:
-            bp.cond.wait_for(lambda: job_id in bp.results, 5)
+            bp.cond.wait_for(lambda job_id=job_id: job_id in bp.results, 5)
         if i >= 30:
             out.append(bp.results[job_id][0] - t)
     return out
@@ -710,7 +709,7 @@ def _median(values):
 
 def aggregate(runs: list[list[Row]]) -> list[Row]:
     out = []
-    for rows in zip(*runs):
+    for rows in zip(*runs, strict=True):
         first = rows[0]
         agg = Row(first.scenario, first.metric, _median([r.frz for r in rows]),
                   _median([r.base for r in rows]), first.target, first.check,

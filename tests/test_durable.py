@@ -40,7 +40,7 @@ class DurableProducer:
         deadline = time.monotonic() + timeout
         while not predicate():
             assert time.monotonic() < deadline, f"{what}; log:\n" + "\n".join(self.lines())
-            assert self.proc.poll() is None, f"exited early; log:\n" + "\n".join(self.lines())
+            assert self.proc.poll() is None, "exited early; log:\n" + "\n".join(self.lines())
             time.sleep(0.05)
 
     def kill(self) -> None:

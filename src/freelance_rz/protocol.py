@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 
@@ -160,9 +160,9 @@ class Err:
     message: str
 
 
-Request = Union[Claim, Result, Beat, Decline, CancelClaim, Bye, Status]
-Reply = Union[Job, NoJob, Ack, BeatAck, StatusReply, Err]
-Message = Union[Request, Reply]
+Request = Claim | Result | Beat | Decline | CancelClaim | Bye | Status
+Reply = Job | NoJob | Ack | BeatAck | StatusReply | Err
+Message = Request | Reply
 
 # verb <-> class; each class's fields are validated by the checks in _FIELD_CHECKS.
 _REQUESTS: dict[bytes, type] = {
@@ -366,7 +366,9 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
     try:
         call = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
-        raise ProtocolError(E_INVALID, f"job payload is not msgpack: {exc.__class__.__name__}")
+        raise ProtocolError(
+            E_INVALID, f"job payload is not msgpack: {exc.__class__.__name__}"
+        ) from None
     if (
         type(call) is not list
         or len(call) != 3
@@ -390,7 +392,9 @@ def unpack_value(payload: bytes) -> Any:
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
-        raise ProtocolError(E_INVALID, f"result payload is not msgpack: {exc.__class__.__name__}")
+        raise ProtocolError(
+            E_INVALID, f"result payload is not msgpack: {exc.__class__.__name__}"
+        ) from None
 
 
 def pack_error(type_name: str, message: str, traceback: str) -> bytes:
