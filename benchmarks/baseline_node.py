@@ -24,6 +24,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from common import add_s5_producer_args
 
 LOOPBACK = "127.0.0.1"
 
@@ -164,13 +165,7 @@ def main() -> None:
     ap.add_argument("--results", nargs="*", default=[])
     ap.add_argument("--port-file")
     ap.add_argument("--index", type=int, default=0)
-    ap.add_argument("--ready")
-    ap.add_argument("--go")
-    ap.add_argument("--out")
-    ap.add_argument("--workers", default="")
-    ap.add_argument("--jobs-n", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=0.02)
-    ap.add_argument("--tag", default="A")
+    add_s5_producer_args(ap)
     args = ap.parse_args()
     if args.mode == "worker":
         worker_main(args.name, args.jobs, args.results)

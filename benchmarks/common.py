@@ -215,3 +215,15 @@ class Dealer:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+def add_s5_producer_args(ap, ready_required: bool = False) -> None:
+    """The flags of an S5 producer process (freelance_rz's or the baseline's): files to
+    signal readiness and the start, where to write the outcome, and the jobs to submit."""
+    ap.add_argument("--ready", required=ready_required)
+    ap.add_argument("--go")
+    ap.add_argument("--out")
+    ap.add_argument("--workers", default="")
+    ap.add_argument("--jobs-n", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=0.02)
+    ap.add_argument("--tag", default="A")

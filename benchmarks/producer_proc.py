@@ -18,6 +18,7 @@ from concurrent.futures import wait
 from pathlib import Path
 
 import common  # noqa: F401 - pins FREELANCE_RZ_INTERFACES
+from common import add_s5_producer_args
 from freelance_rz import Producer
 
 LOOPBACK = ["127.0.0.1"]
@@ -67,13 +68,7 @@ def main() -> None:
     ap.add_argument("mode", choices=["idle", "run"])
     ap.add_argument("--group", required=True)
     ap.add_argument("--count", type=int, default=1)
-    ap.add_argument("--ready", required=True)
-    ap.add_argument("--go")
-    ap.add_argument("--out")
-    ap.add_argument("--workers", default="")
-    ap.add_argument("--jobs-n", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=0.02)
-    ap.add_argument("--tag", default="A")
+    add_s5_producer_args(ap, ready_required=True)
     args = ap.parse_args()
     idle(args) if args.mode == "idle" else run(args)
 

@@ -602,15 +602,24 @@ def p20(root: Path) -> list[Row]:
         cpu20 = common.idle_cpu_percent(w1, CPU_WINDOW_S)
     finally:
         run.close()
+    return [
+        *_scale_latency_rows("1 worker polling 20 producers", "20 producers", "1 producer",
+                             lat20, lat1),
+        Row("SCALE", "20 producers: idle worker CPU (% of a core)", cpu20, None),
+    ]
+
+
+def _scale_latency_rows(setup: str, short: str, base: str, lat: list[float],
+                        lat1: list[float]) -> list[Row]:
+    """S6 p50/p99 under a scale setup, and each as a ratio to the 1-peer run (target ≤ 2)."""
     ms, p = 1000.0, percentile
     return [
-        Row("SCALE", "1 worker polling 20 producers: S6 p50 (ms)", p(lat20, 50) * ms, None),
-        Row("SCALE", "1 worker polling 20 producers: S6 p99 (ms)", p(lat20, 99) * ms, None),
-        Row("SCALE", "20 producers: S6 p50 ÷ 1 producer", p(lat20, 50) / p(lat1, 50), None,
+        Row("SCALE", f"{setup}: S6 p50 (ms)", p(lat, 50) * ms, None),
+        Row("SCALE", f"{setup}: S6 p99 (ms)", p(lat, 99) * ms, None),
+        Row("SCALE", f"{short}: S6 p50 ÷ {base}", p(lat, 50) / p(lat1, 50), None,
             "≤ 2", ("frz", "<=", 2.0)),
-        Row("SCALE", "20 producers: S6 p99 ÷ 1 producer", p(lat20, 99) / p(lat1, 99), None,
+        Row("SCALE", f"{short}: S6 p99 ÷ {base}", p(lat, 99) / p(lat1, 99), None,
             "≤ 2", ("frz", "<=", 2.0)),
-        Row("SCALE", "20 producers: idle worker CPU (% of a core)", cpu20, None),
     ]
 
 
@@ -640,14 +649,8 @@ def w50(root: Path) -> list[Row]:
         lat50 = frz_latencies(prod)
     finally:
         run.close()
-    ms, p = 1000.0, percentile
     return [
-        Row("SCALE", "50 workers on 1 producer: S6 p50 (ms)", p(lat50, 50) * ms, None),
-        Row("SCALE", "50 workers on 1 producer: S6 p99 (ms)", p(lat50, 99) * ms, None),
-        Row("SCALE", "50 workers: S6 p50 ÷ 1 worker", p(lat50, 50) / p(lat1, 50), None,
-            "≤ 2", ("frz", "<=", 2.0)),
-        Row("SCALE", "50 workers: S6 p99 ÷ 1 worker", p(lat50, 99) / p(lat1, 99), None,
-            "≤ 2", ("frz", "<=", 2.0)),
+        *_scale_latency_rows("50 workers on 1 producer", "50 workers", "1 worker", lat50, lat1),
         Row("SCALE", "50 workers: time until all connected (s)", startup, None),
     ]
 
