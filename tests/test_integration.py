@@ -461,3 +461,35 @@ def test_worker_gives_up_on_a_gone_producer_and_frees_its_slot(make_producer, st
     fresh = make_producer()
     assert fresh.submit(rztasks.add, 5, 5).result(timeout=30) == 10
     assert "aborting 1 running job" in worker.log()
+
+
+def test_cancel_a_running_job_aborts_it_on_the_worker(make_producer, start_worker):
+    producer = make_producer()
+    worker = start_worker("w1", "--slots", "1")
+    long = producer.submit(rztasks.whoami, 60.0)
+    deadline = time.monotonic() + 15
+    while producer.status()["leased"] != 1:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    assert long.cancel()
+    assert wait([long], timeout=5).done == {long}
+    # the only slot is free again: the next job runs long before the first would have ended
+    assert producer.submit(rztasks.add, 2, 2).result(timeout=15) == 4
+    assert "aborting it" in worker.log()
+
+
+def test_a_requeued_job_can_still_be_cancelled(make_producer, start_worker):
+    """Its worker died; the job is pending again, so cancel() and cancel_futures apply."""
+    producer = make_producer(lease_s=0.5)
+    worker = start_worker("w1", "--slots", "1")
+    future = producer.submit(rztasks.whoami, 60.0)
+    deadline = time.monotonic() + 15
+    while producer.status()["leased"] != 1:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    worker.signal_group(signal.SIGKILL)
+    while producer.status()["pending"] != 1:
+        assert time.monotonic() < deadline + 10, "the lease never expired"
+        time.sleep(0.05)
+    producer.shutdown(wait=False, cancel_futures=True)
+    assert wait([future], timeout=5).done == {future} and future.cancelled()

@@ -47,6 +47,8 @@ def resolve_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
     Raises:
         ValueError: an entry is not an IPv4 address, or the list is empty.
     """
+    if isinstance(interfaces, str):
+        raise ValueError(f"interfaces must be a list of IPv4 addresses, e.g. [{interfaces!r}]")
     if interfaces is None:
         env = os.environ.get(ENV_INTERFACES, "").strip()
         if not env:

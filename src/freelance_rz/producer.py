@@ -29,7 +29,7 @@ from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcer, local_networks, resolve_interfaces
 from .errors import JobFailed, JobLost, ProducerClosed, ProtocolError
-from .ledger import Ledger
+from .ledger import JobState, Ledger
 from .store import JobStore, Restored, StoreError
 from .tasks import task_name
 
@@ -55,10 +55,13 @@ _CONDITION_LOCK = threading.Lock()
 class JobFuture(Future):  # type: ignore[type-arg]
     """A Future of a job. ``job_id`` (int) is the job's id at its producer.
 
-    It differs from ``concurrent.futures.Future`` in two ways. Its lock (a Condition) is made
-    on first use: a pending job's Future then costs about 230 bytes instead of 1.6 KB, and a
-    producer may hold a million of them. And a successful :meth:`cancel` tells the producer,
-    which drops the job.
+    It differs from ``concurrent.futures.Future`` in three ways. :meth:`cancel` works until
+    the job has finished: a job no worker holds is dropped, and a job a worker is running is
+    aborted there (its lease is voided; the worker learns it at its next heartbeat, within
+    a quarter of the lease). So a Future never reports ``running()``: the job may be handed
+    to another worker if its worker dies. And its lock (a Condition) is made on first use: a
+    pending job's Future then costs about 230 bytes instead of 1.6 KB, and a producer may hold
+    a million of them.
     """
 
     def __init__(self, job_id: int, on_cancel: Callable[[JobFuture], None] | None = None) -> None:
@@ -80,7 +83,8 @@ class JobFuture(Future):  # type: ignore[type-arg]
         return condition  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
-        """Cancel the job if no worker holds it yet (as ``Future.cancel``); True if cancelled."""
+        """Cancel the job unless it has finished (aborting it on its worker if it runs).
+        Returns True if the Future is now cancelled."""
         if not super().cancel():
             return False
         if self._on_cancel is not None:
@@ -142,6 +146,8 @@ class Producer(Executor):
                 f"lease_s must be >= {MIN_LEASE_S} s (workers heartbeat every lease_s / 4), "
                 f"got {lease_s!r}"
             )
+        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         self.group = group
         self.max_payload_bytes = max_payload_bytes
         self.interfaces = resolve_interfaces(interfaces)
@@ -316,9 +322,11 @@ class Producer(Executor):
             self._thread.join()
 
     def close(self, timeout_s: float | None = 10.0) -> None:
-        """Stop now: cancel pending jobs, fail running ones with
+        """Stop now: cancel the Futures of pending jobs, fail those of running ones with
         :class:`~freelance_rz.errors.ProducerClosed`, withdraw the mDNS announcement and
-        close the socket. Idempotent.
+        close the socket. Idempotent. With a ``store``, the jobs themselves stay in it as they
+        were, and a producer started on the store later carries on with them (to drop them
+        for good, ``shutdown(cancel_futures=True)`` first).
 
         Args:
             timeout_s: seconds to wait for the I/O thread to end (None: no limit).
@@ -507,10 +515,10 @@ class _OfferLoop:
                 break
         for identity, rid in list(self.parked):  # let parked workers move on at once
             self._send(identity, p.NoJob(rid=rid))
-        for future in self.futures.values():  # only after close()
-            if future.cancel():
+        for job_id, future in self.futures.items():  # only after close()
+            if self.ledger.state(job_id) is JobState.PENDING and Future.cancel(future):
                 future.set_running_or_notify_cancel()  # wakes wait() and as_completed()
-            else:
+            elif not future.done():
                 future.set_exception(ProducerClosed("the producer was closed before the job finished"))
 
     def _flush(self, now: float) -> None:
@@ -576,9 +584,10 @@ class _OfferLoop:
                 self.closing = self.aborted = True
             elif verb == "shutdown":
                 self.closing = True
-                if command[1]:  # cancel_futures
-                    for future in list(self.futures.values()):
-                        future.cancel()  # pending ones only; each posts a "cancel" command
+                if command[1]:  # cancel_futures: the jobs no worker holds, as Executor does
+                    for job_id, future in list(self.futures.items()):
+                        if self.ledger.state(job_id) is JobState.PENDING:
+                            future.cancel()  # posts a "cancel" command
 
     # --- messages from workers --------------------------------------------------------------
 
@@ -650,7 +659,7 @@ class _OfferLoop:
             if lease is None:
                 return False
             future = self.futures[lease.job_id]
-            if not future.running() and not future.set_running_or_notify_cancel():
+            if future.cancelled():
                 self._cancel(lease.job_id)  # cancelled while its "cancel" was in flight
                 continue
             self.store.lease(lease.job_id, lease.lease_id, identity, lease.attempt)

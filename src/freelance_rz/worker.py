@@ -43,8 +43,8 @@ from .runner import JobProcess, Outcome
 log = logging.getLogger("freelance_rz.worker")
 _ENDPOINT_RE = re.compile(r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
 
-DEFAULT_WAIT_MS = 1000  # claim long-poll; with CLAIM_GRACE_S this bounds C5 detection at 1.5 s
-CLAIM_GRACE_S = 0.5  # extra time a producer has to answer a claim after wait_ms
+DEFAULT_WAIT_MS = 1000  # claim long-poll; with CLAIM_GRACE_S this bounds C5 detection at 1.4 s
+CLAIM_GRACE_S = 0.4  # extra time a producer has to answer a claim after wait_ms (C5: < 1.5 s)
 REPLY_TIMEOUT_S = 1.0  # time a producer has to answer RESULT, BEAT, DECLINE, ...
 MIN_TRANSFER_RATE = 10e6  # bytes/s: a RESULT's reply timeout grows by its size at this rate
 BACKOFF_MIN_S = 0.25
@@ -138,6 +138,8 @@ class Worker:
         for module in tasks:
             if importlib.util.find_spec(module) is None:
                 raise ModuleNotFoundError(f"--tasks module {module!r} not found", name=module)
+        if not give_up_s > 0:
+            raise ValueError(f"give_up_s must be > 0 seconds, got {give_up_s!r}")
         self.slots = (os.cpu_count() or 1) if slots is None else slots
         if self.slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
