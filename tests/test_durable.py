@@ -132,3 +132,28 @@ def test_get_returns_finished_results_after_restart(tmp_path, start_worker):
             again.get(999)
         assert again.submit(rztasks.add, 0, 0).job_id > bad.job_id  # ids are never reused
         again.close()
+
+
+def test_job_options_survive_a_restart(tmp_path):
+    import zmq
+
+    import rztasks
+    from freelance_rz import protocol as p
+
+    store = tmp_path / "jobs.sqlite"
+    first = Producer(GROUP, interfaces=["127.0.0.1"], store=store, announce=False).start()
+    first.submit(rztasks.add, 1, 1)
+    urgent = first.options(priority=5, timeout_s=2.5, max_attempts=1).submit(rztasks.add, 2, 2)
+    first.close()
+    again = Producer(GROUP, interfaces=["127.0.0.1"], store=store, announce=False).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(again.endpoint)
+    try:
+        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=1000)))
+        job = p.decode_reply(sock.recv_multipart())
+        assert (job.job_id, job.timeout_ms) == (urgent.job_id, 2500)  # priority kept, limit too
+    finally:
+        sock.close()
+        again.close()

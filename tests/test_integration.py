@@ -292,7 +292,7 @@ def test_parked_claim_gets_a_job_submitted_later(make_producer):
         job = p.decode_reply(sock.recv_multipart())
         assert isinstance(job, p.Job) and job.rid == 5
         assert time.monotonic() - sent < 1.0  # handed over at once, not at the next poll
-        assert p.unpack_call(job.payload) == ("rztasks:add", [1, 2], {})
+        assert p.unpack_call(job.payload) == ("rztasks:add", [1, 2], {}, {})
         sock.send_multipart(p.encode(p.Result(rid=6, job_id=job.job_id, lease_id=job.lease_id, ok=True, payload=p.pack_value(3))))
         assert isinstance(p.decode_reply(sock.recv_multipart()), p.Ack)
         assert future.result(timeout=5) == 3
@@ -493,3 +493,43 @@ def test_a_requeued_job_can_still_be_cancelled(make_producer, start_worker):
         time.sleep(0.05)
     producer.shutdown(wait=False, cancel_futures=True)
     assert wait([future], timeout=5).done == {future} and future.cancelled()
+
+
+def test_job_options_time_limit_priority_and_attempts(make_producer, start_worker):
+    from freelance_rz import JobTimeout
+
+    producer = make_producer(announce=False)
+    worker = start_worker("w1", "--slots", "1", connect=producer.endpoint)
+    assert producer.submit(rztasks.add, 0, 0).result(timeout=15) == 0
+    # C8: the job's process is killed at its time limit; the Future fails with a TimeoutError
+    slow = producer.options(timeout_s=0.5).submit(rztasks.whoami, 30.0)
+    with pytest.raises(JobTimeout) as info:
+        slow.result(timeout=10)
+    assert isinstance(info.value, TimeoutError) and "time limit of 0.5 s" in str(info.value)
+    assert producer.submit(rztasks.add, 1, 1).result(timeout=15) == 2  # the slot is back
+    # priority: higher first, FIFO within one; the single slot is busy while they queue
+    blocker = producer.submit(rztasks.whoami, 1.0)
+    time.sleep(0.3)
+    low = [producer.submit(rztasks.whoami, 0.0) for _ in range(3)]
+    high = [producer.options(priority=5).submit(rztasks.whoami, 0.0) for _ in range(3)]
+    wait([blocker, *low, *high], timeout=20)
+    order = sorted(low + high, key=lambda f: f.result()["started"])
+    assert order == high + low
+    assert "time limit" in worker.log()
+    with pytest.raises(ValueError):
+        producer.options(timeout_s=0)
+    with pytest.raises(ValueError):
+        producer.options(max_attempts=0)
+
+
+def test_per_job_max_attempts(make_producer):
+    producer = make_producer(announce=False, lease_s=0.3, max_attempts=5)
+    future = producer.options(max_attempts=1).submit(rztasks.add, 1, 1)
+    sock = _dealer(producer.endpoint, b"silent-once")
+    try:
+        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=3000)))
+        assert isinstance(p.decode_reply(sock.recv_multipart()), p.Job)
+        with pytest.raises(JobLost):  # one lost lease was its last
+            future.result(timeout=5)
+    finally:
+        sock.close()

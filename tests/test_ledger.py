@@ -886,3 +886,14 @@ def test_postpone_moves_live_lease_deadlines():
     ledger.postpone(5.0)
     assert ledger.expire(5.9) == []  # would have expired at 1.0
     assert [e.job_id for e in ledger.expire(6.0)] == [1]
+
+
+def test_higher_priority_first_fifo_within_a_priority_and_requeue_at_its_head():
+    ledger = Ledger(lease_s=1.0, max_attempts=3)
+    for job_id, priority in [(1, 0), (2, 5), (3, 0), (4, 5), (5, -1)]:
+        ledger.submit(job_id, b"", priority=priority)
+    first = ledger.claim("w", 0.0)
+    assert first.job_id == 2
+    ledger.expire(2.0)  # 2 is back at the head of priority 5
+    assert [ledger.claim("w", 2.0).job_id for _ in range(5)] == [2, 4, 1, 3, 5]
+    assert ledger.claim("w", 2.0) is None

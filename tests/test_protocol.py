@@ -497,9 +497,11 @@ def test_call_round_trip():
     payload = p.pack_call("mod:f", (1, "a", b"b", None, 1.5, [1, 2], {"k": "v"}), {"x": (1,)})
     assert type(payload) is bytes
     assert p.unpack_call(payload) == (
-        "mod:f", [1, "a", b"b", None, 1.5, [1, 2], {"k": "v"}], {"x": [1]}
+        "mod:f", [1, "a", b"b", None, 1.5, [1, 2], {"k": "v"}], {"x": [1]}, {}
     )
-    assert p.unpack_call(p.pack_call("m:f", [], {})) == ("m:f", [], {})
+    assert p.unpack_call(p.pack_call("m:f", [], {})) == ("m:f", [], {}, {})
+    with_options = p.pack_call("m:f", [], {}, {"timeout_ms": 500, "priority": -2})
+    assert p.unpack_call(with_options) == ("m:f", [], {}, {"timeout_ms": 500, "priority": -2})
 
 
 @pytest.mark.parametrize(
@@ -533,7 +535,7 @@ def test_unpack_call_rejects_malformed_payloads(payload):
 
 def test_call_with_int_keyed_dict_argument_round_trips():
     payload = p.pack_call("m:f", ({1: "a", 2: "b"},), {})  # packs fine
-    assert p.unpack_call(payload) == ("m:f", [{1: "a", 2: "b"}], {})
+    assert p.unpack_call(payload) == ("m:f", [{1: "a", 2: "b"}], {}, {})
 
 
 @pytest.mark.parametrize(
@@ -591,7 +593,7 @@ def test_unpack_error_rejects_malformed(payload):
 @given(st.text(), st.lists(info_values, max_size=4),
        st.dictionaries(st.text(max_size=8), info_values, max_size=4))
 def test_any_call_with_str_keyed_maps_round_trips(task, args, kwargs):
-    assert p.unpack_call(p.pack_call(task, args, kwargs)) == (task, args, kwargs)
+    assert p.unpack_call(p.pack_call(task, args, kwargs)) == (task, args, kwargs, {})
 
 
 @given(info_values)

@@ -4,8 +4,15 @@ Public API: :class:`Producer` (a ``concurrent.futures.Executor``), :class:`Worke
 exceptions below. Everything else is private and may change.
 """
 
-from .errors import FreelanceError, JobFailed, JobLost, ProducerClosed, ProtocolError
-from .producer import JobFuture, Producer
+from .errors import (
+    FreelanceError,
+    JobFailed,
+    JobLost,
+    JobTimeout,
+    ProducerClosed,
+    ProtocolError,
+)
+from .producer import JobFuture, JobOptions, Producer
 from .store import StoreError
 from .tasks import TaskNotAllowed
 from .worker import Worker, WorkerStats
@@ -17,6 +24,8 @@ __all__ = [
     "JobFailed",
     "JobFuture",
     "JobLost",
+    "JobOptions",
+    "JobTimeout",
     "Producer",
     "ProducerClosed",
     "ProtocolError",

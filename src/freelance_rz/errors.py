@@ -50,6 +50,11 @@ class JobFailed(FreelanceError):
         return text
 
 
+class JobTimeout(JobFailed, TimeoutError):
+    """The job ran past its time limit (``timeout_s``); the worker killed its process. Not
+    retried. Also a ``TimeoutError``, so ``except TimeoutError`` catches it."""
+
+
 class JobLost(FreelanceError):
     """The job was dead-lettered: its leases expired ``max_attempts`` times (each time the
     worker holding it died or stopped heartbeating), so it is not offered again.

@@ -21,14 +21,15 @@ resolves the job; every later or unknown result is "stale": acknowledged and dro
 caller. Terminal jobs (DONE, FAILED, DEAD, CANCELLED) leave the table at once, so memory is
 bounded by live jobs; per-state counters keep the totals.
 
-Pending jobs wait in a FIFO (a deque; cancelled entries are skipped lazily) and lease
-deadlines in a heap (extended deadlines are re-pushed lazily when popped), so every
-operation is O(1) or O(log n) in the number of live jobs. The clock is passed in as ``now``
+Pending jobs wait in one FIFO per priority (deques, higher priorities first; cancelled
+entries are skipped lazily) and lease deadlines in a heap (extended deadlines are re-pushed
+lazily when popped), so every operation is O(1) or O(log n) in the number of live jobs. The clock is passed in as ``now``
 (monotonic seconds); nothing here reads it.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import heapq
 import random
@@ -73,6 +74,7 @@ class _Job:
     job_id: int
     payload: bytes
     max_attempts: int
+    priority: int = 0
     state: JobState | None = None
     attempt: int = 1
     lease_id: int | None = None  # current lease
@@ -123,7 +125,9 @@ class Ledger:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self._jobs: dict[int, _Job] = {}
-        self._pending: deque[_Job] = deque()
+        # pending jobs: one FIFO per priority, and the priorities that have one, highest first
+        self._queues: dict[int, deque[_Job]] = {}
+        self._priorities: list[int] = []  # negated, ascending
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
         self._rng = random.Random()
@@ -183,8 +187,18 @@ class Ledger:
             job.lease_id = None
             job.worker = None
 
-    def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None = None) -> None:
-        """Add a job at the tail of the queue.
+    def _queue(self, priority: int) -> deque[_Job]:
+        queue = self._queues.get(priority)
+        if queue is None:
+            queue = self._queues[priority] = deque()
+            bisect.insort(self._priorities, -priority)
+        return queue
+
+    def submit(
+        self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0
+    ) -> None:
+        """Add a job at the tail of its priority's queue (higher priorities are claimed first,
+        FIFO within one).
 
         Raises:
             ValueError: ``job_id`` is already live, or ``max_attempts`` < 1.
@@ -193,10 +207,10 @@ class Ledger:
             raise ValueError(f"job {job_id} is already in the ledger")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        job = _Job(job_id, payload, max_attempts or self.max_attempts)
+        job = _Job(job_id, payload, max_attempts or self.max_attempts, priority=priority)
         self._jobs[job_id] = job
         self._move(job, "submit")
-        self._pending.append(job)
+        self._queue(priority).append(job)
 
     def restore(
         self,
@@ -206,6 +220,7 @@ class Ledger:
         attempt: int,
         max_attempts: int,
         leases: dict[int, Hashable],
+        priority: int = 0,
     ) -> None:
         """Re-add a pending job of an earlier run (a durable store's restart): at the tail,
         with its attempt number and the leases issued for it before, so a result that a
@@ -216,15 +231,21 @@ class Ledger:
         """
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt!r}")
-        self.submit(job_id, payload, max_attempts=max_attempts)
+        self.submit(job_id, payload, max_attempts=max_attempts, priority=priority)
         job = self._jobs[job_id]
         job.attempt = attempt
         job.issued.update(leases)
 
     def claim(self, worker: Hashable, now: float) -> Lease | None:
         """Lease the job at the head of the queue to ``worker``, or None when none is pending."""
-        while self._pending:
-            job = self._pending.popleft()
+        while self._priorities:
+            priority = -self._priorities[0]
+            queue = self._queues[priority]
+            if not queue:
+                del self._queues[priority]
+                self._priorities.pop(0)
+                continue
+            job = queue.popleft()
             if job.state is not JobState.PENDING:
                 continue  # cancelled or resolved while queued
             self._move(job, "claim")
@@ -275,7 +296,7 @@ class Ledger:
         del job.issued[lease_id]  # the job never ran under this lease
         self._end_lease(job)
         self._move(job, "release")
-        self._pending.appendleft(job)
+        self._queue(job.priority).appendleft(job)
         return True
 
     def resolve(self, worker: Hashable, job_id: int, lease_id: int, ok: bool) -> bool:
@@ -317,7 +338,7 @@ class Ledger:
             else:
                 self._move(job, "expire")
                 job.attempt += 1
-                self._pending.appendleft(job)
+                self._queue(job.priority).appendleft(job)
                 out.append(Expired(job_id, lease_id, job.attempt - 1, dead=False))
         return out
 

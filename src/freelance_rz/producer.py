@@ -21,14 +21,14 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures._base import PENDING
-from typing import Any
+from typing import Any, ClassVar
 
 import zmq
 
 from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcer, local_networks, resolve_interfaces
-from .errors import JobFailed, JobLost, ProducerClosed, ProtocolError
+from .errors import JobFailed, JobLost, JobTimeout, ProducerClosed, ProtocolError
 from .ledger import JobState, Ledger
 from .store import JobStore, Restored, StoreError
 from .tasks import task_name
@@ -239,7 +239,31 @@ class Producer(Executor):
                 encoded job is larger than ``max_payload_bytes``.
             RuntimeError: after :meth:`shutdown`.
         """
-        payload = p.pack_call(task_name(fn), args, kwargs)
+        return self._submit(fn, args, kwargs, JobOptions.DEFAULT)
+
+    def options(
+        self, *, timeout_s: float | None = None, max_attempts: int | None = None, priority: int = 0
+    ) -> JobOptions:
+        """Job options for the jobs submitted through the returned object, e.g.
+        ``producer.options(timeout_s=30, priority=5).submit(fn, x)``.
+
+        Args:
+            timeout_s: seconds a job may run on a worker; past that its process is killed and
+                its Future fails with :class:`~freelance_rz.JobTimeout` (not retried).
+            max_attempts: leases the job may lose before it is dead-lettered (default: the
+                producer's).
+            priority: higher is handed out first; FIFO within one priority (default 0).
+
+        Raises:
+            ValueError: ``timeout_s`` <= 0 or ``max_attempts`` < 1.
+        """
+        return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority)
+
+    def _submit(
+        self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
+        options: JobOptions,
+    ) -> JobFuture:
+        payload = p.pack_call(task_name(fn), args, kwargs, options.wire)
         if len(payload) > self.max_payload_bytes:
             raise ValueError(
                 f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
@@ -252,7 +276,7 @@ class Producer(Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
-            self._put("submit", future.job_id, payload, future, recorded)
+            self._put("submit", future.job_id, payload, future, recorded, options)
         if recorded is not None:
             recorded.result()  # durable before we return (raises StoreError if it is not)
         return future
@@ -279,11 +303,17 @@ class Producer(Executor):
 
         Same arguments and errors as :meth:`submit`; the first call may start the producer
         (binding and mDNS probing, about 1.5 s), which then happens in a thread. Cancelling
-        the awaiting task cancels the job if no worker holds it yet.
+        the awaiting task cancels the job (aborting it on its worker if it runs).
         """
+        return await self._submit_async(fn, args, kwargs, JobOptions.DEFAULT)
+
+    async def _submit_async(
+        self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
+        options: JobOptions,
+    ) -> Any:
         if self._thread is None:
             await asyncio.get_running_loop().run_in_executor(None, self.start)
-        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(fn, args, kwargs, options))
 
     def status(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
@@ -444,6 +474,51 @@ class Producer(Executor):
             ) from None
 
 
+class JobOptions(Executor):
+    """Options for jobs, bound to a producer (made by :meth:`Producer.options`): its
+    :meth:`submit`, ``map`` and :meth:`submit_async` work as the producer's."""
+
+    DEFAULT: ClassVar[JobOptions]
+
+    def __init__(
+        self,
+        producer: Producer | None,
+        *,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        priority: int = 0,
+    ) -> None:
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if not isinstance(priority, int):
+            raise ValueError(f"priority must be an int, got {priority!r}")
+        self._producer = producer
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.priority = priority
+        wire = {}  # kept in the job's payload, so a durable producer restores them
+        if timeout_s is not None:
+            wire["timeout_ms"] = max(1, int(timeout_s * 1000))
+        if priority:
+            wire["priority"] = priority
+        self.wire: dict[str, int] | None = wire or None
+
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:
+        """As :meth:`Producer.submit`, with these options."""
+        assert self._producer is not None
+        return self._producer._submit(fn, args, kwargs, self)
+
+    async def submit_async(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Producer.submit_async`, with these options."""
+        assert self._producer is not None
+        return await self._producer._submit_async(fn, args, kwargs, self)
+
+
+JobOptions.DEFAULT = JobOptions(None)
+
+
 class _OfferLoop:
     """The producer's I/O loop state: socket, ledger, futures, parked claims."""
 
@@ -453,6 +528,7 @@ class _OfferLoop:
         self.ledger = producer._ledger
         self.lease_ms = int(self.ledger.lease_s * 1000)
         self.futures: dict[int, JobFuture] = {}
+        self.timeouts: dict[int, int] = {}  # job id -> time limit in ms, for jobs that have one
         # parked claims: FIFO order of arrival, expiry heap, and per-worker index
         self.parked: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
         self.parked_heap: list[tuple[float, bytes, int]] = []
@@ -468,10 +544,17 @@ class _OfferLoop:
         restored = producer._restored
         if restored is not None:
             for job in restored.pending:
+                try:
+                    options = p.unpack_call(job.payload)[3]
+                except ProtocolError:
+                    options = {}
                 self.ledger.restore(
                     job.job_id, job.payload, attempt=job.attempt,
                     max_attempts=job.max_attempts, leases=dict(job.leases),
+                    priority=options.get("priority", 0),
                 )
+                if "timeout_ms" in options:
+                    self.timeouts[job.job_id] = options["timeout_ms"]
                 self.futures[job.job_id] = JobFuture(job.job_id, producer._on_cancel)
             log.info("store: %d job(s) restored, %d dead-lettered", len(restored.pending), len(restored.dead))
 
@@ -566,10 +649,14 @@ class _OfferLoop:
                 return
             verb = command[0]
             if verb == "submit":
-                _, job_id, payload, future, recorded = command
+                _, job_id, payload, future, recorded, options = command
                 self.futures[job_id] = future
-                self.ledger.submit(job_id, payload)
-                self.store.add(job_id, payload, self.ledger.max_attempts)
+                self.ledger.submit(
+                    job_id, payload, max_attempts=options.max_attempts, priority=options.priority
+                )
+                self.store.add(job_id, payload, options.max_attempts or self.ledger.max_attempts)
+                if options.timeout_s is not None:
+                    self.timeouts[job_id] = int(options.timeout_s * 1000)
                 if recorded is not None:
                     self.unrecorded.append(recorded)
             elif verb == "cancel":
@@ -666,6 +753,7 @@ class _OfferLoop:
             job = p.Job(
                 rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
                 lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
+                timeout_ms=self.timeouts.get(lease.job_id),
             )
             if self._send(identity, job):
                 return True
@@ -679,7 +767,7 @@ class _OfferLoop:
     def _cancel(self, job_id: int) -> None:
         if self.ledger.cancel(job_id) is not None:
             self.store.finish(job_id, "cancelled", b"", time.time())
-        future = self.futures.pop(job_id, None)
+        future = self._forget(job_id)
         if future is not None and future.cancelled():
             # as ThreadPoolExecutor does: wakes concurrent.futures.wait() and as_completed()
             future.set_running_or_notify_cancel()
@@ -695,7 +783,14 @@ class _OfferLoop:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
         self.store.finish(msg.job_id, "done" if msg.ok else "failed", msg.payload, time.time())
-        self._resolve(self.futures.pop(msg.job_id), msg.ok, msg.payload)
+        future = self._forget(msg.job_id)
+        assert future is not None  # a live job has its Future
+        self._resolve(future, msg.ok, msg.payload)
+
+    def _forget(self, job_id: int) -> JobFuture | None:
+        """A job left the ledger: drop what the loop kept for it; return its Future."""
+        self.timeouts.pop(job_id, None)
+        return self.futures.pop(job_id, None)
 
     @staticmethod
     def _resolve(future: JobFuture, ok: bool, payload: bytes) -> None:
@@ -703,7 +798,9 @@ class _OfferLoop:
             if ok:
                 future.set_result(p.unpack_value(payload))
             else:
-                future.set_exception(JobFailed(*p.unpack_error(payload)))
+                remote = p.unpack_error(payload)
+                error = JobTimeout if remote[0] == "JobTimeout" else JobFailed
+                future.set_exception(error(*remote))
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
             future.set_exception(exc)
 
@@ -724,7 +821,8 @@ class _OfferLoop:
         for expired in self.ledger.expire(now):
             if expired.dead:
                 self.store.finish(expired.job_id, "dead", b"", time.time())
-                future = self.futures.pop(expired.job_id)
+                future = self._forget(expired.job_id)
+                assert future is not None
                 future.set_exception(JobLost(expired.job_id, expired.attempt))
                 log.warning("job %d dead-lettered after %d attempts", expired.job_id, expired.attempt)
             else:

@@ -66,6 +66,7 @@ class Job:
     lease_ms: int
     payload: bytes
     ack: int | None = None
+    timeout_ms: int | None = None  # the job's time limit on the worker, if it has one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -237,6 +238,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "ok": _bool,
     "claim": _claim,
     "ack": _uint,
+    "timeout_ms": _uint,
     "leases": _uint_list,
     "void": _uint_list,
     "claim_rid": _uint,
@@ -351,18 +353,30 @@ def _pack_checked(value: Any, what: str) -> bytes:
     return packed
 
 
-def pack_call(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bytes:
-    """Encode a call ``[task, args, kwargs]``.
+def pack_call(
+    task: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, int] | None = None,
+) -> bytes:
+    """Encode a call ``[task, args, kwargs]``, or ``[task, args, kwargs, options]`` when the
+    job has options (``timeout_ms``, ``priority``: ints), kept with the job so that a durable
+    producer restores them.
 
     Raises:
         TypeError: an argument msgpack cannot encode (the message names the type), or a
             dict key no peer could decode (a tuple).
     """
-    return _pack_checked([task, list(args), kwargs], "job arguments")
+    call = [task, list(args), kwargs] if not options else [task, list(args), kwargs, options]
+    return _pack_checked(call, "job arguments")
 
 
-def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
-    """Decode a call payload. Raises :class:`ProtocolError` (E_INVALID) when malformed."""
+def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, int]]:
+    """Decode a call payload into ``(task, args, kwargs, options)``.
+
+    Raises:
+        ProtocolError: (E_INVALID) when malformed.
+    """
     try:
         call = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
@@ -371,14 +385,24 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any]]:
         ) from None
     if (
         type(call) is not list
-        or len(call) != 3
+        or len(call) not in (3, 4)
         or type(call[0]) is not str
         or type(call[1]) is not list
         or type(call[2]) is not dict
         or not all(type(k) is str for k in call[2])
+        or (len(call) == 4 and not _valid_options(call[3]))
     ):
-        raise ProtocolError(E_INVALID, "job payload must be [task: str, args: array, kwargs: map]")
-    return call[0], call[1], call[2]
+        raise ProtocolError(
+            E_INVALID,
+            "job payload must be [task: str, args: array, kwargs: map (, options: map of int)]",
+        )
+    return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
+
+
+def _valid_options(options: Any) -> bool:
+    return type(options) is dict and all(
+        type(k) is str and type(v) is int for k, v in options.items()
+    )
 
 
 def pack_value(value: Any) -> bytes:

@@ -181,7 +181,7 @@ def _child_main(conn: Connection, modules: list[str]) -> None:
         except EOFError:
             return
         try:
-            task, args, kwargs = p.unpack_call(payload)
+            task, args, kwargs, _ = p.unpack_call(payload)
             fn = allowlist.resolve(task)
             out = b"\x01" + p.pack_value(fn(*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)

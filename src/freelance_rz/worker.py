@@ -61,6 +61,8 @@ class _Running:
     job_id: int
     lease_id: int
     lease_ms: int
+    deadline: float | None = None  # the job's time limit (monotonic seconds), if it has one
+    timeout_ms: int = 0
 
 
 @dataclass(eq=False)
@@ -259,12 +261,28 @@ class Worker:
             if events:  # handling may have set new timers: look within TIMER_SLACK_S
                 check_at = min(check_at, now + TIMER_SLACK_S)
             if now >= check_at:  # timers: not on every message; idle, sleep until the next
+                self._enforce_time_limits(now)
                 for peer in list(self._peers.values()):
                     self._check_peer(peer, now)
                 check_at = self._soonest_timer(now)
             self._reconcile_claims(now)
             if self._stopping and self._finished(now):
                 return
+
+    def _enforce_time_limits(self, now: float) -> None:
+        """Kill the process of a job past its time limit (C8) and report it as JobTimeout."""
+        for proc, running in list(self._running.items()):
+            if running.deadline is not None and now >= running.deadline:
+                limit_s = running.timeout_ms / 1000
+                log.warning("job %d ran past its time limit of %g s; killed", running.job_id, limit_s)
+                del self._running[proc]
+                running.peer.leases.pop(running.lease_id, None)
+                proc.abort()
+                self.stats.jobs_run += 1
+                self.stats.jobs_failed += 1
+                message = f"the job ran past its time limit of {limit_s:g} s and was killed"
+                error = p.pack_error("JobTimeout", message, "")
+                self._deliver(running.peer, running, Outcome(running.job_id, False, error))
 
     def _soonest_timer(self, now: float) -> float:
         soonest = min(now + 1.0, self._filled_at + SURPLUS_GRACE_S) if self._surplus() else now + 1.0
@@ -276,6 +294,9 @@ class Worker:
                 soonest = min(soonest, peer.next_beat_at)
             for _, deadline, _ in peer.inflight.values():
                 soonest = min(soonest, deadline)
+        for running in self._running.values():
+            if running.deadline is not None:
+                soonest = min(soonest, running.deadline)
         return soonest
 
     def _surplus(self) -> bool:
@@ -533,7 +554,11 @@ class Worker:
             return
         proc.run(job.job_id, job.payload)
         self._filled_at = now
-        self._running[proc] = _Running(peer, job.job_id, job.lease_id, job.lease_ms)
+        running = _Running(peer, job.job_id, job.lease_id, job.lease_ms)
+        if job.timeout_ms:
+            running.deadline = now + job.timeout_ms / 1000
+            running.timeout_ms = job.timeout_ms
+        self._running[proc] = running
         if not peer.leases:
             peer.next_beat_at = now + max(job.lease_ms / 4000, 0.02)
         peer.leases[job.lease_id] = proc
