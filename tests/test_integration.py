@@ -533,3 +533,30 @@ def test_per_job_max_attempts(make_producer):
             future.result(timeout=5)
     finally:
         sock.close()
+
+
+def test_freelance_status_cli(make_producer, start_worker):
+    import json as jsonlib
+    import subprocess
+    import sys
+
+    a, b = make_producer(), make_producer()
+    start_worker("w1")
+    assert a.submit(rztasks.add, 1, 1).result(timeout=15) == 2
+
+    def status(*args):
+        return subprocess.run(
+            [sys.executable, "-c", "import sys; from freelance_rz.cli import status_main; "
+             "sys.exit(status_main())", *args],
+            capture_output=True, text=True, timeout=30,
+        )
+
+    found = status("--discover", "--group", GROUP, "--interface", "127.0.0.1", "--json", "--wait", "3")
+    assert found.returncode == 0, found.stderr
+    rows = {row["producer_id"]: row for row in jsonlib.loads(found.stdout)}
+    assert set(rows) == {a.producer_id, b.producer_id}
+    assert rows[a.producer_id]["done"] == 1 and rows[a.producer_id]["finished_last_min"] == 1
+    assert rows[a.producer_id]["worker_list"][0]["id"].startswith("w1-")
+    table = status("--connect", a.endpoint, "tcp://127.0.0.1:9")  # the second answers nothing
+    assert table.returncode == 1
+    assert a.producer_id in table.stdout and "no answer" in table.stdout

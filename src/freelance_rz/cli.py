@@ -1,18 +1,24 @@
 """Command-line entry points: parse arguments, set up logging, build the object, run it.
 
 ``freelance-worker`` is a thin argparse shell over :class:`freelance_rz.worker.Worker` (the
-shape of arq's ``cli.py``).
+shape of arq's ``cli.py``); ``freelance-status`` over :mod:`freelance_rz.status`, rendered with
+rich.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
+
+from rich.table import Table
 
 from .worker import GIVE_UP_S, Worker
 
@@ -94,6 +100,98 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)  # an --interface not here
         return 1
     return 0
+
+
+def status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freelance-status",
+        description="Show what freelance_rz producers are doing (their STATUS).",
+        epilog="Example: freelance-status --discover --group thumbnails --watch",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--discover", action="store_true", help="find producers over mDNS")
+    source.add_argument(
+        "--connect", metavar="ENDPOINT", nargs="+", action="extend",
+        help="producer endpoint(s), e.g. tcp://10.0.0.5:5555",
+    )
+    parser.add_argument("--group", default="default", help="producer group (default: %(default)s)")
+    parser.add_argument(
+        "--interface", metavar="IP", action="append",
+        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES or all)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (one line per refresh)")
+    parser.add_argument("--watch", action="store_true", help="refresh every --interval seconds")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds (default: %(default)s)")
+    parser.add_argument(
+        "--wait", type=float, default=2.0,
+        help="with --discover, seconds to listen for announcements first (default: %(default)s)",
+    )
+    return parser
+
+
+def _status_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"freelance_rz producers ({len(rows)})")
+    for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
+                   "dead", "workers", "done/min", "up"):
+        table.add_column(column, justify="left" if column in {"producer", "group", "endpoint"} else "right")
+    for row in rows:
+        if "error" in row:
+            table.add_row("?", "", row["endpoint"], f"[red]{row['error']}[/red]", *[""] * 7)
+            continue
+        table.add_row(
+            str(row.get("producer_id", "?")), str(row.get("group", "")), row["endpoint"],
+            *(str(row.get(key, "")) for key in ("pending", "leased", "done", "failed", "dead",
+                                                  "workers", "finished_last_min")),
+            f"{row.get('uptime_s', 0):.0f} s",
+        )
+    return table
+
+
+def status_main(argv: Sequence[str] | None = None) -> int:
+    """Run ``freelance-status``. Returns the exit code (1 when a producer did not answer)."""
+    args = status_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from contextlib import ExitStack
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from .discovery import resolve_interfaces
+    from .status import ProducerFinder, query_status
+
+    console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
+    try:
+        with ExitStack() as stack:
+            if args.discover:
+                finder = stack.enter_context(
+                    ProducerFinder(args.group, resolve_interfaces(args.interface))
+                )
+                time.sleep(args.wait)
+
+            def snapshot() -> list[dict[str, Any]]:
+                endpoints = finder.endpoints() if args.discover else list(args.connect)
+                return query_status(endpoints)
+
+            rows = snapshot()
+            if not args.watch:
+                if args.json:
+                    print(json.dumps(rows))
+                else:
+                    console.print(_status_table(rows))
+                return 1 if any("error" in row for row in rows) else 0
+            live = None if args.json else stack.enter_context(Live(_status_table(rows), console=console))
+            while True:
+                if live is None:
+                    print(json.dumps(rows), flush=True)
+                else:
+                    live.update(_status_table(rows))
+                time.sleep(args.interval)
+                rows = snapshot()
+    except KeyboardInterrupt:
+        return 0
+    except (ValueError, OSError) as exc:
+        print(f"freelance-status: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ thin shell: poll, decode, hand to the ledger, send what it returns, resolve futu
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -317,8 +318,10 @@ class Producer(Executor):
 
     def status(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
-        ``done``, ``failed``, ``dead``, ``cancelled``; ``workers`` seen in the last minute;
-        ``parked_claims``; ``uptime_s`` (seconds); ``producer_id``, ``group``, ``version``.
+        ``done``, ``failed``, ``dead``, ``cancelled`` (since this start); ``workers`` heard from
+        in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs);
+        ``finished_last_min``; ``parked_claims``; ``uptime_s`` (seconds); ``bad_messages``;
+        ``producer_id``, ``group``, ``endpoints``, ``version``.
 
         Raises:
             RuntimeError: the producer is not running.
@@ -529,6 +532,7 @@ class _OfferLoop:
         self.lease_ms = int(self.ledger.lease_s * 1000)
         self.futures: dict[int, JobFuture] = {}
         self.timeouts: dict[int, int] = {}  # job id -> time limit in ms, for jobs that have one
+        self.throughput = _RecentCount(60)  # results taken in the last minute
         # parked claims: FIFO order of arrival, expiry heap, and per-worker index
         self.parked: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
         self.parked_heap: list[tuple[float, bytes, int]] = []
@@ -783,6 +787,7 @@ class _OfferLoop:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
         self.store.finish(msg.job_id, "done" if msg.ok else "failed", msg.payload, time.time())
+        self.throughput.add(now)
         future = self._forget(msg.job_id)
         assert future is not None  # a live job has its Future
         self._resolve(future, msg.ok, msg.payload)
@@ -850,16 +855,49 @@ class _OfferLoop:
         from . import __version__
 
         counts = {state.value: n for state, n in self.ledger.counts.items()}
+        recent = [(identity, seen) for identity, seen in self.workers_seen.items()
+                  if now - seen <= WORKER_FORGET_S]
         return {
             **counts,
             "producer_id": self.producer.producer_id,
             "group": self.producer.group,
-            "workers": len(self.workers_seen),
+            "endpoints": self.producer.endpoints,
+            "workers": len(recent),
+            "worker_list": [
+                {
+                    "id": identity.decode(errors="replace"),
+                    "last_seen_s": round(now - seen, 3),
+                    "running": len(self.ledger.leases_of(identity)),
+                }
+                for identity, seen in recent
+            ],
+            "finished_last_min": self.throughput.count(now),
             "parked_claims": len(self.parked),
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,
             "bad_messages": self.bad_messages,
         }
+
+
+class _RecentCount:
+    """Events in the last ``window_s`` seconds, counted in one-second buckets (O(window))."""
+
+    def __init__(self, window_s: int = 60) -> None:
+        self.window_s = window_s
+        self.buckets: collections.deque[list[int]] = collections.deque()  # [second, count]
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        if self.buckets and self.buckets[-1][0] == second:
+            self.buckets[-1][1] += 1
+            return
+        self.buckets.append([second, 1])
+        while self.buckets[0][0] <= second - self.window_s:
+            self.buckets.popleft()
+
+    def count(self, now: float) -> int:
+        oldest = int(now) - self.window_s
+        return sum(n for second, n in self.buckets if second > oldest)
 
 
 

@@ -1,0 +1,89 @@
+"""Ask producers how they are doing (the STATUS verb), for ``freelance-status`` and scripts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from . import protocol as p
+from ._sockets import send_frames
+from .discovery import Announcement, Browser, choose_endpoint
+from .errors import ProtocolError
+
+
+def query_status(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[dict[str, Any]]:
+    """STATUS of each producer endpoint, asked in parallel.
+
+    Returns one map per endpoint, in order: the producer's STATUS_REPLY ``info`` plus
+    ``endpoint``; or ``{"endpoint": ..., "error": "..."}`` when it did not answer within
+    ``timeout_s`` seconds or answered nonsense.
+    """
+    ctx = zmq.Context.instance()
+    poller = zmq.Poller()
+    socks = []
+    for endpoint in endpoints:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        send_frames(sock, p.encode(p.Status(rid=1)))
+        poller.register(sock, zmq.POLLIN)
+        socks.append(sock)
+    answers: dict[zmq.Socket[bytes], dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(answers) < len(socks):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            for sock, _ in poller.poll(left_ms):
+                try:
+                    reply = p.decode_reply(sock.recv_multipart())
+                    if not isinstance(reply, p.StatusReply):
+                        raise ProtocolError(p.E_UNKNOWN_VERB, f"unexpected {type(reply).__name__}")
+                    answers[sock] = dict(reply.info)
+                except ProtocolError as exc:
+                    answers[sock] = {"error": f"bad reply: {exc.message}"}
+                poller.unregister(sock)
+    finally:
+        for sock in socks:
+            sock.close()
+    return [
+        {**answers.get(sock, {"error": f"no answer within {timeout_s:g} s"}), "endpoint": endpoint}
+        for sock, endpoint in zip(socks, endpoints, strict=True)
+    ]
+
+
+class ProducerFinder:
+    """Keeps the endpoints of the producers of one group seen on mDNS (a thin layer over
+    :class:`~freelance_rz.discovery.Browser`). Use as a context manager."""
+
+    def __init__(self, group: str, interfaces: list[str] | None) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[str, Announcement] = {}
+        self._interfaces = interfaces
+        self._browser = Browser(group, interfaces, self._on_found, self._on_gone)
+
+    def __enter__(self) -> ProducerFinder:
+        self._browser.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._browser.close()
+
+    def _on_found(self, announcement: Announcement) -> None:
+        with self._lock:
+            self._found[announcement.name] = announcement
+
+    def _on_gone(self, name: str) -> None:
+        with self._lock:
+            self._found.pop(name, None)
+
+    def endpoints(self) -> list[str]:
+        """One endpoint per producer announced now, sorted."""
+        with self._lock:
+            found = list(self._found.values())
+        return sorted(choose_endpoint(a.endpoints, self._interfaces) for a in found)
