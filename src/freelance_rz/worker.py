@@ -170,6 +170,8 @@ class Worker:
         self._stopping = False
         self._stop_deadline = 0.0
         self._filled_at = 0.0  # when a slot was last filled (monotonic seconds)
+        self._bad_messages = 0  # undecodable messages from producers, dropped
+        self._bad_logged_at = 0.0
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 
     # --- control from other threads / signal handlers --------------------------------------
@@ -510,7 +512,13 @@ class Worker:
             try:
                 msg = p.decode_reply(frames)
             except ProtocolError as exc:
-                log.warning("producer %s sent a bad message: %s (dropped)", peer.key, exc.message)
+                self._bad_messages += 1
+                if now - self._bad_logged_at > 1.0:  # at most one line a second under a flood
+                    self._bad_logged_at = now
+                    log.warning(
+                        "producer %s sent a bad message: %s (dropped; %d so far)",
+                        peer.key, exc.message, self._bad_messages,
+                    )
                 continue
             if peer.unreachable_since is not None:
                 log.info("producer %s reachable again", peer.key)
