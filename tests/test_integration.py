@@ -73,13 +73,17 @@ def test_bad_submit_arguments_fail_at_submit(make_producer):
         small.submit(rztasks.echo, b"x" * 1000)
 
 
-def test_crashing_job_is_a_failure_and_the_worker_survives(make_producer, start_worker):
-    producer = make_producer()
-    start_worker("w1")
-    with pytest.raises(JobFailed) as info:
-        producer.submit(rztasks.crash, 7).result(timeout=15)
-    assert info.value.remote_type == "JobProcessDied"
-    assert "exited with code 7" in info.value.remote_message
+def test_poison_job_is_retried_then_dead_lettered_and_the_worker_survives(
+    make_producer, start_worker
+):
+    """A job that kills its own process is a lost attempt, not a task error: retried up to
+    max_attempts, then dead-lettered with the reason."""
+    producer = make_producer(max_attempts=3)
+    worker = start_worker("w1")
+    with pytest.raises(JobLost) as info:
+        producer.submit(rztasks.crash, 7).result(timeout=30)
+    assert info.value.attempts == 3 and "exited with code 7" in str(info.value)
+    assert worker.log().count("job process exited with code 7") == 3
     assert producer.submit(rztasks.add, 2, 2).result(timeout=10) == 4
 
 

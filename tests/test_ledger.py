@@ -897,3 +897,16 @@ def test_higher_priority_first_fifo_within_a_priority_and_requeue_at_its_head():
     ledger.expire(2.0)  # 2 is back at the head of priority 5
     assert [ledger.claim("w", 2.0).job_id for _ in range(5)] == [2, 4, 1, 3, 5]
     assert ledger.claim("w", 2.0) is None
+
+
+def test_lose_counts_a_lost_attempt_like_an_expiry():
+    ledger = Ledger(lease_s=10.0, max_attempts=2)
+    ledger.submit(1, b"")
+    first = ledger.claim("w", 0.0)
+    assert ledger.lose("other", 1, first.lease_id) is None  # not its lease
+    lost = ledger.lose("w", 1, first.lease_id)
+    assert (lost.attempt, lost.dead) == (1, False) and ledger.state(1) is JobState.PENDING
+    second = ledger.claim("w", 0.0)
+    assert second.attempt == 2
+    assert ledger.lose("w", 1, second.lease_id).dead and ledger.state(1) is None
+    assert ledger.counts[JobState.DEAD] == 1

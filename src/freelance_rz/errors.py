@@ -32,7 +32,7 @@ class JobFailed(FreelanceError):
 
     Attributes:
         remote_type: the exception's class name on the worker, e.g. ``"ValueError"``, or
-            ``"TaskNotAllowed"``/``"JobProcessDied"`` for errors of the worker itself.
+            ``"TaskNotAllowed"`` or ``"JobTimeout"`` for errors of the worker itself.
         remote_message: ``str(exception)`` on the worker.
         remote_traceback: the formatted traceback on the worker ("" when there is none).
     """
@@ -56,21 +56,25 @@ class JobTimeout(JobFailed, TimeoutError):
 
 
 class JobLost(FreelanceError):
-    """The job was dead-lettered: its leases expired ``max_attempts`` times (each time the
-    worker holding it died or stopped heartbeating), so it is not offered again.
+    """The job was dead-lettered: ``max_attempts`` of its leases were lost (the worker holding
+    it died or stopped heartbeating, or the job's own process died), so it is not offered
+    again.
 
     Attributes:
         job_id: the producer's id of the job.
         attempts: how many leases were lost.
+        reason: what the last loss was, when a worker reported it (e.g. the job's process
+            "was killed by signal SIGSEGV"), else None.
     """
 
-    def __init__(self, job_id: int, attempts: int) -> None:
+    def __init__(self, job_id: int, attempts: int, reason: str | None = None) -> None:
         super().__init__(
             f"job {job_id} dead-lettered after {attempts} lost attempt(s): "
-            "each worker holding it died or stopped heartbeating"
+            + (reason or "each worker holding it died or stopped heartbeating")
         )
         self.job_id = job_id
         self.attempts = attempts
+        self.reason = reason
 
 
 class ProducerClosed(FreelanceError):

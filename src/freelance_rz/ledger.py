@@ -331,16 +331,27 @@ class Ledger:
             if job.deadline > now:  # extended by heartbeats: look again later
                 heapq.heappush(heap, (job.deadline, lease_id, job_id))
                 continue
-            self._end_lease(job)
-            if job.attempt >= job.max_attempts:
-                self._move(job, "exhaust")
-                out.append(Expired(job_id, lease_id, job.attempt, dead=True))
-            else:
-                self._move(job, "expire")
-                job.attempt += 1
-                self._queue(job.priority).appendleft(job)
-                out.append(Expired(job_id, lease_id, job.attempt - 1, dead=False))
+            out.append(self._lose(job, lease_id))
         return out
+
+    def lose(self, worker: Hashable, job_id: int, lease_id: int) -> Expired | None:
+        """The worker reports that the job's process died under this lease (a crash, not a
+        task error): count it as a lost attempt, exactly as if the lease had expired. None
+        when the lease is void."""
+        job = self._live(worker, lease_id)
+        if job is None or job.job_id != job_id:
+            return None
+        return self._lose(job, lease_id)
+
+    def _lose(self, job: _Job, lease_id: int) -> Expired:
+        self._end_lease(job)
+        if job.attempt >= job.max_attempts:
+            self._move(job, "exhaust")
+            return Expired(job.job_id, lease_id, job.attempt, dead=True)
+        self._move(job, "expire")
+        job.attempt += 1
+        self._queue(job.priority).appendleft(job)
+        return Expired(job.job_id, lease_id, job.attempt - 1, dead=False)
 
 
 _NOBODY = object()

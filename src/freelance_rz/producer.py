@@ -30,7 +30,7 @@ from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcer, local_networks, resolve_interfaces
 from .errors import JobFailed, JobLost, JobTimeout, ProducerClosed, ProtocolError
-from .ledger import JobState, Ledger
+from .ledger import Expired, JobState, Ledger
 from .store import JobStore, Restored, StoreError
 from .tasks import task_name
 
@@ -777,12 +777,18 @@ class _OfferLoop:
             future.set_running_or_notify_cancel()
 
     def _result(self, identity: bytes, msg: p.Result, now: float) -> None:
+        if msg.crashed:  # the job's process died: a lost attempt, as if the lease expired
+            lost = self.ledger.lose(identity, msg.job_id, msg.lease_id)
+            self._answer_result(identity, msg, now)
+            if lost is not None:
+                try:
+                    reason = "the job's process died: " + p.unpack_error(msg.payload)[1]
+                except ProtocolError:
+                    reason = "the job's process died"
+                self._lost(lost, reason)
+            return
         accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok)
-        # answer before resolving the Future: its callbacks may be slow
-        if msg.claim is None:
-            self._send(identity, p.Ack(rid=msg.rid))
-        else:
-            self._claim(identity, msg.claim, now, ack=msg.rid)
+        self._answer_result(identity, msg, now)  # before the Future: callbacks may be slow
         if not accepted:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
@@ -791,6 +797,12 @@ class _OfferLoop:
         future = self._forget(msg.job_id)
         assert future is not None  # a live job has its Future
         self._resolve(future, msg.ok, msg.payload)
+
+    def _answer_result(self, identity: bytes, msg: p.Result, now: float) -> None:
+        if msg.claim is None:
+            self._send(identity, p.Ack(rid=msg.rid))
+        else:
+            self._claim(identity, msg.claim, now, ack=msg.rid)
 
     def _forget(self, job_id: int) -> JobFuture | None:
         """A job left the ledger: drop what the loop kept for it; return its Future."""
@@ -822,17 +834,22 @@ class _OfferLoop:
 
     # --- time ------------------------------------------------------------------------------
 
+    def _lost(self, lost: Expired, reason: str | None = None) -> None:
+        """A lease was lost (expired, or its job's process died): the ledger re-queued the job
+        or dead-lettered it."""
+        if lost.dead:
+            self.store.finish(lost.job_id, "dead", b"", time.time())
+            future = self._forget(lost.job_id)
+            assert future is not None
+            future.set_exception(JobLost(lost.job_id, lost.attempt, reason))
+            log.warning("job %d dead-lettered after %d attempts", lost.job_id, lost.attempt)
+        else:
+            self.store.requeue(lost.job_id, lost.attempt + 1)
+            log.info("job %d lost its lease (%s); re-queued", lost.job_id, reason or "expired")
+
     def _expire(self, now: float) -> None:
         for expired in self.ledger.expire(now):
-            if expired.dead:
-                self.store.finish(expired.job_id, "dead", b"", time.time())
-                future = self._forget(expired.job_id)
-                assert future is not None
-                future.set_exception(JobLost(expired.job_id, expired.attempt))
-                log.warning("job %d dead-lettered after %d attempts", expired.job_id, expired.attempt)
-            else:
-                self.store.requeue(expired.job_id, expired.attempt + 1)
-                log.info("lease of job %d expired; re-queued", expired.job_id)
+            self._lost(expired)
         heap = self.parked_heap
         while heap and heap[0][0] <= now:
             _, identity, rid = heapq.heappop(heap)

@@ -88,6 +88,7 @@ class Result:
     ok: bool
     payload: bytes
     claim: Claim | None = None
+    crashed: bool | None = None  # the job's process died: a lost attempt, not a task error
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -239,6 +240,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "claim": _claim,
     "ack": _uint,
     "timeout_ms": _uint,
+    "crashed": _bool,
     "leases": _uint_list,
     "void": _uint_list,
     "claim_rid": _uint,

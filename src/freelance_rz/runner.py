@@ -4,7 +4,8 @@ The worker's network loop never runs task code. Each slot owns a child process (
 ``spawn``, so it shares no threads or sockets with the worker) that imports the worker's task
 modules once and then runs one job at a time. A job that hogs the GIL, hangs or kills its
 interpreter therefore cannot silence the worker's heartbeats; a dead child is reported as a
-``JobProcessDied`` failure and replaced.
+``JobProcessDied`` outcome (``crashed``: the producer counts it as a lost attempt and offers
+the job again, up to its ``max_attempts``) and replaced.
 
 Pipe messages are msgpack, never pickle: parent -> child ``[job_id, payload]``; child ->
 parent one byte (1 ok, 0 error) followed by the msgpack result or error payload.
@@ -34,11 +35,13 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A finished job: ``ok`` and its payload (msgpack value, or error map when not ok)."""
+    """A finished job: ``ok`` and its payload (msgpack value, or error map when not ok).
+    ``crashed``: the job's process died (a lost attempt, retried, not a task error)."""
 
     job_id: int
     ok: bool
     payload: bytes
+    crashed: bool = False
 
 
 class JobProcess:
@@ -102,7 +105,8 @@ class JobProcess:
         """Read what the child sent (call when :meth:`fileno` is readable): the finished
         job's outcome, or None for the child's "ready" message.
 
-        A dead child yields a ``JobProcessDied`` failure for its job and is replaced.
+        A dead child yields a ``crashed`` ``JobProcessDied`` outcome for its job and is
+        replaced.
 
         Raises:
             RuntimeError: a starting child could not import the task modules.
@@ -121,7 +125,7 @@ class JobProcess:
                 return None
             log.warning("job %d: job process %s; replaced", job_id, code)
             message = f"the job's process {code}"
-            return Outcome(job_id, False, p.pack_error("JobProcessDied", message, ""))
+            return Outcome(job_id, False, p.pack_error("JobProcessDied", message, ""), crashed=True)
         kind, body = data[:1], data[1:]
         if not self.ready:
             if kind != b"R":

@@ -76,7 +76,7 @@ class _Peer:
     sock: zmq.Socket[bytes] | None = None
     claims: set[int] = field(default_factory=set)  # rids of parked claims
     inflight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # rid -> (verb, deadline, job_id)
-    unacked: dict[int, tuple[int, bool, bytes]] = field(default_factory=dict)  # job_id -> result
+    unacked: dict[int, tuple[int, Outcome]] = field(default_factory=dict)  # job_id -> (lease, result)
     leases: dict[int, JobProcess] = field(default_factory=dict)  # lease_id -> slot running it
     backoff_s: float = BACKOFF_MIN_S
     retry_at: float = 0.0
@@ -406,8 +406,8 @@ class Worker:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.connect(peer.endpoint)
         peer.sock = sock
-        for job_id, result in peer.unacked.items():  # re-send what was never acknowledged
-            self._send_result(peer, job_id, *result, claim=None)
+        for result in peer.unacked.values():  # re-send what was never acknowledged
+            self._send_result(peer, *result, claim=None)
 
     def _unreachable(self, peer: _Peer, now: float, why: str) -> None:
         if peer.unreachable_since is None:
@@ -586,19 +586,19 @@ class Worker:
         self._deliver(peer, running, outcome)
 
     def _deliver(self, peer: _Peer, running: _Running, outcome: Outcome) -> None:
-        result = (running.lease_id, outcome.ok, outcome.payload)
-        peer.unacked[running.job_id] = result
+        peer.unacked[running.job_id] = (running.lease_id, outcome)
         if peer.sock is None:
             return  # sent when the producer is reachable again
         claim = None
         if not self._stopping and not peer.withdrawn:
             claim = p.Claim(rid=next(self._rids), wait_ms=self.wait_ms)
-        self._send_result(peer, running.job_id, *result, claim=claim)
+        self._send_result(peer, running.lease_id, outcome, claim=claim)
 
     def _send_result(
-        self, peer: _Peer, job_id: int, lease_id: int, ok: bool, payload: bytes, claim: p.Claim | None
+        self, peer: _Peer, lease_id: int, outcome: Outcome, claim: p.Claim | None
     ) -> None:
         msg = p.Result(
-            rid=next(self._rids), job_id=job_id, lease_id=lease_id, ok=ok, payload=payload, claim=claim
+            rid=next(self._rids), job_id=outcome.job_id, lease_id=lease_id, ok=outcome.ok,
+            payload=outcome.payload, claim=claim, crashed=outcome.crashed or None,
         )
-        self._request(peer, msg, job_id=job_id)
+        self._request(peer, msg, job_id=outcome.job_id)
