@@ -34,3 +34,17 @@ def unencodable():
 
 def _private():
     return "never"
+
+
+def mark(path, delay_s=0.0, spin=False):
+    """Append this execution to ``path``, then sleep (or hold the GIL in a pure-Python loop)."""
+    with open(path, "a") as log:
+        log.write(f"{os.environ.get('RZ_WORKER', '?')} {os.getpid()}\n")
+    deadline = time.monotonic() + delay_s
+    if spin:
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+    else:
+        time.sleep(delay_s)
+    return os.environ.get("RZ_WORKER", "?")

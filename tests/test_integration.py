@@ -564,3 +564,17 @@ def test_freelance_status_cli(make_producer, start_worker):
     table = status("--connect", a.endpoint, "tcp://127.0.0.1:9")  # the second answers nothing
     assert table.returncode == 1
     assert a.producer_id in table.stdout and "no answer" in table.stdout
+
+
+@pytest.mark.parametrize("spin", [False, True], ids=["sleeping", "holding-the-gil"])
+def test_job_ten_times_its_lease_runs_exactly_once_c9(make_producer, start_worker, tmp_path, spin):
+    """Heartbeats come from the worker's own loop, not the job: a job running 10x its lease,
+    even one holding the GIL in a pure-Python loop, is never handed to a second worker."""
+    producer = make_producer(lease_s=0.3)
+    start_worker("w1", "--slots", "1")
+    start_worker("w2", "--slots", "1")
+    runs = tmp_path / "runs.log"
+    worker = producer.submit(rztasks.mark, str(runs), 3.0, spin).result(timeout=30)
+    assert worker in {"w1", "w2"}
+    assert len(runs.read_text().splitlines()) == 1, runs.read_text()
+    assert producer.status()["dead"] == 0
