@@ -48,3 +48,13 @@ def mark(path, delay_s=0.0, spin=False):
     else:
         time.sleep(delay_s)
     return os.environ.get("RZ_WORKER", "?")
+
+
+def steps(count, delay_s):
+    """Report progress after each of ``count`` steps of ``delay_s`` seconds."""
+    from freelance_rz import report_progress
+
+    for step in range(1, count + 1):
+        time.sleep(delay_s)
+        report_progress(step, count, f"step {step}")
+    return count

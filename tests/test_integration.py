@@ -578,3 +578,48 @@ def test_job_ten_times_its_lease_runs_exactly_once_c9(make_producer, start_worke
     assert worker in {"w1", "w2"}
     assert len(runs.read_text().splitlines()) == 1, runs.read_text()
     assert producer.status()["dead"] == 0
+
+
+def test_job_progress_reaches_the_producer_and_status(make_producer, start_worker):
+    from freelance_rz import report_progress
+
+    report_progress(1, 2, "outside a worker: ignored")  # must not raise
+    producer = make_producer(lease_s=0.4)
+    start_worker("w1")
+    future = producer.submit(rztasks.steps, 12, 0.25)
+    seen = []
+    deadline = time.monotonic() + 20
+    while not future.done():
+        assert time.monotonic() < deadline
+        progress = producer.progress(future)
+        if progress is not None and progress not in seen:
+            seen.append(progress)
+            running = producer.status()["progress"]
+            assert running and running[0]["job_id"] == future.job_id
+        time.sleep(0.05)
+    assert future.result() == 12
+    assert len(seen) >= 3, seen  # it moved while the job ran
+    assert all(p.total == 12 and p.message.startswith("step ") for p in seen)
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert producer.status()["progress"] == []  # finished jobs leave the list
+
+
+def test_freelance_status_shows_running_jobs_progress(make_producer, start_worker):
+    import subprocess
+    import sys
+
+    producer = make_producer(lease_s=0.4)
+    start_worker("w1")
+    future = producer.submit(rztasks.steps, 40, 0.1)
+    deadline = time.monotonic() + 20
+    while producer.progress(future) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    shown = subprocess.run(
+        [sys.executable, "-c", "import sys; from freelance_rz.cli import status_main; "
+         "sys.exit(status_main())", "--connect", producer.endpoint],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "running jobs with progress" in shown.stdout and "/ 40" in shown.stdout
+    future.cancel()

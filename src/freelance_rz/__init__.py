@@ -12,7 +12,8 @@ from .errors import (
     ProducerClosed,
     ProtocolError,
 )
-from .producer import JobFuture, JobOptions, Producer
+from .producer import JobFuture, JobOptions, JobProgress, Producer
+from .runner import report_progress
 from .store import StoreError
 from .tasks import TaskNotAllowed
 from .worker import Worker, WorkerStats
@@ -25,6 +26,7 @@ __all__ = [
     "JobFuture",
     "JobLost",
     "JobOptions",
+    "JobProgress",
     "JobTimeout",
     "Producer",
     "ProducerClosed",
@@ -33,5 +35,6 @@ __all__ = [
     "TaskNotAllowed",
     "Worker",
     "WorkerStats",
+    "report_progress",
     "__version__",
 ]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from .worker import GIVE_UP_S, Worker
@@ -129,6 +130,22 @@ def status_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _status_view(rows: list[dict[str, Any]]) -> Group:
+    """The producers' table, and below it the running jobs that reported progress."""
+    jobs = [(row, job) for row in rows for job in row.get("progress", ())]
+    if not jobs:
+        return Group(_status_table(rows))
+    table = Table(title=f"running jobs with progress ({len(jobs)})")
+    for column in ("producer", "job", "worker", "done", "message"):
+        table.add_column(column)
+    for row, job in jobs:
+        total = job.get("total")
+        done = f"{job['done']:g}" + ("" if total is None else f" / {total:g}")
+        table.add_row(str(row.get("producer_id")), str(job["job_id"]), job["worker"], done,
+                      job["message"])
+    return Group(_status_table(rows), table)
+
+
 def _status_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title=f"freelance_rz producers ({len(rows)})")
     for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
@@ -177,14 +194,14 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 if args.json:
                     print(json.dumps(rows))
                 else:
-                    console.print(_status_table(rows))
+                    console.print(_status_view(rows))
                 return 1 if any("error" in row for row in rows) else 0
-            live = None if args.json else stack.enter_context(Live(_status_table(rows), console=console))
+            live = None if args.json else stack.enter_context(Live(_status_view(rows), console=console))
             while True:
                 if live is None:
                     print(json.dumps(rows), flush=True)
                 else:
-                    live.update(_status_table(rows))
+                    live.update(_status_view(rows))
                 time.sleep(args.interval)
                 rows = snapshot()
     except KeyboardInterrupt:

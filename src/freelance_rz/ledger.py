@@ -268,6 +268,11 @@ class Ledger:
         job = self._jobs[job_id]
         return job if job.worker == worker else None
 
+    def job_of(self, worker: Hashable, lease_id: int) -> int | None:
+        """The job a live lease of ``worker`` is for, or None when the lease is void."""
+        job = self._live(worker, lease_id)
+        return None if job is None else job.job_id
+
     def beat(self, worker: Hashable, lease_ids: Iterable[int], now: float) -> list[int]:
         """Extend ``worker``'s leases to ``now + lease_s``; return the ids that are void
         (unknown, expired, cancelled, resolved or held by another worker)."""

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures._base import PENDING
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import zmq
 
@@ -46,11 +46,21 @@ WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0  # finished results kept in a store a week...
 DEFAULT_RETENTION_COUNT = 100_000  # ...and at most this many
 PURGE_EVERY_S = 10.0  # how often retention is applied
+PROGRESS_IN_STATUS = 100  # running jobs whose progress STATUS lists, at most
 STALL_S = 0.2  # an I/O turn this much later than planned means the thread could not run
 LINGER_MS = 200  # on close, time given to the last replies to leave
 
 
 _CONDITION_LOCK = threading.Lock()
+
+
+class JobProgress(NamedTuple):
+    """A running job's latest :func:`~freelance_rz.report_progress`: ``done`` of ``total``
+    (None when unknown), and a ``message``."""
+
+    done: float
+    total: float | None
+    message: str
 
 
 class JobFuture(Future):  # type: ignore[type-arg]
@@ -74,6 +84,7 @@ class JobFuture(Future):  # type: ignore[type-arg]
         self._done_callbacks: list[Any] = []
         self.job_id = job_id
         self._on_cancel = on_cancel
+        self.progress: JobProgress | None = None  # the latest report_progress() of the job
 
     @property  # type: ignore[override]
     def _condition(self) -> threading.Condition:
@@ -316,6 +327,11 @@ class Producer(Executor):
             await asyncio.get_running_loop().run_in_executor(None, self.start)
         return await asyncio.wrap_future(self._submit(fn, args, kwargs, options))
 
+    def progress(self, future: JobFuture) -> JobProgress | None:
+        """The latest progress the job reported (:func:`~freelance_rz.report_progress`), or
+        None; it arrives with the worker's heartbeats, so it lags by up to ``lease_s / 4``."""
+        return future.progress
+
     def status(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
         ``done``, ``failed``, ``dead``, ``cancelled`` (since this start); ``workers`` heard from
@@ -533,6 +549,7 @@ class _OfferLoop:
         self.futures: dict[int, JobFuture] = {}
         self.timeouts: dict[int, int] = {}  # job id -> time limit in ms, for jobs that have one
         self.throughput = _RecentCount(60)  # results taken in the last minute
+        self.progressing: dict[int, bytes] = {}  # job id -> worker, for jobs that reported
         # parked claims: FIFO order of arrival, expiry heap, and per-worker index
         self.parked: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
         self.parked_heap: list[tuple[float, bytes, int]] = []
@@ -719,6 +736,11 @@ class _OfferLoop:
         elif isinstance(msg, p.Beat):
             void = self.ledger.beat(identity, msg.leases, now)
             self._send(identity, p.BeatAck(rid=msg.rid, void=tuple(void)))
+            for lease_id, done, total, message in msg.progress or ():
+                job_id = self.ledger.job_of(identity, lease_id)
+                if job_id is not None:
+                    self.futures[job_id].progress = JobProgress(done, total, message)
+                    self.progressing[job_id] = identity
         elif isinstance(msg, p.Decline):
             self._release(identity, msg.job_id, msg.lease_id)
             self._send(identity, p.Ack(rid=msg.rid))
@@ -807,6 +829,7 @@ class _OfferLoop:
     def _forget(self, job_id: int) -> JobFuture | None:
         """A job left the ledger: drop what the loop kept for it; return its Future."""
         self.timeouts.pop(job_id, None)
+        self.progressing.pop(job_id, None)
         return self.futures.pop(job_id, None)
 
     @staticmethod
@@ -889,6 +912,14 @@ class _OfferLoop:
                 for identity, seen in recent
             ],
             "finished_last_min": self.throughput.count(now),
+            "progress": [
+                {
+                    "job_id": job_id,
+                    "worker": identity.decode(errors="replace"),
+                    **self.futures[job_id].progress._asdict(),  # type: ignore[union-attr]
+                }
+                for job_id, identity in list(self.progressing.items())[:PROGRESS_IN_STATUS]
+            ],
             "parked_claims": len(self.parked),
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,

@@ -100,10 +100,12 @@ class Ack:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Beat:
-    """Worker -> producer: heartbeat extending the leases named (ids)."""
+    """Worker -> producer: heartbeat extending the leases named (ids). ``progress``: what
+    running jobs reported since the last BEAT, as ``(lease_id, done, total, message)``."""
 
     rid: int
     leases: tuple[int, ...]
+    progress: tuple[tuple[int, float, float | None, str], ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -217,6 +219,27 @@ def _uint_list(value: Any) -> tuple[int, ...]:
     return tuple(_uint(v) for v in value)
 
 
+def _number(value: Any) -> float:
+    if type(value) not in (int, float):
+        raise ValueError("must be a number")
+    return value  # type: ignore[no-any-return]
+
+
+def _progress(value: Any) -> tuple[tuple[int, float, float | None, str], ...]:
+    if type(value) is not list:
+        raise ValueError("must be an array of [lease_id, done, total, message]")
+    out = []
+    for entry in value:
+        if type(entry) is not list or len(entry) != 4:
+            raise ValueError("entries must be [lease_id, done, total, message]")
+        lease_id, done, total, message = entry
+        out.append((
+            _uint(lease_id), _number(done), None if total is None else _number(total),
+            _str(message),
+        ))
+    return tuple(out)
+
+
 def _map(value: Any) -> dict[str, Any]:
     if type(value) is not dict:
         raise ValueError("must be a map")
@@ -241,6 +264,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "ack": _uint,
     "timeout_ms": _uint,
     "crashed": _bool,
+    "progress": _progress,
     "leases": _uint_list,
     "void": _uint_list,
     "claim_rid": _uint,

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -42,6 +43,16 @@ class Outcome:
     ok: bool
     payload: bytes
     crashed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a running job reported with :func:`report_progress`."""
+
+    job_id: int
+    done: float
+    total: float | None
+    message: str
 
 
 class JobProcess:
@@ -101,9 +112,9 @@ class JobProcess:
         except OSError:
             pass  # the child is dead: take_outcome reports it when the pipe shows EOF
 
-    def take_outcome(self) -> Outcome | None:
+    def take_outcome(self) -> Outcome | Progress | None:
         """Read what the child sent (call when :meth:`fileno` is readable): the finished
-        job's outcome, or None for the child's "ready" message.
+        job's outcome, the running job's progress, or None for the child's "ready" message.
 
         A dead child yields a ``crashed`` ``JobProcessDied`` outcome for its job and is
         replaced.
@@ -112,10 +123,10 @@ class JobProcess:
             RuntimeError: a starting child could not import the task modules.
         """
         assert self._conn is not None
-        job_id, self.job_id = self.job_id, None
         try:
             data = self._conn.recv_bytes()
         except (EOFError, OSError):
+            job_id, self.job_id = self.job_id, None
             code = self._reap()
             if not self.ready:
                 raise RuntimeError(f"job process {code} while starting") from None
@@ -127,6 +138,10 @@ class JobProcess:
             message = f"the job's process {code}"
             return Outcome(job_id, False, p.pack_error("JobProcessDied", message, ""), crashed=True)
         kind, body = data[:1], data[1:]
+        if kind == b"P" and self.job_id is not None:
+            done, total, message = msgpack.unpackb(body)
+            return Progress(self.job_id, done, total, message)
+        job_id, self.job_id = self.job_id, None
         if not self.ready:
             if kind != b"R":
                 raise RuntimeError(f"job process could not start: {body.decode(errors='replace')}")
@@ -179,6 +194,8 @@ def _child_main(conn: Connection, modules: list[str]) -> None:
         conn.send_bytes(b"E" + f"{type(exc).__name__}: {exc}".encode())
         return
     conn.send_bytes(b"R")
+    global _progress_pipe
+    _progress_pipe = conn
     while True:
         try:
             job_id, payload = msgpack.unpackb(conn.recv_bytes())
@@ -193,6 +210,33 @@ def _child_main(conn: Connection, modules: list[str]) -> None:
                 type(exc).__name__, str(exc), traceback.format_exc()
             )
         conn.send_bytes(out)
+
+
+_progress_pipe: Connection | None = None  # set in a job process
+_progress_sent_at = 0.0
+PROGRESS_EVERY_S = 0.1  # a job process sends progress at most this often (but always the last)
+
+
+def report_progress(done: float, total: float | None = None, message: str = "") -> None:
+    """Report the running job's progress, from inside a task: e.g. ``report_progress(3, 10,
+    "resizing")``. It reaches the producer with the worker's next heartbeat (within a quarter
+    of the lease), where :meth:`Producer.progress` and ``freelance-status`` show it. Calls more
+    often than every 0.1 s are coalesced; outside a worker's job process it does nothing.
+
+    Raises:
+        TypeError: ``done``/``total`` are not numbers or ``message`` is not a string.
+    """
+    global _progress_sent_at
+    if not isinstance(done, (int, float)) or not isinstance(total, (int, float, type(None))):
+        raise TypeError("report_progress(done, total=None, message=''): numbers expected")
+    if not isinstance(message, str):
+        raise TypeError("report_progress: message must be a string")
+    now = time.monotonic()
+    finished = total is not None and done >= total
+    if _progress_pipe is None or (now - _progress_sent_at < PROGRESS_EVERY_S and not finished):
+        return
+    _progress_sent_at = now
+    _progress_pipe.send_bytes(b"P" + msgpack.packb([done, total, message[:200]]))
 
 
 def _die_with_parent() -> None:

@@ -38,7 +38,7 @@ from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
-from .runner import JobProcess, Outcome
+from .runner import JobProcess, Outcome, Progress
 
 log = logging.getLogger("freelance_rz.worker")
 _ENDPOINT_RE = re.compile(r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
@@ -63,6 +63,7 @@ class _Running:
     lease_ms: int
     deadline: float | None = None  # the job's time limit (monotonic seconds), if it has one
     timeout_ms: int = 0
+    progress: tuple[float, float | None, str] | None = None  # not yet sent to the producer
 
 
 @dataclass(eq=False)
@@ -256,7 +257,7 @@ class Worker:
                 self._drain_events(now)
             for fd, proc in procs.items():
                 if fd in events:
-                    self._job_ended(proc, now)
+                    self._from_job_process(proc, now)
             for peer in peers:
                 if peer.sock is not None and peer.sock in events:
                     self._drain_peer(peer, now)
@@ -446,7 +447,16 @@ class Worker:
             return
         if peer.leases and now >= peer.next_beat_at:
             if not any(verb == "BEAT" for verb, _, _ in peer.inflight.values()):
-                self._request(peer, p.Beat(rid=next(self._rids), leases=tuple(peer.leases)))
+                progress = []
+                for lease_id, proc in peer.leases.items():
+                    running = self._running[proc]
+                    if running.progress is not None:
+                        progress.append((lease_id, *running.progress))
+                        running.progress = None
+                beat = p.Beat(
+                    rid=next(self._rids), leases=tuple(peer.leases), progress=tuple(progress) or None
+                )
+                self._request(peer, beat)
             lease_ms = min(self._running[proc].lease_ms for proc in peer.leases.values())
             peer.next_beat_at = now + max(lease_ms / 4000, 0.02)
 
@@ -573,8 +583,13 @@ class Worker:
 
     # --- results ---------------------------------------------------------------------------
 
-    def _job_ended(self, proc: JobProcess, now: float) -> None:
+    def _from_job_process(self, proc: JobProcess, now: float) -> None:
         outcome = proc.take_outcome()
+        if isinstance(outcome, Progress):  # sent with the next BEAT
+            running = self._running.get(proc)
+            if running is not None and running.job_id == outcome.job_id:
+                running.progress = (outcome.done, outcome.total, outcome.message)
+            return
         running = self._running.pop(proc, None)
         if outcome is None or running is None:
             return
