@@ -18,6 +18,13 @@ from freelance_rz import protocol as p
 pytestmark = pytest.mark.timeout(90)
 
 
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def results_by_worker(futures):
     return Counter(f.result()["worker"] for f in futures)
 
@@ -456,10 +463,7 @@ def test_worker_gives_up_on_a_gone_producer_and_frees_its_slot(make_producer, st
     gone = make_producer()
     worker = start_worker("w1", "--slots", "1", "--give-up-s", "2")
     hanging = gone.submit(rztasks.whoami, 120.0)
-    deadline = time.monotonic() + 15
-    while gone.status()["leased"] != 1:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.05)
+    wait_until(lambda: gone.status()["leased"] == 1, 15, "the job never started")
     gone.close()
     assert isinstance(hanging.exception(timeout=5), ProducerClosed)
     fresh = make_producer()
@@ -471,10 +475,7 @@ def test_cancel_a_running_job_aborts_it_on_the_worker(make_producer, start_worke
     producer = make_producer()
     worker = start_worker("w1", "--slots", "1")
     long = producer.submit(rztasks.whoami, 60.0)
-    deadline = time.monotonic() + 15
-    while producer.status()["leased"] != 1:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.05)
+    wait_until(lambda: producer.status()["leased"] == 1, 15, "the job never started")
     assert long.cancel()
     assert wait([long], timeout=5).done == {long}
     # the only slot is free again: the next job runs long before the first would have ended
@@ -487,14 +488,9 @@ def test_a_requeued_job_can_still_be_cancelled(make_producer, start_worker):
     producer = make_producer(lease_s=0.5)
     worker = start_worker("w1", "--slots", "1")
     future = producer.submit(rztasks.whoami, 60.0)
-    deadline = time.monotonic() + 15
-    while producer.status()["leased"] != 1:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.05)
+    wait_until(lambda: producer.status()["leased"] == 1, 15, "the job never started")
     worker.signal_group(signal.SIGKILL)
-    while producer.status()["pending"] != 1:
-        assert time.monotonic() < deadline + 10, "the lease never expired"
-        time.sleep(0.05)
+    wait_until(lambda: producer.status()["pending"] == 1, 15, "the lease never expired")
     producer.shutdown(wait=False, cancel_futures=True)
     assert wait([future], timeout=5).done == {future} and future.cancelled()
 

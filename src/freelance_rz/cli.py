@@ -24,12 +24,8 @@ from rich.table import Table
 from .worker import GIVE_UP_S, Worker
 
 
-def worker_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="freelance-worker",
-        description="Pull jobs from freelance_rz producers and run them, one per free slot.",
-        epilog="Example: freelance-worker --discover --tasks myapp.tasks --slots 4",
-    )
+def _add_producer_source(parser: argparse.ArgumentParser) -> None:
+    """--discover or --connect: where the producers are (both commands)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--discover", action="store_true", help="find producers of --group over mDNS"
@@ -38,6 +34,15 @@ def worker_parser() -> argparse.ArgumentParser:
         "--connect", metavar="ENDPOINT", nargs="+", action="extend",
         help="producer endpoint(s), e.g. tcp://10.0.0.5:5555",
     )
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freelance-worker",
+        description="Pull jobs from freelance_rz producers and run them, one per free slot.",
+        epilog="Example: freelance-worker --discover --tasks myapp.tasks --slots 4",
+    )
+    _add_producer_source(parser)
     parser.add_argument(
         "--tasks", metavar="MODULE", action="append", required=True,
         help="module whose public functions may run (repeatable); the current directory "
@@ -109,12 +114,7 @@ def status_parser() -> argparse.ArgumentParser:
         description="Show what freelance_rz producers are doing (their STATUS).",
         epilog="Example: freelance-status --discover --group thumbnails --watch",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--discover", action="store_true", help="find producers over mDNS")
-    source.add_argument(
-        "--connect", metavar="ENDPOINT", nargs="+", action="extend",
-        help="producer endpoint(s), e.g. tcp://10.0.0.5:5555",
-    )
+    _add_producer_source(parser)
     parser.add_argument("--group", default="default", help="producer group (default: %(default)s)")
     parser.add_argument(
         "--interface", metavar="IP", action="append",
