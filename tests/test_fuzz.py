@@ -156,3 +156,34 @@ def test_fuzz_a_running_worker(start_worker):
     finally:
         router.close()
 
+
+
+def test_a_claim_flood_from_one_identity_is_capped_and_starves_no_one(make_producer, start_worker):
+    from freelance_rz.producer import MAX_PARKED_PER_WORKER
+
+    producer = make_producer(lease_s=10.0)  # the flooder's leases cannot expire in time
+    flood = zmq.Context.instance().socket(zmq.DEALER)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.setsockopt(zmq.ROUTING_ID, b"flooder")
+    flood.setsockopt(zmq.RCVTIMEO, 5000)
+    flood.connect(producer.endpoint)
+    try:
+        for rid in range(1, 3001):
+            flood.send_multipart(p.encode(p.Claim(rid=rid, wait_ms=60_000)))
+        nojob = sum(isinstance(p.decode_reply(flood.recv_multipart()), p.NoJob)
+                    for _ in range(3000 - MAX_PARKED_PER_WORKER))
+        assert nojob == 3000 - MAX_PARKED_PER_WORKER  # refused at once, not parked
+        assert producer.status()["parked_claims"] == MAX_PARKED_PER_WORKER
+        start_worker("w1")
+        deadline = time.monotonic() + 20
+        while producer.status()["parked_claims"] <= MAX_PARKED_PER_WORKER:  # w1 is waiting
+            assert time.monotonic() < deadline, producer.status()
+            time.sleep(0.05)
+        # identities take turns: a job reaches w1 although 1,024 older claims are parked
+        futures = [producer.submit(rztasks.whoami, 0.0) for _ in range(5)]
+        deadline = time.monotonic() + 5
+        while not any(f.done() for f in futures):
+            assert time.monotonic() < deadline, producer.status()
+            time.sleep(0.05)
+    finally:
+        flood.close()

@@ -41,6 +41,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MIN_LEASE_S = 0.2  # below this, heartbeats (every lease / 4) cannot keep up on a busy host
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
+MAX_PARKED_PER_WORKER = 1024  # parked claims per worker identity (a worker needs one a slot)
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0  # finished results kept in a store a week...
@@ -550,9 +551,7 @@ class _OfferLoop:
         self.timeouts: dict[int, int] = {}  # job id -> time limit in ms, for jobs that have one
         self.throughput = _RecentCount(60)  # results taken in the last minute
         self.progressing: dict[int, bytes] = {}  # job id -> worker, for jobs that reported
-        # parked claims: FIFO order of arrival, expiry heap, and per-worker index
-        self.parked: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
-        self.parked_heap: list[tuple[float, bytes, int]] = []
+        self.parked = _ParkedClaims()
         self.workers_seen: dict[bytes, float] = {}
         self.closing = False  # shutdown(): end once every job is resolved
         self.aborted = False  # close(): end now
@@ -617,7 +616,7 @@ class _OfferLoop:
             self._flush(now)
             if self.closing and (self.aborted or not self.ledger):
                 break
-        for identity, rid in list(self.parked):  # let parked workers move on at once
+        for identity, rid in self.parked.keys():  # let parked workers move on at once
             self._send(identity, p.NoJob(rid=rid))
         for job_id, future in self.futures.items():  # only after close()
             if self.ledger.state(job_id) is JobState.PENDING and Future.cancel(future):
@@ -644,8 +643,8 @@ class _OfferLoop:
 
     def _timeout_ms(self, now: float) -> int:
         soonest = self.ledger.next_deadline()
-        if self.parked_heap:
-            first = self.parked_heap[0][0]
+        first = self.parked.next_expiry()
+        if first is not None:
             soonest = first if soonest is None else min(soonest, first)
         if soonest is None:
             return 1000
@@ -745,11 +744,10 @@ class _OfferLoop:
             self._release(identity, msg.job_id, msg.lease_id)
             self._send(identity, p.Ack(rid=msg.rid))
         elif isinstance(msg, p.CancelClaim):
-            self.parked.pop((identity, msg.claim_rid), None)
+            self.parked.remove(identity, msg.claim_rid)
             self._send(identity, p.Ack(rid=msg.rid))
         elif isinstance(msg, p.Bye):
-            for key in [key for key in self.parked if key[0] == identity]:
-                del self.parked[key]
+            self.parked.drop_worker(identity)
             self._send(identity, p.Ack(rid=msg.rid))
         elif isinstance(msg, p.Status):
             self._send(identity, p.StatusReply(rid=msg.rid, info=self.status(now)))
@@ -762,8 +760,8 @@ class _OfferLoop:
         if ack is not None:
             self._send(identity, p.Ack(rid=ack))
         expires_at = now + min(claim.wait_ms, MAX_WAIT_MS) / 1000
-        self.parked[(identity, claim.rid)] = expires_at
-        heapq.heappush(self.parked_heap, (expires_at, identity, claim.rid))
+        if not self.parked.park(identity, claim.rid, expires_at):
+            self._send(identity, p.NoJob(rid=claim.rid))  # over its share: no memory for a flood
 
     def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
         """Lease the next job to a claim; False when no job is pending or the worker is gone."""
@@ -851,8 +849,7 @@ class _OfferLoop:
         except (zmq.Again, zmq.ZMQError) as exc:  # EHOSTUNREACH: the worker is gone
             log.debug("cannot send to %r: %s", identity, exc)
             self.workers_seen.pop(identity, None)
-            for key in [key for key in self.parked if key[0] == identity]:
-                del self.parked[key]
+            self.parked.drop_worker(identity)
             return False
 
     # --- time ------------------------------------------------------------------------------
@@ -873,21 +870,17 @@ class _OfferLoop:
     def _expire(self, now: float) -> None:
         for expired in self.ledger.expire(now):
             self._lost(expired)
-        heap = self.parked_heap
-        while heap and heap[0][0] <= now:
-            _, identity, rid = heapq.heappop(heap)
-            if self.parked.pop((identity, rid), None) is not None:
-                self._send(identity, p.NoJob(rid=rid))
+        for identity, rid in self.parked.expired(now):
+            self._send(identity, p.NoJob(rid=rid))
         if now - min(self.workers_seen.values(), default=now) > WORKER_FORGET_S:
             self.workers_seen = {
                 k: t for k, t in self.workers_seen.items() if now - t <= WORKER_FORGET_S
             }
 
     def _dispatch(self, now: float) -> None:
-        """Hand pending jobs to parked claims, oldest claim first."""
+        """Hand pending jobs to parked claims, one worker identity after another."""
         while self.parked and self.ledger.pending:
-            (identity, rid), _ = next(iter(self.parked.items()))
-            del self.parked[(identity, rid)]
+            identity, rid = self.parked.pop_next()
             self._offer(identity, rid, now)
 
     def status(self, now: float) -> dict[str, Any]:
@@ -925,6 +918,74 @@ class _OfferLoop:
             "version": __version__,
             "bad_messages": self.bad_messages,
         }
+
+
+class _ParkedClaims:
+    """Claims waiting for a job (long-polls), expired through a heap. Jobs go to the worker
+    identities in turn (each one's oldest claim), and each identity may park at most
+    MAX_PARKED_PER_WORKER claims: a flood of CLAIMs from one identity is answered NOJOB at
+    once, neither growing the producer nor starving the other workers (a real worker parks
+    one claim per free slot)."""
+
+    def __init__(self) -> None:
+        self._order: dict[tuple[bytes, int], float] = {}  # (identity, rid) -> expires_at
+        # identity -> its parked rids, oldest first; identities in the order they are served
+        self._by_worker: dict[bytes, dict[int, None]] = {}
+        self._heap: list[tuple[float, bytes, int]] = []  # may hold removed claims: skipped
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def keys(self) -> list[tuple[bytes, int]]:
+        return list(self._order)
+
+    def park(self, identity: bytes, rid: int, expires_at: float) -> bool:
+        """Park a claim; False when the identity already has its share parked."""
+        rids = self._by_worker.setdefault(identity, {})
+        if len(rids) >= MAX_PARKED_PER_WORKER or (identity, rid) in self._order:
+            return False
+        rids[rid] = None
+        self._order[(identity, rid)] = expires_at
+        heapq.heappush(self._heap, (expires_at, identity, rid))
+        if len(self._heap) > 4 * len(self._order) + 1024:  # churn left stale entries: compact
+            self._heap = [(t, i, r) for (i, r), t in self._order.items()]
+            heapq.heapify(self._heap)
+        return True
+
+    def remove(self, identity: bytes, rid: int) -> bool:
+        if self._order.pop((identity, rid), None) is None:
+            return False
+        rids = self._by_worker[identity]
+        del rids[rid]
+        if not rids:
+            del self._by_worker[identity]
+        return True
+
+    def drop_worker(self, identity: bytes) -> None:
+        for rid in self._by_worker.pop(identity, ()):
+            del self._order[(identity, rid)]
+
+    def pop_next(self) -> tuple[bytes, int]:
+        """The oldest claim of the identity whose turn it is (call only when non-empty); that
+        identity then goes to the back of the line."""
+        identity, rids = next(iter(self._by_worker.items()))
+        rid = next(iter(rids))
+        self.remove(identity, rid)
+        if identity in self._by_worker:
+            self._by_worker[identity] = self._by_worker.pop(identity)
+        return identity, rid
+
+    def expired(self, now: float) -> list[tuple[bytes, int]]:
+        """Remove and return the claims whose wait is over."""
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            _, identity, rid = heapq.heappop(self._heap)
+            if self._order.get((identity, rid), now + 1) <= now and self.remove(identity, rid):
+                out.append((identity, rid))
+        return out
+
+    def next_expiry(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
 
 
 class _RecentCount:
