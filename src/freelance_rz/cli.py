@@ -25,7 +25,7 @@ from .worker import GIVE_UP_S, Worker
 
 
 def _add_producer_source(parser: argparse.ArgumentParser) -> None:
-    """--discover or --connect: where the producers are (both commands)."""
+    """--discover or --connect, --group and --interface: which producers (both commands)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--discover", action="store_true", help="find producers of --group over mDNS"
@@ -33,6 +33,11 @@ def _add_producer_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--connect", metavar="ENDPOINT", nargs="+", action="extend",
         help="producer endpoint(s), e.g. tcp://10.0.0.5:5555",
+    )
+    parser.add_argument("--group", default="default", help="producer group (default: %(default)s)")
+    parser.add_argument(
+        "--interface", metavar="IP", action="append",
+        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES or all)",
     )
 
 
@@ -48,13 +53,8 @@ def worker_parser() -> argparse.ArgumentParser:
         help="module whose public functions may run (repeatable); the current directory "
         "is importable",
     )
-    parser.add_argument("--group", default="default", help="producer group (default: %(default)s)")
     parser.add_argument(
         "--slots", type=int, default=None, help="jobs run at once (default: number of CPUs)"
-    )
-    parser.add_argument(
-        "--interface", metavar="IP", action="append",
-        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES or all)",
     )
     parser.add_argument("--name", help="worker name in logs (default: HOST-PID)")
     parser.add_argument(
@@ -115,11 +115,6 @@ def status_parser() -> argparse.ArgumentParser:
         epilog="Example: freelance-status --discover --group thumbnails --watch",
     )
     _add_producer_source(parser)
-    parser.add_argument("--group", default="default", help="producer group (default: %(default)s)")
-    parser.add_argument(
-        "--interface", metavar="IP", action="append",
-        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES or all)",
-    )
     parser.add_argument("--json", action="store_true", help="print JSON (one line per refresh)")
     parser.add_argument("--watch", action="store_true", help="refresh every --interval seconds")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds (default: %(default)s)")
