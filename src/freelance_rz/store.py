@@ -62,12 +62,13 @@ application_id`` marks the file as a freelance_rz job store)::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,8 +353,7 @@ class JobStore:
         return False
 
     def _create(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.executemany(
@@ -362,10 +362,6 @@ class JobStore:
             )
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback(conn)
-            raise
 
     def _load(self, conn: sqlite3.Connection) -> tuple[str, int]:
         try:
@@ -460,8 +456,7 @@ class JobStore:
                     leased.append(StoredJob(job_id, payload, attempt + 1, max_attempts, issued))
             if leased or dead:
                 now = time.time()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     conn.executemany(
                         "UPDATE jobs SET attempt = ?, lease_id = NULL WHERE job_id = ?",
                         [(job.attempt, job.job_id) for job in leased],
@@ -469,10 +464,6 @@ class JobStore:
                     self._write_finished(
                         conn, dead, [(job_id, "dead", b"", now) for job_id in dead]
                     )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    self._rollback(conn)
-                    raise
                 for job in leased:
                     self._live[job.job_id] = [job.attempt, None]
                 for job_id in dead:
@@ -618,14 +609,6 @@ class JobStore:
     # --- writing -----------------------------------------------------------------------------
 
     @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-
-    @staticmethod
     def _write_finished(
         conn: sqlite3.Connection, gone: Iterable[int], results: Iterable[tuple[Any, ...]]
     ) -> None:
@@ -654,8 +637,7 @@ class JobStore:
             return
         live = self._live
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 if self._gone or self._fin:
                     self._write_finished(
                         conn,
@@ -693,10 +675,6 @@ class JobStore:
                     conn.execute(
                         "UPDATE meta SET value = ? WHERE key = 'next_job_id'", (self._next_id,)
                     )
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback(conn)
-                raise
         except sqlite3.Error as exc:
             raise self._sqlite_error("writing changes", exc) from exc
         self._stored_next_id = self._next_id
@@ -749,8 +727,7 @@ class JobStore:
             return 0
         removed = 0
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 if self.retention_s is not None:
                     removed += conn.execute(
                         "DELETE FROM results WHERE finished_at < ?", (now - self.retention_s,)
@@ -763,13 +740,25 @@ class JobStore:
                             " ORDER BY finished_at DESC, job_id DESC LIMIT -1 OFFSET ?)",
                             (self.retention_count,),
                         ).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback(conn)
-                raise
         except sqlite3.Error as exc:
             raise self._sqlite_error("purging results", exc) from exc
         return removed
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
 
 
 def _check_attempt(attempt: int) -> None:
