@@ -278,14 +278,19 @@ class Worker:
             if running.deadline is not None and now >= running.deadline:
                 limit_s = running.timeout_ms / 1000
                 log.warning("job %d ran past its time limit of %g s; killed", running.job_id, limit_s)
-                del self._running[proc]
-                running.peer.leases.pop(running.lease_id, None)
-                proc.abort()
+                self._abort(proc)
                 self.stats.jobs_run += 1
                 self.stats.jobs_failed += 1
                 message = f"the job ran past its time limit of {limit_s:g} s and was killed"
                 error = p.pack_error("JobTimeout", message, "")
                 self._deliver(running.peer, running, Outcome(running.job_id, False, error))
+
+    def _abort(self, proc: JobProcess) -> None:
+        """Kill the job running in ``proc`` (its slot gets a fresh process) and forget its
+        lease; its result, if any, is not sent."""
+        running = self._running.pop(proc)
+        running.peer.leases.pop(running.lease_id, None)
+        proc.abort()
 
     def _soonest_timer(self, now: float) -> float:
         soonest = min(now + 1.0, self._filled_at + SURPLUS_GRACE_S) if self._surplus() else now + 1.0
@@ -382,9 +387,7 @@ class Worker:
                 "undelivered result(s)", peer.key, self.give_up_s, len(peer.leases), len(peer.unacked),
             )
         for proc in list(peer.leases.values()):
-            self._running.pop(proc, None)
-            proc.abort()
-        peer.leases.clear()
+            self._abort(proc)
         peer.unacked.clear()
         if peer.discovered:
             log.warning("producer %s forgotten after %.0f s unreachable", peer.key, self.give_up_s)
@@ -552,11 +555,10 @@ class Worker:
                 peer.unacked.pop(expected[2], None)
         elif isinstance(msg, p.BeatAck):
             for lease_id in msg.void:
-                proc = peer.leases.pop(lease_id, None)
+                proc = peer.leases.get(lease_id)
                 if proc is not None:
                     log.warning("lease of job %d is void at its producer; aborting it", self._running[proc].job_id)
-                    del self._running[proc]
-                    proc.abort()
+                    self._abort(proc)
         elif isinstance(msg, p.Err):
             log.error("producer %s refused %s: %s", peer.key, expected and expected[0], msg.message)
             if expected is not None and expected[0] == "CLAIM":
