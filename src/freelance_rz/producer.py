@@ -553,6 +553,7 @@ class _OfferLoop:
         self.progressing: dict[int, bytes] = {}  # job id -> worker, for jobs that reported
         self.parked = _ParkedClaims()
         self.workers_seen: dict[bytes, float] = {}
+        self.forget_at = 0.0  # next time silent workers leave workers_seen
         self.closing = False  # shutdown(): end once every job is resolved
         self.aborted = False  # close(): end now
         self.started_at = time.monotonic()
@@ -872,7 +873,8 @@ class _OfferLoop:
             self._lost(expired)
         for identity, rid in self.parked.expired(now):
             self._send(identity, p.NoJob(rid=rid))
-        if now - min(self.workers_seen.values(), default=now) > WORKER_FORGET_S:
+        if now >= self.forget_at:  # bounds the table; status() shows only the recent ones
+            self.forget_at = now + WORKER_FORGET_S
             self.workers_seen = {
                 k: t for k, t in self.workers_seen.items() if now - t <= WORKER_FORGET_S
             }
