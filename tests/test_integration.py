@@ -619,3 +619,36 @@ def test_freelance_status_shows_running_jobs_progress(make_producer, start_worke
     assert shown.returncode == 0, shown.stderr
     assert "running jobs with progress" in shown.stdout and "/ 40" in shown.stdout
     future.cancel()
+
+
+def test_on_event_traces_each_job_and_a_failing_hook_changes_nothing(make_producer, start_worker):
+    """on_event sees every step of a job's life in order: submitted, leased to the worker
+    (with its attempt), then the end; a lost attempt shows as requeued."""
+    events = []
+    producer = make_producer(max_attempts=2, on_event=events.append)
+    start_worker("w1")
+    assert producer.submit(rztasks.add, 1, 2).result(timeout=15) == 3
+    with pytest.raises(JobFailed):
+        producer.submit(rztasks.fail, "no").result(timeout=15)
+    with pytest.raises(JobLost):
+        producer.submit(rztasks.crash, 5).result(timeout=30)
+    wait_until(lambda: len(events) >= 11, 5, "events for the dead job")
+    by_job = {}
+    for event in events:
+        by_job.setdefault(event.job_id, []).append(event)
+    kinds = [[e.kind for e in trace] for trace in by_job.values()]
+    assert kinds == [
+        ["submitted", "leased", "done"],
+        ["submitted", "leased", "failed"],
+        ["submitted", "leased", "requeued", "leased", "dead"],
+    ]
+    leased = [e for e in events if e.kind == "leased"]
+    assert all(e.worker.startswith("w1-") for e in leased)
+    assert [e.attempt for e in leased] == [1, 1, 1, 2]
+    assert all(a.at <= b.at for trace in by_job.values() for a, b in zip(trace, trace[1:]))
+
+    def broken(event):
+        raise RuntimeError("hook bug")
+
+    flaky = make_producer(on_event=broken)
+    assert flaky.submit(rztasks.add, 2, 2).result(timeout=15) == 4

@@ -12,7 +12,7 @@ from .errors import (
     ProducerClosed,
     ProtocolError,
 )
-from .producer import JobFuture, JobOptions, JobProgress, Producer
+from .producer import JobEvent, JobFuture, JobOptions, JobProgress, Producer
 from .runner import report_progress
 from .store import StoreError
 from .tasks import TaskNotAllowed
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FreelanceError",
     "JobFailed",
+    "JobEvent",
     "JobFuture",
     "JobLost",
     "JobOptions",

@@ -55,6 +55,23 @@ LINGER_MS = 200  # on close, time given to the last replies to leave
 _CONDITION_LOCK = threading.Lock()
 
 
+class JobEvent(NamedTuple):
+    """One step in a job's life, as given to ``Producer(on_event=...)``.
+
+    ``kind``: ``"submitted"``, ``"leased"`` (handed to ``worker``, try number ``attempt``),
+    ``"released"`` (the lease was given back unused), ``"requeued"`` (its lease was lost;
+    ``attempt`` is the next try), or the end: ``"done"``, ``"failed"``, ``"dead"``
+    (dead-lettered), ``"cancelled"``. ``at``: wall-clock time (``time.time()``, seconds).
+    ``worker``: the worker's identity (``NAME-xxxxxxxx``) for ``"leased"``, else None.
+    """
+
+    kind: str
+    job_id: int
+    at: float
+    worker: str | None = None
+    attempt: int | None = None
+
+
 class JobProgress(NamedTuple):
     """A running job's latest :func:`~freelance_rz.report_progress`: ``done`` of ``total``
     (None when unknown), and a ``message``."""
@@ -126,6 +143,9 @@ class Producer(Executor):
             seconds, and at most this many (newest first). None: no limit.
         max_payload_bytes: largest encoded job (task name and arguments) :meth:`submit`
             accepts, in bytes; jobs are messages, bulk data belongs in files or object stores.
+        on_event: called with a :class:`JobEvent` at each step of each job (for tracing and
+            experiments). It runs on the I/O thread, so it must be quick; its exceptions are
+            logged and ignored.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -149,6 +169,7 @@ class Producer(Executor):
         retention_s: float | None = DEFAULT_RETENTION_S,
         retention_count: int | None = DEFAULT_RETENTION_COUNT,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        on_event: Callable[[JobEvent], None] | None = None,
     ) -> None:
         if not isinstance(group, str) or not 0 < len(group) <= 63:
             raise ValueError(f"group must be a string of 1 to 63 characters, got {group!r}")
@@ -162,6 +183,7 @@ class Producer(Executor):
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         self.group = group
+        self._on_event = on_event
         self.max_payload_bytes = max_payload_bytes
         self.interfaces = resolve_interfaces(interfaces)
         self.port = port
@@ -559,7 +581,9 @@ class _OfferLoop:
         self.started_at = time.monotonic()
         self.bad_messages = 0
         self._last_bad_log = 0.0
-        self.store: JobStore | _NoStore = producer._store or _NoStore()
+        self.store: JobStore | _NoStore | _EventTap = producer._store or _NoStore()
+        if producer._on_event is not None:
+            self.store = _EventTap(self.store, producer._on_event)
         self.unrecorded: list[Future[None]] = []  # submits waiting for the next flush
         self.purge_at = 0.0
         restored = producer._restored
@@ -800,13 +824,13 @@ class _OfferLoop:
     def _result(self, identity: bytes, msg: p.Result, now: float) -> None:
         if msg.crashed:  # the job's process died: a lost attempt, as if the lease expired
             lost = self.ledger.lose(identity, msg.job_id, msg.lease_id)
-            self._answer_result(identity, msg, now)
-            if lost is not None:
+            if lost is not None:  # recorded before the claim it carries may lease it again
                 try:
                     reason = "the job's process died: " + p.unpack_error(msg.payload)[1]
                 except ProtocolError:
                     reason = "the job's process died"
                 self._lost(lost, reason)
+            self._answer_result(identity, msg, now)
             return
         accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok)
         self._answer_result(identity, msg, now)  # before the Future: callbacks may be slow
@@ -1038,3 +1062,41 @@ class _NoStore:
 
     def result(self, job_id: int) -> None:
         return None
+
+
+class _EventTap:
+    """Passes the loop's journal calls to the store and tells ``on_event`` about each: the
+    store is already told every step of a job's life, at exactly the right moments."""
+
+    def __init__(self, store: JobStore | _NoStore, on_event: Callable[[JobEvent], None]) -> None:
+        self._store = store
+        self._on_event = on_event
+        self.flush = store.flush
+        self.purge = store.purge
+        self.result = store.result
+
+    def _emit(self, *event: Any) -> None:
+        try:
+            self._on_event(JobEvent(*event))
+        except Exception:  # a tracing hook must never take the producer down
+            log.exception("on_event callback failed")
+
+    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
+        self._store.add(job_id, payload, max_attempts)
+        self._emit("submitted", job_id, time.time())
+
+    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
+        self._store.lease(job_id, lease_id, worker, attempt)
+        self._emit("leased", job_id, time.time(), worker.decode(errors="replace"), attempt)
+
+    def release(self, job_id: int, lease_id: int) -> None:
+        self._store.release(job_id, lease_id)
+        self._emit("released", job_id, time.time())
+
+    def requeue(self, job_id: int, attempt: int) -> None:
+        self._store.requeue(job_id, attempt)
+        self._emit("requeued", job_id, time.time(), None, attempt)
+
+    def finish(self, job_id: int, state: str, payload: bytes, finished_at: float) -> None:
+        self._store.finish(job_id, state, payload, finished_at)
+        self._emit(state, job_id, finished_at)
