@@ -125,7 +125,7 @@ async def run(group: str, interfaces: list[str]) -> int:
         print(f"serving JSON lines on 127.0.0.1:{port}")
         async with server:
             answers = await asyncio.gather(*(ask(port, request) for request in REQUESTS))
-        for request, answer in zip(REQUESTS, answers):
+        for request, answer in zip(REQUESTS, answers, strict=True):
             print(f"{json.dumps(request)} -> {json.dumps(answer)}")
         expected = [200, 200, 200, 400, 200, 504, 404]
         return 0 if [a["status"] for a in answers] == expected else 1
