@@ -1,0 +1,113 @@
+"""The timeline picture of a lab run (matplotlib, Agg backend, imported lazily).
+
+One lane per worker, one bar per execution of the lab task (``started`` → ``finished``),
+coloured by the producer that submitted the job. An execution that never finished ends at
+the moment its worker was cut off (sigkill, restart, link down) or at the end of the run,
+and is drawn hatched with a red edge. Timeline actions are vertical lines labelled with the
+action and its target. Time is in seconds from the run's start (the earliest record).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .report import Execution, compute_timeline
+
+__all__ = ["plot_timeline"]
+
+ACTION_COLOURS = {
+    "start": "tab:green",
+    "sigterm": "tab:orange",
+    "sigkill": "tab:red",
+    "restart": "tab:purple",
+    "link_down": "black",
+    "link_up": "tab:gray",
+}
+
+
+def _rows(executions: list[Execution]) -> dict[str, list[tuple[int, Execution]]]:
+    """Per worker, each execution with its row: the first row free at its start (interval
+    packing), so a worker's concurrent executions (several slots) do not overlap."""
+    out: dict[str, list[tuple[int, Execution]]] = defaultdict(list)
+    ends: dict[str, list[float]] = defaultdict(list)  # per worker, per row: when it frees up
+    for run in sorted(executions, key=lambda r: r.start):
+        end = run.end if run.end is not None else (run.cut_at if run.cut_at is not None else math.inf)
+        rows = ends[run.worker]
+        row = next((i for i, free_at in enumerate(rows) if free_at <= run.start), len(rows))
+        if row == len(rows):
+            rows.append(end)
+        else:
+            rows[row] = end
+        out[run.worker].append((row, run))
+    return out
+
+
+def _grouped_actions(actions: list[dict[str, Any]], t0: float) -> list[tuple[float, str, str]]:
+    """(seconds from t0, action, targets) with the same action at the same moment (within
+    10 ms) merged into one marker, e.g. ``start p1 p2 w1``."""
+    grouped: list[tuple[float, str, str]] = []
+    for action in actions:
+        x, name, target = action["t"] - t0, str(action.get("action")), str(action.get("target"))
+        if grouped and grouped[-1][1] == name and abs(grouped[-1][0] - x) < 0.01:
+            grouped[-1] = (grouped[-1][0], name, f"{grouped[-1][2]} {target}")
+        else:
+            grouped.append((x, name, target))
+    return grouped
+
+
+def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path: str | Path) -> None:
+    """Draw the run's timeline into the PNG file ``path``. Raises ImportError without
+    matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    line = compute_timeline(scenario, records)
+    t0, t_end = line.t0, max(line.t_end, line.t0 + 0.1)
+    lane = {worker: i for i, worker in enumerate(line.workers)}
+    palette = plt.get_cmap("tab10")
+    colour = {p: palette(i % 10) for i, p in enumerate(line.producers)}
+
+    height = max(2.5, 0.6 * len(line.workers) + 1.8)
+    fig, ax = plt.subplots(figsize=(12, height), dpi=100)
+    # broken_barh draws many bars of one style in one y band: group by (producer, cut, band)
+    bars: dict[tuple[str, bool, tuple[float, float]], list[tuple[float, float]]] = defaultdict(list)
+    for worker, runs in _rows(line.executions).items():
+        size = 0.8 / (max(row for row, _ in runs) + 1)  # several slots: a thin row per concurrent run
+        for row, run in runs:
+            cut = run.end is None
+            end = run.end if run.end is not None else (run.cut_at if run.cut_at is not None else t_end)
+            width = max(end - run.start, 0.002)  # a visible sliver for very short jobs
+            band = (lane[worker] - 0.4 + row * size, size * 0.9)
+            bars[(run.producer or "", cut, band)].append((run.start - t0, width))
+    for (producer, cut, band), xs in bars.items():
+        ax.broken_barh(
+            xs, band, facecolors=colour.get(producer, "lightgray"),
+            edgecolors="red" if cut else "none", linewidths=1.0 if cut else 0,
+            hatch="///" if cut else None, alpha=0.9,
+        )
+
+    top = len(line.workers) - 0.5
+    for i, (x, name, targets) in enumerate(_grouped_actions(line.actions, t0)):
+        col = ACTION_COLOURS.get(name, "tab:brown")
+        ax.axvline(x, color=col, linestyle="--", linewidth=1)
+        ax.text(x, top + 0.1 + 0.3 * (i % 4), f" {name} {targets}", fontsize=7, color=col, ha="left", va="bottom")
+
+    ax.set_yticks(range(len(line.workers)), line.workers)
+    ax.set_ylim(-0.6, top + 1.5)
+    ax.set_xlim(0, (t_end - t0) * 1.02)
+    ax.set_xlabel("seconds from the run's start")
+    ax.set_ylabel("worker")
+    ax.set_title(f"{scenario.get('name', 'lab run')}: executions by worker, coloured by producer")
+    handles = [Patch(facecolor=colour[p], label=p) for p in line.producers]
+    handles.append(Patch(facecolor="white", edgecolor="red", hatch="///", label="cut off (never finished)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
