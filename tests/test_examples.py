@@ -253,3 +253,51 @@ def _public_names() -> list[object]:
 def test_api_reference_documents_every_public_name(api_reference, name):
     docstring = _own_docstring(_section(api_reference, name), name)
     assert docstring, f"{name} has no docstring in the API reference"
+
+
+# --- the tutorial ----------------------------------------------------------------------------
+
+
+def test_tutorial_runs_as_written(tmp_path):
+    """docs/tutorial.md's tasks.py and app.py (its group swapped for this run's), two workers
+    started with its command, and the output it shows."""
+    text = (REPO / "docs" / "tutorial.md").read_text()
+    files = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    assert set(files) == {"tasks.py", "app.py"}
+    group = f"{GROUP}-tutorial"
+    assert 'group="tutorial"' in files["app.py"]
+    (tmp_path / "tasks.py").write_text(files["tasks.py"])
+    (tmp_path / "app.py").write_text(files["app.py"].replace('group="tutorial"', f"group={group!r}"))
+    shown = re.search(r"It prints, .*?```text\n(.*?)```", text, re.S)
+    assert shown
+    command = "freelance-worker --discover --tasks tasks --group tutorial --slots 2"
+    assert command in text
+    args = command.split()[1:]
+    args[args.index("tutorial")] = group
+    workers = []
+    try:
+        for n in (1, 2):
+            with open(tmp_path / f"w{n}.log", "wb") as log:
+                workers.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "freelance-worker"), *args],
+                    cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                ))
+        run = run_example(tmp_path / "app.py", tmp_path=tmp_path)
+        assert run.returncode == 0, run
+        for line in shown[1].splitlines():
+            if line.startswith("producer on tcp://127.0.0.1:"):
+                assert line.split(":")[0] in run.stdout, run
+            elif line.startswith("job 13 dead-lettered"):  # the producer's log, on stderr
+                assert line in run.stderr, run
+            else:
+                assert line in run.stdout, f"{line!r} missing\n{run}"
+        for worker in workers:
+            _killpg(worker.pid, signal.SIGINT)
+        for worker in workers:
+            assert worker.wait(15) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                _killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
