@@ -565,3 +565,50 @@ def test_write_outputs(tmp_path: Path) -> None:
     else:
         assert report["timeline"] == "timeline.png"
         assert (tmp_path / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+# --------------------------------------------------------------------------- the runner's record shapes
+
+
+def test_go_record_is_time_zero_and_no_op_actions_count_for_nothing() -> None:
+    run = Run()
+    run.action(-1.0, "start", "w1")  # peers start before time zero
+    run.add(0.0, "go", "lab")
+    key = run.submit(0.1, "p1", 1)
+    run.lease(0.2, "p1", 1, "w1")
+    run.execute(0.3, None, key, "w1", pid=1)
+    run.add(0.4, "action", "lab", action="sigkill", target="w2", note="not running")
+    run.add(0.45, "action", "lab", action="start", target="w1", note="already running")
+    run.action(0.5, "sigkill", "w1")
+    run.execute(1.6, 1.7, key, "w2", pid=2)
+    run.resolve(1.8, "p1", 1)
+    report = compute_report(scenario(), run.records)
+    assert [a["t_s"] for a in report["actions"]] == [-1.0, 0.4, 0.45, 0.5]
+    assert report["actions"][1] == {"t_s": 0.4, "action": "sigkill", "target": "w2", "note": "not running"}
+    assert [c["worker"] for c in report["recovery"]["c4"]] == ["w1"]  # the no-op sigkill of w2 is no kill
+    assert report["duplicates_explained"] == 1
+    line = compute_timeline(scenario(), run.records)
+    assert line.t0 == T0 and line.t_first == T0 - 1.0
+
+
+def test_link_action_with_host_target() -> None:
+    run = Run()
+    key = run.submit(0.0, "p1", 1)
+    run.execute(0.2, None, key, "w1", pid=1)
+    run.add(0.5, "action", "lab", action="link_down", target="w1", host_target="h3")
+    run.execute(1.5, 1.6, key, "w2", pid=2)
+    report = compute_report(scenario(), run.records)
+    assert report["duplicates_explained"] == 1 and report["workers"]["w1"]["cut_off"] == 1
+
+
+def test_restart_then_start_records_of_the_runner() -> None:
+    """The runner writes ``restart`` and then the new process's ``start``: the producer is up."""
+    spec = scenario(p1={"store": True})
+    run = Run()
+    run.submit(0.1, "p1", 1)
+    run.action(1.0, "restart", "p1")
+    run.action(1.01, "start", "p1")
+    report = compute_report(spec, run.records)
+    assert report["jobs_lost"] == 1 and report["jobs_abandoned"] == 0
+    (c5,) = report["recovery"]["c5"]
+    assert c5["action"] == "restart"

@@ -3,8 +3,10 @@
 One lane per worker, one bar per execution of the lab task (``started`` → ``finished``),
 coloured by the producer that submitted the job. An execution that never finished ends at
 the moment its worker was cut off (sigkill, restart, link down) or at the end of the run,
-and is drawn hatched with a red edge. Timeline actions are vertical lines labelled with the
-action and its target. Time is in seconds from the run's start (the earliest record).
+and is drawn hatched with a red edge and a red cross at its end; a black dot marks the start
+of an execution of a key that had already run (a duplicate execution). Timeline actions are vertical lines labelled with the
+action and its target. Time is in seconds from the run's time zero (the runner's ``go``
+record; peers start a little before it).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     line = compute_timeline(scenario, records)
@@ -77,6 +80,14 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
     fig, ax = plt.subplots(figsize=(12, height), dpi=100)
     # broken_barh draws many bars of one style in one y band: group by (producer, cut, band)
     bars: dict[tuple[str, bool, tuple[float, float]], list[tuple[float, float]]] = defaultdict(list)
+    cuts: list[tuple[float, float]] = []  # (x, y) of the end of each cut-off execution
+    reruns: list[tuple[float, float]] = []  # (x, y) of the start of each execution of a key run before
+    seen: set[str] = set()
+    rerun_ids: set[int] = set()
+    for run in sorted(line.executions, key=lambda r: r.start):
+        if run.key in seen:
+            rerun_ids.add(id(run))
+        seen.add(run.key)
     for worker, runs in _rows(line.executions).items():
         size = 0.8 / (max(row for row, _ in runs) + 1)  # several slots: a thin row per concurrent run
         for row, run in runs:
@@ -85,27 +96,41 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
             width = max(end - run.start, 0.002)  # a visible sliver for very short jobs
             band = (lane[worker] - 0.4 + row * size, size * 0.9)
             bars[(run.producer or "", cut, band)].append((run.start - t0, width))
+            if cut:  # a cross where it was cut off: visible even when the bar is a sliver
+                cuts.append((run.start - t0 + width, band[0] + band[1] / 2))
+            if id(run) in rerun_ids:
+                reruns.append((run.start - t0, band[0] + band[1] / 2))
     for (producer, cut, band), xs in bars.items():
         ax.broken_barh(
             xs, band, facecolors=colour.get(producer, "lightgray"),
-            edgecolors="red" if cut else "none", linewidths=1.0 if cut else 0,
-            hatch="///" if cut else None, alpha=0.9,
+            edgecolors="red" if cut else "white", linewidths=1.0 if cut else 0.3,
+            hatch="///" if cut else None,
         )
+    if cuts:
+        ax.plot([x for x, _ in cuts], [y for _, y in cuts], "x", color="red", markersize=7, mew=2)
+    if reruns:
+        ax.plot([x for x, _ in reruns], [y for _, y in reruns], "o", color="black", markersize=4)
 
     top = len(line.workers) - 0.5
     for i, (x, name, targets) in enumerate(_grouped_actions(line.actions, t0)):
         col = ACTION_COLOURS.get(name, "tab:brown")
+        label = f" {name} {targets}"
+        if x < 0:  # peers started during setup, before time zero: marked at 0
+            x, label = 0.0, f"{label} (setup)"
         ax.axvline(x, color=col, linestyle="--", linewidth=1)
-        ax.text(x, top + 0.1 + 0.3 * (i % 4), f" {name} {targets}", fontsize=7, color=col, ha="left", va="bottom")
+        ax.text(x, top + 0.1 + 0.3 * (i % 4), label, fontsize=7, color=col, ha="left", va="bottom")
 
     ax.set_yticks(range(len(line.workers)), line.workers)
     ax.set_ylim(-0.6, top + 1.5)
     ax.set_xlim(0, (t_end - t0) * 1.02)
-    ax.set_xlabel("seconds from the run's start")
+    ax.set_xlabel("seconds from the run's time zero (go)")
     ax.set_ylabel("worker")
     ax.set_title(f"{scenario.get('name', 'lab run')}: executions by worker, coloured by producer")
     handles = [Patch(facecolor=colour[p], label=p) for p in line.producers]
     handles.append(Patch(facecolor="white", edgecolor="red", hatch="///", label="cut off (never finished)"))
+    handles.append(Line2D([], [], marker="x", color="red", linestyle="none", mew=2, label="where it was cut off"))
+    handles.append(Line2D([], [], marker="o", color="black", linestyle="none", markersize=4,
+                          label="start of a re-run (duplicate execution)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -39,6 +39,7 @@ PRODUCER_KINDS = frozenset(
 TERMINAL_KINDS = {"done": "ok", "failed": "JobFailed", "dead": "JobLost", "cancelled": "CancelledError"}
 KILL_ACTIONS = frozenset({"sigkill", "restart"})  # actions that end a peer's process at once
 LIFE_ACTIONS = frozenset({"start", "restart", "sigkill"})  # actions that decide if a process is up
+NO_OP_NOTES = frozenset({"already running", "not running"})  # the runner's notes on actions that did nothing
 
 
 @dataclass
@@ -129,11 +130,14 @@ class _World:
         self.durable: set[str] = {name for name, spec in producer_specs.items() if spec.get("store")}
         self.hosts: set[str] = {str(h.get("name") if isinstance(h, dict) else h) for h in scenario.get("hosts") or []}
         self.keys: dict[str, str] = {}  # producer id or endpoint -> producer peer
-        self.actions: list[dict[str, Any]] = []
+        self.actions: list[dict[str, Any]] = []  # the actions that did something
+        self.all_actions: list[dict[str, Any]] = []  # also "start" of a running peer and the like
         for rec in records:
             kind, peer = rec.get("kind"), rec.get("peer")
             if kind == "action":
-                self.actions.append(rec)
+                self.all_actions.append(rec)
+                if rec.get("note") not in NO_OP_NOTES:
+                    self.actions.append(rec)
                 continue
             if peer and rec.get("host") and kind not in ("peer_exit",):
                 self.host.setdefault(str(peer), str(rec["host"]))
@@ -154,6 +158,8 @@ class _World:
     def link_host(self, action: dict[str, Any]) -> str | None:
         """The host whose link a link_down/link_up action means: its target, or the host of
         the peer it names (a peer may stand for its host)."""
+        if action.get("host_target"):
+            return str(action["host_target"])
         target = action.get("target")
         if target is None:
             return None
@@ -409,10 +415,11 @@ def _category(outcome: str) -> str:
 
 @dataclass
 class Timeline:
-    """What the timeline picture needs: the run's start and end (wall clock, seconds), the
+    """What the timeline picture needs: the run's time zero, first and last record (wall clock, seconds), the
     worker and producer names, the executions and the actions, all from the records."""
 
-    t0: float
+    t0: float  # the run's time zero (the ``go`` record)
+    t_first: float  # the earliest record (peers start before time zero)
     t_end: float
     workers: list[str]
     producers: list[str]
@@ -424,6 +431,15 @@ def _sorted_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r in records if isinstance(r.get("t"), (int, float))), key=lambda r: r["t"])
 
 
+def _run_start(records: list[dict[str, Any]]) -> float:
+    """The run's time zero (wall clock, seconds): the runner's ``go`` record (timeline
+    ``at_s`` count from it), else the earliest record, else 0."""
+    for rec in records:
+        if rec.get("kind") == "go":
+            return float(rec["t"])
+    return records[0]["t"] if records else 0.0
+
+
 def compute_timeline(scenario: dict[str, Any], records: list[dict[str, Any]]) -> Timeline:
     """The :class:`Timeline` of a run (pure)."""
     records = _sorted_records(records)
@@ -432,12 +448,13 @@ def compute_timeline(scenario: dict[str, Any], records: list[dict[str, Any]]) ->
     producer_of = {job.key: job.producer for job in jobs if job.key is not None}
     executions = _build_executions(world, records, producer_of)
     return Timeline(
-        t0=records[0]["t"] if records else 0.0,
+        t0=_run_start(records),
+        t_first=records[0]["t"] if records else 0.0,
         t_end=records[-1]["t"] if records else 0.0,
         workers=sorted(world.workers | {run.worker for run in executions}),
         producers=sorted(world.producers),
         executions=executions,
-        actions=world.actions,
+        actions=world.all_actions,
     )
 
 
@@ -485,10 +502,13 @@ def compute_report(scenario: dict[str, Any], records: list[dict[str, Any]]) -> d
     - ``actions``: the timeline as run (``t_s`` from the run's start, ``action``, ``target``);
       ``peer_exits``: (``t_s``, ``target``, ``code``).
 
-    The run's start (``t0``) is the earliest record's ``t``.
+    Times ``t_s`` count from the run's time zero: the runner's ``go`` record (else the
+    earliest record); peers start before it, so their ``start`` actions have ``t_s`` < 0.
+    Actions the runner notes as no-ops ("already running", "not running") are listed but
+    count for nothing.
     """
     records = _sorted_records(records)
-    t0 = records[0]["t"] if records else 0.0
+    t0 = _run_start(records)
     world = _World(scenario, records)
     jobs = list(_build_jobs(world, records).values())
     producer_of = {job.key: job.producer for job in jobs if job.key is not None}
@@ -568,7 +588,9 @@ def compute_report(scenario: dict[str, Any], records: list[dict[str, Any]]) -> d
             "c5_max_s": max(c5_times) if c5_times else None,
         },
         "actions": [
-            {"t_s": _r(a["t"] - t0), "action": a.get("action"), "target": a.get("target")} for a in world.actions
+            {"t_s": _r(a["t"] - t0), "action": a.get("action"), "target": a.get("target"),
+             **({"note": a["note"]} if a.get("note") else {})}
+            for a in world.all_actions
         ],
         "peer_exits": [
             {"t_s": _r(r["t"] - t0), "target": r.get("target"), "code": r.get("code")}
