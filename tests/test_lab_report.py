@@ -612,3 +612,46 @@ def test_restart_then_start_records_of_the_runner() -> None:
     assert report["jobs_lost"] == 1 and report["jobs_abandoned"] == 0
     (c5,) = report["recovery"]["c5"]
     assert c5["action"] == "restart"
+
+
+def test_execution_started_just_after_the_link_went_down_is_cut_off() -> None:
+    """The runner writes link_down just before the link goes down: a JOB in flight may start
+    a few ms later and finish with its result stuck until link_up."""
+    run = Run()
+    run.action(1.0, "link_down", "h1")  # p1's host
+    key = run.submit(1.002, "p1", 1)
+    run.lease(1.002, "p1", 1, "w1")
+    run.execute(1.003, 1.05, key, "w1", pid=1)
+    run.producer(2.0, "requeued", "p1", job_id=1, attempt=2)
+    run.action(3.0, "link_up", "h1")
+    run.lease(3.1, "p1", 1, "w2", attempt=2)
+    run.execute(3.2, 3.25, key, "w2", pid=2)
+    run.resolve(3.3, "p1", 1)
+    report = compute_report(scenario(), run.records)
+    assert report["duplicates_explained"] == 1 and report["workers"]["w1"]["cut_off"] == 1
+
+
+def test_a_run_between_two_link_cuts_is_not_cut_off() -> None:
+    run = Run()
+    key = run.submit(0.0, "p1", 1)
+    run.action(0.5, "link_down", "h3")
+    run.action(1.0, "link_up", "h3")
+    run.execute(1.5, 1.6, key, "w1", pid=1)
+    run.action(2.0, "link_down", "h3")
+    run.execute(2.5, 2.6, key, "w2", pid=2)
+    assert compute_report(scenario(), run.records)["duplicates_unexplained"] == 1
+
+
+def test_link_cut_of_a_host_shared_by_worker_and_producer_cuts_nothing() -> None:
+    spec = scenario()
+    spec["workers"][0]["host"] = "h1"  # w1 beside p1
+    run = Run()
+    run.records.clear()
+    key = run.submit(0.0, "p1", 1)
+    run.add(0.2, "started", "w1", key=key, pid=1)
+    run.add(1.0, "finished", "w1", key=key, pid=1)
+    for rec in run.records[-2:]:
+        rec["host"] = "h1"
+    run.action(0.5, "link_down", "h1")
+    run.execute(1.5, 1.6, key, "w2", pid=2)
+    assert compute_report(spec, run.records)["duplicates_unexplained"] == 1

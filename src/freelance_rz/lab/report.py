@@ -15,10 +15,10 @@ Theory of operation. Records are sorted by ``t`` (wall clock). Three tables are 
   its jobs from the start again). ``job_key`` records join a job to its ``key``.
 - **executions**, one per ``started`` record of the lab task, paired with the ``finished``
   record of the same key, worker and pid.
-- **kills**: the moments a peer's work is cut off. A worker is cut off by a ``sigkill`` or
-  ``restart`` action on it or on its host, and by a ``link_down`` of its host; an execution
-  for a producer is also cut off by a sigkill or restart of that producer (or its host), and
-  by a ``link_down`` of the producer's host (when the worker is on another host).
+- **cuts**: an execution is cut off by a ``sigkill`` or ``restart`` action on its worker or
+  on its job's producer (or their hosts) while it runs, and by the link of the worker's or
+  the producer's host being down at some moment while it runs (``link_down`` to the next
+  ``link_up``); see :meth:`_World.cut_at`.
 """
 
 from __future__ import annotations
@@ -186,23 +186,37 @@ class _World:
         life = self.life_actions(peer)
         return bool(life) and life[-1]["action"] == "sigkill"
 
-    def worker_cuts(self, worker: str) -> list[float]:
-        """Times the worker's work was cut off: sigkill or restart of it or its host, link_down
-        of its host."""
-        kills = [a["t"] for a in self.actions if a.get("action") in KILL_ACTIONS and self.affects(a, worker)]
-        return kills + self.link_downs(self.host.get(worker))
+    def link_outages(self, host: str | None) -> list[tuple[float, float]]:
+        """(down, up) times of each cut of the link of ``host``; ``up`` is inf when the link
+        never came back."""
+        out = []
+        for down in self.link_downs(host):
+            ups = [a["t"] for a in self.actions
+                   if a.get("action") == "link_up" and self.link_host(a) == host and a["t"] >= down]
+            out.append((down, min(ups) if ups else math.inf))
+        return out
 
-    def producer_cuts(self, worker: str, producer: str | None) -> list[float]:
-        """Times a job of ``producer`` running on ``worker`` was cut off at the producer's side:
-        sigkill or restart of the producer (or its host), link_down of the producer's host when
-        the worker is on another host."""
-        if producer is None:
+    def kills(self, peer: str | None) -> list[float]:
+        """Times of sigkill or restart actions on the peer or its host."""
+        if peer is None:
             return []
-        kills = [a["t"] for a in self.actions if a.get("action") in KILL_ACTIONS and self.affects(a, producer)]
-        phost = self.host.get(producer)
-        if phost is None or phost == self.host.get(worker):
-            return kills
-        return kills + self.link_downs(phost)
+        return [a["t"] for a in self.actions if a.get("action") in KILL_ACTIONS and self.affects(a, peer)]
+
+    def cut_at(self, run: Execution) -> float | None:
+        """When an execution was cut off, or None: the first sigkill/restart of its worker or
+        of its job's producer (or their hosts) from its start to its finish (or ever after, when
+        it never finished), or the first moment in that span when the link of the worker's
+        host or of the producer's host (when they differ) was down (the link action is written
+        just before the link goes down, so an execution may start a few ms after it)."""
+        end = math.inf if run.end is None else run.end
+        hits = [k for k in self.kills(run.worker) + self.kills(run.producer) if run.start <= k <= end]
+        whost, phost = self.host.get(run.worker), self.host.get(run.producer or "")
+        hosts = [] if whost == phost else [whost, phost]  # on one host, no link between them
+        for host in hosts:
+            for down, up in self.link_outages(host):
+                if down <= end and up > run.start:
+                    hits.append(max(down, run.start))
+        return min(hits) if hits else None
 
     def producer_losses(self, producer: str) -> list[dict[str, Any]]:
         """Actions that take a producer away: sigkill or restart of it or its host, link_down of
@@ -278,9 +292,7 @@ def _build_executions(world: _World, records: list[dict[str, Any]], producer_of:
             if run is not None:
                 run.end = rec["t"]
     for run in executions:
-        cuts = world.worker_cuts(run.worker) + world.producer_cuts(run.worker, run.producer)
-        hits = [k for k in cuts if k >= run.start and (run.end is None or run.end >= k)]
-        run.cut_at = min(hits) if hits else None
+        run.cut_at = world.cut_at(run)
     return executions
 
 
@@ -396,7 +408,7 @@ def _recovery_c5(world: _World, records: list[dict[str, Any]], t0: float) -> lis
                 "producer": producer, "action": action["action"], "t_s": _r(k - t0),
                 "workers": workers, "max_s": max(times) if times else None,
             })
-    return out
+    return sorted(out, key=lambda entry: entry["t_s"])
 
 
 def _category(outcome: str) -> str:
@@ -478,9 +490,10 @@ def compute_report(scenario: dict[str, Any], records: list[dict[str, Any]]) -> d
       (sigkill, or a restart without a store) with nothing left to resolve them.
     - ``duplicate_executions``: ``started`` records per key beyond the first. Each extra one
       is ``duplicates_explained`` when an earlier execution of that key was cut off before it
-      started: its worker or the job's producer was sigkilled or restarted (it or its host),
-      or the worker's or the producer's host had its link cut, after the execution started
-      and no later than it finished (or it never finished). Else ``duplicates_after_crash`` when an earlier execution never
+      started: its worker or the job's producer was sigkilled or restarted (it or its host)
+      between the execution's start and its finish (or at any time after its start, when it
+      never finished), or the link of the worker's or the producer's host was down at some
+      moment of that span (from link_down to the next link_up of that host). Else ``duplicates_after_crash`` when an earlier execution never
       finished although its worker was never cut off (the job's process died: a retried
       poison job). Else ``duplicates_unexplained`` (keys in ``duplicates_unexplained_keys``).
       Each earlier execution accounts for one extra execution at most.
