@@ -29,6 +29,7 @@ Without ``[[hosts]]`` every peer gets a host of its own, named after it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import random
 import re
 import sys
@@ -402,7 +403,9 @@ class _Table:
         if key in self.data:
             return self.data.pop(key)
         if default is _REQUIRED:
-            raise ScenarioError(f"{self.where(key)}: required field missing")
+            close = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1)
+            hint = f" (is {close[0]!r} a misspelling of it?)" if close else ""
+            raise ScenarioError(f"{self.where(key)}: required field missing{hint}")
         return default
 
     def str(self, key: str, default: Any = _REQUIRED, choices: Iterable[str] | None = None) -> Any:
