@@ -49,10 +49,13 @@ def _rows(executions: list[Execution]) -> dict[str, list[tuple[int, Execution]]]
 
 def _grouped_actions(actions: list[dict[str, Any]], t0: float) -> list[tuple[float, str, str]]:
     """(seconds from t0, action, targets) with the same action at the same moment (within
-    10 ms) merged into one marker, e.g. ``start p1 p2 w1``."""
+    10 ms) merged into one marker, e.g. ``start p1 p2 w1``; actions before time zero (the
+    peers started during setup) are one marker at 0."""
     grouped: list[tuple[float, str, str]] = []
     for action in actions:
         x, name, target = action["t"] - t0, str(action.get("action")), str(action.get("target"))
+        if x < 0:  # peers started during setup, before time zero: one marker at 0
+            x, name = 0.0, f"{name} (setup)"
         if grouped and grouped[-1][1] == name and abs(grouped[-1][0] - x) < 0.01:
             grouped[-1] = (grouped[-1][0], name, f"{grouped[-1][2]} {target}")
         else:
@@ -76,7 +79,9 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
     palette = plt.get_cmap("tab10")
     colour = {p: palette(i % 10) for i, p in enumerate(line.producers)}
 
-    height = max(2.5, 0.6 * len(line.workers) + 1.8)
+    markers = _grouped_actions(line.actions, t0)
+    label_rows = min(8, max(3, len(markers) // 4))  # more actions: more rows of labels
+    height = max(2.5, 0.6 * len(line.workers) + 0.9 + 0.18 * label_rows)
     fig, ax = plt.subplots(figsize=(12, height), dpi=100)
     # broken_barh draws many bars of one style in one y band: group by (producer, cut, band)
     bars: dict[tuple[str, bool, tuple[float, float]], list[tuple[float, float]]] = defaultdict(list)
@@ -112,16 +117,14 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
         ax.plot([x for x, _ in reruns], [y for _, y in reruns], "o", color="black", markersize=4)
 
     top = len(line.workers) - 0.5
-    for i, (x, name, targets) in enumerate(_grouped_actions(line.actions, t0)):
+    for i, (x, name, targets) in enumerate(markers):
         col = ACTION_COLOURS.get(name, "tab:brown")
-        label = f" {name} {targets}"
-        if x < 0:  # peers started during setup, before time zero: marked at 0
-            x, label = 0.0, f"{label} (setup)"
         ax.axvline(x, color=col, linestyle="--", linewidth=1)
-        ax.text(x, top + 0.1 + 0.3 * (i % 4), label, fontsize=7, color=col, ha="left", va="bottom")
+        ax.text(x, top + 0.1 + 0.25 * (i % label_rows), f" {name} {targets}", fontsize=7, color=col,
+                ha="left", va="bottom")
 
     ax.set_yticks(range(len(line.workers)), line.workers)
-    ax.set_ylim(-0.6, top + 1.5)
+    ax.set_ylim(-0.6, top + 0.3 + 0.25 * label_rows)
     ax.set_xlim(0, (t_end - t0) * 1.02)
     ax.set_xlabel("seconds from the run's time zero (go)")
     ax.set_ylabel("worker")
