@@ -6,7 +6,10 @@ s4 and chaos. Every claim is checked from the run's event records (events.jsonl)
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -555,3 +558,49 @@ def test_chaos(namespaces, tmp_path):
     if report is not None:
         assert report["jobs_lost"] == 0
     assert_cleaned_up(result, recs)
+
+
+LONG = """
+name = "long"
+duration_s = 120
+[[producers]]
+name = "p1"
+jobs = [{ count = 2000, task = "work", seconds = 0.05, spread_s = 100 }]
+[[workers]]
+name = "w1"
+slots = 2
+[[workers]]
+name = "w2"
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_cleans_up_everything(tmp_path, sig):
+    """Ctrl-C or SIGTERM to `freelance-lab run` mid-run: it exits 130 after stopping every
+    process it started and deleting every namespace it made (namespaces when root)."""
+    (tmp_path / "long.toml").write_text(LONG)
+    out = tmp_path / "runs"
+    with open(tmp_path / "lab.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "freelance_rz.lab.cli", "run", str(tmp_path / "long.toml"), "--out", str(out)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not any(r["kind"] == "started" for d in out.glob("long-*") for r in records(d)):
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "lab.log").read_text()
+                time.sleep(0.1)
+            os.kill(proc.pid, sig)
+            assert proc.wait(60) == 130, (tmp_path / "lab.log").read_text()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    (run_dir,) = out.glob("long-*")
+    recs = records(run_dir)
+    pids = {r["pid"] for r in recs if r["kind"] == "started" or (r["kind"] == "action" and "pid" in r)}
+    assert pids and not [pid for pid in pids if _alive(pid)]
+    exits = {r["target"] for r in recs if r["kind"] == "peer_exit"}
+    assert exits == {"p1", "w1", "w2"}
+    assert not netns.list_namespaces(f"rzlab-{proc.pid}-")

@@ -423,6 +423,8 @@ class LabRun:
             return
         with Live(console=self.console, refresh_per_second=4, transient=False) as live:
             yield live
+        if not self.console.is_terminal:
+            self.console.line()  # the last frame ends without a newline in a pipe
 
     def _view(self, now: float) -> Group:
         sc = self.scenario
