@@ -287,7 +287,7 @@ def test_loopback_run_end_to_end(tmp_path):
     kill = action_t(recs, "sigkill", "w1")
     for key, rs in runs.items():  # a duplicate only from the execution SIGKILLed with w1
         if len(rs) > 1:
-            assert sum(r["worker"] == "w1" and r["end"] is None and r["start"] < kill for r in rs) == 1, key
+            assert sum(r["worker"] == "w1" and r["start"] < kill for r in rs) == 1, key
     assert (result.run_dir / "scenario.json").exists() and (result.run_dir / "w1.log").exists()
     assert_cleaned_up(result, recs)
     report = report_or_none(result.run_dir)
@@ -486,16 +486,15 @@ def test_s4_worker_sigkill_loses_no_job(namespaces, tmp_path):
     assert result.mode == "netns" and result.ended == "drained"
     assert_every_job_resolved_ok_once(recs, {"p1": 200})
     kill = action_t(recs, "sigkill", "w1")
-    held = {r["job_id"] for r in recs if r["kind"] == "leased" and r["worker"] == "w1" and r["t"] < kill}
-    ended = {r["job_id"] for r in recs if r["kind"] in ("done", "released") and r["t"] < kill}
-    lost_with_w1 = held - ended
-    assert len(lost_with_w1) == 1
-    job = lost_with_w1.pop()
-    re_leased = min(r["t"] for r in recs if r["kind"] == "leased" and r["job_id"] == job and r["t"] > kill)
-    print(f"C4: job {job} leased again {re_leased - kill:.3f} s after the SIGKILL")
-    assert re_leased - kill < 5.0
+    lost = [r["job_id"] for r in recs if r["kind"] == "requeued" and r["t"] > kill]
+    assert len(lost) <= 1  # w1 has one slot: at most the job it held (none if it was between jobs)
+    for job in lost:
+        re_leased = min(r["t"] for r in recs if r["kind"] == "leased" and r["job_id"] == job and r["t"] > kill)
+        print(f"C4: job {job} leased again {re_leased - kill:.3f} s after the SIGKILL")
+        assert re_leased - kill < 5.0
     dups = {k: rs for k, rs in executions(recs).items() if len(rs) > 1}
-    assert len(dups) <= 1 and all(rs[0]["worker"] == "w1" and rs[0]["end"] is None for rs in dups.values())
+    # a re-run only of the job w1 held when killed (running, or finished with its result unsent)
+    assert len(dups) <= 1 and all(rs[0]["worker"] == "w1" and rs[0]["start"] < kill for rs in dups.values())
     report = report_or_none(result.run_dir)
     if report is not None:
         assert report["jobs_lost"] == 0 and report["jobs_completed"] == 200
