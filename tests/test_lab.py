@@ -574,10 +574,11 @@ name = "w2"
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_cleans_up_everything(tmp_path, sig):
-    """Ctrl-C or SIGTERM to `freelance-lab run` mid-run: it exits 130 after stopping every
-    process it started and deleting every namespace it made (namespaces when root)."""
+@pytest.mark.parametrize("sig, times", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 3)])
+def test_interrupted_run_cleans_up_everything(tmp_path, sig, times):
+    """Ctrl-C or SIGTERM to `freelance-lab run` mid-run (also Ctrl-C pressed again during the
+    teardown): it exits 130 after stopping every process it started and deleting every
+    namespace it made (namespaces when root)."""
     (tmp_path / "long.toml").write_text(LONG)
     out = tmp_path / "runs"
     with open(tmp_path / "lab.log", "wb") as log:
@@ -590,7 +591,9 @@ def test_interrupted_run_cleans_up_everything(tmp_path, sig):
             while not any(r["kind"] == "started" for d in out.glob("long-*") for r in records(d)):
                 assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "lab.log").read_text()
                 time.sleep(0.1)
-            os.kill(proc.pid, sig)
+            for _ in range(times):
+                os.kill(proc.pid, sig)
+                time.sleep(0.2)
             assert proc.wait(60) == 130, (tmp_path / "lab.log").read_text()
         finally:
             if proc.poll() is None:

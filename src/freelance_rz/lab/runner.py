@@ -15,7 +15,8 @@ Theory of operation
    all its jobs.
 4. **Teardown**, always (``finally``, also on Ctrl-C or SIGTERM, which is turned into
    KeyboardInterrupt while a run is on): SIGTERM the workers, then the producers, SIGKILL
-   the process groups still there after ``STOP_GRACE_S``, then delete every namespace made.
+   the process groups still there after ``STOP_GRACE_S`` (at once on a second Ctrl-C), then
+   delete every namespace made, with SIGINT and SIGTERM held back meanwhile.
 
 Every peer is its own process in its own session (``start_new_session``), so a signal to
 its process group reaches its job processes too; only processes started here are signalled,
@@ -177,11 +178,7 @@ class LabRun:
             except KeyboardInterrupt:
                 ended = "interrupted"
             finally:
-                try:
-                    self._teardown()
-                finally:
-                    if self.network is not None:
-                        leftovers = self.network.destroy()
+                leftovers = self._cleanup()
         return RunResult(self.run_dir, self.mode, ended, time.monotonic() - started, leftovers)
 
     # --- setup -----------------------------------------------------------------------------
@@ -366,8 +363,33 @@ class LabRun:
 
     # --- teardown ----------------------------------------------------------------------------
 
-    def _teardown(self) -> None:
-        """SIGTERM workers, then producers; SIGKILL whatever is left after STOP_GRACE_S."""
+    def _cleanup(self) -> list[str]:
+        """Stop every peer (gracefully first; a second Ctrl-C cuts that short), then, with
+        SIGINT and SIGTERM held back so nothing interrupts it, SIGKILL what is left and delete
+        the namespaces. Returns the namespaces that could not be deleted."""
+        try:
+            self._stop_gracefully()
+        except KeyboardInterrupt:
+            pass
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for peer in self.peers.values():
+                if peer.proc is not None:
+                    self._kill_now(peer)
+                if peer.log is not None:
+                    peer.log.close()
+                    peer.log = None
+            return self.network.destroy() if self.network is not None else []
+        finally:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                time.sleep(0)  # a signal that came meanwhile is handled here, and ignored
+            except KeyboardInterrupt:
+                pass
+
+    def _stop_gracefully(self) -> None:
+        """SIGTERM the workers (they finish and deliver their running jobs), then the
+        producers; each group gets STOP_GRACE_S seconds to end."""
         for role in ("worker", "producer"):
             group = [p for p in self.peers.values() if p.role == role and p.proc is not None]
             for peer in group:
@@ -379,14 +401,7 @@ class LabRun:
                     peer.proc.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
-                except KeyboardInterrupt:  # a second Ctrl-C: no more grace
-                    break
-        for peer in self.peers.values():
-            if peer.proc is not None:
-                self._kill_now(peer)
-            if peer.log is not None:
-                peer.log.close()
-                peer.log = None
+                self._reap(peer)
 
     # --- records and display ---------------------------------------------------------------
 
