@@ -328,7 +328,7 @@ class LabRun:
             self._kill_now(peer)
             self._start(peer)
         else:
-            note = {} if peer.running else {"note": "not running"}
+            note: dict[str, Any] = {} if peer.running else {"note": "not running"}
             self._record("action", action=event.action, target=peer.name, **note)
             self._signal(peer, signal.SIGKILL if event.action == "sigkill" else signal.SIGTERM)
 

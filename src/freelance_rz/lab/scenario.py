@@ -145,7 +145,8 @@ class Scenario:
     peer_names: tuple[str, ...] = field(default=(), repr=False)
 
     def peer(self, name: str) -> ProducerSpec | WorkerSpec:
-        for peer in (*self.producers, *self.workers):
+        peers: list[ProducerSpec | WorkerSpec] = [*self.producers, *self.workers]
+        for peer in peers:
             if peer.name == name:
                 return peer
         raise KeyError(name)
@@ -225,11 +226,11 @@ def parse(
 
 
 def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
-    name = top.str("name", default_name or _REQUIRED)
-    description = top.str("description", "")
-    duration_s = top.float("duration_s", 60.0, low=0.5)
-    end = top.str("end", "drained", choices=ENDS)
-    group = top.str("group", "rzlab")
+    name = top.text("name", default_name or _REQUIRED)
+    description = top.text("description", "")
+    duration_s = top.number("duration_s", 60.0, low=0.5)
+    end = top.text("end", "drained", choices=ENDS)
+    group = top.text("group", "rzlab")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", group):
         raise ScenarioError(f"group: letters, digits, '-' and '_' only, 1 to 40, got {group!r}")
 
@@ -249,12 +250,13 @@ def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
         claim(host, f"hosts[{i}]")
 
     def host_field(t: _Table, peer_name: str) -> str:
+        host: str
         if implicit_hosts:
-            host = t.str("host", peer_name)
+            host = t.text("host", peer_name)
             if host not in hosts:
                 hosts.append(host)
             return host
-        host = t.str("host")
+        host = t.text("host")
         if host not in hosts:
             raise ScenarioError(f"{t.where('host')}: no host {host!r} (hosts: {', '.join(hosts)})")
         return host
@@ -266,24 +268,24 @@ def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
         batches = []
         for b in t.tables("jobs"):
             batch = JobBatch(
-                count=b.int("count", low=1),
-                task=b.str("task", "work", choices=TASKS),
-                seconds=b.float("seconds", 0.0, low=0.0),
-                at_s=b.float("at_s", 0.0, low=0.0),
-                spread_s=b.float("spread_s", 0.0, low=0.0),
-                timeout_s=b.float("timeout_s", None, low=0.001),
-                max_attempts=b.int("max_attempts", None, low=1),
-                priority=b.int("priority", None),
+                count=b.integer("count", low=1),
+                task=b.text("task", "work", choices=TASKS),
+                seconds=b.number("seconds", 0.0, low=0.0),
+                at_s=b.number("at_s", 0.0, low=0.0),
+                spread_s=b.number("spread_s", 0.0, low=0.0),
+                timeout_s=b.number("timeout_s", None, low=0.001),
+                max_attempts=b.integer("max_attempts", None, low=1),
+                priority=b.integer("priority", None),
             )
             b.done()
             batches.append(batch)
         producers.append(ProducerSpec(
             name=peer_name,
             host=host_field(t, peer_name),
-            start_s=t.float("start_s", 0.0, low=0.0, high=duration_s),
-            lease_s=t.float("lease_s", 1.0, low=0.2),
-            max_attempts=t.int("max_attempts", 3, low=1),
-            store=t.bool("store", False),
+            start_s=t.number("start_s", 0.0, low=0.0, high=duration_s),
+            lease_s=t.number("lease_s", 1.0, low=0.2),
+            max_attempts=t.integer("max_attempts", 3, low=1),
+            store=t.flag("store", False),
             jobs=tuple(batches),
         ))
         t.done()
@@ -297,19 +299,19 @@ def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
         workers.append(WorkerSpec(
             name=peer_name,
             host=host_field(t, peer_name),
-            start_s=t.float("start_s", 0.0, low=0.0, high=duration_s),
-            slots=t.int("slots", 1, low=1, high=64),
-            give_up_s=t.float("give_up_s", 60.0, low=0.1),
+            start_s=t.number("start_s", 0.0, low=0.0, high=duration_s),
+            slots=t.integer("slots", 1, low=1, high=64),
+            give_up_s=t.number("give_up_s", 60.0, low=0.1),
         ))
         t.done()
     if not workers:
         raise ScenarioError("workers: a scenario needs at least one [[workers]]")
-    peer_names = tuple(p.name for p in (*producers, *workers))
+    peer_names = tuple([p.name for p in producers] + [w.name for w in workers])
 
     events = []
     for t in top.tables("events"):
-        action = t.str("action", choices=ACTIONS)
-        target = t.str("target")
+        action = t.text("action", choices=ACTIONS)
+        target = t.text("target")
         if action in PEER_ACTIONS and target not in peer_names:
             raise ScenarioError(
                 f"{t.where('target')}: {action} needs a peer, no peer {target!r} "
@@ -320,18 +322,18 @@ def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
                 f"{t.where('target')}: {action} needs a host or a peer, no {target!r} "
                 f"(hosts: {', '.join(hosts)})"
             )
-        events.append(Event(at_s=t.float("at_s", low=0.0, high=duration_s), action=action, target=target))
+        events.append(Event(at_s=t.number("at_s", low=0.0, high=duration_s), action=action, target=target))
         t.done()
 
     chaos = None
     if "chaos" in top.data:
         c = top.table("chaos")
         chaos = Chaos(
-            seed=seed if seed is not None else c.int("seed", 1),
+            seed=seed if seed is not None else c.integer("seed", 1),
             window_s=c.span("window_s", (2.0, min(40.0, duration_s)), high=duration_s),
-            worker_kills=c.int("worker_kills", 0, low=0),
+            worker_kills=c.integer("worker_kills", 0, low=0),
             restart_after_s=c.span("restart_after_s", (1.0, 3.0)),
-            link_flaps=c.int("link_flaps", 0, low=0),
+            link_flaps=c.integer("link_flaps", 0, low=0),
             flap_s=c.span("flap_s", (1.0, 3.0)),
             flap_hosts=tuple(c.str_list("flap_hosts", hosts)),
         )
@@ -408,7 +410,7 @@ class _Table:
             raise ScenarioError(f"{self.where(key)}: required field missing{hint}")
         return default
 
-    def str(self, key: str, default: Any = _REQUIRED, choices: Iterable[str] | None = None) -> Any:
+    def text(self, key: str, default: Any = _REQUIRED, choices: Iterable[str] | None = None) -> Any:
         value = self._take(key, default)
         if value is default and default is not _REQUIRED:
             return value
@@ -419,14 +421,14 @@ class _Table:
         return value
 
     def name_field(self) -> str:
-        value: str = self.str("name")
+        value: str = self.text("name")
         if not _NAME_RE.match(value):
             raise ScenarioError(
                 f"{self.where('name')}: a letter, then up to 15 letters, digits or '_'; got {value!r}"
             )
         return value
 
-    def float(self, key: str, default: Any = _REQUIRED, *, low: float | None = None,
+    def number(self, key: str, default: Any = _REQUIRED, *, low: float | None = None,
               high: float | None = None) -> Any:
         value = self._take(key, default)
         if value is None and default is None:
@@ -441,7 +443,7 @@ class _Table:
             raise ScenarioError(f"{self.where(key)}: must be {bounds}, got {value!r}")
         return float(value)
 
-    def int(self, key: str, default: Any = _REQUIRED, *, low: int | None = None,
+    def integer(self, key: str, default: Any = _REQUIRED, *, low: int | None = None,
             high: int | None = None) -> Any:
         value = self._take(key, default)
         if value is None and default is None:
@@ -454,7 +456,7 @@ class _Table:
             raise ScenarioError(f"{self.where(key)}: must be an integer <= {high}, got {value}")
         return value
 
-    def bool(self, key: str, default: Any = _REQUIRED) -> Any:
+    def flag(self, key: str, default: Any = _REQUIRED) -> Any:
         value = self._take(key, default)
         if not isinstance(value, bool):
             raise ScenarioError(f"{self.where(key)}: must be true or false, got {value!r}")
