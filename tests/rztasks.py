@@ -58,3 +58,8 @@ def steps(count, delay_s):
         time.sleep(delay_s)
         report_progress(step, count, f"step {step}")
     return count
+
+
+def blob(size):
+    """``size`` bytes of result."""
+    return b"x" * size

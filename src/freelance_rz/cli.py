@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from .protocol import DEFAULT_MAX_PAYLOAD
 from .worker import GIVE_UP_S, Worker
 
 
@@ -38,6 +39,14 @@ def _add_producer_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interface", metavar="IP", action="append",
         help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES or all)",
+    )
+    parser.add_argument(
+        "--key", metavar="PATH",
+        help="CURVE: this side's NAME.key_secret file (made by freelance-keys); needs --trust",
+    )
+    parser.add_argument(
+        "--trust", metavar="DIR",
+        help="CURVE: directory of the public keys (NAME.key) of the producers to serve",
     )
 
 
@@ -57,6 +66,10 @@ def worker_parser() -> argparse.ArgumentParser:
         "--slots", type=int, default=None, help="jobs run at once (default: number of CPUs)"
     )
     parser.add_argument("--name", help="worker name in logs (default: HOST-PID)")
+    parser.add_argument(
+        "--max-payload-bytes", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES",
+        help="largest job taken, as the producers' max_payload_bytes (default: %(default)s)",
+    )
     parser.add_argument(
         "--give-up-s", type=float, default=GIVE_UP_S, metavar="SECONDS",
         help="abort the running jobs of a producer unreachable this long, and forget it if it "
@@ -81,6 +94,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         worker = Worker(
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
             slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
+            key=args.key, trust=args.trust, max_payload_bytes=args.max_payload_bytes,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
@@ -169,10 +183,18 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     from rich.live import Live
 
     from .discovery import resolve_interfaces
+    from .security import check_pair, load_keypair, load_public_keys
     from .status import ProducerFinder, query_status
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
     try:
+        check_pair(args.key, args.trust, ("--key", "--trust"))
+        keys = trusted = None
+        if args.key is not None:
+            keys, trusted = load_keypair(args.key), load_public_keys(args.trust)
+            if args.connect and len(trusted) != 1:
+                raise ValueError("--connect with --key needs --trust to hold exactly one key "
+                                 "(the producer's)")
         with ExitStack() as stack:
             if args.discover:
                 finder = stack.enter_context(
@@ -181,8 +203,15 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(args.wait)
 
             def snapshot() -> list[dict[str, Any]]:
-                endpoints = finder.endpoints() if args.discover else list(args.connect)
-                return query_status(endpoints)
+                if args.discover:
+                    found = finder.producers()
+                    if trusted is not None:  # as a worker would: only producers it trusts
+                        found = [(ep, pk) for ep, pk in found if pk in trusted]
+                    endpoints, server_keys = [ep for ep, _ in found], [pk for _, pk in found]
+                else:
+                    endpoints = list(args.connect)
+                    server_keys = [next(iter(trusted))] * len(endpoints) if trusted else []
+                return query_status(endpoints, keys=keys, server_keys=server_keys)
 
             rows = snapshot()
             if not args.watch:
@@ -204,6 +233,37 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"freelance-status: error: {exc}", file=sys.stderr)
         return 2
+
+
+def keys_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freelance-keys",
+        description="Make CURVE key pairs for freelance_rz producers and workers.",
+        epilog="Example: freelance-keys generate producer1 --dir keys  (then copy "
+        "keys/producer1.key to each worker's --trust directory)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser(
+        "generate", help="write NAME.key (public) and NAME.key_secret (mode 0600)"
+    )
+    generate.add_argument("name", help="file name of the pair, e.g. the host's name")
+    generate.add_argument("--dir", default=".", help="directory to write to (default: .)")
+    return parser
+
+
+def keys_main(argv: Sequence[str] | None = None) -> int:
+    """Run ``freelance-keys``. Returns the exit code (2 on a bad name or an existing key)."""
+    args = keys_parser().parse_args(argv)
+    from .security import generate_keypair
+
+    try:
+        public, secret = generate_keypair(args.dir, args.name)
+    except (ValueError, OSError) as exc:
+        print(f"freelance-keys: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}  (share it: producers' authorized_workers, workers' --trust)")
+    print(f"secret key: {secret}  (mode 0600; keep it on this host only)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Announce and browse producers over mDNS / DNS-SD (RFC 6762, RFC 6763). The only zeroconf import.
 
 A producer registers ``<instance>._freelance-rz._tcp.local.`` with TXT entries ``v`` (protocol
-version), ``id`` (producer instance id, fresh per start), ``g`` (group) and ``ep`` (its
-comma-separated ZeroMQ endpoints). Workers browse for that type and hand each announcement to
-a callback. mDNS is only a hint: python-zeroconf keeps a crashed peer's records until their TTL
-runs out, so liveness is judged by the ZeroMQ conversation, never here.
+version), ``id`` (producer instance id, fresh per start), ``g`` (group), ``ep`` (its
+comma-separated ZeroMQ endpoints) and optionally ``sk`` (a durable producer's store key) and
+``pk`` (a secure producer's CURVE public key). Workers browse for that type and hand each
+announcement to a callback. mDNS is only a hint: python-zeroconf keeps a crashed peer's records
+until their TTL runs out, so liveness is judged by the ZeroMQ conversation, never here.
 
 Where mDNS may go is set by ``interfaces`` (IPv4 addresses); when None, the environment
 variable ``FREELANCE_RZ_INTERFACES`` (comma-separated) decides, else every interface.
@@ -82,7 +83,8 @@ def _zeroconf(interfaces: list[str] | None) -> Zeroconf:
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """A producer seen on mDNS. ``name`` is the DNS-SD instance name (unique per start);
-    ``store_key`` is set for a durable producer and survives its restarts."""
+    ``store_key`` is set for a durable producer and survives its restarts; ``public_key``
+    (Z85) for a producer that requires CURVE."""
 
     name: str
     producer_id: str
@@ -90,6 +92,7 @@ class Announcement:
     version: int
     endpoints: tuple[str, ...]
     store_key: str | None = None
+    public_key: bytes | None = None
 
 
 class Announcer:
@@ -102,6 +105,7 @@ class Announcer:
         interfaces: IPv4 addresses to announce on, or None (see :func:`resolve_interfaces`).
         store_key: a durable producer's store key (TXT ``sk``), the same across restarts, so
             workers hand results of the old process to the new one.
+        public_key: a secure producer's CURVE public key, Z85 (TXT ``pk``).
     """
 
     def __init__(
@@ -111,12 +115,15 @@ class Announcer:
         endpoints: Sequence[str],
         interfaces: list[str] | None,
         store_key: str | None = None,
+        public_key: bytes | None = None,
     ) -> None:
         self._interfaces = interfaces
         host, port = _host_port(endpoints[0])
         properties = {"v": str(VERSION), "id": producer_id, "g": group, "ep": ",".join(endpoints)}
         if store_key is not None:
             properties["sk"] = store_key
+        if public_key is not None:
+            properties["pk"] = public_key.decode("ascii")
         addresses = interfaces or [host]
         self._info = ServiceInfo(
             SERVICE_TYPE,
@@ -230,10 +237,14 @@ def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement 
         endpoints = tuple(ep for ep in text["ep"].split(",") if ep.startswith("tcp://"))
         if not endpoints or not text["id"]:
             return None
+        public_key = text.get("pk", "").encode("ascii") or None
+        if public_key is not None and len(public_key) != 40:  # Z85 of 32 bytes
+            return None
         return Announcement(
-            name, text["id"], text["g"], int(text["v"]), endpoints, text.get("sk") or None
+            name, text["id"], text["g"], int(text["v"]), endpoints, text.get("sk") or None,
+            public_key,
         )
-    except (KeyError, ValueError, UnicodeDecodeError):
+    except (KeyError, ValueError, UnicodeError):
         return None
 
 

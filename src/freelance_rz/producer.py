@@ -31,13 +31,13 @@ from ._sockets import send_frames
 from .discovery import Announcer, local_networks, resolve_interfaces
 from .errors import JobFailed, JobLost, JobTimeout, ProducerClosed, ProtocolError
 from .ledger import Expired, JobState, Ledger
+from .security import CurveServer, check_pair, load_keypair
 from .store import JobStore, Restored, StoreError
 from .tasks import task_name
 
 log = logging.getLogger("freelance_rz.producer")
 
 DEFAULT_LEASE_S = 1.0  # C4: a dead worker's job is re-offered within 1 s
-DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MIN_LEASE_S = 0.2  # below this, heartbeats (every lease / 4) cannot keep up on a busy host
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
@@ -142,17 +142,26 @@ class Producer(Executor):
         retention_s, retention_count: finished results kept in the store at most this many
             seconds, and at most this many (newest first). None: no limit.
         max_payload_bytes: largest encoded job (task name and arguments) :meth:`submit`
-            accepts, in bytes; jobs are messages, bulk data belongs in files or object stores.
+            accepts, and largest encoded result workers may send back, in bytes (a result over
+            it fails the job with ``remote_type == "ResultTooLarge"``; a message over it, plus
+            64 KiB, drops the connection that sent it: ``zmq.MAXMSGSIZE``). Jobs are messages;
+            bulk data belongs in files or object stores.
         on_event: called with a :class:`JobEvent` at each step of each job (for tracing and
             experiments). It runs on the I/O thread, so it must be quick; its exceptions are
             logged and ignored.
+        secret_key, authorized_workers: CURVE security (give both, or neither): the path of
+            this producer's ``NAME.key_secret`` file, and a directory of the ``NAME.key``
+            public keys of the workers allowed to connect (read at start). The public key is
+            announced in mDNS; see :mod:`freelance_rz.security` and docs/security.md.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
     servers (workers) pull from the clients (producers), so there is no broker.
 
     Raises:
-        ValueError: bad ``group``, ``interfaces``, ``port``, ``lease_s`` or ``max_attempts``.
+        ValueError: bad ``group``, ``interfaces``, ``port``, ``lease_s`` or ``max_attempts``;
+            only one of ``secret_key`` and ``authorized_workers``; an unreadable key file or a
+            directory without public keys.
         freelance_rz.StoreError: the store is corrupt, of a newer schema, or in use.
     """
 
@@ -168,8 +177,10 @@ class Producer(Executor):
         store: str | os.PathLike[str] | None = None,
         retention_s: float | None = DEFAULT_RETENTION_S,
         retention_count: int | None = DEFAULT_RETENTION_COUNT,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = p.DEFAULT_MAX_PAYLOAD,
         on_event: Callable[[JobEvent], None] | None = None,
+        secret_key: str | os.PathLike[str] | None = None,
+        authorized_workers: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(group, str) or not 0 < len(group) <= 63:
             raise ValueError(f"group must be a string of 1 to 63 characters, got {group!r}")
@@ -182,6 +193,10 @@ class Producer(Executor):
             )
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+        check_pair(secret_key, authorized_workers, ("secret_key", "authorized_workers"))
+        self._curve: CurveServer | None = None
+        if secret_key is not None and authorized_workers is not None:
+            self._curve = CurveServer(load_keypair(secret_key), authorized_workers)
         self.group = group
         self._on_event = on_event
         self.max_payload_bytes = max_payload_bytes
@@ -435,20 +450,25 @@ class Producer(Executor):
     # --- the I/O thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        ctx = zmq.Context.instance()
+        # A secure producer has a context of its own: ZAP is served per context.
+        ctx = zmq.Context.instance() if self._curve is None else zmq.Context()
         announcer = None
         try:
+            if self._curve is not None:
+                self._curve.start(ctx)
             sock = self._bind(ctx)
             if self.announce:
                 announcer = Announcer(
                     self.producer_id, self.group, self._endpoints, self.interfaces,
                     store_key=self.store_key,
+                    public_key=None if self._curve is None else self._curve.keys.public,
                 )
                 announcer.start()
         except BaseException as exc:
             self._start_error = exc
             if "sock" in locals():
                 sock.close(0)
+            self._end_curve(ctx)
             if self._store is not None:
                 self._store.close()
             self._close_pipe()
@@ -470,9 +490,15 @@ class Producer(Executor):
             if announcer is not None:
                 announcer.close()
             sock.close(LINGER_MS)
+            self._end_curve(ctx)
             if self._store is not None:
                 self._store.close()
             self._close_pipe()
+
+    def _end_curve(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        if self._curve is not None:
+            self._curve.stop()
+            ctx.term()
 
     def _close_pipe(self) -> None:
         with self._lock:
@@ -482,11 +508,14 @@ class Producer(Executor):
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.ROUTER)
+        if self._curve is not None:
+            self._curve.secure(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error on send
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker takes its id back
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
         try:
             if self.interfaces is None:
                 port = self._bind_port(sock, "*", self.port)
@@ -569,6 +598,8 @@ class _OfferLoop:
         self.sock = sock
         self.ledger = producer._ledger
         self.lease_ms = int(self.ledger.lease_s * 1000)
+        limit = producer.max_payload_bytes  # told to workers only when not the default
+        self.max_result = None if limit == p.DEFAULT_MAX_PAYLOAD else limit
         self.futures: dict[int, JobFuture] = {}
         self.timeouts: dict[int, int] = {}  # job id -> time limit in ms, for jobs that have one
         self.throughput = _RecentCount(60)  # results taken in the last minute
@@ -802,7 +833,7 @@ class _OfferLoop:
             job = p.Job(
                 rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
                 lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
-                timeout_ms=self.timeouts.get(lease.job_id),
+                timeout_ms=self.timeouts.get(lease.job_id), max_result=self.max_result,
             )
             if self._send(identity, job):
                 return True

@@ -53,6 +53,10 @@ class Claim:
     wait_ms: int
 
 
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024  # bytes of a job's or a result's payload, by default
+FRAME_OVERHEAD = 64 * 1024  # bytes a body adds around its payload, at most (for MAXMSGSIZE)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Job:
     """Producer -> worker: the answer to a claim. ``lease_ms``: heartbeat within this many ms.
@@ -67,6 +71,7 @@ class Job:
     payload: bytes
     ack: int | None = None
     timeout_ms: int | None = None  # the job's time limit on the worker, if it has one
+    max_result: int | None = None  # largest result payload the producer takes, when not 64 MiB
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -263,6 +268,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "claim": _claim,
     "ack": _uint,
     "timeout_ms": _uint,
+    "max_result": _uint,
     "crashed": _bool,
     "progress": _progress,
     "leases": _uint_list,

@@ -13,10 +13,23 @@ from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint
 from .errors import ProtocolError
+from .security import KeyPair, make_curve_client
+
+STATUS_MAX_BYTES = 16 * 1024 * 1024  # a STATUS_REPLY is a few KiB; anything this big is hostile
 
 
-def query_status(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[dict[str, Any]]:
+def query_status(
+    endpoints: Sequence[str], timeout_s: float = 1.0, *, keys: KeyPair | None = None,
+    server_keys: Sequence[bytes | None] = (),
+) -> list[dict[str, Any]]:
     """STATUS of each producer endpoint, asked in parallel.
+
+    Args:
+        endpoints: producer endpoints, e.g. ``["tcp://127.0.0.1:5555"]``.
+        timeout_s: seconds to wait for the answers.
+        keys, server_keys: for producers that require CURVE: this client's key pair (its
+            public key must be in their ``authorized_workers``) and each endpoint's producer
+            public key, in order (None for a producer without CURVE).
 
     Returns one map per endpoint, in order: the producer's STATUS_REPLY ``info`` plus
     ``endpoint``; or ``{"endpoint": ..., "error": "..."}`` when it did not answer within
@@ -25,9 +38,13 @@ def query_status(endpoints: Sequence[str], timeout_s: float = 1.0) -> list[dict[
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     socks = []
-    for endpoint in endpoints:
+    for i, endpoint in enumerate(endpoints):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, STATUS_MAX_BYTES)
+        server_key = server_keys[i] if i < len(server_keys) else None
+        if keys is not None and server_key is not None:
+            make_curve_client(sock, keys, server_key)
         sock.connect(endpoint)
         send_frames(sock, p.encode(p.Status(rid=1)))
         poller.register(sock, zmq.POLLIN)
@@ -84,6 +101,10 @@ class ProducerFinder:
 
     def endpoints(self) -> list[str]:
         """One endpoint per producer announced now, sorted."""
+        return [endpoint for endpoint, _ in self.producers()]
+
+    def producers(self) -> list[tuple[str, bytes | None]]:
+        """``(endpoint, CURVE public key or None)`` per producer announced now, sorted."""
         with self._lock:
             found = list(self._found.values())
-        return sorted(choose_endpoint(a.endpoints, self._interfaces) for a in found)
+        return sorted((choose_endpoint(a.endpoints, self._interfaces), a.public_key) for a in found)

@@ -39,6 +39,15 @@ from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
 from .runner import JobProcess, Outcome, Progress
+from .security import (
+    HANDSHAKE_EVENTS,
+    KeyPair,
+    check_pair,
+    handshake_failure,
+    load_keypair,
+    load_public_keys,
+    make_curve_client,
+)
 
 log = logging.getLogger("freelance_rz.worker")
 _ENDPOINT_RE = re.compile(r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
@@ -63,6 +72,7 @@ class _Running:
     lease_ms: int
     deadline: float | None = None  # the job's time limit (monotonic seconds), if it has one
     timeout_ms: int = 0
+    max_result: int = p.DEFAULT_MAX_PAYLOAD  # bytes of result payload the producer takes
     progress: tuple[float, float | None, str] | None = None  # not yet sent to the producer
 
 
@@ -74,7 +84,9 @@ class _Peer:
     endpoint: str
     discovered: bool
     store_key: str | None = None  # a durable producer's, the same across its restarts
+    server_key: bytes | None = None  # its CURVE public key, when this worker uses CURVE
     sock: zmq.Socket[bytes] | None = None
+    monitor: zmq.Socket[bytes] | None = None  # handshake failures of sock, read when it fails
     claims: set[int] = field(default_factory=set)  # rids of parked claims
     inflight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # rid -> (verb, deadline, job_id)
     unacked: dict[int, tuple[int, Outcome]] = field(default_factory=dict)  # job_id -> (lease, result)
@@ -113,11 +125,20 @@ class Worker:
         wait_ms: claim long-poll in milliseconds.
         give_up_s: seconds a producer may stay unreachable before its running jobs are aborted,
             its undelivered results dropped and, if it was discovered, it is forgotten.
+        key, trust: CURVE security (give both, or neither): the path of this worker's
+            ``NAME.key_secret`` file, and a directory of the ``NAME.key`` public keys of the
+            producers it may serve. Announcements without a key or with a key not in ``trust``
+            are ignored with a warning. With ``connect``, ``trust`` must hold exactly one key
+            (the producer's). See :mod:`freelance_rz.security`.
+        max_payload_bytes: largest job payload taken from a producer, in bytes (as the
+            producers' ``max_payload_bytes``): a larger message (``zmq.MAXMSGSIZE``) drops
+            the connection it came on; the job is then re-offered and finally dead-lettered.
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
     Raises:
-        ValueError: no producer source, no task module, ``slots`` < 1, bad interfaces.
+        ValueError: no producer source, no task module, ``slots`` < 1, bad interfaces; only
+            one of ``key`` and ``trust``, an unreadable key, or ``trust`` without public keys.
         ModuleNotFoundError: a ``tasks`` module cannot be found.
     """
 
@@ -133,6 +154,9 @@ class Worker:
         name: str | None = None,
         wait_ms: int = DEFAULT_WAIT_MS,
         give_up_s: float = GIVE_UP_S,
+        key: str | os.PathLike[str] | None = None,
+        trust: str | os.PathLike[str] | None = None,
+        max_payload_bytes: int = p.DEFAULT_MAX_PAYLOAD,
     ) -> None:
         if not discover and not connect:
             raise ValueError("a worker needs --discover or at least one --connect endpoint")
@@ -150,6 +174,21 @@ class Worker:
             match = _ENDPOINT_RE.fullmatch(endpoint)
             if match is None or not 0 < int(match["port"]) < 65536:
                 raise ValueError(f"--connect {endpoint!r}: expected tcp://HOST:PORT")
+        check_pair(key, trust, ("--key", "--trust"))
+        self._keys: KeyPair | None = None
+        self._trusted: frozenset[bytes] = frozenset()
+        if key is not None and trust is not None:
+            self._keys, self._trusted = load_keypair(key), load_public_keys(trust)
+            if connect and len(self._trusted) != 1:
+                raise ValueError(
+                    f"--connect with --key needs the producer's public key: --trust {trust} "
+                    f"must hold exactly one key, it holds {len(self._trusted)} (use --discover "
+                    "to serve several secure producers; they announce their keys)"
+                )
+        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+        self.max_payload_bytes = max_payload_bytes
+        self._ignored: set[str] = set()  # announcements refused, warned about once
         self.tasks = list(tasks)
         self.discover = discover
         self.connect = list(connect)
@@ -210,8 +249,9 @@ class Worker:
                     on_gone=lambda name: self._post("gone", name),
                 )
                 browser.start()
+            server_key = next(iter(self._trusted), None)
             for endpoint in self.connect:
-                self._add_peer(_Peer(endpoint, endpoint, discovered=False))
+                self._add_peer(_Peer(endpoint, endpoint, discovered=False, server_key=server_key))
             for proc in self._procs:
                 proc.wait_ready()
             log.info(
@@ -223,9 +263,8 @@ class Worker:
         finally:
             if browser is not None:
                 browser.close()
-            for peer in self._peers.values():
-                if peer.sock is not None:
-                    peer.sock.close(0)
+            for peer in list(self._peers.values()):
+                self._drop_peer(peer)
             for proc in self._procs:
                 proc.close()
             os.close(self._wake_r)
@@ -351,9 +390,17 @@ class Worker:
         if announcement.producer_id in self._peers:
             self._peers[announcement.producer_id].withdrawn = False
             return
+        refusal = self._refusal(announcement)
+        if refusal is not None:
+            if announcement.producer_id not in self._ignored:
+                self._ignored.add(announcement.producer_id)
+                log.warning("ignoring producer %s at %s: %s", announcement.producer_id,
+                            ", ".join(announcement.endpoints), refusal)
+            return
         endpoint = choose_endpoint(announcement.endpoints, self.interfaces)
         peer = _Peer(
-            announcement.producer_id, endpoint, discovered=True, store_key=announcement.store_key
+            announcement.producer_id, endpoint, discovered=True, store_key=announcement.store_key,
+            server_key=announcement.public_key,
         )
         for old in list(self._peers.values()):
             same_store = old.store_key is not None and old.store_key == peer.store_key
@@ -361,6 +408,19 @@ class Worker:
                 log.info("producer %s at %s replaced by %s", old.key, old.endpoint, peer.key)
                 self._hand_over(old, peer)
         self._add_peer(peer)
+
+    def _refusal(self, announcement: Announcement) -> str | None:
+        """Why this worker will not serve an announced producer (CURVE settings), or None."""
+        if self._keys is None:
+            if announcement.public_key is not None:
+                return "it requires CURVE keys; start the worker with --key and --trust"
+            return None
+        if announcement.public_key is None:
+            return "it has no CURVE key, and this worker (--key) serves only producers with one"
+        if announcement.public_key not in self._trusted:
+            return (f"its public key {announcement.public_key.decode()} is not in --trust "
+                    "(copy its NAME.key there to serve it)")
+        return None
 
     def _hand_over(self, old: _Peer, new: _Peer) -> None:
         """Move what the worker owes a restarted producer to its new process: unacknowledged
@@ -393,9 +453,7 @@ class Worker:
             log.warning("producer %s forgotten after %.0f s unreachable", peer.key, self.give_up_s)
 
     def _drop_peer(self, peer: _Peer) -> None:
-        if peer.sock is not None:
-            peer.sock.close(0)
-            peer.sock = None
+        self._close_sock(peer)
         del self._peers[peer.key]
 
     # --- sockets ---------------------------------------------------------------------------
@@ -403,25 +461,41 @@ class Worker:
     def _connect(self, peer: _Peer) -> None:
         assert self._ctx is not None
         sock = self._ctx.socket(zmq.DEALER)
+        if self._keys is not None and peer.server_key is not None:
+            make_curve_client(sock, self._keys, peer.server_key)
+        peer.monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
         sock.connect(peer.endpoint)
         peer.sock = sock
         for result in peer.unacked.values():  # re-send what was never acknowledged
             self._send_result(peer, *result, claim=None)
 
+    def _close_sock(self, peer: _Peer) -> None:
+        if peer.sock is not None:
+            if peer.monitor is not None:
+                peer.sock.disable_monitor()
+                peer.monitor.close(0)
+                peer.monitor = None
+            peer.sock.close(0)
+            peer.sock = None
+
     def _unreachable(self, peer: _Peer, now: float, why: str) -> None:
+        secure = self._keys is not None
+        failed = None if peer.monitor is None else handshake_failure(peer.monitor, secure)
         if peer.unreachable_since is None:
             peer.unreachable_since = now
-            log.warning("producer %s unreachable (%s); retrying with backoff", peer.key, why)
+            if failed is not None:  # a refused key or mismatched settings: never a silent hang
+                log.error("producer %s at %s: %s; retrying with backoff", peer.key, peer.endpoint, failed)
+            else:
+                log.warning("producer %s unreachable (%s); retrying with backoff", peer.key, why)
         else:
             log.debug("producer %s still unreachable (%s); retry in %.2f s", peer.key, why, peer.backoff_s)
-        assert peer.sock is not None
-        peer.sock.close(0)
-        peer.sock = None
+        self._close_sock(peer)
         peer.claims.clear()
         peer.inflight.clear()
         peer.retry_at = now + peer.backoff_s
@@ -575,6 +649,8 @@ class Worker:
         proc.run(job.job_id, job.payload)
         self._filled_at = now
         running = _Running(peer, job.job_id, job.lease_id, job.lease_ms)
+        if job.max_result is not None:
+            running.max_result = job.max_result
         if job.timeout_ms:
             running.deadline = now + job.timeout_ms / 1000
             running.timeout_ms = job.timeout_ms
@@ -597,6 +673,13 @@ class Worker:
             return
         peer = running.peer
         peer.leases.pop(running.lease_id, None)
+        if len(outcome.payload) > running.max_result:  # the producer would drop the connection
+            message = (
+                f"the result takes {len(outcome.payload)} bytes encoded, more than the "
+                f"producer's limit of {running.max_result} (max_payload_bytes); return a path "
+                "or URL to the data instead"
+            )
+            outcome = Outcome(outcome.job_id, False, p.pack_error("ResultTooLarge", message, ""))
         self.stats.jobs_run += 1
         if not outcome.ok:
             self.stats.jobs_failed += 1
