@@ -284,7 +284,7 @@ _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {
 
 
 def _build(cls: type, body: dict[str, Any]) -> Any:
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for field in _FIELDS[cls]:
         name = field.name
         if name not in body:
@@ -455,9 +455,10 @@ def unpack_value(payload: bytes) -> Any:
 
 def pack_error(type_name: str, message: str, traceback: str) -> bytes:
     """Encode a remote error ``{"type", "message", "traceback"}``."""
-    return msgpack.packb(
+    packed: bytes = msgpack.packb(
         {"type": type_name, "message": message, "traceback": traceback}, use_bin_type=True
     )
+    return packed
 
 
 def unpack_error(payload: bytes) -> tuple[str, str, str]:

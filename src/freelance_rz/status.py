@@ -35,7 +35,7 @@ def query_status(
     ``endpoint``; or ``{"endpoint": ..., "error": "..."}`` when it did not answer within
     ``timeout_s`` seconds or answered nonsense.
     """
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     poller = zmq.Poller()
     socks = []
     for i, endpoint in enumerate(endpoints):

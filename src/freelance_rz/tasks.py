@@ -104,4 +104,4 @@ class Allowlist:
         fn = module.__dict__.get(func_name)
         if not inspect.isfunction(fn) or fn.__module__ != module_name:
             raise TaskNotAllowed(f"task {name!r}: no function {func_name!r} defined in {module_name}")
-        return fn  # type: ignore[no-any-return]
+        return fn

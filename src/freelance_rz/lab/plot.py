@@ -70,6 +70,7 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -129,7 +130,7 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
     ax.set_xlabel("seconds from the run's time zero (go)")
     ax.set_ylabel("worker")
     ax.set_title(f"{scenario.get('name', 'lab run')}: executions by worker, coloured by producer")
-    handles = [Patch(facecolor=colour[p], label=p) for p in line.producers]
+    handles: list[Artist] = [Patch(facecolor=colour[p], label=p) for p in line.producers]
     handles.append(Patch(facecolor="white", edgecolor="red", hatch="///", label="cut off (never finished)"))
     handles.append(Line2D([], [], marker="x", color="red", linestyle="none", mew=2, label="where it was cut off"))
     handles.append(Line2D([], [], marker="o", color="black", linestyle="none", markersize=4,

@@ -163,7 +163,7 @@ class _World:
         target = action.get("target")
         if target is None:
             return None
-        return self.host.get(target, target) if target not in self.hosts else target
+        return str(self.host.get(target, target) if target not in self.hosts else target)
 
     def link_downs(self, host: str | None) -> list[float]:
         """Times the link of ``host`` was cut."""
@@ -288,9 +288,9 @@ def _build_executions(world: _World, records: list[dict[str, Any]], producer_of:
             executions.append(run)
             open_runs[ident] = run
         else:
-            run = open_runs.pop(ident, None)
-            if run is not None:
-                run.end = rec["t"]
+            ended = open_runs.pop(ident) if ident in open_runs else None
+            if ended is not None:
+                ended.end = rec["t"]
     for run in executions:
         run.cut_at = world.cut_at(run)
     return executions
@@ -311,7 +311,7 @@ def _duplicates(executions: list[Execution]) -> dict[str, Any]:
         for i in range(1, len(runs)):
             total += 1
             start = runs[i].start
-            cut = [j for j in range(i) if j not in used and runs[j].cut_at is not None and runs[j].cut_at < start]
+            cut = [j for j in range(i) if j not in used and (c := runs[j].cut_at) is not None and c < start]
             crashed = [j for j in range(i) if j not in used and runs[j].end is None and runs[j].cut_at is None]
             if cut:
                 used.add(cut[0])
@@ -359,7 +359,7 @@ def _recovery_c4(world: _World, jobs: list[Job], t0: float) -> list[dict[str, An
                     "re_leased_after_s": _r(later[0][0] - k) if later else None,
                     "to": later[0][1] if later else None,
                 })
-            held.sort(key=lambda h: h["job"])
+            held.sort(key=lambda h: str(h["job"]))
             times = [h["re_leased_after_s"] for h in held if h["re_leased_after_s"] is not None]
             out.append({
                 "worker": worker, "action": action["action"], "t_s": _r(k - t0),
@@ -374,7 +374,7 @@ def _running_at(world: _World, worker: str, k: float, t0: float) -> bool:
     after ``t0``) has passed."""
     before = [a for a in world.life_actions(worker) if a["t"] < k]
     if before:
-        return before[-1]["action"] != "sigkill"
+        return bool(before[-1]["action"] != "sigkill")
     return t0 + world.start_s.get(worker, 0.0) <= k
 
 
