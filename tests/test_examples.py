@@ -235,18 +235,10 @@ def api_reference(tmp_path_factory) -> str:
     return (out / "freelance_rz.html").read_text()
 
 
-def _public_names() -> list[object]:
+def _public_names() -> list[str]:
     import freelance_rz
 
-    undocumented = {  # reported; remove once src/freelance_rz/__init__.py documents it
-        "__version__": "a plain string with no docstring (pdoc reads one from a string "
-        "literal after the assignment, or a #: comment before it)",
-    }
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(reason=undocumented[name], strict=True))
-        if name in undocumented else name
-        for name in freelance_rz.__all__
-    ]
+    return list(freelance_rz.__all__)
 
 
 @pytest.mark.parametrize("name", _public_names())

@@ -645,10 +645,30 @@ def test_on_event_traces_each_job_and_a_failing_hook_changes_nothing(make_produc
     leased = [e for e in events if e.kind == "leased"]
     assert all(e.worker.startswith("w1-") for e in leased)
     assert [e.attempt for e in leased] == [1, 1, 1, 2]
-    assert all(a.at <= b.at for trace in by_job.values() for a, b in zip(trace, trace[1:]))
+    assert all(a.at <= b.at for trace in by_job.values() for a, b in zip(trace, trace[1:], strict=False))
 
     def broken(event):
         raise RuntimeError("hook bug")
 
     flaky = make_producer(on_event=broken)
     assert flaky.submit(rztasks.add, 2, 2).result(timeout=15) == 4
+
+
+def test_status_queries_are_not_counted_as_workers(make_producer):
+    from freelance_rz.status import query_status
+
+    producer = make_producer()
+    for _ in range(3):  # each query is a new connection, as freelance-status --watch makes
+        assert "error" not in query_status([producer.endpoint])[0]
+    assert producer.status()["workers"] == 0
+
+
+def test_leaving_a_with_block_by_ctrl_c_closes_at_once():
+    """No worker serves this group: shutdown(wait=True) would wait forever."""
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with Producer(f"{GROUP}-nobody", interfaces=["127.0.0.1"]) as producer:
+            future = producer.submit(rztasks.add, 1, 1)
+            raise KeyboardInterrupt
+    assert future.cancelled()
+    assert time.monotonic() - started < 15

@@ -19,6 +19,9 @@ from .tasks import TaskNotAllowed
 from .worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
+"""The package version (PEP 440)."""
+
+__docformat__ = "google"
 
 __all__ = [
     "FreelanceError",

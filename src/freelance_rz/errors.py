@@ -62,14 +62,16 @@ class JobLost(FreelanceError):
 
     Attributes:
         job_id: the producer's id of the job.
-        attempts: how many leases were lost.
+        attempts: how many leases were lost (None for a job dead-lettered before the
+            producer restarted on its store: the count is not kept).
         reason: what the last loss was, when a worker reported it (e.g. the job's process
             "was killed by signal SIGSEGV"), else None.
     """
 
-    def __init__(self, job_id: int, attempts: int, reason: str | None = None) -> None:
+    def __init__(self, job_id: int, attempts: int | None, reason: str | None = None) -> None:
+        lost = "" if attempts is None else f" after {attempts} lost attempt(s)"
         super().__init__(
-            f"job {job_id} dead-lettered after {attempts} lost attempt(s): "
+            f"job {job_id} dead-lettered{lost}: "
             + (reason or "each worker holding it died or stopped heartbeating")
         )
         self.job_id = job_id

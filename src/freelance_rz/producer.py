@@ -104,8 +104,8 @@ class JobFuture(Future):  # type: ignore[type-arg]
         self._on_cancel = on_cancel
         self.progress: JobProgress | None = None  # the latest report_progress() of the job
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         condition = self.__dict__.get("_lazy_condition")
         if condition is None:
             with _CONDITION_LOCK:
@@ -269,6 +269,15 @@ class Producer(Executor):
     def __enter__(self) -> Producer:
         return self.start()
 
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Leaving a ``with`` block waits for every job (``shutdown(wait=True)``, as for any
+        Executor), unless it is left by Ctrl-C or ``sys.exit()``: then :meth:`close` stops
+        at once, without waiting for jobs."""
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self.close()
+        else:
+            self.shutdown(wait=True)
+
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)`` to run on a worker; return its Future.
 
@@ -381,7 +390,8 @@ class Producer(Executor):
             RuntimeError: the producer is not running.
             concurrent.futures.TimeoutError: no answer within ``timeout_s`` seconds.
         """
-        return self._call(lambda loop: loop.status(time.monotonic()), timeout_s)
+        info: dict[str, Any] = self._call(lambda loop: loop.status(time.monotonic()), timeout_s)
+        return info
 
     def _call(self, fn: Callable[[_OfferLoop], Any], timeout_s: float) -> Any:
         """Run ``fn(loop)`` on the I/O thread and return its result."""
@@ -406,7 +416,11 @@ class Producer(Executor):
             if first and self._thread is not None:
                 self._put("shutdown", cancel_futures)
         if wait and self._thread is not None:
-            self._thread.join()
+            try:
+                self._thread.join()
+            except BaseException:  # Ctrl-C while waiting: stop now (mDNS goodbye included)
+                self.close()
+                raise
 
     def close(self, timeout_s: float | None = 10.0) -> None:
         """Stop now: cancel the Futures of pending jobs, fail those of running ones with
@@ -645,7 +659,7 @@ class _OfferLoop:
         if stored.state == "cancelled":
             future.cancel()
         elif stored.state == "dead":
-            future.set_exception(JobLost(job_id, 0))
+            future.set_exception(JobLost(job_id, None, "dead-lettered before a restart"))
         else:
             self._resolve(future, stored.state == "done", stored.payload)
         return future
@@ -769,7 +783,8 @@ class _OfferLoop:
             except ProtocolError as exc:
                 self._bad(identity, exc)
                 continue
-            self.workers_seen[identity] = now
+            if not isinstance(msg, p.Status):  # freelance-status is no worker
+                self.workers_seen[identity] = now
             self._handle(identity, msg, now)
 
     def _bad(self, identity: bytes | None, exc: ProtocolError) -> None:
