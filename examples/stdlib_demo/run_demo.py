@@ -50,7 +50,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from freelance_rz import JobFailed, Producer
+from freelance_rz import JobFailed, JobFuture, Producer
+from tasks import CHUNK_BYTES  # the demo's task module, next to this script
 
 HERE = Path(__file__).resolve().parent
 GROUP = "stdlib-demo"
@@ -282,10 +283,16 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
         def stamp(future: Future[Any]) -> None:  # runs on the producer's I/O thread
             arrived[future] = time.monotonic()
 
+        large: list[JobFuture] = []  # files big enough to report progress (tasks.CHUNK_BYTES)
         for path in files:
             future = producer.submit(TASK, path)
             future.add_done_callback(stamp)
             futures[future] = path
+            try:
+                if os.path.getsize(path) > CHUNK_BYTES:
+                    large.append(future)
+            except OSError:
+                pass  # the job will fail and say why
         t_submitted = time.monotonic()
 
         progress = Progress(
@@ -295,6 +302,7 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
         )
         with progress:
             bar = progress.add_task(progress_description(tally), total=len(files))
+            big = progress.add_task("large files: waiting", total=None)
             try:
                 for n, future in enumerate(
                     as_completed(futures, timeout=args.timeout - (time.monotonic() - t0)), 1
@@ -302,6 +310,17 @@ def run(args: argparse.Namespace, console: Console, out_dir: Path) -> int:
                     tally.take(futures[future], future, arrived.get(future, time.monotonic()) - t0)
                     if n % 50 == 0 or n == len(files):
                         progress.update(bar, description=progress_description(tally))
+                        large = [f for f in large if not f.done()]
+                        running = [(f, producer.progress(f)) for f in large]
+                        shown = [(f, r) for f, r in running if r is not None and r.total]
+                        if shown:  # the running large file furthest from done
+                            _, latest = min(shown, key=lambda fr: fr[1].done / (fr[1].total or 1))
+                            progress.update(
+                                big, description=f"large file {latest.message}",
+                                completed=latest.done, total=latest.total,
+                            )
+                        elif not large:
+                            progress.update(big, description="large files: all done", completed=1, total=1)
                     progress.advance(bar)
             except FuturesTimeout:
                 for future, path in futures.items():
