@@ -496,7 +496,7 @@ class Producer(Executor):
         except BaseException as exc:
             log.exception("producer I/O thread crashed")
             crashed = RuntimeError(f"producer I/O thread crashed: {exc!r}")
-            for future in [*loop.futures.values(), *loop.unrecorded]:
+            for future in [*loop.futures.values(), *(r for _, r in loop.unrecorded)]:
                 if not future.done():  # never leave a caller waiting forever
                     future.set_exception(crashed)
             raise
@@ -629,7 +629,7 @@ class _OfferLoop:
         self.store: JobStore | _NoStore | _EventTap = producer._store or _NoStore()
         if producer._on_event is not None:
             self.store = _EventTap(self.store, producer._on_event)
-        self.unrecorded: list[Future[None]] = []  # submits waiting for the next flush
+        self.unrecorded: list[tuple[int, Future[None]]] = []  # (job id, submit waiting to return)
         self.purge_at = 0.0
         restored = producer._restored
         if restored is not None:
@@ -679,6 +679,8 @@ class _OfferLoop:
                 self.ledger.postpone(stalled)
             if self.producer._wake_r in events:
                 self._drain_commands(now)
+                if self.unrecorded:  # new jobs are durable before any worker can lease one
+                    self._flush(now)
             if self.sock in events:
                 self._drain_socket(now)
             self._expire(now)
@@ -703,11 +705,12 @@ class _OfferLoop:
                 self.store.purge(time.time())
         except StoreError as exc:
             log.error("job store: %s", exc)
-            for recorded in self.unrecorded:  # not durable: refuse these submits
+            for job_id, recorded in self.unrecorded:  # not durable: refuse these submits
+                self._cancel(job_id)  # and never run them: their submit raised
                 recorded.set_exception(exc)
             self.unrecorded.clear()
             return
-        for recorded in self.unrecorded:
+        for _, recorded in self.unrecorded:
             recorded.set_result(None)
         self.unrecorded.clear()
 
@@ -748,7 +751,7 @@ class _OfferLoop:
                 if options.timeout_s is not None:
                     self.timeouts[job_id] = int(options.timeout_s * 1000)
                 if recorded is not None:
-                    self.unrecorded.append(recorded)
+                    self.unrecorded.append((job_id, recorded))
             elif verb == "cancel":
                 self._cancel(command[1])
             elif verb == "call":
