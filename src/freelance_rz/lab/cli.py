@@ -70,14 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"run ended ({result.ended}) after {result.elapsed_s:.1f} s: {result.run_dir}")
     if result.leftover_namespaces:
         console.print(f"[red]could not delete namespaces: {', '.join(result.leftover_namespaces)}[/]")
+    from . import report
+
     try:
-        from . import report
-    except ImportError as exc:
-        console.print(f"no report: {exc}")
-        return 1
-    report.write_outputs(result.run_dir)
-    built = report.build_report(result.run_dir)
-    print(report.format_report(built) if hasattr(report, "format_report") else built)
+        built = report.write_outputs(result.run_dir)
+    except KeyboardInterrupt:  # e.g. Ctrl-C pressed again while matplotlib loads
+        console.print(f"interrupted while writing the report; the records are in {result.run_dir}")
+        return 130
+    print(report.format_report(built))
     print(f"report: {result.run_dir / 'report.json'}")
     if (result.run_dir / "timeline.png").exists():
         print(f"timeline: {result.run_dir / 'timeline.png'}")
