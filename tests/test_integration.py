@@ -672,3 +672,18 @@ def test_leaving_a_with_block_by_ctrl_c_closes_at_once():
             raise KeyboardInterrupt
     assert future.cancelled()
     assert time.monotonic() - started < 15
+
+
+def test_cancel_then_shutdown_at_once_still_aborts_the_job_on_its_worker(start_worker, tmp_path):
+    """shutdown() right after cancelling a running job waits for the worker's next heartbeat
+    (a fraction of lease_s) so that the worker is told to abort it."""
+    producer = Producer(GROUP, interfaces=["127.0.0.1"]).start()
+    worker = start_worker("w1")
+    marks = tmp_path / "marks"
+    future = producer.submit(rztasks.mark, str(marks), 30)
+    wait_until(marks.exists, 15, "the job started")
+    assert future.cancel()
+    producer.shutdown(wait=True)
+    wait_until(lambda: "is void at its producer; aborting it" in worker.log(), 5, "the worker was told")
+    worker.signal_group(signal.SIGTERM)
+    assert worker.wait(10) == 0

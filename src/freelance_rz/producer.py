@@ -622,6 +622,7 @@ class _OfferLoop:
         self.workers_seen: dict[bytes, float] = {}
         self.forget_at = 0.0  # next time silent workers leave workers_seen
         self.closing = False  # shutdown(): end once every job is resolved
+        self.linger_until = 0.0  # ...and workers running a cancelled job have been told
         self.aborted = False  # close(): end now
         self.started_at = time.monotonic()
         self.bad_messages = 0
@@ -686,7 +687,7 @@ class _OfferLoop:
             self._expire(now)
             self._dispatch(now)
             self._flush(now)
-            if self.closing and (self.aborted or not self.ledger):
+            if self.closing and (self.aborted or (not self.ledger and now >= self.linger_until)):
                 break
         for identity, rid in self.parked.keys():  # let parked workers move on at once
             self._send(identity, p.NoJob(rid=rid))
@@ -863,8 +864,11 @@ class _OfferLoop:
             self.store.release(job_id, lease_id)
 
     def _cancel(self, job_id: int) -> None:
-        if self.ledger.cancel(job_id) is not None:
+        was = self.ledger.cancel(job_id)
+        if was is not None:
             self.store.finish(job_id, "cancelled", b"", time.time())
+        if was is JobState.LEASED:  # its worker learns at its next BEAT: let that come first
+            self.linger_until = time.monotonic() + self.ledger.lease_s / 2
         future = self._forget(job_id)
         if future is not None and future.cancelled():
             # as ThreadPoolExecutor does: wakes concurrent.futures.wait() and as_completed()
