@@ -5,6 +5,7 @@ s4 and chaos. Every claim is checked from the run's event records (events.jsonl)
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -293,6 +294,21 @@ def test_loopback_run_end_to_end(tmp_path):
     report = report_or_none(result.run_dir)
     if report is not None:
         assert report["jobs_completed"] == 40 and report["jobs_lost"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_cli_run_with_the_default_relative_out_dir(tmp_path):
+    """`freelance-lab run FILE --loopback` from any directory, with the default --out
+    (relative: lab-runs), as the README and docs/lab.md show it."""
+    (tmp_path / "tiny.toml").write_text(SMALL.replace("count = 40", "count = 5").split("[[events]]")[0])
+    done = subprocess.run(
+        [sys.executable, "-m", "freelance_rz.lab.cli", "run", "tiny.toml", "--loopback"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=80,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = (tmp_path / "lab-runs").glob("small-*")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["jobs_completed"] == 5 and report["jobs_lost"] == 0
 
 
 LOOPBACK_LIMITS = """

@@ -186,7 +186,8 @@ class LabRun:
     def _make_run_dir(self) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i in itertools.count():
-            path = self.out_dir / f"{self.scenario.name}-{stamp}{'' if i == 0 else f'-{i}'}"
+            # absolute: peers run with the run directory as their working directory
+            path = self.out_dir.resolve() / f"{self.scenario.name}-{stamp}{'' if i == 0 else f'-{i}'}"
             try:
                 path.mkdir(parents=True)
                 return path
