@@ -870,6 +870,25 @@ def test_restore_keeps_attempt_and_accepts_a_result_under_an_earlier_lease():
     assert ledger.beat("w", [lease.lease_id], 0.5) == [lease.lease_id]  # the new lease is void
 
 
+def test_a_heartbeat_under_a_restored_lease_takes_the_job_back():
+    """After a durable restart, the worker still running a job beats under its old lease:
+    the job becomes leased to it again (not run twice); once only, and not for another
+    worker, nor once the job was leased anew."""
+    ledger = Ledger(lease_s=1.0, max_attempts=3)
+    ledger.restore(7, b"a", attempt=2, max_attempts=3, leases={555: "w-old"})
+    ledger.restore(8, b"b", attempt=2, max_attempts=3, leases={666: "w-old"})
+    assert ledger.beat("w-other", [555], 0.0) == [555]  # not its lease
+    assert ledger.beat("w-old", [555], 0.0) == []
+    assert ledger.state(7) is JobState.LEASED and ledger.job_of("w-old", 555) == 7
+    assert ledger.counts[JobState.PENDING] == 1 and ledger.counts[JobState.LEASED] == 1
+    assert ledger.claim("w", 0.0).job_id == 8  # job 7's queue entry is skipped
+    assert ledger.claim("w", 0.0) is None
+    assert ledger.beat("w-old", [666], 0.1) == [666]  # job 8 runs elsewhere now
+    assert sorted(e.job_id for e in ledger.expire(1.05)) == [7, 8]  # a normal lease from now on
+    assert ledger.beat("w-old", [555], 1.1) == [555]  # taken back once only
+    assert ledger.resolve("w-old", 7, 555, True)  # its late result still counts once
+
+
 def test_restore_refuses_bad_arguments():
     ledger = Ledger(lease_s=1.0, max_attempts=3)
     with pytest.raises(ValueError):

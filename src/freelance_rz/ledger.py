@@ -130,6 +130,7 @@ class Ledger:
         self._priorities: list[int] = []  # negated, ascending
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
+        self._restored_leases: dict[int, int] = {}  # lease id issued before a restart -> job id
         self._rng = random.Random()
         self.counts: dict[JobState, int] = {state: 0 for state in JobState}
 
@@ -235,6 +236,8 @@ class Ledger:
         job = self._jobs[job_id]
         job.attempt = attempt
         job.issued.update(leases)
+        for lease_id in leases:
+            self._restored_leases[lease_id] = job_id
 
     def claim(self, worker: Hashable, now: float) -> Lease | None:
         """Lease the job at the head of the queue to ``worker``, or None when none is pending."""
@@ -275,16 +278,34 @@ class Ledger:
 
     def beat(self, worker: Hashable, lease_ids: Iterable[int], now: float) -> list[int]:
         """Extend ``worker``'s leases to ``now + lease_s``; return the ids that are void
-        (unknown, expired, cancelled, resolved or held by another worker)."""
+        (unknown, expired, cancelled, resolved or held by another worker).
+
+        A lease issued before a restart (see :meth:`restore`) whose job is still pending is
+        taken back: the worker is still running the job, so it becomes the job's lease again
+        instead of the job running twice."""
         void = []
         for lease_id in lease_ids:
-            job = self._live(worker, lease_id)
+            job = self._live(worker, lease_id) or self._adopt(worker, lease_id, now)
             if job is None:
                 void.append(lease_id)
             else:
                 self._move(job, "beat")
                 job.deadline = now + self.lease_s
         return void
+
+    def _adopt(self, worker: Hashable, lease_id: int, now: float) -> _Job | None:
+        job_id = self._restored_leases.get(lease_id)
+        job = None if job_id is None else self._jobs.get(job_id)
+        if job is None or job.state is not JobState.PENDING or job.issued.get(lease_id) != worker:
+            return None
+        del self._restored_leases[lease_id]
+        self._move(job, "claim")  # its queue entry is skipped lazily, as for a cancelled job
+        job.lease_id = lease_id
+        job.worker = worker
+        job.deadline = now + self.lease_s
+        self._lease_job[lease_id] = job.job_id
+        heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
+        return job
 
     def postpone(self, seconds: float) -> None:
         """Push every live lease's deadline ``seconds`` later: the producer itself could not
