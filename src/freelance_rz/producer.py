@@ -466,30 +466,33 @@ class Producer(Executor):
     def _run(self) -> None:
         # A secure producer has a context of its own: ZAP is served per context.
         ctx = zmq.Context.instance() if self._curve is None else zmq.Context()
-        announcer = None
         try:
             if self._curve is not None:
                 self._curve.start(ctx)
             sock = self._bind(ctx)
-            if self.announce:
-                announcer = Announcer(
-                    self.producer_id, self.group, self._endpoints, self.interfaces,
-                    store_key=self.store_key,
-                    public_key=None if self._curve is None else self._curve.keys.public,
-                )
-                announcer.start()
         except BaseException as exc:
             self._start_error = exc
-            if "sock" in locals():
-                sock.close(0)
             self._end_curve(ctx)
             if self._store is not None:
                 self._store.close()
             self._close_pipe()
             self._started.set()
             return
+        announcer, announced = None, threading.Event()
+        if self.announce:
+            announcer = Announcer(
+                self.producer_id, self.group, self._endpoints, self.interfaces,
+                store_key=self.store_key,
+                public_key=None if self._curve is None else self._curve.keys.public,
+            )
+            threading.Thread(
+                target=self._announce, args=(announcer, announced), daemon=True,
+                name=f"freelance-announce-{self.producer_id[:6]}",
+            ).start()
+        else:
+            announced.set()
+            self._started.set()
         log.info("producer %s serving on %s", self.producer_id, ", ".join(self._endpoints))
-        self._started.set()
         loop = _OfferLoop(self, sock)
         try:
             loop.run()
@@ -502,12 +505,29 @@ class Producer(Executor):
             raise
         finally:
             if announcer is not None:
+                announced.wait()
                 announcer.close()
             sock.close(LINGER_MS)
             self._end_curve(ctx)
             if self._store is not None:
                 self._store.close()
             self._close_pipe()
+
+    def _announce(self, announcer: Announcer, announced: threading.Event) -> None:
+        """Register on mDNS beside the running I/O loop: zeroconf's ``register_service``
+        returns only after its last broadcast, and workers that heard the first one are
+        already claiming. On failure the producer closes and :meth:`start` raises."""
+        try:
+            announcer.start()
+        except BaseException as exc:
+            self._start_error = exc
+            with self._lock:
+                self._shutdown = True
+                if not self._io_closed:
+                    self._put("close")
+        finally:
+            announced.set()
+            self._started.set()
 
     def _end_curve(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         if self._curve is not None:
