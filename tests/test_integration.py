@@ -687,3 +687,31 @@ def test_cancel_then_shutdown_at_once_still_aborts_the_job_on_its_worker(start_w
     wait_until(lambda: "is void at its producer; aborting it" in worker.log(), 5, "the worker was told")
     worker.signal_group(signal.SIGTERM)
     assert worker.wait(10) == 0
+
+
+def test_a_worker_that_finds_a_starting_producer_is_answered_at_once(make_producer, start_worker):
+    """Workers hear the first mDNS broadcast while the producer still sends the others: the
+    offer socket already answers their claims, so no worker thinks it unreachable."""
+    worker = start_worker("w1")
+    time.sleep(1.0)  # the worker browses before the producer exists
+    producer = make_producer()
+    wait_until(lambda: producer.producer_id in worker.log(), 10, "the worker found the producer")
+    time.sleep(3.0)  # several claim round trips with nothing to do
+    assert "unreachable" not in worker.log()
+    assert producer.submit(rztasks.add, 1, 1).result(timeout=10) == 2
+
+
+def test_close_reaches_the_workers_they_abort_its_running_jobs(start_worker, tmp_path):
+    """close() withdraws the mDNS announcement and stops answering: workers running its jobs
+    abort them at once instead of running them for nobody until --give-up-s."""
+    producer = Producer(GROUP, interfaces=["127.0.0.1"]).start()
+    worker = start_worker("w1")
+    marks = tmp_path / "marks"
+    producer.submit(rztasks.mark, str(marks), 30)
+    wait_until(marks.exists, 15, "the job started")
+    producer.close()
+    wait_until(lambda: "withdrew its announcement and stopped answering: aborting 1 running job"
+               in worker.log(), 8, "the worker aborted the closed producer's job")
+    worker.signal_group(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert "result(s) undelivered" not in worker.log()

@@ -438,19 +438,20 @@ class Worker:
         log.info("producer %s at %s", peer.key, peer.endpoint)
         self._connect(peer)
 
-    def _give_up(self, peer: _Peer) -> None:
-        """A producer unreachable for GIVE_UP_S: its leases expired there long ago (the jobs
-        are offered again), so stop its running jobs and forget the results it never took."""
+    def _give_up(self, peer: _Peer, why: str, level: int = logging.ERROR) -> None:
+        """A producer gone for good (closed, or unreachable for ``give_up_s``): its leases are
+        void or expired there (the jobs are offered again), so stop its running jobs and
+        forget the results it never took."""
         if peer.leases or peer.unacked:
-            log.error(
-                "producer %s unreachable for %.0f s: aborting %d running job(s), dropping %d "
-                "undelivered result(s)", peer.key, self.give_up_s, len(peer.leases), len(peer.unacked),
+            log.log(
+                level, "producer %s %s: aborting %d running job(s), dropping %d undelivered "
+                "result(s)", peer.key, why, len(peer.leases), len(peer.unacked),
             )
         for proc in list(peer.leases.values()):
             self._abort(proc)
         peer.unacked.clear()
         if peer.discovered:
-            log.warning("producer %s forgotten after %.0f s unreachable", peer.key, self.give_up_s)
+            log.warning("producer %s forgotten: %s", peer.key, why)
 
     def _drop_peer(self, peer: _Peer) -> None:
         self._close_sock(peer)
@@ -504,8 +505,14 @@ class Worker:
     def _check_peer(self, peer: _Peer, now: float) -> None:
         if peer.sock is None:
             assert peer.unreachable_since is not None
-            if now - peer.unreachable_since > self.give_up_s:
-                self._give_up(peer)
+            # An mDNS goodbye and no answer: closed for good, unless a durable producer that
+            # will restart on its store and take the results (then wait up to give_up_s).
+            closed = peer.withdrawn and peer.store_key is None
+            if closed or now - peer.unreachable_since > self.give_up_s:
+                if closed:  # the producer was closed: its jobs were cancelled or failed there
+                    self._give_up(peer, "withdrew its announcement and stopped answering", logging.WARNING)
+                else:
+                    self._give_up(peer, f"unreachable for {self.give_up_s:.0f} s")
                 if peer.discovered:
                     self._drop_peer(peer)
                     return
