@@ -655,3 +655,19 @@ def test_link_cut_of_a_host_shared_by_worker_and_producer_cuts_nothing() -> None
     run.action(0.5, "link_down", "h1")
     run.execute(1.5, 1.6, key, "w2", pid=2)
     assert compute_report(spec, run.records)["duplicates_unexplained"] == 1
+
+
+def test_an_execution_that_never_finished_ends_when_its_producer_heard_of_the_job() -> None:
+    """A job killed at its time limit or crashing writes no `finished`: its bar ends when the
+    producer next recorded the job (failed, requeued, dead), not at the end of the run."""
+    run = Run()
+    key = run.submit(0.0, "p1", 1)
+    run.execute(0.1, None, key, "w1", pid=1)  # crashed
+    run.producer(0.4, "requeued", "p1", job_id=1, attempt=2)
+    run.execute(0.5, None, key, "w1", pid=2)  # killed at its time limit
+    run.producer(1.0, "failed", "p1", job_id=1)
+    run.resolve(1.0, "p1", 1, "JobTimeout")
+    run.action(9.0, "sigkill", "w2")  # the run goes on long after
+    runs = sorted(compute_timeline(scenario(), run.records).executions, key=lambda r: r.start)
+    assert [r.stopped_at - T0 for r in runs] == pytest.approx([0.4, 1.0])
+    assert [r.until(T0 + 99) - T0 for r in runs] == pytest.approx([0.4, 1.0])

@@ -36,7 +36,7 @@ def _rows(executions: list[Execution]) -> dict[str, list[tuple[int, Execution]]]
     out: dict[str, list[tuple[int, Execution]]] = defaultdict(list)
     ends: dict[str, list[float]] = defaultdict(list)  # per worker, per row: when it frees up
     for run in sorted(executions, key=lambda r: r.start):
-        end = run.end if run.end is not None else (run.cut_at if run.cut_at is not None else math.inf)
+        end = run.until(math.inf)
         rows = ends[run.worker]
         row = next((i for i, free_at in enumerate(rows) if free_at <= run.start), len(rows))
         if row == len(rows):
@@ -98,7 +98,7 @@ def plot_timeline(scenario: dict[str, Any], records: list[dict[str, Any]], path:
         size = 0.8 / (max(row for row, _ in runs) + 1)  # several slots: a thin row per concurrent run
         for row, run in runs:
             cut = run.end is None
-            end = run.end if run.end is not None else (run.cut_at if run.cut_at is not None else t_end)
+            end = run.until(t_end)
             width = max(end - run.start, 0.002)  # a visible sliver for very short jobs
             band = (lane[worker] - 0.4 + row * size, size * 0.9)
             bars[(run.producer or "", cut, band)].append((run.start - t0, width))

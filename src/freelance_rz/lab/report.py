@@ -84,6 +84,15 @@ class Execution:
     end: float | None = None
     producer: str | None = None
     cut_at: float | None = None  # the first kill/cut of this execution, if any
+    stopped_at: float | None = None  # unfinished: when its producer next heard of the job
+
+    def until(self, default: float) -> float:
+        """When the execution ended, was cut off, or (it never finished: a time limit, a
+        crash) its producer next heard of the job; ``default`` when none is known."""
+        for t in (self.end, self.cut_at, self.stopped_at):
+            if t is not None:
+                return t
+        return default
 
 
 # --------------------------------------------------------------------------- helpers
@@ -274,7 +283,12 @@ def _build_jobs(world: _World, records: list[dict[str, Any]]) -> dict[tuple[str,
     return {ident: job for ident, job in jobs.items() if job.submitted_t is not None}
 
 
-def _build_executions(world: _World, records: list[dict[str, Any]], producer_of: dict[str, str]) -> list[Execution]:
+def _build_executions(world: _World, records: list[dict[str, Any]], jobs: list[Job]) -> list[Execution]:
+    producer_of = {job.key: job.producer for job in jobs if job.key is not None}
+    ends_of: dict[str, list[float]] = defaultdict(list)  # key -> producer-side end steps
+    for job in jobs:
+        if job.key is not None:
+            ends_of[job.key].extend(t for t, _ in job.ends)
     executions: list[Execution] = []
     open_runs: dict[tuple[str, str, Any], Execution] = {}
     for rec in records:
@@ -293,6 +307,8 @@ def _build_executions(world: _World, records: list[dict[str, Any]], producer_of:
                 ended.end = rec["t"]
     for run in executions:
         run.cut_at = world.cut_at(run)
+        if run.end is None:
+            run.stopped_at = min((t for t in ends_of[run.key] if t >= run.start), default=None)
     return executions
 
 
@@ -456,9 +472,8 @@ def compute_timeline(scenario: dict[str, Any], records: list[dict[str, Any]]) ->
     """The :class:`Timeline` of a run (pure)."""
     records = _sorted_records(records)
     world = _World(scenario, records)
-    jobs = _build_jobs(world, records).values()
-    producer_of = {job.key: job.producer for job in jobs if job.key is not None}
-    executions = _build_executions(world, records, producer_of)
+    jobs = list(_build_jobs(world, records).values())
+    executions = _build_executions(world, records, jobs)
     return Timeline(
         t0=_run_start(records),
         t_first=records[0]["t"] if records else 0.0,
@@ -524,8 +539,7 @@ def compute_report(scenario: dict[str, Any], records: list[dict[str, Any]]) -> d
     t0 = _run_start(records)
     world = _World(scenario, records)
     jobs = list(_build_jobs(world, records).values())
-    producer_of = {job.key: job.producer for job in jobs if job.key is not None}
-    executions = _build_executions(world, records, producer_of)
+    executions = _build_executions(world, records, jobs)
 
     counts = {"completed": 0, "failed": 0, "dead": 0, "cancelled": 0, "lost": 0, "abandoned": 0}
     per_producer: dict[str, dict[str, Any]] = {
