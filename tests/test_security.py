@@ -129,18 +129,22 @@ def secure_producer(make_producer, keys: Keys, name: str, *workers: str) -> Prod
 
 
 def test_authorised_worker_runs_jobs_and_an_unauthorised_one_cannot_claim(
-    make_producer, start_worker, keys
+    make_producer, start_worker, keys, caplog
 ):
+    caplog.set_level("WARNING", logger="freelance_rz.security")
     producer = secure_producer(make_producer, keys, "prod", "good")
     rogue = start_worker(
         "rogue", "--key", str(keys.pair("rogue")), "--trust", str(keys.trust("rogue", "prod"))
     )
     future = producer.submit(rztasks.whoami)
-    wait_for_log(rogue, "refused this worker's key", 10)
+    wait_for_log(rogue, f"refused this worker's key: copy {keys.root / 'rogue.key'} into", 10)
     assert not future.done() and producer.status()["leased"] == 0
     start_worker("good", "--key", str(keys.pair("good")), "--trust", str(keys.trust("good", "prod")))
     assert future.result(timeout=15)["worker"] == "good"
     assert "rogue" not in {w["id"].split("-")[0] for w in producer.status()["worker_list"]}
+    rogue_key = load_keypair(keys.pair("rogue")).public.decode()
+    refusals = [r.getMessage() for r in caplog.records if "refused a client" in r.getMessage()]
+    assert len(refusals) == 1 and rogue_key in refusals[0]  # once, however often it retries
 
 
 def test_plain_client_gets_nothing_from_a_secure_producer(make_producer, keys):
@@ -249,3 +253,20 @@ def test_worker_drops_a_job_over_its_limit_and_survives(make_producer, start_wor
         producer.submit(rztasks.echo, b"x" * 500_000).result(timeout=30)
     assert producer.submit(rztasks.add, 2, 2).result(timeout=15) == 4
     assert worker.proc.poll() is None
+
+
+def test_freelance_status_says_why_it_skips_a_producer():
+    from freelance_rz.security import KeyPair
+    from freelance_rz.status import vet_producers
+
+    mine, other = zmq.curve_keypair()[0], zmq.curve_keypair()[0]
+    found = [("tcp://a:1", None), ("tcp://b:1", mine), ("tcp://c:1", other)]
+    usable, refused = vet_producers(found, None, None)
+    assert usable == [("tcp://a:1", None)]
+    assert [r["error"] for r in refused] == ["requires CURVE keys: give --key and --trust"] * 2
+    usable, refused = vet_producers(found, KeyPair(b"p", b"s"), frozenset({mine}))
+    assert usable == [("tcp://b:1", mine)]
+    assert [(r["endpoint"], r["error"]) for r in refused] == [
+        ("tcp://a:1", "has no CURVE key (this command has --key)"),
+        ("tcp://c:1", "its public key is not in --trust"),
+    ]

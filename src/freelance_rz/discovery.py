@@ -50,17 +50,19 @@ def resolve_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
     """
     if isinstance(interfaces, str):
         raise ValueError(f"interfaces must be a list of IPv4 addresses, e.g. [{interfaces!r}]")
+    source = "interface"
     if interfaces is None:
         env = os.environ.get(ENV_INTERFACES, "").strip()
         if not env:
             return None
         interfaces = [part.strip() for part in env.split(",") if part.strip()]
+        source = f"${ENV_INTERFACES} entry"
     result = []
     for address in interfaces:
         try:
             result.append(str(ipaddress.IPv4Address(address)))
         except ValueError:
-            raise ValueError(f"interface {address!r} is not an IPv4 address") from None
+            raise ValueError(f"{source} {address!r} is not an IPv4 address") from None
     if not result:
         raise ValueError("interfaces must name at least one IPv4 address (or be None for all)")
     return result

@@ -30,10 +30,12 @@ log = logging.getLogger("freelance_rz.security")
 
 @dataclass(frozen=True, slots=True)
 class KeyPair:
-    """A CURVE key pair, both keys Z85-encoded (40 bytes each)."""
+    """A CURVE key pair, both keys Z85-encoded (40 bytes each); ``public_file`` names the
+    ``NAME.key`` file to share (for messages)."""
 
     public: bytes
     secret: bytes
+    public_file: str = "NAME.key"
 
 
 def generate_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
@@ -82,7 +84,7 @@ def load_keypair(path: str | os.PathLike[str]) -> KeyPair:
             f"{source} holds only a public key; give the NAME.key_secret file "
             "(made by `freelance-keys generate NAME`)"
         )
-    return KeyPair(public, secret)
+    return KeyPair(public, secret, str(source.with_suffix(".key")))
 
 
 def load_public_keys(directory: str | os.PathLike[str]) -> frozenset[bytes]:
@@ -141,9 +143,7 @@ class CurveServer:
 
     def start(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         """Serve ZAP requests of ``ctx`` (a context of the producer's own) on a thread."""
-        self._auth = zmq.auth.thread.ThreadAuthenticator(
-            ctx, log=logging.getLogger("freelance_rz.security.zap")
-        )
+        self._auth = zmq.auth.thread.ThreadAuthenticator(ctx, log=_ZapLog())
         self._auth.start()
         self._auth.configure_curve(domain="*", location=self.authorized)
 
@@ -160,6 +160,32 @@ class CurveServer:
             auth.stop()
 
 
+class _ZapLog:
+    """The logger given to ``zmq.auth``: it logs its decisions at debug level, but a refused
+    client key deserves a warning on the producer's side too (once per key)."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("freelance_rz.security.zap")
+        self._warned: set[str] = set()
+
+    def debug(self, msg: str, *args: object) -> None:
+        text = msg % args if args else msg
+        if text.startswith("DENIED") and text not in self._warned:
+            self._warned.add(text)
+            log.warning("refused a client: %s (its public key is not in authorized_workers)", text)
+        else:
+            self._log.debug(text)
+
+    def info(self, msg: str, *args: object) -> None:
+        self._log.info(msg, *args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self._log.warning(msg, *args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self._log.error(msg, *args)
+
+
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -167,9 +193,10 @@ HANDSHAKE_EVENTS = (
 )
 
 
-def handshake_failure(monitor: zmq.Socket[bytes], secure: bool) -> str | None:
+def handshake_failure(monitor: zmq.Socket[bytes], keys: KeyPair | None) -> str | None:
     """Drain a socket monitor (made with :data:`HANDSHAKE_EVENTS`); explain the last failed
-    handshake in words an operator can act on, or None when there was none."""
+    handshake in words an operator can act on, or None when there was none. ``keys``: this
+    side's key pair, None without CURVE."""
     from zmq.utils.monitor import recv_monitor_message
 
     event = None
@@ -181,9 +208,10 @@ def handshake_failure(monitor: zmq.Socket[bytes], secure: bool) -> str | None:
     if event is None:
         return None
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return ("it refused this worker's key: copy the worker's NAME.key into the producer's "
-                "authorized_workers directory")
-    if secure:
+        key_file = keys.public_file if keys is not None else "NAME.key"
+        return (f"it refused this worker's key: copy {key_file} into the producer's "
+                "authorized_workers directory and restart the producer")
+    if keys is not None:
         return ("the CURVE handshake failed: the producer does not use CURVE, or not the key "
                 "this worker trusts for it")
     return ("the handshake failed: the producer probably requires CURVE keys (start the "

@@ -30,13 +30,19 @@ def task_name(fn: Callable[..., Any] | str) -> str:
     """The wire name of a task: a module-level function, or a ``"module:function"`` string.
 
     Raises:
-        ValueError: a lambda, nested function, method, a function of ``__main__`` (workers
-            cannot import the app's main script), or a malformed string.
+        ValueError: a lambda, nested function, method, builtin or other non-function callable,
+            a function of ``__main__`` (workers cannot import the app's main script), or a
+            malformed string.
         TypeError: ``fn`` is neither callable nor a string.
     """
     if isinstance(fn, str):
         name = fn
     elif callable(fn):
+        if not inspect.isfunction(fn):  # workers run only functions defined in --tasks modules
+            raise ValueError(
+                f"{fn!r} is not a Python function (a builtin, class or callable object): "
+                "wrap it in a function of a task module"
+            )
         module = getattr(fn, "__module__", None)
         qualname = getattr(fn, "__qualname__", None)
         if not module or not qualname:

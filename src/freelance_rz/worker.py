@@ -163,7 +163,11 @@ class Worker:
         if not tasks:
             raise ValueError("a worker needs at least one --tasks module")
         for module in tasks:
-            if importlib.util.find_spec(module) is None:
+            try:
+                found = importlib.util.find_spec(module)
+            except ImportError:  # "a.b" where "a" is missing or not a package
+                found = None
+            if found is None:
                 raise ModuleNotFoundError(f"--tasks module {module!r} not found", name=module)
         if not give_up_s > 0:
             raise ValueError(f"give_up_s must be > 0 seconds, got {give_up_s!r}")
@@ -418,8 +422,8 @@ class Worker:
         if announcement.public_key is None:
             return "it has no CURVE key, and this worker (--key) serves only producers with one"
         if announcement.public_key not in self._trusted:
-            return (f"its public key {announcement.public_key.decode()} is not in --trust "
-                    "(copy its NAME.key there to serve it)")
+            return (f"its public key is not in --trust (public-key = \"{announcement.public_key.decode()}\"; "
+                    "to serve it, copy the producer's NAME.key file, which holds that line, there)")
         return None
 
     def _hand_over(self, old: _Peer, new: _Peer) -> None:
@@ -486,8 +490,7 @@ class Worker:
             peer.sock = None
 
     def _unreachable(self, peer: _Peer, now: float, why: str) -> None:
-        secure = self._keys is not None
-        failed = None if peer.monitor is None else handshake_failure(peer.monitor, secure)
+        failed = None if peer.monitor is None else handshake_failure(peer.monitor, self._keys)
         if peer.unreachable_since is None:
             peer.unreachable_since = now
             if failed is not None:  # a refused key or mismatched settings: never a silent hang
@@ -638,7 +641,10 @@ class Worker:
             for lease_id in msg.void:
                 proc = peer.leases.get(lease_id)
                 if proc is not None:
-                    log.warning("lease of job %d is void at its producer; aborting it", self._running[proc].job_id)
+                    log.warning(
+                        "job %d was cancelled by its producer (or re-offered to another "
+                        "worker); aborting it", self._running[proc].job_id,
+                    )
                     self._abort(proc)
         elif isinstance(msg, p.Err):
             log.error("producer %s refused %s: %s", peer.key, expected and expected[0], msg.message)
