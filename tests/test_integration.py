@@ -75,6 +75,8 @@ def test_bad_submit_arguments_fail_at_submit(make_producer):
         producer.submit("not a task name")
     with pytest.raises(ValueError, match="leading underscore"):
         producer.submit("rztasks:_private")
+    with pytest.raises(ValueError, match="not a Python function"):
+        producer.submit(len, [1])  # a builtin: no worker would run it
     small = make_producer(announce=False, max_payload_bytes=1000)
     with pytest.raises(ValueError, match="max_payload_bytes"):
         small.submit(rztasks.echo, b"x" * 1000)
@@ -323,6 +325,9 @@ def test_worker_cli_errors(tmp_path):
     )
     missing = run("--discover", "--tasks", "no_such_module_xyz")
     assert missing.returncode == 2 and "no_such_module_xyz" in missing.stderr
+    for dotted in ("rztasks.nosuch", "no_such_pkg.mod"):
+        nested = run("--discover", "--tasks", dotted)
+        assert nested.returncode == 2 and f"--tasks module '{dotted}' not found" in nested.stderr
     neither = run("--tasks", "rztasks")
     assert neither.returncode == 2 and "--discover" in neither.stderr
     for endpoint in ("tcp://127.0.0.1", "tcp://127.0.0.1:99999", "ipc://x"):
@@ -684,7 +689,7 @@ def test_cancel_then_shutdown_at_once_still_aborts_the_job_on_its_worker(start_w
     wait_until(marks.exists, 15, "the job started")
     assert future.cancel()
     producer.shutdown(wait=True)
-    wait_until(lambda: "is void at its producer; aborting it" in worker.log(), 5, "the worker was told")
+    wait_until(lambda: "was cancelled by its producer" in worker.log(), 5, "the worker was told")
     worker.signal_group(signal.SIGTERM)
     assert worker.wait(10) == 0
 
@@ -715,3 +720,61 @@ def test_close_reaches_the_workers_they_abort_its_running_jobs(start_worker, tmp
     worker.signal_group(signal.SIGTERM)
     assert worker.wait(10) == 0
     assert "result(s) undelivered" not in worker.log()
+
+
+def test_freelance_status_watch_into_a_pipe_prints_every_refresh(make_producer):
+    """Not a terminal (a pipe, a file): one table per refresh, not a live display that only
+    shows at exit; and --discover that finds nothing says so."""
+    import subprocess
+    import sys
+
+    producer = make_producer()
+    code = "import sys; from freelance_rz.cli import status_main; sys.exit(status_main())"
+    try:
+        subprocess.run(
+            [sys.executable, "-c", code, "--connect", producer.endpoint, "--watch", "--interval", "0.3"],
+            capture_output=True, text=True, timeout=3,
+        )
+    except subprocess.TimeoutExpired as stopped:
+        out = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else stopped.stdout or ""
+    else:
+        raise AssertionError("--watch ended by itself")
+    assert out.count("freelance_rz producers (1)") >= 3 and producer.producer_id in out
+    nobody = subprocess.run(
+        [sys.executable, "-c", code, "--discover", "--group", f"{GROUP}-nobody", "--wait", "0.5"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert nobody.returncode == 0 and "no producer of group" in nobody.stderr
+
+
+def test_async_with_starts_and_shuts_down_off_the_event_loop(start_worker):
+    import asyncio
+
+    start_worker("w1")
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick = asyncio.create_task(ticker())
+        async with Producer(GROUP, interfaces=["127.0.0.1"]) as producer:  # ~1.5 s of mDNS probing
+            started_ticks = ticks
+            result = await producer.submit_async(rztasks.add, 20, 22)
+            later = producer.submit(rztasks.whoami, 0.3)
+        tick.cancel()
+        return result, later.done(), started_ticks
+
+    result, later_done, started_ticks = asyncio.run(asyncio.wait_for(main(), 30))
+    assert result == 42 and later_done  # leaving the block waited for the job
+    assert started_ticks >= 20  # the event loop ran while the producer started
+
+
+def test_a_bad_interfaces_variable_is_named(monkeypatch):
+    monkeypatch.setenv("FREELANCE_RZ_INTERFACES", "garbage")
+    with pytest.raises(ValueError, match=r"\$FREELANCE_RZ_INTERFACES entry 'garbage'"):
+        Producer(GROUP)

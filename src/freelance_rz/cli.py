@@ -184,7 +184,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
 
     from .discovery import resolve_interfaces
     from .security import check_pair, load_keypair, load_public_keys
-    from .status import ProducerFinder, query_status
+    from .status import ProducerFinder, query_status, vet_producers
 
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
     try:
@@ -204,28 +204,38 @@ def status_main(argv: Sequence[str] | None = None) -> int:
 
             def snapshot() -> list[dict[str, Any]]:
                 if args.discover:
-                    found = finder.producers()
-                    if trusted is not None:  # as a worker would: only producers it trusts
-                        found = [(ep, pk) for ep, pk in found if pk in trusted]
-                    endpoints, server_keys = [ep for ep, _ in found], [pk for _, pk in found]
-                else:
-                    endpoints = list(args.connect)
-                    server_keys = [next(iter(trusted))] * len(endpoints) if trusted else []
-                return query_status(endpoints, keys=keys, server_keys=server_keys)
+                    usable, refused = vet_producers(finder.producers(), keys, trusted)
+                    endpoints, server_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
+                    return query_status(endpoints, keys=keys, server_keys=server_keys) + refused
+                server_keys = [next(iter(trusted))] * len(args.connect) if trusted else []
+                rows = query_status(args.connect, keys=keys, server_keys=server_keys)
+                for row in rows:
+                    if keys is None and row.get("error", "").startswith("no answer"):
+                        row["error"] += " (a producer that requires CURVE keys needs --key and --trust)"
+                return rows
 
             rows = snapshot()
+            if args.discover and not rows:
+                print(f"freelance-status: no producer of group {args.group!r} found within "
+                      f"{args.wait:g} s (--wait)", file=sys.stderr)
             if not args.watch:
                 if args.json:
                     print(json.dumps(rows))
                 else:
                     console.print(_status_view(rows))
                 return 1 if any("error" in row for row in rows) else 0
-            live = None if args.json else stack.enter_context(Live(_status_view(rows), console=console))
+            # A live table on a terminal; elsewhere (a pipe, a file) one table or line per refresh.
+            live = None
+            if not args.json and console.is_terminal:
+                live = stack.enter_context(Live(_status_view(rows), console=console))
             while True:
-                if live is None:
+                if live is not None:
+                    live.update(_status_view(rows))
+                elif args.json:
                     print(json.dumps(rows), flush=True)
                 else:
-                    live.update(_status_view(rows))
+                    console.print(_status_view(rows))
+                    sys.stdout.flush()
                 time.sleep(args.interval)
                 rows = snapshot()
     except KeyboardInterrupt:

@@ -269,6 +269,17 @@ class Producer(Executor):
     def __enter__(self) -> Producer:
         return self.start()
 
+    async def __aenter__(self) -> Producer:
+        """``async with Producer(...) as producer:`` starts it (about 1.5 s of mDNS probing)
+        on a thread, never blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.start)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """As leaving a ``with`` block (waits for every job; closes at once when left by a
+        cancellation, Ctrl-C or ``sys.exit()``), on a thread, never blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.__exit__, exc_type, *exc_info)
+
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         """Leaving a ``with`` block waits for every job (``shutdown(wait=True)``, as for any
         Executor), unless it is left by Ctrl-C or ``sys.exit()``: then :meth:`close` stops

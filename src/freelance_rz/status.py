@@ -74,6 +74,26 @@ def query_status(
     ]
 
 
+def vet_producers(
+    found: Sequence[tuple[str, bytes | None]], keys: KeyPair | None,
+    trusted: frozenset[bytes] | None,
+) -> tuple[list[tuple[str, bytes | None]], list[dict[str, Any]]]:
+    """Split announced producers ``(endpoint, public key or None)`` into those this client
+    can talk to with its CURVE settings, and rows (``endpoint``, ``error``) saying why not
+    for the others, as a worker with the same settings would refuse them."""
+    usable, refused = [], []
+    for endpoint, public_key in found:
+        if keys is None and public_key is not None:
+            refused.append({"endpoint": endpoint, "error": "requires CURVE keys: give --key and --trust"})
+        elif keys is not None and public_key is None:
+            refused.append({"endpoint": endpoint, "error": "has no CURVE key (this command has --key)"})
+        elif trusted is not None and public_key not in trusted:
+            refused.append({"endpoint": endpoint, "error": "its public key is not in --trust"})
+        else:
+            usable.append((endpoint, public_key))
+    return usable, refused
+
+
 class ProducerFinder:
     """Keeps the endpoints of the producers of one group seen on mDNS (a thin layer over
     :class:`~freelance_rz.discovery.Browser`). Use as a context manager."""
