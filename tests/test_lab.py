@@ -426,6 +426,50 @@ target = "h1"
     assert_cleaned_up(result, recs)
 
 
+LATE_FIND = """
+name = "latefind"
+duration_s = 60
+hosts = ["h1", "h2", "h3"]
+[[producers]]
+name = "p1"
+host = "h1"
+jobs = [{ count = 20, task = "work", seconds = 0.05, at_s = 1.5 }]
+[[workers]]
+name = "w1"
+host = "h2"
+[[workers]]
+name = "w2"
+host = "h3"
+start_s = 2.0
+[[events]]
+at_s = 0.5
+action = "link_down"
+target = "h1"
+[[events]]
+at_s = 1.0
+action = "sigterm"
+target = "w1"
+[[events]]
+at_s = 20.0
+action = "link_up"
+target = "h1"
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_started_during_an_outage_finds_the_producer_when_it_returns(namespaces, tmp_path):
+    """w2 starts while p1's host is cut off, so it never hears p1's announcements, and its
+    first queries (python-zeroconf sends 4, the last 14 s after the first) are over before the
+    link is back: it must keep asking now and then, and find p1 soon after link_up."""
+    result, recs = run_toml(LATE_FIND, tmp_path)
+    assert result.mode == "netns" and result.ended == "drained"
+    back = action_t(recs, "link_up", "h1")
+    found = [r["t"] for r in recs if r["kind"] == "found" and r["peer"] == "w2"]
+    assert found and found[0] > back and found[0] - back < 15, (found, back)
+    assert_every_job_resolved_ok_once(recs, {"p1": 20})
+    assert_cleaned_up(result, recs)
+
+
 @pytest.mark.timeout(150)
 def test_c5_producer_sigkilled_then_restarted(namespaces, tmp_path):
     """C5 with a dead process: p1 (durable) is SIGKILLed; both workers stop waiting on it

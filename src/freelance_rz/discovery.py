@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,10 @@ log = logging.getLogger("freelance_rz.discovery")
 SERVICE_TYPE = "_freelance-rz._tcp.local."
 ENV_INTERFACES = "FREELANCE_RZ_INTERFACES"
 RESOLVE_TIMEOUT_MS = 3000  # how long to wait for a service's SRV/TXT after its PTR appears
+# python-zeroconf queries 4 times in the first 14 s, then only to refresh records it knows, so a
+# producer whose announcements were lost (its link was down) would stay unknown. A new query
+# series this often (with known answers: known producers stay silent) finds it.
+REBROWSE_S = 10.0
 
 
 def resolve_interfaces(interfaces: Sequence[str] | None) -> list[str] | None:
@@ -186,19 +191,41 @@ class Browser:
         self._on_gone = on_gone
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
+        self._closed = threading.Event()
+        self._rebrowser: threading.Thread | None = None
 
     def start(self) -> None:
         """Start browsing (returns at once). Raises OSError on socket errors."""
         self._zc = _zeroconf(self._interfaces)
+        self._browser = self._new_browser(self._zc)
+        self._rebrowser = threading.Thread(
+            target=self._rebrowse, name="freelance-rebrowse", daemon=True
+        )
+        self._rebrowser.start()
+
+    def _new_browser(self, zc: Zeroconf) -> ServiceBrowser:
         # QM (multicast replies): a QU query's unicast reply goes to port 5353 on this host,
         # which every zeroconf socket here shares, so it can land in another process and the
         # producer is only found by the next query a second later (C2 needs < 1 s).
-        self._browser = ServiceBrowser(
-            self._zc, SERVICE_TYPE, handlers=[self._handle], question_type=DNSQuestionType.QM
+        return ServiceBrowser(
+            zc, SERVICE_TYPE, handlers=[self._handle], question_type=DNSQuestionType.QM
         )
+
+    def _rebrowse(self) -> None:
+        """Start a new query series every REBROWSE_S (see there); announcements already
+        known come again to ``on_found``, which callers treat as updates."""
+        while not self._closed.wait(REBROWSE_S):
+            zc, old = self._zc, self._browser
+            if zc is None or old is None:
+                return
+            self._browser = self._new_browser(zc)
+            old.cancel()
 
     def close(self) -> None:
         """Stop browsing. Safe to call twice."""
+        self._closed.set()
+        if self._rebrowser is not None:
+            self._rebrowser.join()
         browser, self._browser = self._browser, None
         zc, self._zc = self._zc, None
         if browser is not None:
