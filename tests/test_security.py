@@ -208,8 +208,12 @@ def test_freelance_status_with_keys(make_producer, start_worker, keys):
     assert found.returncode == 0, found.stderr
     assert [row["producer_id"] for row in json.loads(found.stdout)] == [producer.producer_id]
     assert status("--connect", producer.endpoint, *ops).returncode == 0
-    refused = status("--connect", producer.endpoint)  # no key: no answer, said so
-    assert refused.returncode == 1 and "no answer" in refused.stdout
+    keyless = status("--connect", producer.endpoint)  # no key: said so
+    assert keyless.returncode == 1 and "probably requires CURVE keys" in keyless.stdout
+    stranger = ["--key", str(keys.pair("stranger")), "--trust", str(keys.trust("stranger", "prod"))]
+    refused = status("--connect", producer.endpoint, *stranger)
+    assert refused.returncode == 1
+    assert f"refused this command's key: copy {keys.root / 'stranger.key'}" in refused.stdout
 
 
 # --- size limits ----------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _add_producer_source(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trust", metavar="DIR",
-        help="CURVE: directory of the public keys (NAME.key) of the producers to serve",
+        help="CURVE: directory of the public keys (NAME.key) of the producers to trust",
     )
 
 

@@ -169,6 +169,7 @@ class _ZapLog:
         self._warned: set[str] = set()
 
     def debug(self, msg: str, *args: object) -> None:
+        args = tuple(a.decode(errors="replace") if isinstance(a, bytes) else a for a in args)
         text = msg % args if args else msg
         if text.startswith("DENIED") and text not in self._warned:
             self._warned.add(text)
@@ -193,10 +194,12 @@ HANDSHAKE_EVENTS = (
 )
 
 
-def handshake_failure(monitor: zmq.Socket[bytes], keys: KeyPair | None) -> str | None:
+def handshake_failure(
+    monitor: zmq.Socket[bytes], keys: KeyPair | None, who: str = "this worker"
+) -> str | None:
     """Drain a socket monitor (made with :data:`HANDSHAKE_EVENTS`); explain the last failed
     handshake in words an operator can act on, or None when there was none. ``keys``: this
-    side's key pair, None without CURVE."""
+    side's key pair, None without CURVE; ``who``: this side, for the message."""
     from zmq.utils.monitor import recv_monitor_message
 
     event = None
@@ -209,10 +212,9 @@ def handshake_failure(monitor: zmq.Socket[bytes], keys: KeyPair | None) -> str |
         return None
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         key_file = keys.public_file if keys is not None else "NAME.key"
-        return (f"it refused this worker's key: copy {key_file} into the producer's "
+        return (f"it refused {who}'s key: copy {key_file} into the producer's "
                 "authorized_workers directory and restart the producer")
     if keys is not None:
         return ("the CURVE handshake failed: the producer does not use CURVE, or not the key "
-                "this worker trusts for it")
-    return ("the handshake failed: the producer probably requires CURVE keys (start the "
-            "worker with --key and --trust)")
+                f"{who} trusts for it")
+    return f"the handshake failed: the producer probably requires CURVE keys (start {who} with --key and --trust)"

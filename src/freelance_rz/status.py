@@ -13,7 +13,7 @@ from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint
 from .errors import ProtocolError
-from .security import KeyPair, make_curve_client
+from .security import HANDSHAKE_EVENTS, KeyPair, handshake_failure, make_curve_client
 
 STATUS_MAX_BYTES = 16 * 1024 * 1024  # a STATUS_REPLY is a few KiB; anything this big is hostile
 
@@ -38,6 +38,7 @@ def query_status(
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     poller = zmq.Poller()
     socks = []
+    monitors: list[zmq.Socket[bytes]] = []  # to explain a refused CURVE handshake
     for i, endpoint in enumerate(endpoints):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -45,6 +46,7 @@ def query_status(
         server_key = server_keys[i] if i < len(server_keys) else None
         if keys is not None and server_key is not None:
             make_curve_client(sock, keys, server_key)
+        monitors.append(sock.get_monitor_socket(HANDSHAKE_EVENTS))
         sock.connect(endpoint)
         send_frames(sock, p.encode(p.Status(rid=1)))
         poller.register(sock, zmq.POLLIN)
@@ -65,8 +67,14 @@ def query_status(
                 except ProtocolError as exc:
                     answers[sock] = {"error": f"bad reply: {exc.message}"}
                 poller.unregister(sock)
+        for sock, monitor in zip(socks, monitors, strict=True):
+            failed = None if sock in answers else handshake_failure(monitor, keys, "this command")
+            if failed is not None:
+                answers[sock] = {"error": failed}
     finally:
-        for sock in socks:
+        for sock, monitor in zip(socks, monitors, strict=True):
+            sock.disable_monitor()
+            monitor.close()
             sock.close()
     return [
         {**answers.get(sock, {"error": f"no answer within {timeout_s:g} s"}), "endpoint": endpoint}

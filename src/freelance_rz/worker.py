@@ -493,7 +493,9 @@ class Worker:
         failed = None if peer.monitor is None else handshake_failure(peer.monitor, self._keys)
         if peer.unreachable_since is None:
             peer.unreachable_since = now
-            if failed is not None:  # a refused key or mismatched settings: never a silent hang
+            if peer.withdrawn and peer.store_key is None:  # closed: _check_peer says so next
+                log.debug("producer %s withdrew its announcement and stopped answering", peer.key)
+            elif failed is not None:  # a refused key or mismatched settings: never a silent hang
                 log.error("producer %s at %s: %s; retrying with backoff", peer.key, peer.endpoint, failed)
             else:
                 log.warning("producer %s unreachable (%s); retrying with backoff", peer.key, why)

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from freelance_rz import JobEvent, Producer
+from freelance_rz import JobEvent, JobOptions, Producer
 
 from .records import ENV_EVENTS, ENV_HOST, append, read
 
@@ -156,7 +156,9 @@ class ProducerPeer:
         return 0
 
     def submit_all(self, producer: Producer, t0: float, skip: dict[str, int]) -> None:
-        """Submit every batch on schedule (``at_s``, spread over ``spread_s``), in order."""
+        """Submit every job at its time: each batch starts at its own ``at_s`` and spreads its
+        submits over ``spread_s`` (batches may overlap); keys number the jobs in batch order."""
+        plan: list[tuple[float, str, dict[str, Any], JobOptions]] = []
         n = 0
         for batch in self.spec["jobs"]:
             count = batch["count"]
@@ -164,21 +166,21 @@ class ProducerPeer:
                 timeout_s=batch["timeout_s"], max_attempts=batch["max_attempts"],
                 priority=batch["priority"] or 0,
             )
-            args: tuple[Any, ...] = (batch["seconds"],)
             for i in range(count):
                 key = f"{self.key_prefix}/{n}"
                 n += 1
-                if key in skip:
-                    continue
-                due = t0 + batch["at_s"] + batch["spread_s"] * i / count
-                delay = due - time.time()
-                if delay > 0 and self.stop.wait(delay):
-                    return
-                if self.stop.is_set():
-                    return
-                future = options.submit(f"{TASK_MODULE}:{batch['task']}", key, *args)
-                self.record("job_key", job_id=future.job_id, key=key)
-                self.watch(future, future.job_id)
+                if key not in skip:
+                    plan.append((t0 + batch["at_s"] + batch["spread_s"] * i / count, key, batch, options))
+        plan.sort(key=lambda item: item[0])  # stable: same time, batch order
+        for due, key, batch, options in plan:
+            delay = due - time.time()
+            if delay > 0 and self.stop.wait(delay):
+                return
+            if self.stop.is_set():
+                return
+            future = options.submit(f"{TASK_MODULE}:{batch['task']}", key, batch["seconds"])
+            self.record("job_key", job_id=future.job_id, key=key)
+            self.watch(future, future.job_id)
         with self._lock:
             self.all_submitted = True
         self._check_drained()
