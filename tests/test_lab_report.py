@@ -669,5 +669,20 @@ def test_an_execution_that_never_finished_ends_when_its_producer_heard_of_the_jo
     run.resolve(1.0, "p1", 1, "JobTimeout")
     run.action(9.0, "sigkill", "w2")  # the run goes on long after
     runs = sorted(compute_timeline(scenario(), run.records).executions, key=lambda r: r.start)
-    assert [r.stopped_at - T0 for r in runs] == pytest.approx([0.4, 1.0])
+    assert [r.heard_at - T0 for r in runs] == pytest.approx([0.4, 1.0])
     assert [r.until(T0 + 99) - T0 for r in runs] == pytest.approx([0.4, 1.0])
+
+
+def test_a_worker_killed_after_its_job_finished_but_before_the_result_arrived_explains_the_rerun() -> None:
+    """The task wrote `finished`, the worker was SIGKILLed before its RESULT reached the
+    producer: the result died with it, so the re-run is explained."""
+    run = Run()
+    key = run.submit(0.0, "p1", 1)
+    run.execute(0.10, 0.12, key, "w1", pid=1)
+    run.action(0.1203, "sigkill", "w1")
+    run.producer(1.1, "requeued", "p1", job_id=1, attempt=2)
+    run.execute(1.2, 1.3, key, "w2", pid=2)
+    run.producer(1.31, "done", "p1", job_id=1)
+    run.resolve(1.31, "p1", 1, "ok")
+    report = compute_report(scenario(), run.records)
+    assert report["duplicate_executions"] == 1 and report["duplicates_explained"] == 1

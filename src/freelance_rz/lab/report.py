@@ -84,12 +84,12 @@ class Execution:
     end: float | None = None
     producer: str | None = None
     cut_at: float | None = None  # the first kill/cut of this execution, if any
-    stopped_at: float | None = None  # unfinished: when its producer next heard of the job
+    heard_at: float | None = None  # when its producer next recorded a step of the job
 
     def until(self, default: float) -> float:
         """When the execution ended, was cut off, or (it never finished: a time limit, a
         crash) its producer next heard of the job; ``default`` when none is known."""
-        for t in (self.end, self.cut_at, self.stopped_at):
+        for t in (self.end, self.cut_at, self.heard_at):
             if t is not None:
                 return t
         return default
@@ -213,11 +213,14 @@ class _World:
 
     def cut_at(self, run: Execution) -> float | None:
         """When an execution was cut off, or None: the first sigkill/restart of its worker or
-        of its job's producer (or their hosts) from its start to its finish (or ever after, when
-        it never finished), or the first moment in that span when the link of the worker's
-        host or of the producer's host (when they differ) was down (the link action is written
-        just before the link goes down, so an execution may start a few ms after it)."""
-        end = math.inf if run.end is None else run.end
+        of its job's producer (or their hosts) from its start until its result reached the
+        producer (its finish or the producer's next step for the job, whichever is later; ever
+        after when neither is known: a result finished but not yet delivered dies with its
+        worker too), or the first moment in that span when the link of the worker's host or
+        of the producer's host (when they differ) was down (the link action is written just
+        before the link goes down, so an execution may start a few ms after it)."""
+        known = [t for t in (run.end, run.heard_at) if t is not None]
+        end = max(known) if known else math.inf
         hits = [k for k in self.kills(run.worker) + self.kills(run.producer) if run.start <= k <= end]
         whost, phost = self.host.get(run.worker), self.host.get(run.producer or "")
         hosts = [] if whost == phost else [whost, phost]  # on one host, no link between them
@@ -306,9 +309,8 @@ def _build_executions(world: _World, records: list[dict[str, Any]], jobs: list[J
             if ended is not None:
                 ended.end = rec["t"]
     for run in executions:
+        run.heard_at = min((t for t in ends_of[run.key] if t >= run.start), default=None)
         run.cut_at = world.cut_at(run)
-        if run.end is None:
-            run.stopped_at = min((t for t in ends_of[run.key] if t >= run.start), default=None)
     return executions
 
 
