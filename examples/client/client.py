@@ -23,13 +23,9 @@ Exit code 0 when every step behaved as described.
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import sys
 import time
 from concurrent.futures import CancelledError, as_completed
-from contextlib import ExitStack
 from pathlib import Path
 
 from freelance_rz import JobFailed, JobTimeout, Producer
@@ -37,7 +33,7 @@ from freelance_rz import JobFailed, JobTimeout, Producer
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"
 sys.path.insert(0, str(WORKER_DIR))  # tasks.py and the --spawn-workers helper live there
 import tasks  # noqa: E402  (the same module the workers run with --tasks tasks)
-from spawn import spawned_workers  # noqa: E402
+from spawn import example_args, example_workers  # noqa: E402
 
 WAIT_S = 30.0  # longest wait for any one result (a worker may still be starting)
 RECORDS = ["Ada, 36", "Grace, 45", "Linus", "Margaret, 33", "Ken, forty"]
@@ -126,38 +122,9 @@ def tour(producer: Producer) -> int:
     return 0 if all(ok) else 1
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--spawn-workers", type=int, default=0, metavar="N",
-        help="start N workers for this run and stop them at the end (default: use yours)",
-    )
-    parser.add_argument(
-        "--group", help="producer group (default: 'examples'; with --spawn-workers, a group "
-        "of this run's own)",
-    )
-    parser.add_argument(
-        "--interface", action="append", metavar="IP",
-        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES, else "
-        "127.0.0.1)",
-    )
-    args = parser.parse_args(argv)
-    if args.group is None:
-        args.group = f"examples-client-{os.getpid()}" if args.spawn_workers else "examples"
-    if args.interface is None:
-        env = os.environ.get("FREELANCE_RZ_INTERFACES", "")
-        args.interface = [part.strip() for part in env.split(",") if part.strip()] or ["127.0.0.1"]
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind like Ctrl-C
-    with ExitStack() as stack:
-        if args.spawn_workers:
-            stack.enter_context(spawned_workers(args.spawn_workers, args.group, args.interface))
-        else:
-            print(f"using your workers of group {args.group!r} (see examples/worker/README.md)")
+    args = example_args(argv, __doc__, "client")
+    with example_workers(args):
         with Producer(args.group, interfaces=args.interface) as producer:
             try:
                 return tour(producer)

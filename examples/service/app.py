@@ -19,20 +19,16 @@ otherwise. Exit code 0 when every request got its answer.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import os
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 
 from freelance_rz import JobFailed, JobLost, Producer
 
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"
 sys.path.insert(0, str(WORKER_DIR))  # the --spawn-workers helper lives beside tasks.py
-from spawn import spawned_workers  # noqa: E402
+from spawn import example_args, example_workers  # noqa: E402
 
 RESULT_TIMEOUT_S = 30.0  # how long a request waits for its job before giving up
 DOCUMENTS = {
@@ -90,39 +86,9 @@ def serve(producer: Producer) -> int:
     return 1 if any(": error" in answer for answer in answers) else 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--spawn-workers", type=int, default=0, metavar="N",
-        help="start N workers for this run and stop them at the end (default: use yours)",
-    )
-    parser.add_argument(
-        "--group", help="producer group (default: 'examples'; with --spawn-workers, a group "
-        "of this run's own)",
-    )
-    parser.add_argument(
-        "--interface", action="append", metavar="IP",
-        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES, else "
-        "127.0.0.1)",
-    )
-    args = parser.parse_args(argv)
-    if args.group is None:
-        args.group = f"examples-service-{os.getpid()}" if args.spawn_workers else "examples"
-    if args.interface is None:
-        env = os.environ.get("FREELANCE_RZ_INTERFACES", "")
-        args.interface = [part.strip() for part in env.split(",") if part.strip()] or ["127.0.0.1"]
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the workers we started are stopped on the way out
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with ExitStack() as stack:
-        if args.spawn_workers:
-            stack.enter_context(spawned_workers(args.spawn_workers, args.group, args.interface))
-        else:
-            print(f"using your workers of group {args.group!r} (see examples/worker/README.md)")
+    args = example_args(argv, __doc__, "service")
+    with example_workers(args):
         # `with` starts the producer (bind, mDNS announce: about 1.5 s) and, on the way out,
         # waits until every job is resolved (Executor.shutdown(wait=True))
         with Producer(args.group, interfaces=args.interface) as producer:

@@ -18,13 +18,9 @@ Exit code 0 when every request got the answer it should.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import signal
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,7 @@ from freelance_rz import JobFailed, JobLost, Producer
 
 WORKER_DIR = Path(__file__).resolve().parent.parent / "worker"
 sys.path.insert(0, str(WORKER_DIR))  # the --spawn-workers helper lives beside tasks.py
-from spawn import spawned_workers  # noqa: E402
+from spawn import example_args, example_workers  # noqa: E402
 
 JOB_DEADLINE_S = 30.0  # a request whose job takes longer is answered 504 (and its job cancelled)
 SUM_DEADLINE_S = 1.0  # the "sum" requests get less time: a slow one is cut short on purpose
@@ -147,38 +143,9 @@ async def wait_for_workers(producer: Producer, timeout_s: float) -> bool:
     return False
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--spawn-workers", type=int, default=0, metavar="N",
-        help="start N workers for this run and stop them at the end (default: use yours)",
-    )
-    parser.add_argument(
-        "--group", help="producer group (default: 'examples'; with --spawn-workers, a group "
-        "of this run's own)",
-    )
-    parser.add_argument(
-        "--interface", action="append", metavar="IP",
-        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES, else "
-        "127.0.0.1)",
-    )
-    args = parser.parse_args(argv)
-    if args.group is None:
-        args.group = f"examples-async-{os.getpid()}" if args.spawn_workers else "examples"
-    if args.interface is None:
-        env = os.environ.get("FREELANCE_RZ_INTERFACES", "")
-        args.interface = [part.strip() for part in env.split(",") if part.strip()] or ["127.0.0.1"]
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # unwind like Ctrl-C
-    with ExitStack() as stack:
-        if args.spawn_workers:
-            stack.enter_context(spawned_workers(args.spawn_workers, args.group, args.interface))
-        else:
-            print(f"using your workers of group {args.group!r} (see examples/worker/README.md)")
+    args = example_args(argv, __doc__, "async")
+    with example_workers(args):
         return asyncio.run(run(args.group, args.interface))
 
 

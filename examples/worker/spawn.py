@@ -8,6 +8,7 @@ A worker's job processes end with it. Nothing is ever signalled by name. Not par
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -62,6 +63,47 @@ def spawned_workers(
         yield procs
     finally:
         stop_workers(procs)
+
+
+def example_args(argv: list[str] | None, doc: str, name: str) -> argparse.Namespace:
+    """The options every example script takes: ``--spawn-workers N``, ``--group`` (default
+    ``examples``; with ``--spawn-workers``, ``examples-NAME-PID``, a group of the run's own)
+    and ``--interface`` (default: ``$FREELANCE_RZ_INTERFACES``, else 127.0.0.1)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument(
+        "--spawn-workers", type=int, default=0, metavar="N",
+        help="start N workers for this run and stop them at the end (default: use yours)",
+    )
+    parser.add_argument(
+        "--group", help="producer group (default: 'examples'; with --spawn-workers, a group "
+        "of this run's own)",
+    )
+    parser.add_argument(
+        "--interface", action="append", metavar="IP",
+        help="IPv4 address for mDNS (repeatable; default: $FREELANCE_RZ_INTERFACES, else "
+        "127.0.0.1)",
+    )
+    args = parser.parse_args(argv)
+    if args.group is None:
+        args.group = f"examples-{name}-{os.getpid()}" if args.spawn_workers else "examples"
+    if args.interface is None:
+        env = os.environ.get("FREELANCE_RZ_INTERFACES", "")
+        args.interface = [part.strip() for part in env.split(",") if part.strip()] or ["127.0.0.1"]
+    return args
+
+
+@contextmanager
+def example_workers(args: argparse.Namespace) -> Iterator[None]:
+    """The workers of an example run (from :func:`example_args`): spawned for the block with
+    ``--spawn-workers``, else the user's own. SIGTERM unwinds like Ctrl-C, so spawned workers
+    are stopped on the way out."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.spawn_workers:
+        with spawned_workers(args.spawn_workers, args.group, args.interface):
+            yield
+    else:
+        print(f"using your workers of group {args.group!r} (see examples/worker/README.md)")
+        yield
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
