@@ -19,6 +19,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,32 @@ def run_example(script: Path, *args: str, tmp_path: Path) -> ExampleRun:
     return run
 
 
+@contextmanager
+def two_workers(args: list[str], cwd: Path, tmp_path: Path) -> Iterator[None]:
+    """Two ``freelance-worker ARGS`` started in ``cwd`` as a user would (logs in tmp_path).
+    Leaving the block normally stops them with Ctrl-C (SIGINT), as the docs say, which must be
+    a graceful stop (exit code 0); whatever still runs at the end is SIGKILLed."""
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        for n in (1, 2):
+            with open(tmp_path / f"w{n}.log", "wb") as log:
+                workers.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "freelance-worker"), *args],
+                    cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                ))
+        yield
+        for worker in workers:
+            _killpg(worker.pid, signal.SIGINT)
+        for worker in workers:
+            assert worker.wait(15) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                _killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+
+
 def test_service_app(tmp_path):
     run = run_example(EXAMPLES / "service" / "app.py", "--spawn-workers", "2", tmp_path=tmp_path)
     assert run.returncode == 0, run
@@ -164,30 +192,13 @@ def test_workers_as_the_worker_readme_says_then_an_app_without_spawn(tmp_path):
     """examples/worker/README.md's command (with this run's group instead of 'examples'),
     then examples/service/app.py next to those workers."""
     group = f"{GROUP}-readme"
-    workers = []
-    try:
-        for n in (1, 2):
-            with open(tmp_path / f"w{n}.log", "wb") as log:
-                workers.append(subprocess.Popen(
-                    [str(Path(sys.executable).parent / "freelance-worker"), "--discover",
-                     "--tasks", "tasks", "--group", group, "--interface", "127.0.0.1"],
-                    cwd=WORKER_DIR, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                ))
+    args = ["--discover", "--tasks", "tasks", "--group", group, "--interface", "127.0.0.1"]
+    with two_workers(args, WORKER_DIR, tmp_path):
         run = run_example(EXAMPLES / "service" / "app.py", "--group", group, tmp_path=tmp_path)
         assert run.returncode == 0, run
         assert f"using your workers of group {group!r}" in run.stdout
         assert "batch: 3 lines, 14 words" in run.stdout
         assert "status: 9 jobs done, 0 failed" in run.stdout
-        for worker in workers:  # Ctrl-C, as the README says: a graceful stop
-            _killpg(worker.pid, signal.SIGINT)
-        for worker in workers:
-            assert worker.wait(15) == 0
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                _killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
 
 
 def test_task_module_runs_locally():
@@ -266,15 +277,7 @@ def test_tutorial_runs_as_written(tmp_path):
     assert command in text
     args = command.split()[1:]
     args[args.index("tutorial")] = group
-    workers = []
-    try:
-        for n in (1, 2):
-            with open(tmp_path / f"w{n}.log", "wb") as log:
-                workers.append(subprocess.Popen(
-                    [str(Path(sys.executable).parent / "freelance-worker"), *args],
-                    cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                ))
+    with two_workers(args, tmp_path, tmp_path):
         run = run_example(tmp_path / "app.py", tmp_path=tmp_path)
         assert run.returncode == 0, run
         for line in shown[1].splitlines():
@@ -284,12 +287,3 @@ def test_tutorial_runs_as_written(tmp_path):
                 assert line in run.stderr, run
             else:
                 assert line in run.stdout, f"{line!r} missing\n{run}"
-        for worker in workers:
-            _killpg(worker.pid, signal.SIGINT)
-        for worker in workers:
-            assert worker.wait(15) == 0
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                _killpg(worker.pid, signal.SIGKILL)
-                worker.wait()

@@ -25,6 +25,16 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+async def count_loop_turns(ticks: list[int]) -> None:
+    """Count turns of the running event loop (one every 10 ms) in ``ticks[0]``: few turns
+    means something blocked the loop."""
+    import asyncio
+
+    while True:
+        ticks[0] += 1
+        await asyncio.sleep(0.01)
+
+
 def results_by_worker(futures):
     return Counter(f.result()["worker"] for f in futures)
 
@@ -392,18 +402,11 @@ def test_submit_async_from_a_running_loop(make_producer, start_worker):
     start_worker("w1", "--slots", "2")
 
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        tick = asyncio.create_task(ticker())
+        ticks = [0]
+        tick = asyncio.create_task(count_loop_turns(ticks))
         results = await asyncio.gather(*(producer.submit_async(rztasks.whoami, 0.2) for _ in range(4)))
         tick.cancel()
-        return results, ticks
+        return results, ticks[0]
 
     results, ticks = asyncio.run(asyncio.wait_for(main(), 30))
     assert len(results) == 4 and all(r["worker"] == "w1" for r in results)
@@ -753,17 +756,10 @@ def test_async_with_starts_and_shuts_down_off_the_event_loop(start_worker):
     start_worker("w1")
 
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        tick = asyncio.create_task(ticker())
+        ticks = [0]
+        tick = asyncio.create_task(count_loop_turns(ticks))
         async with Producer(GROUP, interfaces=["127.0.0.1"]) as producer:  # ~1.5 s of mDNS probing
-            started_ticks = ticks
+            started_ticks = ticks[0]
             result = await producer.submit_async(rztasks.add, 20, 22)
             later = producer.submit(rztasks.whoami, 0.3)
         tick.cancel()
