@@ -98,8 +98,10 @@ class _Peer:
     unreachable_since: float | None = None  # monotonic seconds; None while it answers
 
     @property
-    def alive(self) -> bool:
-        return self.sock is not None
+    def closed(self) -> bool:
+        """It said goodbye on mDNS: once it stops answering it is gone for good, unless it is
+        a durable producer, which will restart on its store and take the results."""
+        return self.withdrawn and self.store_key is None
 
 
 @dataclass
@@ -493,7 +495,7 @@ class Worker:
         failed = None if peer.monitor is None else handshake_failure(peer.monitor, self._keys)
         if peer.unreachable_since is None:
             peer.unreachable_since = now
-            if peer.withdrawn and peer.store_key is None:  # closed: _check_peer says so next
+            if peer.closed:  # _check_peer says so next
                 log.debug("producer %s withdrew its announcement and stopped answering", peer.key)
             elif failed is not None:  # a refused key or mismatched settings: never a silent hang
                 log.error("producer %s at %s: %s; retrying with backoff", peer.key, peer.endpoint, failed)
@@ -510,11 +512,8 @@ class Worker:
     def _check_peer(self, peer: _Peer, now: float) -> None:
         if peer.sock is None:
             assert peer.unreachable_since is not None
-            # An mDNS goodbye and no answer: closed for good, unless a durable producer that
-            # will restart on its store and take the results (then wait up to give_up_s).
-            closed = peer.withdrawn and peer.store_key is None
-            if closed or now - peer.unreachable_since > self.give_up_s:
-                if closed:  # the producer was closed: its jobs were cancelled or failed there
+            if peer.closed or now - peer.unreachable_since > self.give_up_s:
+                if peer.closed:  # its jobs were cancelled or failed there
                     self._give_up(peer, "withdrew its announcement and stopped answering", logging.WARNING)
                 else:
                     self._give_up(peer, f"unreachable for {self.give_up_s:.0f} s")
