@@ -1,0 +1,35 @@
+"""Peer-provided text made safe to log or show: one place for the rule.
+
+Strings that come from the network (producer ids, groups and endpoints from mDNS, worker
+routing ids, ERR messages, progress messages) may hold terminal escape sequences, other
+control characters, bidirectional overrides or megabytes of text. Before such a string reaches
+a log line or a terminal it goes through :func:`clean`.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+DEFAULT_LIMIT = 200  # characters kept of a peer string in a log line or a table cell
+
+
+def clean(value: object, limit: int = DEFAULT_LIMIT) -> str:
+    """``value`` as printable text: bytes decoded as UTF-8 (invalid bytes replaced), control
+    and format characters (C0, C1, DEL, bidi overrides, zero-width marks) replaced by ``?``,
+    and the result cut to ``limit`` characters with a trailing ``…`` when longer.
+
+    Args:
+        value: a str, bytes, or anything else (formatted with ``str``).
+        limit: the most characters returned (>= 1).
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        text = bytes(value[: limit * 4]).decode("utf-8", errors="replace")
+    else:
+        text = value if isinstance(value, str) else str(value)
+    cut = len(text) > limit
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(
+            ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else "?" for ch in text
+        )
+    return text[: limit - 1] + "…" if cut else text
