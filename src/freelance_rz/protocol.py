@@ -25,6 +25,8 @@ The full specification is docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +49,13 @@ E_INVALID = 4  #: a field missing or of the wrong type or range
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Claim:
-    """Worker -> producer: give me one job for one free slot; park up to ``wait_ms`` ms."""
+    """Worker -> producer: give me one job for one free slot; park up to ``wait_ms`` ms.
+    ``max_job``: the largest job payload, in bytes, this worker takes (its
+    ``--max-payload-bytes``); the producer never hands it a larger job."""
 
     rid: int
     wait_ms: int
+    max_job: int | None = None
 
 
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024  # bytes of a job's or a result's payload, by default
@@ -123,11 +128,14 @@ class BeatAck:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Decline:
-    """Worker -> producer: a JOB the worker cannot take now; it returns to the queue head."""
+    """Worker -> producer: a JOB the worker cannot take now; it returns to the queue head.
+    ``max_job``: set when the job's payload is larger than this worker takes (its limit, in
+    bytes)."""
 
     rid: int
     job_id: int
     lease_id: int
+    max_job: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -274,6 +282,7 @@ _FIELD_CHECKS: dict[str, Any] = {
     "leases": _uint_list,
     "void": _uint_list,
     "claim_rid": _uint,
+    "max_job": _uint,
     "info": _map,
     "code": _uint,
     "message": _str,
@@ -304,6 +313,14 @@ def _build(cls: type, body: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, Claim):
+        return {field.name: getattr(value, field.name) for field in _FIELDS[Claim]}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 def encode(msg: Message) -> list[bytes]:
     """Encode a message into its three frames ``[signature, verb, body]``.
 
@@ -311,18 +328,56 @@ def encode(msg: Message) -> list[bytes]:
         KeyError: ``msg`` is not one of this module's message classes.
     """
     verb = _VERB_OF[type(msg)]
-    body = {}
-    for field in _FIELDS[type(msg)]:
-        value = getattr(msg, field.name)
-        if isinstance(value, Claim):
-            value = {"rid": value.rid, "wait_ms": value.wait_ms}
-        elif isinstance(value, tuple):
-            value = list(value)
-        body[field.name] = value
+    body = {field.name: _wire_value(getattr(msg, field.name)) for field in _FIELDS[type(msg)]}
     return [SIGNATURE, verb, msgpack.packb(body, use_bin_type=True)]
 
 
-def _decode(frames: list[bytes], table: dict[bytes, type]) -> Any:
+# --- limits on what a body may cost before and while it is decoded ------------------------
+#
+# A msgpack byte can become a Python object of 50-100 bytes (an empty map is one byte), so a
+# body is checked twice: its size against its verb's limit before decoding, and the number of
+# maps and arrays built while decoding against a budget. Bodies hold scalars, a few small
+# maps and id arrays; job and result payloads are one opaque bin field, decoded only by
+# the ends that use them (see the payload codecs below).
+
+CONTROL_MAX_BYTES = 64 * 1024  #: bytes of a body without a payload (CLAIM, ACK, ERR, ...)
+LIST_MAX_BYTES = 1024 * 1024  #: bytes of a BEAT or BEAT_ACK (lease id lists, progress)
+STATUS_MAX_BYTES = 4 * 1024 * 1024  #: bytes of a STATUS_REPLY (producers send < 1 MiB)
+BODY_MAX_CONTAINERS = 4096  #: maps and arrays one body may hold (a BEAT: one per lease)
+STATUS_MAX_CONTAINERS = 65536  #: ... a STATUS_REPLY (a map per worker, per running job)
+BODY_MAX_ARRAY = 65536  #: elements of one array in a body (lease ids)
+BODY_MAX_MAP = 1024  #: entries of one map in a body
+PAYLOAD_VERBS = frozenset({b"RESULT", b"JOB"})  # bodies carrying a payload of up to max_payload
+_LIST_VERBS = frozenset({b"BEAT", b"BEAT_ACK"})
+
+
+class _Budget:
+    """Counts the maps and arrays msgpack builds (its object and list hooks); raises once
+    more than ``limit`` were built, so a body of empty maps cannot grow memory 100-fold."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def __call__(self, value: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise ValueError("too many maps and arrays")
+        return value
+
+
+def _body_limit(verb: bytes, max_payload: int) -> int:
+    if verb in PAYLOAD_VERBS:
+        return max_payload + FRAME_OVERHEAD
+    if verb in _LIST_VERBS:
+        return LIST_MAX_BYTES
+    if verb == b"STATUS_REPLY":
+        return STATUS_MAX_BYTES
+    return CONTROL_MAX_BYTES
+
+
+def _decode(frames: list[bytes], table: dict[bytes, type], max_payload: int) -> Any:
     if len(frames) != 3:
         raise ProtocolError(E_MALFORMED, f"expected 3 frames, got {len(frames)}")
     signature, verb, raw = frames
@@ -332,8 +387,17 @@ def _decode(frames: list[bytes], table: dict[bytes, type]) -> Any:
                 E_VERSION, f"protocol version {signature[3:]!r} not spoken; this is {VERSION}"
             )
         raise ProtocolError(E_MALFORMED, "bad signature frame")
+    limit = _body_limit(verb, max_payload)
+    if len(raw) > limit:
+        raise ProtocolError(
+            E_MALFORMED, f"{verb[:32]!r} body of {len(raw)} bytes is over its limit of {limit}"
+        )
+    budget = _Budget(STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS)
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        body = msgpack.unpackb(
+            raw, raw=False, strict_map_key=True, max_ext_len=0, max_array_len=BODY_MAX_ARRAY,
+            max_map_len=BODY_MAX_MAP, object_hook=budget, list_hook=budget,
+        )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(E_MALFORMED, f"body is not msgpack: {exc.__class__.__name__}") from None
     if type(body) is not dict:
@@ -350,19 +414,70 @@ def _decode(frames: list[bytes], table: dict[bytes, type]) -> Any:
         raise
 
 
-def decode_request(frames: list[bytes]) -> Request:
+def decode_request(frames: list[bytes], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Request:
     """Decode and validate a worker -> producer message (frames without the routing id).
 
+    Args:
+        frames: the message's frames.
+        max_payload: the largest payload, in bytes, a RESULT may carry (the producer's
+            ``max_payload_bytes``); every other verb has a fixed size limit.
+
     Raises:
-        ProtocolError: bad frame count, signature, version, msgpack, verb or field; its
+        ProtocolError: bad frame count, signature, version, size, msgpack, verb or field; its
             ``code`` is one of the ``E_*`` constants and ``rid`` the request id if readable.
     """
-    return _decode(frames, _REQUESTS)  # type: ignore[no-any-return]
+    return _decode(frames, _REQUESTS, max_payload)  # type: ignore[no-any-return]
 
 
-def decode_reply(frames: list[bytes]) -> Reply:
-    """Decode and validate a producer -> worker message. Raises :class:`ProtocolError`."""
-    return _decode(frames, _REPLIES)  # type: ignore[no-any-return]
+def decode_reply(frames: list[bytes], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Reply:
+    """Decode and validate a producer -> worker message (``max_payload``: the largest JOB
+    payload taken, in bytes). Raises :class:`ProtocolError`."""
+    return _decode(frames, _REPLIES, max_payload)  # type: ignore[no-any-return]
+
+
+_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
+_ENDPOINT_RE = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>[0-9]{1,5})")
+
+
+def parse_endpoint(endpoint: object) -> tuple[str, int]:
+    """Check a producer endpoint ``tcp://HOST:PORT`` and split it into ``(host, port)``.
+
+    HOST is an IPv4 address (not 0.0.0.0, multicast or broadcast), a bracketed IPv6 address
+    or a DNS name (RFC 1123 labels, at most 253 characters); PORT is 1 to 65535. Used for
+    endpoints from mDNS (a peer's word) and from the command line alike.
+
+    Raises:
+        ValueError: anything else, with the reason.
+    """
+    if not isinstance(endpoint, str):
+        raise ValueError(f"endpoint must be a string, got {type(endpoint).__name__}")
+    match = _ENDPOINT_RE.fullmatch(endpoint)
+    if match is None:
+        raise ValueError("expected tcp://HOST:PORT")
+    host, port = match["host"], int(match["port"])
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is not in 1..65535")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+        return host, port
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+        if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address(
+            "255.255.255.255"
+        ):
+            raise ValueError(f"{host} cannot be connected to")
+        return host, port
+    if len(host) > 253 or not _HOST_RE.fullmatch(host):
+        raise ValueError(f"{host[:64]!r} is not a host name")
+    return host, port
 
 
 # --- job and result payloads (opaque to the protocol layer, decoded by the ends) ---------
@@ -376,13 +491,20 @@ def _pack_checked(value: Any, what: str) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} must be msgpack-encodable: {exc}") from None
     try:
-        msgpack.unpackb(packed, raw=False, strict_map_key=False)
+        _unpack_payload(packed)
     except Exception:
         raise TypeError(
             f"{what} must be msgpack-encodable: dict keys must be str, bytes, int, float, "
-            "bool or None (not tuples)"
+            "bool or None (not tuples), and extension types (msgpack.ExtType, Timestamp) "
+            "are not accepted"
         ) from None
     return packed
+
+
+def _unpack_payload(payload: bytes) -> Any:
+    """Decode a job or result payload: plain msgpack values only (no extension types, so
+    no ``ExtType`` or ``Timestamp``). Raises msgpack's errors or ValueError."""
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False, max_ext_len=0)
 
 
 def pack_call(
@@ -410,7 +532,7 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[st
         ProtocolError: (E_INVALID) when malformed.
     """
     try:
-        call = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        call = _unpack_payload(payload)
     except Exception as exc:
         raise ProtocolError(
             E_INVALID, f"job payload is not msgpack: {exc.__class__.__name__}"
@@ -444,9 +566,10 @@ def pack_value(value: Any) -> bytes:
 
 
 def unpack_value(payload: bytes) -> Any:
-    """Decode a result value. Raises :class:`ProtocolError` (E_INVALID) when malformed."""
+    """Decode a result value. Raises :class:`ProtocolError` (E_INVALID) when malformed or
+    holding an extension type."""
     try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        return _unpack_payload(payload)
     except Exception as exc:
         raise ProtocolError(
             E_INVALID, f"result payload is not msgpack: {exc.__class__.__name__}"
