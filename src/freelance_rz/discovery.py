@@ -13,11 +13,14 @@ variable ``FREELANCE_RZ_INTERFACES`` (comma-separated) decides, else every inter
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +35,17 @@ from zeroconf import (
     Zeroconf,
 )
 
-from .protocol import VERSION
+from ._text import clean
+from .protocol import VERSION, parse_endpoint
 
 log = logging.getLogger("freelance_rz.discovery")
 
 SERVICE_TYPE = "_freelance-rz._tcp.local."
 ENV_INTERFACES = "FREELANCE_RZ_INTERFACES"
-RESOLVE_TIMEOUT_MS = 3000  # how long to wait for a service's SRV/TXT after its PTR appears
+RESOLVE_TIMEOUT_MS = 1500  # how long to wait for a service's SRV/TXT that is not in the cache
+RESOLVE_RETRY_S = 10.0  # a service that could not be resolved is tried again after this...
+RESOLVE_RETRY_MAX_S = 300.0  # ...doubling each time up to this
+MAX_WANTED = 4096  # names waiting to be resolved, and names remembered as unresolvable
 # python-zeroconf queries 4 times in the first 14 s, then only to refresh records it knows, so a
 # producer whose announcements were lost (its link was down) would stay unknown. A new query
 # series this often (with known answers: known producers stay silent) finds it.
@@ -172,10 +179,17 @@ def _host_port(endpoint: str) -> tuple[str, int]:
 class Browser:
     """Browses mDNS for producers of one group and reports them to callbacks.
 
-    Callbacks run on zeroconf's browser thread and must only hand the event over (e.g. put it
-    on a queue): ``on_found(Announcement)`` for a new or updated producer, ``on_gone(name)``
-    when its records were withdrawn. Announcements of another group or protocol version are
-    skipped (logged at debug level).
+    Callbacks run on a thread of the browser's own and must only hand the event over (e.g.
+    put it on a queue): ``on_found(Announcement)`` for a new or updated producer,
+    ``on_gone(name)`` when its records were withdrawn. Announcements of another group or
+    protocol version are skipped (logged at debug level); malformed ones are dropped with a
+    rate-limited warning.
+
+    Nothing here blocks zeroconf's own threads: a service whose records are not all in the
+    cache (its PTR outlived its SRV/TXT: a ghost of a producer that died) is resolved on a
+    resolver thread, and one that cannot be resolved is tried again only after a growing
+    pause (RESOLVE_RETRY_S up to RESOLVE_RETRY_MAX_S), so ghosts cost neither log lines nor
+    time, and :meth:`close` returns at once.
     """
 
     def __init__(
@@ -193,6 +207,13 @@ class Browser:
         self._browser: ServiceBrowser | None = None
         self._closed = threading.Event()
         self._rebrowser: threading.Thread | None = None
+        self._resolver: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._wanted: dict[str, None] = {}  # names to resolve, in arrival order
+        self._wake = threading.Event()
+        # name -> (failures so far, monotonic time before which it is not tried again)
+        self._failed: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self._warned_at = 0.0
 
     def start(self) -> None:
         """Start browsing (returns at once). Raises OSError on socket errors."""
@@ -202,6 +223,10 @@ class Browser:
             target=self._rebrowse, name="freelance-rebrowse", daemon=True
         )
         self._rebrowser.start()
+        self._resolver = threading.Thread(
+            target=self._resolve_loop, name="freelance-resolve", daemon=True
+        )
+        self._resolver.start()
 
     def _new_browser(self, zc: Zeroconf) -> ServiceBrowser:
         # QM (multicast replies): a QU query's unicast reply goes to port 5353 on this host,
@@ -222,8 +247,9 @@ class Browser:
             old.cancel()
 
     def close(self) -> None:
-        """Stop browsing. Safe to call twice."""
+        """Stop browsing; no callback runs after this returns. Safe to call twice."""
         self._closed.set()
+        self._wake.set()
         if self._rebrowser is not None:
             self._rebrowser.join()
         browser, self._browser = self._browser, None
@@ -232,49 +258,116 @@ class Browser:
             browser.cancel()
         if zc is not None:
             zc.close()
+        # The resolver may sit in a request to the closed zeroconf for up to
+        # RESOLVE_TIMEOUT_MS; it reports nothing once closed, so it is not waited for.
 
     def _handle(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
+        if self._closed.is_set():
+            return
         if state_change is ServiceStateChange.Removed:
             self._on_gone(name)
             return
-        info = zeroconf.get_service_info(service_type, name, timeout=RESOLVE_TIMEOUT_MS)
-        if info is None:
-            log.debug("mDNS: could not resolve %s", name)
+        with self._lock:
+            self._wanted[name] = None
+            while len(self._wanted) > MAX_WANTED:  # a flood of names: keep the newest
+                self._wanted.pop(next(iter(self._wanted)))
+        self._wake.set()
+
+    def _resolve_loop(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait()
+            with self._lock:
+                names, self._wanted = list(self._wanted), {}
+                self._wake.clear()
+            for name in names:
+                if self._closed.is_set():
+                    return
+                self._resolve(name)
+
+    def _resolve(self, name: str) -> None:
+        zc = self._zc
+        now = time.monotonic()
+        failed = self._failed.get(name)
+        if zc is None or (failed is not None and now < failed[1]):
             return
+        info = ServiceInfo(SERVICE_TYPE, name)
+        try:
+            found = info.load_from_cache(zc) or info.request(zc, RESOLVE_TIMEOUT_MS)
+        except Exception:  # zeroconf closed under us, or a record it could not use
+            log.debug("mDNS: resolving %s failed", clean(name), exc_info=True)
+            found = False
+        if self._closed.is_set():
+            return
+        if not found:
+            failures = 1 if failed is None else failed[0] + 1
+            pause = min(RESOLVE_RETRY_S * 2 ** (failures - 1), RESOLVE_RETRY_MAX_S)
+            self._failed[name] = (failures, time.monotonic() + pause)
+            self._failed.move_to_end(name)
+            while len(self._failed) > MAX_WANTED:
+                self._failed.popitem(last=False)
+            log.debug("mDNS: could not resolve %s (%d time(s)); next try in %.0f s",
+                      clean(name), failures, pause)
+            return
+        self._failed.pop(name, None)
         announcement = parse_announcement(name, info.properties)
         if announcement is None:
-            log.warning("mDNS: ignoring malformed announcement %s", name)
+            if now - self._warned_at > 10.0:  # one line per 10 s under a flood
+                self._warned_at = now
+                log.warning("mDNS: ignoring malformed announcement %s", clean(name))
         elif announcement.version != VERSION:
-            log.warning(
-                "mDNS: ignoring %s: protocol version %d, this worker speaks %d",
-                name, announcement.version, VERSION,
+            log.debug(
+                "mDNS: ignoring %s: protocol version %d, this side speaks %d",
+                clean(name), announcement.version, VERSION,
             )
         elif announcement.group != self.group:
-            log.debug("mDNS: skipping %s of group %r", name, announcement.group)
+            log.debug("mDNS: skipping %s of group %r", clean(name), clean(announcement.group))
         else:
             self._on_found(announcement)
 
 
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # producer ids and store keys
+MAX_ENDPOINTS = 16  # endpoints one announcement may list
+
+
 def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement | None:
-    """Parse TXT properties into an :class:`Announcement`; None when malformed."""
+    """Parse TXT properties into an :class:`Announcement`; None when malformed.
+
+    Every entry is checked, since anyone on the network can announce: ``id`` and ``sk`` are
+    1 to 64 letters, digits, ``_`` or ``-``; ``g`` a group of 1 to 63 characters; ``ep``
+    1 to MAX_ENDPOINTS endpoints each valid for :func:`~freelance_rz.protocol.parse_endpoint`
+    (invalid ones are dropped); ``pk`` 40 Z85 characters."""
     try:
         text = {
             k.decode(): v.decode() for k, v in properties.items() if isinstance(v, bytes)
         }
-        endpoints = tuple(ep for ep in text["ep"].split(",") if ep.startswith("tcp://"))
-        if not endpoints or not text["id"]:
+        endpoints = []
+        for endpoint in text["ep"].split(",")[:MAX_ENDPOINTS]:
+            try:
+                parse_endpoint(endpoint)
+            except ValueError:
+                continue
+            endpoints.append(endpoint)
+        group, store_key = text["g"], text.get("sk") or None
+        if (
+            not endpoints
+            or not _ID_RE.fullmatch(text["id"])
+            or not 0 < len(group) <= 63
+            or (store_key is not None and not _ID_RE.fullmatch(store_key))
+        ):
             return None
         public_key = text.get("pk", "").encode("ascii") or None
-        if public_key is not None and len(public_key) != 40:  # Z85 of 32 bytes
+        if public_key is not None and (len(public_key) != 40 or not _Z85_RE.fullmatch(public_key)):
             return None
         return Announcement(
-            name, text["id"], text["g"], int(text["v"]), endpoints, text.get("sk") or None,
-            public_key,
+            name, text["id"], group, int(text["v"]), tuple(endpoints), store_key, public_key
         )
     except (KeyError, ValueError, UnicodeError):
         return None
+
+
+_Z85_RE = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 def local_networks() -> list[ipaddress.IPv4Interface]:
