@@ -65,7 +65,10 @@ def worker_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--slots", type=int, default=None, help="jobs run at once (default: number of CPUs)"
     )
-    parser.add_argument("--name", help="worker name in logs (default: HOST-PID)")
+    parser.add_argument(
+        "--name", help="worker name in logs (default: HOST-PID); producers show it as "
+        "NAME-xxxxxxxx, the suffix telling apart workers of one name",
+    )
     parser.add_argument(
         "--max-payload-bytes", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES",
         help="largest job taken, as the producers' max_payload_bytes (default: %(default)s)",
@@ -82,12 +85,27 @@ def worker_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_open_file_limit() -> None:
+    """A worker keeps a socket per producer (and sockets per connection): take the open-file
+    limit up to its hard limit, as servers do, so many producers never exhaust it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 1 << 20), hard))
+        except (ValueError, OSError):
+            pass
+
+
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-worker``. Returns the process exit code (0 after a graceful stop)."""
     args = worker_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    _raise_open_file_limit()
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as with `python -m`: the current directory imports
     try:

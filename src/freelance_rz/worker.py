@@ -15,19 +15,34 @@ Liveness is judged by the conversation: every request must be answered, a CLAIM 
 ``wait_ms`` + grace and anything else within ``reply_timeout_s``. A peer that misses that is
 unreachable: its socket is closed, its claims forgotten, and it is retried with exponential
 backoff, re-sending every result it has not acknowledged. Results are kept until ACKed.
+
+Peers and mDNS
+--------------
+Anyone can announce anything on mDNS, so an announcement is only a hint of where to
+connect. A peer is one endpoint (one DEALER): announcements name the producer id, store key
+and CURVE key found there. Nothing is replaced or dropped on mDNS alone: a goodbye only makes
+the worker ask the producer (a BEAT) whether it is still there, and a durable producer's work
+is handed to a new endpoint with the same store key only once that endpoint has answered and
+the old one has stopped answering (and, with CURVE, only under the same key). At most
+``max_producers`` discovered peers are kept; one that never answered makes room for a new
+announcement. A discovered producer unreachable for ``give_up_s`` becomes dormant: its
+announcements are ignored and it is probed once in a while (DORMANT_PROBE_S, growing), until it
+answers again or a new instance is announced at its endpoint.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import itertools
 import logging
+import math
 import os
 import queue
-import re
+import resource
+import secrets
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +51,7 @@ import zmq
 
 from . import protocol as p
 from ._sockets import send_frames
+from ._text import clean
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
 from .runner import JobProcess, Outcome, Progress
@@ -50,7 +66,6 @@ from .security import (
 )
 
 log = logging.getLogger("freelance_rz.worker")
-_ENDPOINT_RE = re.compile(r"tcp://(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
 
 DEFAULT_WAIT_MS = 1000  # claim long-poll; with CLAIM_GRACE_S this bounds C5 detection at 1.4 s
 CLAIM_GRACE_S = 0.4  # extra time a producer has to answer a claim after wait_ms (C5: < 1.5 s)
@@ -62,6 +77,12 @@ STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished r
 TIMER_SLACK_S = 0.02  # after activity, timers are looked at within this many seconds
 SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
 GIVE_UP_S = 60.0  # a producer unreachable this long: abort its jobs, forget it if discovered
+MAX_PRODUCERS = 256  # discovered producers served at once (3 ZeroMQ sockets each at most)
+FDS_PER_PRODUCER = 5  # a DEALER, its monitor pair and a TCP connection, rounded up
+MAX_DORMANT = 1024  # forgotten producers remembered (so their mDNS ghosts are ignored)
+DORMANT_PROBE_S = 60.0  # a forgotten producer is asked whether it is back after this...
+DORMANT_PROBE_MAX_S = 600.0  # ...doubling up to this
+EARLY_NOJOB_PAUSE_S = 0.5  # a NOJOB long before wait_ms (a producer shedding claims): pause
 
 
 @dataclass(slots=True)
@@ -78,15 +99,16 @@ class _Running:
 
 @dataclass(eq=False)
 class _Peer:
-    """One producer as the worker sees it."""
+    """One producer endpoint as the worker sees it (one DEALER socket)."""
 
-    key: str  # producer id (discovered) or endpoint (--connect)
-    endpoint: str
+    endpoint: str  # the peer's key: tcp://HOST:PORT
     discovered: bool
+    producer_id: str | None = None  # as announced at this endpoint (None: --connect)
     store_key: str | None = None  # a durable producer's, the same across its restarts
     server_key: bytes | None = None  # its CURVE public key, when this worker uses CURVE
+    names: set[str] = field(default_factory=set)  # mDNS instance names announcing it
     sock: zmq.Socket[bytes] | None = None
-    monitor: zmq.Socket[bytes] | None = None  # handshake failures of sock, read when it fails
+    monitor: zmq.Socket[bytes] | None = None  # handshake failures of sock, until it answers
     claims: set[int] = field(default_factory=set)  # rids of parked claims
     inflight: dict[int, tuple[str, float, int]] = field(default_factory=dict)  # rid -> (verb, deadline, job_id)
     unacked: dict[int, tuple[int, Outcome]] = field(default_factory=dict)  # job_id -> (lease, result)
@@ -94,14 +116,27 @@ class _Peer:
     backoff_s: float = BACKOFF_MIN_S
     retry_at: float = 0.0
     next_beat_at: float = 0.0
-    withdrawn: bool = False  # its mDNS records are gone
+    withdrawn: bool = False  # every mDNS announcement of it was withdrawn (a hint only)
     unreachable_since: float | None = None  # monotonic seconds; None while it answers
+    answered: bool = False  # it answered at least once since it was added: it is real
+    probing: bool = False  # a dormant producer asked whether it is back (no claims yet)
+    claim_pause_until: float = 0.0  # no new claims before this (it shed our claims early)
+
+    @property
+    def label(self) -> str:
+        """How logs name it: the announced producer id, or the endpoint."""
+        return clean(self.producer_id or self.endpoint, 80)
 
     @property
     def closed(self) -> bool:
         """It said goodbye on mDNS: once it stops answering it is gone for good, unless it is
         a durable producer, which will restart on its store and take the results."""
         return self.withdrawn and self.store_key is None
+
+    @property
+    def owes(self) -> bool:
+        """The worker holds work of this producer: running jobs or unacknowledged results."""
+        return bool(self.leases or self.unacked)
 
 
 @dataclass
@@ -177,9 +212,10 @@ class Worker:
         if self.slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         for endpoint in connect:
-            match = _ENDPOINT_RE.fullmatch(endpoint)
-            if match is None or not 0 < int(match["port"]) < 65536:
-                raise ValueError(f"--connect {endpoint!r}: expected tcp://HOST:PORT")
+            try:
+                p.parse_endpoint(endpoint)
+            except ValueError as exc:
+                raise ValueError(f"--connect {endpoint!r}: {exc} (expected tcp://HOST:PORT)") from None
         check_pair(key, trust, ("--key", "--trust"))
         self._keys: KeyPair | None = None
         self._trusted: frozenset[bytes] = frozenset()
@@ -194,7 +230,8 @@ class Worker:
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         self.max_payload_bytes = max_payload_bytes
-        self._ignored: set[str] = set()  # announcements refused, warned about once
+        # refused announcements' producer ids, warned about once (bounded: anyone can announce)
+        self._ignored: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.tasks = list(tasks)
         self.discover = discover
         self.connect = list(connect)
@@ -203,14 +240,22 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.wait_ms = wait_ms
         self.give_up_s = give_up_s
-        self.identity = f"{self.name}-{uuid.uuid4().hex[:8]}".encode()
+        # The routing id is a secret: with it, a client could take this worker's replies
+        # (ROUTER_HANDOVER). 128 random bits; producers show only NAME-<hash> of it.
+        self.identity = f"{self.name[:200]}-{secrets.token_hex(16)}".encode()
         self.stats = WorkerStats()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._rids = itertools.count(1)
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, _Peer] = {}  # endpoint -> peer
+        # forgotten discovered producers, oldest first: endpoint -> peer (no socket)
+        self._dormant: collections.OrderedDict[str, _Peer] = collections.OrderedDict()
+        self._dormant_due = math.inf  # monotonic time of the next probe of a dormant one
+        self.max_producers = MAX_PRODUCERS
+        self._full_warned_at = -3600.0
+        self._unanswered_logged_at = -3600.0
         self._procs: list[JobProcess] = []
         self._running: dict[JobProcess, _Running] = {}
         self._stopping = False
@@ -243,6 +288,9 @@ class Worker:
             RuntimeError: a job process could not import the task modules.
         """
         self._ctx = zmq.Context.instance()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:  # up to 5 file descriptors a producer, 128 spare
+            self.max_producers = min(MAX_PRODUCERS, max(8, (soft - 128) // FDS_PER_PRODUCER))
         browser = None
         try:
             self._procs = [JobProcess(self.tasks) for _ in range(self.slots)]
@@ -257,7 +305,7 @@ class Worker:
                 browser.start()
             server_key = next(iter(self._trusted), None)
             for endpoint in self.connect:
-                self._add_peer(_Peer(endpoint, endpoint, discovered=False, server_key=server_key))
+                self._add_peer(_Peer(endpoint, discovered=False, server_key=server_key), time.monotonic())
             for proc in self._procs:
                 proc.wait_ready()
             log.info(
@@ -312,6 +360,7 @@ class Worker:
                 self._enforce_time_limits(now)
                 for peer in list(self._peers.values()):
                     self._check_peer(peer, now)
+                self._probe_dormant(now)
                 check_at = self._soonest_timer(now)
             self._reconcile_claims(now)
             if self._stopping and self._finished(now):
@@ -345,6 +394,8 @@ class Worker:
                 continue
             if peer.leases:
                 soonest = min(soonest, peer.next_beat_at)
+            if peer.claim_pause_until > now:
+                soonest = min(soonest, peer.claim_pause_until)
             for _, deadline, _ in peer.inflight.values():
                 soonest = min(soonest, deadline)
         for running in self._running.values():
@@ -386,34 +437,75 @@ class Worker:
                 self._stopping = True
                 self._stop_deadline = now + STOP_DELIVERY_S
             elif kind == "found":
-                self._found(value)
+                self._found(value, now)
             elif kind == "gone":
-                for peer in self._peers.values():
-                    if peer.discovered and value.startswith(peer.key + "."):
-                        peer.withdrawn = True
+                self._gone(value, now)
 
-    def _found(self, announcement: Announcement) -> None:
-        if announcement.producer_id in self._peers:
-            self._peers[announcement.producer_id].withdrawn = False
-            return
+    def _found(self, announcement: Announcement, now: float) -> None:
+        """An announcement: a hint that a producer may be at an endpoint."""
         refusal = self._refusal(announcement)
         if refusal is not None:
             if announcement.producer_id not in self._ignored:
-                self._ignored.add(announcement.producer_id)
-                log.warning("ignoring producer %s at %s: %s", announcement.producer_id,
-                            ", ".join(announcement.endpoints), refusal)
+                self._ignored[announcement.producer_id] = None
+                while len(self._ignored) > MAX_DORMANT:
+                    self._ignored.popitem(last=False)
+                log.warning("ignoring producer %s at %s: %s", clean(announcement.producer_id, 80),
+                            clean(", ".join(announcement.endpoints)), refusal)
             return
         endpoint = choose_endpoint(announcement.endpoints, self.interfaces)
-        peer = _Peer(
-            announcement.producer_id, endpoint, discovered=True, store_key=announcement.store_key,
-            server_key=announcement.public_key,
-        )
-        for old in list(self._peers.values()):
-            same_store = old.store_key is not None and old.store_key == peer.store_key
-            if same_store or old.endpoint == endpoint:  # the producer restarted
-                log.info("producer %s at %s replaced by %s", old.key, old.endpoint, peer.key)
-                self._hand_over(old, peer)
-        self._add_peer(peer)
+        peer = self._peers.get(endpoint)
+        if peer is not None:
+            peer.names.add(announcement.name)
+            peer.withdrawn = False
+            if peer.unreachable_since is not None or not peer.answered:
+                # what is announced there may have changed (a restart); while it answers,
+                # the conversation says more than mDNS
+                peer.producer_id, peer.store_key = announcement.producer_id, announcement.store_key
+                if peer.server_key != announcement.public_key and self._keys is not None:
+                    peer.server_key = announcement.public_key
+                    peer.retry_at = now  # reconnect with the key it announces now
+            return
+        dormant = self._dormant.get(endpoint)
+        if dormant is not None:
+            if dormant.producer_id == announcement.producer_id:
+                log.debug("producer %s at %s is forgotten; announcement ignored", dormant.label, endpoint)
+                return
+            del self._dormant[endpoint]  # a new instance there: a new producer
+        if sum(peer.discovered for peer in self._peers.values()) >= self.max_producers:
+            if not self._make_room():
+                if now - self._full_warned_at > 60.0:
+                    self._full_warned_at = now
+                    log.warning(
+                        "ignoring producer %s at %s: already serving %d discovered producers "
+                        "(the most a worker keeps; an mDNS flood?)",
+                        clean(announcement.producer_id, 80), clean(endpoint), self.max_producers,
+                    )
+                return
+        self._add_peer(_Peer(
+            endpoint, discovered=True, producer_id=announcement.producer_id,
+            store_key=announcement.store_key, server_key=announcement.public_key,
+            names={announcement.name},
+        ), now)
+
+    def _make_room(self) -> bool:
+        """Forget one discovered peer that never answered and is unreachable now, owing
+        nothing (a flood's fake), to make room for a new one. False if there is none."""
+        for peer in self._peers.values():
+            if peer.discovered and not peer.answered and peer.sock is None and not peer.owes:
+                self._forget(peer, "it never answered and more producers are announced")
+                return True
+        return False
+
+    def _gone(self, name: str, now: float) -> None:
+        """An mDNS goodbye: a hint only (anyone can send one). Ask the producer whether it
+        is still there; if it does not answer, it closed."""
+        for peer in self._peers.values():
+            if name in peer.names:
+                peer.names.discard(name)
+                if not peer.names:
+                    peer.withdrawn = True
+                    if peer.sock is not None:
+                        self._beat(peer, now)
 
     def _refusal(self, announcement: Announcement) -> str | None:
         """Why this worker will not serve an announced producer (CURVE settings), or None."""
@@ -428,81 +520,169 @@ class Worker:
                     "to serve it, copy the producer's NAME.key file, which holds that line, there)")
         return None
 
+    def _successor(self, old: _Peer) -> _Peer | None:
+        """The restarted process of a durable producer that stopped answering: another peer
+        with its store key that has answered (it proved itself), with CURVE under the same
+        key. None when there is none (yet)."""
+        if old.store_key is None or old.unreachable_since is None:
+            return None
+        for new in self._peers.values():
+            if (
+                new is not old and new.store_key == old.store_key and new.answered
+                and new.unreachable_since is None
+                and (self._keys is None or new.server_key == old.server_key)
+            ):
+                return new
+        return None
+
     def _hand_over(self, old: _Peer, new: _Peer) -> None:
         """Move what the worker owes a restarted producer to its new process: unacknowledged
         results and the running jobs' future results (a durable producer takes them)."""
+        log.info("producer %s at %s restarted as %s at %s: handing over %d running job(s) and "
+                 "%d result(s)", old.label, old.endpoint, new.label, new.endpoint,
+                 len(old.leases), len(old.unacked))
         new.unacked.update(old.unacked)
         new.leases.update(old.leases)
         for running in self._running.values():
             if running.peer is old:
                 running.peer = new
-        self._drop_peer(old)
+        old.unacked.clear()
+        old.leases.clear()
+        self._forget(old, "it restarted elsewhere")
+        if new.sock is not None:
+            for result in new.unacked.values():
+                self._send_result(new, *result, claim=None)
 
-    def _add_peer(self, peer: _Peer) -> None:
-        self._peers[peer.key] = peer
-        self.stats.producers_found += 1
-        log.info("producer %s at %s", peer.key, peer.endpoint)
-        self._connect(peer)
+    def _add_peer(self, peer: _Peer, now: float) -> None:
+        self._peers[peer.endpoint] = peer
+        log.info("producer %s at %s", peer.label, clean(peer.endpoint))
+        self._connect(peer, now)
 
     def _give_up(self, peer: _Peer, why: str, level: int = logging.ERROR) -> None:
         """A producer gone for good (closed, or unreachable for ``give_up_s``): its leases are
         void or expired there (the jobs are offered again), so stop its running jobs and
         forget the results it never took."""
-        if peer.leases or peer.unacked:
+        if peer.owes:
             log.log(
                 level, "producer %s %s: aborting %d running job(s), dropping %d undelivered "
-                "result(s)", peer.key, why, len(peer.leases), len(peer.unacked),
+                "result(s)", peer.label, why, len(peer.leases), len(peer.unacked),
             )
         for proc in list(peer.leases.values()):
             self._abort(proc)
         peer.unacked.clear()
-        if peer.discovered:
-            log.warning("producer %s forgotten: %s", peer.key, why)
+
+    def _forget(self, peer: _Peer, why: str, probe_in: float = DORMANT_PROBE_S) -> None:
+        """Drop a discovered peer and remember it as dormant: its mDNS records (which
+        outlive a dead producer by many minutes) are ignored, and it is asked again whether
+        it is back in ``probe_in`` seconds."""
+        self._drop_peer(peer)
+        if not peer.probing:
+            log.log(logging.WARNING if peer.answered else logging.INFO,
+                    "producer %s at %s forgotten: %s", peer.label, peer.endpoint, why)
+        peer.answered = peer.probing = False
+        peer.claims.clear()
+        peer.inflight.clear()
+        peer.backoff_s = probe_in
+        peer.retry_at = time.monotonic() + probe_in
+        self._dormant[peer.endpoint] = peer
+        self._dormant.move_to_end(peer.endpoint)
+        self._dormant_due = min(self._dormant_due, peer.retry_at)
+        while len(self._dormant) > MAX_DORMANT:
+            self._dormant.popitem(last=False)
+
+    def _probe_dormant(self, now: float) -> None:
+        """Ask forgotten producers whose time has come whether they are back (a BEAT)."""
+        if now < self._dormant_due:
+            return
+        for peer in [peer for peer in self._dormant.values() if peer.retry_at <= now]:
+            del self._dormant[peer.endpoint]
+            if peer.endpoint in self._peers:
+                continue
+            peer.probing = True
+            peer.unreachable_since = now
+            self._peers[peer.endpoint] = peer
+            self._connect(peer, now)
+        self._dormant_due = min((peer.retry_at for peer in self._dormant.values()), default=math.inf)
 
     def _drop_peer(self, peer: _Peer) -> None:
         self._close_sock(peer)
-        del self._peers[peer.key]
+        if self._peers.get(peer.endpoint) is peer:
+            del self._peers[peer.endpoint]
 
     # --- sockets ---------------------------------------------------------------------------
 
-    def _connect(self, peer: _Peer) -> None:
+    def _connect(self, peer: _Peer, now: float) -> None:
+        """Open the peer's DEALER. A socket that cannot be made or connected (a bad
+        endpoint, no file descriptors left) makes the peer unreachable, never the worker
+        crash."""
         assert self._ctx is not None
-        sock = self._ctx.socket(zmq.DEALER)
-        if self._keys is not None and peer.server_key is not None:
-            make_curve_client(sock, self._keys, peer.server_key)
-        peer.monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
-        sock.setsockopt(zmq.ROUTING_ID, self.identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
-        sock.connect(peer.endpoint)
-        peer.sock = sock
+        sock = monitor = None
+        try:
+            sock = self._ctx.socket(zmq.DEALER)
+            if self._keys is not None and peer.server_key is not None:
+                make_curve_client(sock, self._keys, peer.server_key)
+            monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+            sock.setsockopt(zmq.ROUTING_ID, self.identity)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
+            sock.connect(peer.endpoint)
+        except (zmq.ZMQError, ValueError) as exc:
+            if monitor is not None:
+                monitor.close(0)
+            if sock is not None:
+                sock.close(0)
+            peer.sock = None
+            if peer.unreachable_since is None:
+                peer.unreachable_since = now
+            log.error("producer %s at %s: cannot connect: %s; retrying in %.0f s", peer.label,
+                      clean(peer.endpoint), exc, peer.backoff_s)
+            peer.retry_at = now + peer.backoff_s
+            peer.backoff_s = min(peer.backoff_s * 2, max(BACKOFF_MAX_S, peer.backoff_s))
+            return
+        peer.sock, peer.monitor = sock, monitor
+        if peer.probing:
+            self._beat(peer, now)
+            return
         for result in peer.unacked.values():  # re-send what was never acknowledged
             self._send_result(peer, *result, claim=None)
 
+    def _close_monitor(self, peer: _Peer) -> None:
+        if peer.monitor is not None:
+            assert peer.sock is not None
+            peer.sock.disable_monitor()
+            peer.monitor.close(0)
+            peer.monitor = None
+
     def _close_sock(self, peer: _Peer) -> None:
         if peer.sock is not None:
-            if peer.monitor is not None:
-                peer.sock.disable_monitor()
-                peer.monitor.close(0)
-                peer.monitor = None
+            self._close_monitor(peer)
             peer.sock.close(0)
             peer.sock = None
 
     def _unreachable(self, peer: _Peer, now: float, why: str) -> None:
         failed = None if peer.monitor is None else handshake_failure(peer.monitor, self._keys)
+        if peer.probing:
+            log.debug("forgotten producer %s at %s still does not answer", peer.label, peer.endpoint)
+            self._forget(peer, "still unreachable", min(peer.backoff_s * 2, DORMANT_PROBE_MAX_S))
+            return
         if peer.unreachable_since is None:
             peer.unreachable_since = now
             if peer.closed:  # _check_peer says so next
-                log.debug("producer %s withdrew its announcement and stopped answering", peer.key)
+                log.debug("producer %s withdrew its announcement and stopped answering", peer.label)
             elif failed is not None:  # a refused key or mismatched settings: never a silent hang
-                log.error("producer %s at %s: %s; retrying with backoff", peer.key, peer.endpoint, failed)
-            else:
-                log.warning("producer %s unreachable (%s); retrying with backoff", peer.key, why)
+                log.error("producer %s at %s: %s; retrying with backoff", peer.label, peer.endpoint, failed)
+            elif peer.answered or not peer.discovered:
+                log.warning("producer %s unreachable (%s); retrying with backoff", peer.label, why)
+            else:  # one line a second at most: a flood of fake announcements is no log flood
+                level = logging.INFO if now - self._unanswered_logged_at >= 1.0 else logging.DEBUG
+                self._unanswered_logged_at = now if level == logging.INFO else self._unanswered_logged_at
+                log.log(level, "producer %s announced at %s does not answer (%s); retrying with "
+                        "backoff", peer.label, peer.endpoint, why)
         else:
-            log.debug("producer %s still unreachable (%s); retry in %.2f s", peer.key, why, peer.backoff_s)
+            log.debug("producer %s still unreachable (%s); retry in %.2f s", peer.label, why, peer.backoff_s)
         self._close_sock(peer)
         peer.claims.clear()
         peer.inflight.clear()
@@ -512,41 +692,43 @@ class Worker:
     def _check_peer(self, peer: _Peer, now: float) -> None:
         if peer.sock is None:
             assert peer.unreachable_since is not None
+            successor = self._successor(peer) if peer.owes else None
+            if successor is not None:
+                self._hand_over(peer, successor)
+                return
             if peer.closed or now - peer.unreachable_since > self.give_up_s:
                 if peer.closed:  # its jobs were cancelled or failed there
                     self._give_up(peer, "withdrew its announcement and stopped answering", logging.WARNING)
                 else:
                     self._give_up(peer, f"unreachable for {self.give_up_s:.0f} s")
                 if peer.discovered:
-                    self._drop_peer(peer)
+                    self._forget(peer, "it stopped answering"
+                                 if not peer.closed else "it withdrew its announcement")
                     return
-            if peer.withdrawn and not peer.unacked and not peer.leases:
-                self._drop_peer(peer)
-            elif now >= peer.retry_at:
-                self._connect(peer)
+            if now >= peer.retry_at:
+                self._connect(peer, now)
             return
         late = [verb for verb, deadline, _ in peer.inflight.values() if deadline <= now]
         if late:
             self._unreachable(peer, now, f"no answer to {late[0]}")
             return
-        if peer.withdrawn and not peer.unacked and not peer.leases and not self._stopping:
-            log.info("producer %s withdrew its announcement", peer.key)
-            self._drop_peer(peer)
-            return
         if peer.leases and now >= peer.next_beat_at:
             if not any(verb == "BEAT" for verb, _, _ in peer.inflight.values()):
-                progress = []
-                for lease_id, proc in peer.leases.items():
-                    running = self._running[proc]
-                    if running.progress is not None:
-                        progress.append((lease_id, *running.progress))
-                        running.progress = None
-                beat = p.Beat(
-                    rid=next(self._rids), leases=tuple(peer.leases), progress=tuple(progress) or None
-                )
-                self._request(peer, beat)
+                self._beat(peer, now)
             lease_ms = min(self._running[proc].lease_ms for proc in peer.leases.values())
             peer.next_beat_at = now + max(lease_ms / 4000, 0.02)
+
+    def _beat(self, peer: _Peer, now: float) -> None:
+        """Send a BEAT for the peer's leases (none: a question whether it is there), with the
+        progress the running jobs reported since the last one."""
+        progress = []
+        for lease_id, proc in peer.leases.items():
+            running = self._running[proc]
+            if running.progress is not None:
+                progress.append((lease_id, *running.progress))
+                running.progress = None
+        beat = p.Beat(rid=next(self._rids), leases=tuple(peer.leases), progress=tuple(progress) or None)
+        self._request(peer, beat)
 
     def _request(self, peer: _Peer, msg: p.Request, job_id: int = 0) -> None:
         """Send a request and expect its answer in time."""
@@ -571,6 +753,9 @@ class Worker:
 
     # --- claims ----------------------------------------------------------------------------
 
+    def _claim(self) -> p.Claim:
+        return p.Claim(rid=next(self._rids), wait_ms=self.wait_ms, max_job=self.max_payload_bytes)
+
     def _free_slots(self) -> int:
         return sum(1 for proc in self._procs if proc.free)
 
@@ -584,7 +769,7 @@ class Worker:
         free = 0 if self._stopping else self._free_slots()
         withdraw = now - self._filled_at >= SURPLUS_GRACE_S
         for peer in self._peers.values():
-            if peer.sock is None or (peer.withdrawn and free):
+            if peer.sock is None or peer.probing:
                 continue
             if self._stopping and peer.claims:
                 for rid in peer.claims:  # BYE drops them unanswered
@@ -592,8 +777,8 @@ class Worker:
                 peer.claims.clear()
                 self._request(peer, p.Bye(rid=next(self._rids)))
                 continue
-            while len(peer.claims) < free:
-                self._request(peer, p.Claim(rid=next(self._rids), wait_ms=self.wait_ms))
+            while len(peer.claims) < free and now >= peer.claim_pause_until:
+                self._request(peer, self._claim())
             while len(peer.claims) > free and withdraw:
                 rid = peer.claims.pop()
                 peer.inflight.pop(rid, None)
@@ -608,32 +793,53 @@ class Worker:
             except zmq.Again:
                 return
             try:
-                msg = p.decode_reply(frames)
+                msg = p.decode_reply(frames, self.max_payload_bytes)
             except ProtocolError as exc:
                 self._bad_messages += 1
                 if now - self._bad_logged_at > 1.0:  # at most one line a second under a flood
                     self._bad_logged_at = now
                     log.warning(
                         "producer %s sent a bad message: %s (dropped; %d so far)",
-                        peer.key, exc.message, self._bad_messages,
+                        peer.label, clean(exc.message), self._bad_messages,
                     )
                 continue
+            if not peer.answered:
+                self._first_answer(peer)
             if peer.unreachable_since is not None:
-                log.info("producer %s reachable again", peer.key)
+                log.info("producer %s reachable again", peer.label)
                 peer.unreachable_since = None
             peer.backoff_s = BACKOFF_MIN_S  # it answers: it is alive
             self._handle(peer, msg, now)
 
+    def _first_answer(self, peer: _Peer) -> None:
+        """The peer answered: it is a real producer. Its handshake worked (the monitor is no
+        longer needed), and it may be the new process of a durable producer that another
+        peer's work waits for."""
+        peer.answered = True
+        self._close_monitor(peer)
+        if peer.probing:
+            peer.probing = False
+            log.info("forgotten producer %s at %s answers again", peer.label, peer.endpoint)
+        self.stats.producers_found += 1
+        for old in list(self._peers.values()):
+            if old.sock is None and old.owes and self._successor(old) is peer:
+                self._hand_over(old, peer)
+
     def _handle(self, peer: _Peer, msg: p.Reply, now: float) -> None:
         expected = peer.inflight.pop(msg.rid, None) if msg.rid is not None else None
         if isinstance(msg, p.Job):
+            solicited = msg.rid in peer.claims
             peer.claims.discard(msg.rid)
             if msg.ack is not None:  # the JOB also answers the RESULT that carried the claim
                 acked = peer.inflight.pop(msg.ack, None)
                 if acked is not None and acked[0] == "RESULT":
                     peer.unacked.pop(acked[2], None)
-            self._job(peer, msg, now)
+            self._job(peer, msg, now, solicited)
         elif isinstance(msg, p.NoJob):
+            if msg.rid in peer.claims and expected is not None:
+                sent_at = expected[1] - (self.wait_ms / 1000 + CLAIM_GRACE_S)
+                if now - sent_at < self.wait_ms / 2000:  # shed long before wait_ms: no busy loop
+                    peer.claim_pause_until = now + EARLY_NOJOB_PAUSE_S
             peer.claims.discard(msg.rid)
         elif isinstance(msg, p.Ack):
             if expected is not None and expected[0] == "RESULT":
@@ -648,17 +854,30 @@ class Worker:
                     )
                     self._abort(proc)
         elif isinstance(msg, p.Err):
-            log.error("producer %s refused %s: %s", peer.key, expected and expected[0], msg.message)
+            log.error("producer %s refused %s: %s", peer.label, expected and expected[0], clean(msg.message))
             if expected is not None and expected[0] == "CLAIM":
                 peer.claims.discard(msg.rid)
             if expected is not None and expected[0] == "RESULT":
                 log.error("result of job %d was refused and is dropped", expected[2])
                 peer.unacked.pop(expected[2], None)
 
-    def _job(self, peer: _Peer, job: p.Job, now: float) -> None:
+    def _job(self, peer: _Peer, job: p.Job, now: float, solicited: bool) -> None:
+        """Run a JOB in a free slot, or DECLINE it: no slot free, stopping, an answer to a
+        claim this worker does not have outstanding (withdrawn, or never sent), or a payload
+        over this worker's limit (the DECLINE says the limit)."""
         proc = next((proc for proc in self._procs if proc.free), None)
-        if proc is None or self._stopping:
-            self._request(peer, p.Decline(rid=next(self._rids), job_id=job.job_id, lease_id=job.lease_id))
+        too_large = len(job.payload) > self.max_payload_bytes
+        if proc is None or self._stopping or not solicited or too_large:
+            if too_large:
+                log.warning(
+                    "job %d of producer %s takes %d bytes, over this worker's limit of %d "
+                    "(--max-payload-bytes); declined", job.job_id, peer.label, len(job.payload),
+                    self.max_payload_bytes,
+                )
+            self._request(peer, p.Decline(
+                rid=next(self._rids), job_id=job.job_id, lease_id=job.lease_id,
+                max_job=self.max_payload_bytes if too_large else None,
+            ))
             return
         proc.run(job.job_id, job.payload)
         self._filled_at = now
@@ -703,9 +922,7 @@ class Worker:
         peer.unacked[running.job_id] = (running.lease_id, outcome)
         if peer.sock is None:
             return  # sent when the producer is reachable again
-        claim = None
-        if not self._stopping and not peer.withdrawn:
-            claim = p.Claim(rid=next(self._rids), wait_ms=self.wait_ms)
+        claim = None if self._stopping or peer.claim_pause_until > time.monotonic() else self._claim()
         self._send_result(peer, running.lease_id, outcome, claim=claim)
 
     def _send_result(
