@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 import pytest
@@ -596,13 +597,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS)
-        # Lease ids come from a private RNG seeded from the OS; seed it so that a failing run
-        # replays identically while hypothesis shrinks it (ties in the deadline heap are
+        # Lease ids come from the OS's CSPRNG by default; a seeded one here, so that a failing
+        # run replays identically while hypothesis shrinks it (ties in the deadline heap are
         # broken by lease id).
-        rng = getattr(self.ledger, "_rng", None)
-        if rng is not None:
-            rng.seed(0)
+        self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS, rng=random.Random(0))
         self.now = 0.0
         self.next_id = 0
         self.state: dict[int, JobState] = {}  # every submitted job -> model state

@@ -16,7 +16,7 @@ import zmq
 
 import rztasks
 from conftest import GROUP
-from freelance_rz import JobFailed, JobLost, Producer, Worker
+from freelance_rz import JobFailed, JobTooLarge, Producer, Worker
 from freelance_rz import protocol as p
 from freelance_rz.cli import keys_main
 from freelance_rz.discovery import parse_announcement
@@ -251,9 +251,11 @@ def test_oversized_frame_drops_its_connection_not_the_producer(make_producer, st
 
 
 def test_worker_drops_a_job_over_its_limit_and_survives(make_producer, start_worker):
+    """A job over every connected worker's --max-payload-bytes fails with JobTooLarge naming
+    both limits (issue 12: before, the worker's MAXMSGSIZE dropped it and it was lost)."""
     producer = make_producer(max_attempts=1)
     worker = start_worker("w1", "--max-payload-bytes", "100000")
-    with pytest.raises(JobLost):
+    with pytest.raises(JobTooLarge, match=r"takes 5000\d\d bytes .* at most 100000 .* up to 67108864"):
         producer.submit(rztasks.echo, b"x" * 500_000).result(timeout=30)
     assert producer.submit(rztasks.add, 2, 2).result(timeout=15) == 4
     assert worker.proc.poll() is None

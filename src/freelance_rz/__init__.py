@@ -9,6 +9,7 @@ from .errors import (
     JobFailed,
     JobLost,
     JobTimeout,
+    JobTooLarge,
     ProducerClosed,
     ProtocolError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "JobOptions",
     "JobProgress",
     "JobTimeout",
+    "JobTooLarge",
     "Producer",
     "ProducerClosed",
     "ProtocolError",

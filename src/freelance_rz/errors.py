@@ -55,6 +55,13 @@ class JobTimeout(JobFailed, TimeoutError):
     retried. Also a ``TimeoutError``, so ``except TimeoutError`` catches it."""
 
 
+class JobTooLarge(JobFailed):
+    """The job was never run: its encoded arguments are larger than every connected worker
+    takes (their ``--max-payload-bytes``). The message names the job's size and both limits
+    (the largest a connected worker takes, and the producer's ``max_payload_bytes``).
+    ``remote_type`` is ``"JobTooLarge"``."""
+
+
 class JobLost(FreelanceError):
     """The job was dead-lettered: ``max_attempts`` of its leases were lost (the worker holding
     it died or stopped heartbeating, or the job's own process died), so it is not offered

@@ -12,7 +12,8 @@ wire inputs that do not fit are answered by return values, e.g. a stale lease is
     LEASED   --expire-->   PENDING    deadline passed: head of queue, attempt + 1
     LEASED   --exhaust-->  DEAD       deadline passed on the last attempt: dead letter
     LEASED   --succeed/fail--> DONE / FAILED
-    PENDING  --succeed/fail--> DONE / FAILED   (a result from an earlier, expired lease)
+    PENDING  --succeed/fail--> DONE / FAILED   (a result from an earlier, expired lease, or
+                                               refused: no worker can take the job)
     PENDING  --cancel-->   CANCELLED
     LEASED   --cancel-->   CANCELLED  (its lease becomes void)
 
@@ -33,6 +34,7 @@ import bisect
 import enum
 import heapq
 import random
+import secrets
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -112,12 +114,16 @@ class Ledger:
         lease_s: seconds a lease lives without a heartbeat (> 0).
         max_attempts: leases a job may lose before it is dead-lettered (>= 1); a job may
             override it at submit.
+        rng: where lease ids come from (default: the operating system's CSPRNG, so a lease
+            id cannot be predicted from others; tests pass a seeded ``random.Random``).
 
     Raises:
         ValueError: on out-of-range arguments.
     """
 
-    def __init__(self, *, lease_s: float, max_attempts: int) -> None:
+    def __init__(
+        self, *, lease_s: float, max_attempts: int, rng: random.Random | None = None
+    ) -> None:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0 seconds, got {lease_s!r}")
         if max_attempts < 1:
@@ -131,7 +137,7 @@ class Ledger:
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
         self._restored_leases: dict[int, int] = {}  # lease id issued before a restart -> job id
-        self._rng = random.Random()
+        self._rng = rng or secrets.SystemRandom()
         self.counts: dict[JobState, int] = {state: 0 for state in JobState}
 
     # --- queries ---------------------------------------------------------------------------
@@ -151,6 +157,10 @@ class Ledger:
     def attempt(self, job_id: int) -> int:
         """The attempt number of a live job (1 for its first lease). Raises KeyError."""
         return self._jobs[job_id].attempt
+
+    def payload_size(self, job_id: int) -> int:
+        """Bytes of a live job's payload. Raises KeyError."""
+        return len(self._jobs[job_id].payload)
 
     @property
     def pending(self) -> int:
@@ -239,30 +249,66 @@ class Ledger:
         for lease_id in leases:
             self._restored_leases[lease_id] = job_id
 
-    def claim(self, worker: Hashable, now: float) -> Lease | None:
-        """Lease the job at the head of the queue to ``worker``, or None when none is pending."""
-        while self._priorities:
-            priority = -self._priorities[0]
-            queue = self._queues[priority]
+    def claim(
+        self, worker: Hashable, now: float, max_payload: int | None = None
+    ) -> Lease | None:
+        """Lease the first pending job (by priority, then FIFO) to ``worker``, or None when none
+        is pending. ``max_payload``: the largest payload, in bytes, the worker takes; larger
+        jobs are passed over and keep their place (see :meth:`too_large`)."""
+        priorities, index = self._priorities, 0  # negated priorities, highest first
+        while index < len(priorities):
+            queue = self._queues[-priorities[index]]
+            while queue and queue[0].state is not JobState.PENDING:
+                queue.popleft()  # cancelled or resolved while queued
             if not queue:
-                del self._queues[priority]
-                self._priorities.pop(0)
+                del self._queues[-priorities.pop(index)]
                 continue
-            job = queue.popleft()
-            if job.state is not JobState.PENDING:
-                continue  # cancelled or resolved while queued
-            self._move(job, "claim")
-            lease_id = self._rng.getrandbits(63)
-            while lease_id in self._lease_job or lease_id in job.issued:
-                lease_id = self._rng.getrandbits(63)
-            job.lease_id = lease_id
-            job.worker = worker
-            job.deadline = now + self.lease_s
-            job.issued[lease_id] = worker
-            self._lease_job[lease_id] = job.job_id
-            heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
-            return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline)
+            job: _Job | None = queue[0]
+            if max_payload is not None and len(queue[0].payload) > max_payload:
+                job = self._first_fitting(queue, max_payload)
+            else:
+                queue.popleft()
+            if job is not None:
+                return self._lease(job, worker, now)
+            index += 1
         return None
+
+    @staticmethod
+    def _first_fitting(queue: deque[_Job], max_payload: int) -> _Job | None:
+        """Take the first pending job of ``queue`` whose payload fits (O(position))."""
+        for index, job in enumerate(queue):
+            if job.state is JobState.PENDING and len(job.payload) <= max_payload:
+                del queue[index]
+                return job
+        return None
+
+    def too_large(self, max_payload: int) -> list[int]:
+        """Ids of pending jobs whose payload is over ``max_payload`` bytes, at the head of
+        each priority's queue (those a claim limited to it passed over), at most 100."""
+        out: list[int] = []
+        for priority in self._priorities:
+            for job in self._queues[-priority]:
+                if job.state is not JobState.PENDING:
+                    continue
+                if len(job.payload) <= max_payload:
+                    break
+                out.append(job.job_id)
+                if len(out) >= 100:
+                    return out
+        return out
+
+    def _lease(self, job: _Job, worker: Hashable, now: float) -> Lease:
+        self._move(job, "claim")
+        lease_id = self._rng.getrandbits(63)
+        while lease_id in self._lease_job or lease_id in job.issued:
+            lease_id = self._rng.getrandbits(63)
+        job.lease_id = lease_id
+        job.worker = worker
+        job.deadline = now + self.lease_s
+        job.issued[lease_id] = worker
+        self._lease_job[lease_id] = job.job_id
+        heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
+        return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline)
 
     def _live(self, worker: Hashable, lease_id: int) -> _Job | None:
         job_id = self._lease_job.get(lease_id)
@@ -333,6 +379,15 @@ class Ledger:
         if job is None or job.issued.get(lease_id, _NOBODY) != worker:
             return False
         self._move(job, "succeed" if ok else "fail")
+        return True
+
+    def refuse(self, job_id: int) -> bool:
+        """Fail a pending job that will never be handed out (no worker can take it). False
+        when it is not pending."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.PENDING:
+            return False
+        self._move(job, "fail")
         return True
 
     def cancel(self, job_id: int) -> JobState | None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import heapq
 import itertools
 import logging
 import os
 import queue
+import resource
 import threading
 import time
 import uuid
@@ -28,8 +30,9 @@ import zmq
 
 from . import protocol as p
 from ._sockets import send_frames
+from ._text import clean
 from .discovery import Announcer, local_networks, resolve_interfaces
-from .errors import JobFailed, JobLost, JobTimeout, ProducerClosed, ProtocolError
+from .errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
 from .ledger import Expired, JobState, Ledger
 from .security import CurveServer, check_pair, load_keypair
 from .store import JobStore, Restored, StoreError
@@ -42,12 +45,18 @@ MIN_LEASE_S = 0.2  # below this, heartbeats (every lease / 4) cannot keep up on 
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_WAIT_MS = 60_000  # longest a claim may park; longer requests are clamped
 MAX_PARKED_PER_WORKER = 1024  # parked claims per worker identity (a worker needs one a slot)
+MAX_PARKED = 16384  # parked claims in all; past it the identity with the most loses its oldest
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 WORKER_FORGET_S = 60.0  # a worker silent this long leaves the STATUS table
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0  # finished results kept in a store a week...
 DEFAULT_RETENTION_COUNT = 100_000  # ...and at most this many
 PURGE_EVERY_S = 10.0  # how often retention is applied
 PROGRESS_IN_STATUS = 100  # running jobs whose progress STATUS lists, at most
+WORKERS_IN_STATUS = 200  # workers STATUS lists (the most recently heard), at most
+PROGRESS_MESSAGE_CHARS = 200  # characters kept of a progress message
+HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its ZMTP handshake by then is closed
+NO_WORKER_WARN_S = 10.0  # jobs waiting this long with no word from any worker: say so, once
+EXIT_WAIT_S = 5.0  # leaving `with` by an exception waits this long for running jobs
 STALL_S = 0.2  # an I/O turn this much later than planned means the thread could not run
 LINGER_MS = 200  # on close, time given to the last replies to leave
 
@@ -62,7 +71,8 @@ class JobEvent(NamedTuple):
     ``"released"`` (the lease was given back unused), ``"requeued"`` (its lease was lost;
     ``attempt`` is the next try), or the end: ``"done"``, ``"failed"``, ``"dead"``
     (dead-lettered), ``"cancelled"``. ``at``: wall-clock time (``time.time()``, seconds).
-    ``worker``: the worker's identity (``NAME-xxxxxxxx``) for ``"leased"``, else None.
+    ``worker``: the worker, as ``NAME-xxxxxxxx`` (its ``--name`` and a hash of its secret
+    routing id, which tells apart workers of one name), for ``"leased"``, else None.
     """
 
     kind: str
@@ -153,6 +163,10 @@ class Producer(Executor):
             this producer's ``NAME.key_secret`` file, and a directory of the ``NAME.key``
             public keys of the workers allowed to connect (read at start). The public key is
             announced in mDNS; see :mod:`freelance_rz.security` and docs/security.md.
+        max_connections: the most connections the offer socket keeps open at once; at that
+            many it stops accepting new ones (its port is closed) until some close, so a flood
+            of idle connections cannot use up the application's file descriptors. None: half
+            the process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``), at least 64.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -181,6 +195,7 @@ class Producer(Executor):
         on_event: Callable[[JobEvent], None] | None = None,
         secret_key: str | os.PathLike[str] | None = None,
         authorized_workers: str | os.PathLike[str] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if not isinstance(group, str) or not 0 < len(group) <= 63:
             raise ValueError(f"group must be a string of 1 to 63 characters, got {group!r}")
@@ -193,6 +208,15 @@ class Producer(Executor):
             )
         if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
             raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
+        if max_connections is not None and (
+            isinstance(max_connections, bool) or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError(f"max_connections must be None or an int >= 1, got {max_connections!r}")
+        if max_connections is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            max_connections = 65536 if soft == resource.RLIM_INFINITY else max(64, soft // 2)
+        self.max_connections = max_connections
         check_pair(secret_key, authorized_workers, ("secret_key", "authorized_workers"))
         self._curve: CurveServer | None = None
         if secret_key is not None and authorized_workers is not None:
@@ -227,6 +251,7 @@ class Producer(Executor):
         self._io_closed = False  # the I/O thread has ended; the wake pipe is closed
         self._wake_pending = False  # a wake-up byte is in the pipe (set by _put, cleared by I/O)
         self._endpoints: list[str] = []
+        self._bound: list[str] = []  # the endpoints as bound, for unbinding and binding again
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -281,13 +306,17 @@ class Producer(Executor):
         await asyncio.get_running_loop().run_in_executor(None, self.__exit__, exc_type, *exc_info)
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        """Leaving a ``with`` block waits for every job (``shutdown(wait=True)``, as for any
-        Executor), unless it is left by Ctrl-C or ``sys.exit()``: then :meth:`close` stops
-        at once, without waiting for jobs."""
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            self.close()
-        else:
+        """Leaving a ``with`` block normally waits for every job (``shutdown(wait=True)``, as
+        for any Executor). Left by an exception, it cancels the jobs no worker holds, waits
+        at most EXIT_WAIT_S (5 s) for the running ones, then closes, so the exception
+        surfaces instead of a wait for workers that may never come. Left by Ctrl-C or
+        ``sys.exit()``, :meth:`close` stops at once."""
+        if exc_type is None:
             self.shutdown(wait=True)
+        elif issubclass(exc_type, Exception):
+            self.shutdown(wait=True, cancel_futures=True, timeout_s=EXIT_WAIT_S)
+        else:
+            self.close()
 
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:
         """Queue ``fn(*args, **kwargs)`` to run on a worker; return its Future.
@@ -413,14 +442,27 @@ class Producer(Executor):
             self._put("call", fn, answer)
         return answer.result(timeout_s)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout_s: float | None = None
+    ) -> None:
         """Stop accepting jobs; the I/O thread ends once every job is resolved.
 
         Args:
             wait: block until then (as ``Executor.shutdown``; with no worker serving, this
-                waits for one).
+                waits for one, and the producer logs a warning when jobs wait that way).
             cancel_futures: cancel jobs not yet handed to a worker first.
+            timeout_s: with ``wait``, wait at most this many seconds, then :meth:`close`
+                (the Futures of jobs still running fail with ``ProducerClosed``). None: no
+                limit.
+
+        Raises:
+            ValueError: ``timeout_s`` is not None or a number >= 0.
         """
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+            or not timeout_s >= 0
+        ):
+            raise ValueError(f"timeout_s must be None or a number of seconds >= 0, got {timeout_s!r}")
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
@@ -428,10 +470,13 @@ class Producer(Executor):
                 self._put("shutdown", cancel_futures)
         if wait and self._thread is not None:
             try:
-                self._thread.join()
+                self._thread.join(timeout_s)
             except BaseException:  # Ctrl-C while waiting: stop now (mDNS goodbye included)
                 self.close()
                 raise
+            if self._thread.is_alive():
+                log.warning("shutdown: jobs still running after %g s; closing", timeout_s)
+                self.close()
 
     def close(self, timeout_s: float | None = 10.0) -> None:
         """Stop now: cancel the Futures of pending jobs, fail those of running ones with
@@ -556,7 +601,11 @@ class Producer(Executor):
         if self._curve is not None:
             self._curve.secure(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error on send
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker takes its id back
+        # Without CURVE, a reconnecting worker takes its routing id back from its old,
+        # possibly half-open connection. With CURVE never: a connection of another key could
+        # take a worker's id and its replies; a worker's id is held by its live connection.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, int(self._curve is None))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -565,11 +614,13 @@ class Producer(Executor):
             if self.interfaces is None:
                 port = self._bind_port(sock, "*", self.port)
                 hosts = [str(n.ip) for n in local_networks()] or ["127.0.0.1"]
+                self._bound = [f"tcp://0.0.0.0:{port}"]
             else:
                 port = self.port
                 for host in self.interfaces:
                     port = self._bind_port(sock, host, port)
                 hosts = self.interfaces
+                self._bound = [f"tcp://{host}:{port}" for host in hosts]
         except BaseException:
             sock.close(0)
             raise
@@ -651,6 +702,19 @@ class _OfferLoop:
         self.progressing: dict[int, bytes] = {}  # job id -> worker, for jobs that reported
         self.parked = _ParkedClaims()
         self.workers_seen: dict[bytes, float] = {}
+        self.max_payload = producer.max_payload_bytes
+        # per worker identity (kept as long as workers_seen keeps it): the largest job it
+        # takes (from its claims), and with CURVE the key its routing id is bound to
+        self.worker_limits: dict[bytes, int] = {}
+        self.keys_of: dict[bytes, str] = {}
+        self.last_worker_at = time.monotonic()  # when any worker last sent anything
+        self.idle_warned = False
+        # the offer socket's open connections (its monitor counts them), and whether it
+        # accepts new ones (see Producer(max_connections=))
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.connections = 0
+        self.accepting = True
+        self.rebind_at = 0.0
         self.forget_at = 0.0  # next time silent workers leave workers_seen
         self.closing = False  # shutdown(): end once every job is resolved
         self.linger_until = 0.0  # ...and workers running a cancelled job have been told
@@ -700,6 +764,7 @@ class _OfferLoop:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.producer._wake_r, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         while True:
             before = time.monotonic()
             timeout_ms = self._timeout_ms(before)
@@ -715,6 +780,8 @@ class _OfferLoop:
                     self._flush(now)
             if self.sock in events:
                 self._drain_socket(now)
+            if self.monitor in events or not self.accepting:
+                self._count_connections(now)
             self._expire(now)
             self._dispatch(now)
             self._flush(now)
@@ -722,6 +789,8 @@ class _OfferLoop:
                 break
         for identity, rid in self.parked.keys():  # let parked workers move on at once
             self._send(identity, p.NoJob(rid=rid))
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         for job_id, future in self.futures.items():  # only after close()
             if self.ledger.state(job_id) is JobState.PENDING and Future.cancel(future):
                 future.set_running_or_notify_cancel()  # wakes wait() and as_completed()
@@ -804,23 +873,80 @@ class _OfferLoop:
     # --- messages from workers --------------------------------------------------------------
 
     def _drain_socket(self, now: float) -> None:
+        secure = self.producer._curve is not None
         for _ in range(RECV_BATCH):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                if secure:
+                    parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = str(parts[-1].get("User-Id"))
+                    frames = [part.bytes for part in parts]
+                else:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
             if len(frames) < 2:
                 self._bad(None, ProtocolError(p.E_MALFORMED, "no routing id"))
                 continue
             identity = frames[0]
+            if secure and not self._bind_key(identity, key):
+                continue
             try:
-                msg = p.decode_request(frames[1:])
+                msg = p.decode_request(frames[1:], self.max_payload)
             except ProtocolError as exc:
                 self._bad(identity, exc)
                 continue
             if not isinstance(msg, p.Status):  # freelance-status is no worker
                 self.workers_seen[identity] = now
+                self.last_worker_at = now
             self._handle(identity, msg, now)
+
+    def _bind_key(self, identity: bytes, key: str) -> bool:
+        """With CURVE, a routing id belongs to the key that used it first (for as long as
+        the worker is remembered): a message under it from another key is refused."""
+        bound = self.keys_of.setdefault(identity, key)
+        if bound == key:
+            return True
+        self._bad(identity, ProtocolError(
+            p.E_INVALID, f"routing id {worker_label(identity)} belongs to another client key",
+        ))
+        return False
+
+    def _count_connections(self, now: float) -> None:
+        """Follow the offer socket's open connections; at max_connections stop accepting
+        (unbind) until they are down to 90 % of it, then bind the same endpoints again."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            self.connections += 1 if event == zmq.EVENT_ACCEPTED else -1
+        limit = self.producer.max_connections
+        if self.accepting and self.connections >= limit:
+            self.accepting = False
+            for endpoint in self.producer._bound:
+                try:
+                    self.sock.unbind(endpoint)
+                except zmq.ZMQError as exc:
+                    log.error("cannot stop accepting on %s: %s", endpoint, exc)
+            log.warning(
+                "offer socket: %d connections open, the most allowed (max_connections); new "
+                "ones are refused until some close. A fleet this large needs a higher "
+                "max_connections and open-file limit (ulimit -n); otherwise, a flood of "
+                "connections", self.connections,
+            )
+        elif not self.accepting and self.connections <= 0.9 * limit and now >= self.rebind_at:
+            try:
+                for endpoint in self.producer._bound:
+                    self.sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                self.rebind_at = now + 1.0
+                log.error("cannot accept connections again on %s: %s; retrying", endpoint, exc)
+                return
+            self.accepting = True
+            log.warning("offer socket: %d connections open; accepting new ones again",
+                        self.connections)
 
     def _bad(self, identity: bytes | None, exc: ProtocolError) -> None:
         self.bad_messages += 1
@@ -828,7 +954,9 @@ class _OfferLoop:
         if now - self._last_bad_log > 1.0:  # at most one line a second under a flood
             self._last_bad_log = now
             log.warning(
-                "bad message from %r: %s (%d bad so far)", identity, exc.message, self.bad_messages
+                "bad message from %s: %s (%d bad so far)",
+                "?" if identity is None else worker_label(identity), clean(exc.message),
+                self.bad_messages,
             )
         if identity is not None:
             self._send(identity, p.Err(rid=exc.rid, code=exc.code, message=exc.message))
@@ -844,11 +972,15 @@ class _OfferLoop:
             for lease_id, done, total, message in msg.progress or ():
                 job_id = self.ledger.job_of(identity, lease_id)
                 if job_id is not None:
-                    self.futures[job_id].progress = JobProgress(done, total, message)
+                    progress = JobProgress(done, total, message[:PROGRESS_MESSAGE_CHARS])
+                    self.futures[job_id].progress = progress
                     self.progressing[job_id] = identity
         elif isinstance(msg, p.Decline):
             self._release(identity, msg.job_id, msg.lease_id)
             self._send(identity, p.Ack(rid=msg.rid))
+            if msg.max_job is not None:  # over the worker's limit: a producer that ignored it
+                self.worker_limits[identity] = msg.max_job
+                self._refuse_too_large(msg.max_job)
         elif isinstance(msg, p.CancelClaim):
             self.parked.remove(identity, msg.claim_rid)
             self._send(identity, p.Ack(rid=msg.rid))
@@ -861,18 +993,26 @@ class _OfferLoop:
     def _claim(self, identity: bytes, claim: p.Claim, now: float, ack: int | None = None) -> None:
         """Answer a claim with a job now, or park it. ``ack``: rid of the RESULT that carried
         the claim, acknowledged by the JOB, or by an ACK when the claim is parked."""
+        # a worker that does not say (an older one) takes what its MAXMSGSIZE lets through
+        self.worker_limits[identity] = p.DEFAULT_MAX_PAYLOAD if claim.max_job is None else claim.max_job
         if self._offer(identity, claim.rid, now, ack):
             return
         if ack is not None:
             self._send(identity, p.Ack(rid=ack))
         expires_at = now + min(claim.wait_ms, MAX_WAIT_MS) / 1000
-        if not self.parked.park(identity, claim.rid, expires_at):
+        parked, shed = self.parked.park(identity, claim.rid, expires_at)
+        if not parked:
             self._send(identity, p.NoJob(rid=claim.rid))  # over its share: no memory for a flood
+        if shed is not None:
+            self._send(shed[0], p.NoJob(rid=shed[1]))
 
     def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
         """Lease the next job to a claim; False when no job is pending or the worker is gone."""
+        limit = self.worker_limits.get(identity, p.DEFAULT_MAX_PAYLOAD)
+        if limit < self.max_payload and self.ledger.too_large(limit):
+            self._refuse_too_large(limit)
         while True:
-            lease = self.ledger.claim(identity, now)
+            lease = self.ledger.claim(identity, now, None if limit >= self.max_payload else limit)
             if lease is None:
                 return False
             future = self.futures[lease.job_id]
@@ -889,6 +1029,31 @@ class _OfferLoop:
                 return True
             self._release(identity, lease.job_id, lease.lease_id)
             return False
+
+    def _refuse_too_large(self, limit: int) -> None:
+        """Fail the pending jobs too large for a worker of ``limit`` bytes that are also too
+        large for every other worker heard from lately: no worker would ever take them.
+        (Jobs some worker can take wait for it; the check costs nothing when the head job
+        fits.)"""
+        largest = max(self.worker_limits.values(), default=limit)
+        if largest >= self.max_payload:
+            return
+        for job_id in self.ledger.too_large(largest):
+            size = self.ledger.payload_size(job_id)
+            if not self.ledger.refuse(job_id):
+                continue
+            message = (
+                f"job {job_id} takes {size} bytes encoded; the connected workers take at most "
+                f"{largest} (their --max-payload-bytes), this producer up to {self.max_payload} "
+                "(max_payload_bytes): start workers with a larger --max-payload-bytes, or pass "
+                "a path or URL to the data instead"
+            )
+            log.error("%s", message)
+            error = p.pack_error("JobTooLarge", message, "")
+            self.store.finish(job_id, "failed", error, time.time())
+            future = self._forget(job_id)
+            if future is not None:
+                self._resolve(future, False, error)
 
     def _release(self, identity: bytes, job_id: int, lease_id: int) -> None:
         if self.ledger.release(identity, job_id, lease_id):
@@ -946,7 +1111,7 @@ class _OfferLoop:
                 future.set_result(p.unpack_value(payload))
             else:
                 remote = p.unpack_error(payload)
-                error = JobTimeout if remote[0] == "JobTimeout" else JobFailed
+                error = _LOCAL_ERRORS.get(remote[0], JobFailed)
                 future.set_exception(error(*remote))
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
             future.set_exception(exc)
@@ -956,10 +1121,15 @@ class _OfferLoop:
             send_frames(self.sock, [identity, *p.encode(msg)])
             return True
         except (zmq.Again, zmq.ZMQError) as exc:  # EHOSTUNREACH: the worker is gone
-            log.debug("cannot send to %r: %s", identity, exc)
-            self.workers_seen.pop(identity, None)
-            self.parked.drop_worker(identity)
+            log.debug("cannot send to %s: %s", worker_label(identity), exc)
+            self._forget_worker(identity)
             return False
+
+    def _forget_worker(self, identity: bytes) -> None:
+        self.workers_seen.pop(identity, None)
+        self.worker_limits.pop(identity, None)
+        self.keys_of.pop(identity, None)
+        self.parked.drop_worker(identity)
 
     # --- time ------------------------------------------------------------------------------
 
@@ -981,11 +1151,29 @@ class _OfferLoop:
             self._lost(expired)
         for identity, rid in self.parked.expired(now):
             self._send(identity, p.NoJob(rid=rid))
-        if now >= self.forget_at:  # bounds the table; status() shows only the recent ones
+        if now >= self.forget_at:  # bounds the tables; status() shows only the recent ones
             self.forget_at = now + WORKER_FORGET_S
-            self.workers_seen = {
-                k: t for k, t in self.workers_seen.items() if now - t <= WORKER_FORGET_S
-            }
+            for identity in [k for k, t in self.workers_seen.items() if now - t > WORKER_FORGET_S]:
+                self._forget_worker(identity)
+        self._warn_if_unserved(now)
+
+    def _warn_if_unserved(self, now: float) -> None:
+        """Say once (until a worker speaks again) that jobs wait and no worker has said
+        anything for NO_WORKER_WARN_S: a wrong group, or no worker started."""
+        if not self.ledger.pending or now - self.last_worker_at < NO_WORKER_WARN_S:
+            self.idle_warned = False
+            return
+        if self.idle_warned:
+            return
+        self.idle_warned = True
+        group = self.producer.group
+        log.warning(
+            "%d job(s) waiting and no worker has spoken to producer %s (group %r) for %.0f s: "
+            "start workers of this group, e.g. `freelance-worker --discover --group %s "
+            "--tasks MODULE`, or `--connect %s`", self.ledger.pending,
+            self.producer.producer_id, group, now - self.last_worker_at, group,
+            self.producer.endpoints[0] if self.producer.endpoints else "ENDPOINT",
+        )
 
     def _dispatch(self, now: float) -> None:
         """Hand pending jobs to parked claims, one worker identity after another."""
@@ -998,8 +1186,10 @@ class _OfferLoop:
         from . import __version__
 
         counts = {state.value: n for state, n in self.ledger.counts.items()}
-        recent = [(identity, seen) for identity, seen in self.workers_seen.items()
-                  if now - seen <= WORKER_FORGET_S]
+        recent = sorted(
+            ((identity, seen) for identity, seen in self.workers_seen.items()
+             if now - seen <= WORKER_FORGET_S), key=lambda item: -item[1],
+        )
         return {
             **counts,
             "producer_id": self.producer.producer_id,
@@ -1008,17 +1198,17 @@ class _OfferLoop:
             "workers": len(recent),
             "worker_list": [
                 {
-                    "id": identity.decode(errors="replace"),
+                    "id": worker_label(identity),
                     "last_seen_s": round(now - seen, 3),
                     "running": len(self.ledger.leases_of(identity)),
                 }
-                for identity, seen in recent
+                for identity, seen in recent[:WORKERS_IN_STATUS]
             ],
             "finished_last_min": self.throughput.count(now),
             "progress": [
                 {
                     "job_id": job_id,
-                    "worker": identity.decode(errors="replace"),
+                    "worker": worker_label(identity),
                     **self.futures[job_id].progress._asdict(),  # type: ignore[union-attr]
                 }
                 for job_id, identity in list(self.progressing.items())[:PROGRESS_IN_STATUS]
@@ -1027,6 +1217,7 @@ class _OfferLoop:
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,
             "bad_messages": self.bad_messages,
+            "connections": self.connections,
         }
 
 
@@ -1049,18 +1240,31 @@ class _ParkedClaims:
     def keys(self) -> list[tuple[bytes, int]]:
         return list(self._order)
 
-    def park(self, identity: bytes, rid: int, expires_at: float) -> bool:
-        """Park a claim; False when the identity already has its share parked."""
-        rids = self._by_worker.setdefault(identity, {})
+    def park(
+        self, identity: bytes, rid: int, expires_at: float
+    ) -> tuple[bool, tuple[bytes, int] | None]:
+        """Park a claim. Returns whether it was parked (not when the identity already has
+        MAX_PARKED_PER_WORKER parked, or when MAX_PARKED are parked and it has the most), and
+        the claim shed to make room (the oldest of the identity with the most, which gets
+        NOJOB), if any."""
+        rids = self._by_worker.get(identity, {})
         if len(rids) >= MAX_PARKED_PER_WORKER or (identity, rid) in self._order:
-            return False
+            return False, None
+        shed = None
+        if len(self._order) >= MAX_PARKED:
+            top = max(self._by_worker, key=lambda other: len(self._by_worker[other]))
+            if len(self._by_worker[top]) <= len(rids) + 1:
+                return False, None
+            shed = (top, next(iter(self._by_worker[top])))
+            self.remove(*shed)
+        rids = self._by_worker.setdefault(identity, rids)
         rids[rid] = None
         self._order[(identity, rid)] = expires_at
         heapq.heappush(self._heap, (expires_at, identity, rid))
         if len(self._heap) > 4 * len(self._order) + 1024:  # churn left stale entries: compact
             self._heap = [(t, i, r) for (i, r), t in self._order.items()]
             heapq.heapify(self._heap)
-        return True
+        return True, shed
 
     def remove(self, identity: bytes, rid: int) -> bool:
         if self._order.pop((identity, rid), None) is None:
@@ -1096,6 +1300,24 @@ class _ParkedClaims:
 
     def next_expiry(self) -> float | None:
         return self._heap[0][0] if self._heap else None
+
+
+_LOCAL_ERRORS: dict[str, type[JobFailed]] = {"JobTimeout": JobTimeout, "JobTooLarge": JobTooLarge}
+_LABELS: dict[bytes, str] = {}  # routing id -> worker_label, a cache bounded below
+
+
+def worker_label(identity: bytes) -> str:
+    """How a worker is shown (STATUS, events, logs): ``NAME-xxxxxxxx``, its name and a hash
+    of its routing id. The routing id itself is a secret (whoever has it can take the
+    worker's replies), so it is never shown."""
+    label = _LABELS.get(identity)
+    if label is None:
+        name = identity.rpartition(b"-")[0] or identity[:32]
+        label = f"{clean(name, 64)}-{hashlib.blake2b(identity, digest_size=4).hexdigest()}"
+        if len(_LABELS) >= 4096:
+            _LABELS.clear()
+        _LABELS[identity] = label
+    return label
 
 
 class _RecentCount:
@@ -1171,7 +1393,7 @@ class _EventTap:
 
     def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
         self._store.lease(job_id, lease_id, worker, attempt)
-        self._emit("leased", job_id, time.time(), worker.decode(errors="replace"), attempt)
+        self._emit("leased", job_id, time.time(), worker_label(worker), attempt)
 
     def release(self, job_id: int, lease_id: int) -> None:
         self._store.release(job_id, lease_id)
