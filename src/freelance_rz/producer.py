@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import resource
+import socket
 import threading
 import time
 import uuid
@@ -54,6 +55,7 @@ PURGE_EVERY_S = 10.0  # how often retention is applied
 PROGRESS_IN_STATUS = 100  # running jobs whose progress STATUS lists, at most
 WORKERS_IN_STATUS = 200  # workers STATUS lists (the most recently heard), at most
 PROGRESS_MESSAGE_CHARS = 200  # characters kept of a progress message
+RCVHWM = 0  # see _bind
 HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its ZMTP handshake by then is closed
 NO_WORKER_WARN_S = 10.0  # jobs waiting this long with no word from any worker: say so, once
 EXIT_WAIT_S = 5.0  # leaving `with` by an exception waits this long for running jobs
@@ -164,9 +166,10 @@ class Producer(Executor):
             public keys of the workers allowed to connect (read at start). The public key is
             announced in mDNS; see :mod:`freelance_rz.security` and docs/security.md.
         max_connections: the most connections the offer socket keeps open at once; at that
-            many it stops accepting new ones (its port is closed) until some close, so a flood
-            of idle connections cannot use up the application's file descriptors. None: half
-            the process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``), at least 64.
+            many, a newer connection is closed as soon as it is accepted, so a flood of idle
+            connections cannot use up the application's file descriptors (connections that
+            never finish their ZeroMQ handshake are closed after 5 s anyway). None: half the
+            process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``), at least 64.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -251,7 +254,7 @@ class Producer(Executor):
         self._io_closed = False  # the I/O thread has ended; the wake pipe is closed
         self._wake_pending = False  # a wake-up byte is in the pipe (set by _put, cleared by I/O)
         self._endpoints: list[str] = []
-        self._bound: list[str] = []  # the endpoints as bound, for unbinding and binding again
+        self._port = 0  # the offer socket's port once bound
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -606,6 +609,11 @@ class Producer(Executor):
         # take a worker's id and its replies; a worker's id is held by its live connection.
         sock.setsockopt(zmq.ROUTER_HANDOVER, int(self._curve is None))
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+        # No receive high-water mark: with one, libzmq stops reading a connection that reached
+        # it, and a peer that then disconnects while a reply is queued to it aborts the whole
+        # process (`Assertion failed: !_io_error`, libzmq #4841; seen with a claim flood).
+        # This loop reads every connection as fast as messages come.
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -614,17 +622,16 @@ class Producer(Executor):
             if self.interfaces is None:
                 port = self._bind_port(sock, "*", self.port)
                 hosts = [str(n.ip) for n in local_networks()] or ["127.0.0.1"]
-                self._bound = [f"tcp://0.0.0.0:{port}"]
             else:
                 port = self.port
                 for host in self.interfaces:
                     port = self._bind_port(sock, host, port)
                 hosts = self.interfaces
-                self._bound = [f"tcp://{host}:{port}" for host in hosts]
         except BaseException:
             sock.close(0)
             raise
         self._endpoints = [f"tcp://{host}:{port}" for host in hosts]
+        self._port = port
         return sock
 
     @staticmethod
@@ -706,15 +713,14 @@ class _OfferLoop:
         # per worker identity (kept as long as workers_seen keeps it): the largest job it
         # takes (from its claims), and with CURVE the key its routing id is bound to
         self.worker_limits: dict[bytes, int] = {}
-        self.keys_of: dict[bytes, str] = {}
+        self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.last_worker_at = time.monotonic()  # when any worker last sent anything
         self.idle_warned = False
-        # the offer socket's open connections (its monitor counts them), and whether it
-        # accepts new ones (see Producer(max_connections=))
+        # the offer socket's open connections, by file descriptor, oldest first (its monitor
+        # tells; see Producer(max_connections=))
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.connections = 0
-        self.accepting = True
-        self.rebind_at = 0.0
+        self.accepted: dict[int, None] = {}
+        self.shed_logged_at = -3600.0
         self.forget_at = 0.0  # next time silent workers leave workers_seen
         self.closing = False  # shutdown(): end once every job is resolved
         self.linger_until = 0.0  # ...and workers running a cancelled job have been told
@@ -780,7 +786,7 @@ class _OfferLoop:
                     self._flush(now)
             if self.sock in events:
                 self._drain_socket(now)
-            if self.monitor in events or not self.accepting:
+            if self.monitor in events:
                 self._count_connections(now)
             self._expire(now)
             self._dispatch(now)
@@ -888,7 +894,7 @@ class _OfferLoop:
                 self._bad(None, ProtocolError(p.E_MALFORMED, "no routing id"))
                 continue
             identity = frames[0]
-            if secure and not self._bind_key(identity, key):
+            if secure and not self._bind_key(identity, key, now):
                 continue
             try:
                 msg = p.decode_request(frames[1:], self.max_payload)
@@ -900,11 +906,12 @@ class _OfferLoop:
                 self.last_worker_at = now
             self._handle(identity, msg, now)
 
-    def _bind_key(self, identity: bytes, key: str) -> bool:
-        """With CURVE, a routing id belongs to the key that used it first (for as long as
-        the worker is remembered): a message under it from another key is refused."""
-        bound = self.keys_of.setdefault(identity, key)
-        if bound == key:
+    def _bind_key(self, identity: bytes, key: str, now: float) -> bool:
+        """With CURVE, a routing id belongs to the key that used it first, until it has not
+        been used for WORKER_FORGET_S: a message under it from another key is refused."""
+        bound = self.keys_of.get(identity)
+        if bound is None or bound[0] == key:
+            self.keys_of[identity] = (key, now)
             return True
         self._bad(identity, ProtocolError(
             p.E_INVALID, f"routing id {worker_label(identity)} belongs to another client key",
@@ -912,41 +919,33 @@ class _OfferLoop:
         return False
 
     def _count_connections(self, now: float) -> None:
-        """Follow the offer socket's open connections; at max_connections stop accepting
-        (unbind) until they are down to 90 % of it, then bind the same endpoints again."""
+        """Follow the offer socket's open connections (its monitor's ACCEPTED and
+        DISCONNECTED events); past max_connections, close the newest ones at once."""
         from zmq.utils.monitor import recv_monitor_message
 
         while True:
             try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self.connections += 1 if event == zmq.EVENT_ACCEPTED else -1
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.accepted[event["value"]] = None
+            else:
+                self.accepted.pop(event["value"], None)
         limit = self.producer.max_connections
-        if self.accepting and self.connections >= limit:
-            self.accepting = False
-            for endpoint in self.producer._bound:
-                try:
-                    self.sock.unbind(endpoint)
-                except zmq.ZMQError as exc:
-                    log.error("cannot stop accepting on %s: %s", endpoint, exc)
+        if len(self.accepted) <= limit:
+            return
+        shed = 0
+        for fd in list(self.accepted)[limit:]:
+            shed += _shut_connection(fd, self.producer._port)
+            del self.accepted[fd]  # its DISCONNECTED event follows; never shut it twice
+        if now - self.shed_logged_at > 10.0:
+            self.shed_logged_at = now
             log.warning(
-                "offer socket: %d connections open, the most allowed (max_connections); new "
-                "ones are refused until some close. A fleet this large needs a higher "
-                "max_connections and open-file limit (ulimit -n); otherwise, a flood of "
-                "connections", self.connections,
+                "offer socket: more than %d connections open (max_connections): closed the "
+                "%d newest. A fleet this large needs a higher max_connections and open-file "
+                "limit (ulimit -n); otherwise this is a flood of connections", limit, shed,
             )
-        elif not self.accepting and self.connections <= 0.9 * limit and now >= self.rebind_at:
-            try:
-                for endpoint in self.producer._bound:
-                    self.sock.bind(endpoint)
-            except zmq.ZMQError as exc:
-                self.rebind_at = now + 1.0
-                log.error("cannot accept connections again on %s: %s; retrying", endpoint, exc)
-                return
-            self.accepting = True
-            log.warning("offer socket: %d connections open; accepting new ones again",
-                        self.connections)
 
     def _bad(self, identity: bytes | None, exc: ProtocolError) -> None:
         self.bad_messages += 1
@@ -1128,7 +1127,6 @@ class _OfferLoop:
     def _forget_worker(self, identity: bytes) -> None:
         self.workers_seen.pop(identity, None)
         self.worker_limits.pop(identity, None)
-        self.keys_of.pop(identity, None)
         self.parked.drop_worker(identity)
 
     # --- time ------------------------------------------------------------------------------
@@ -1155,6 +1153,7 @@ class _OfferLoop:
             self.forget_at = now + WORKER_FORGET_S
             for identity in [k for k, t in self.workers_seen.items() if now - t > WORKER_FORGET_S]:
                 self._forget_worker(identity)
+            self.keys_of = {k: v for k, v in self.keys_of.items() if now - v[1] <= WORKER_FORGET_S}
         self._warn_if_unserved(now)
 
     def _warn_if_unserved(self, now: float) -> None:
@@ -1217,7 +1216,7 @@ class _OfferLoop:
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,
             "bad_messages": self.bad_messages,
-            "connections": self.connections,
+            "connections": len(self.accepted),
         }
 
 
@@ -1261,7 +1260,7 @@ class _ParkedClaims:
         rids[rid] = None
         self._order[(identity, rid)] = expires_at
         heapq.heappush(self._heap, (expires_at, identity, rid))
-        if len(self._heap) > 4 * len(self._order) + 1024:  # churn left stale entries: compact
+        if len(self._heap) > 2 * len(self._order) + 1024:  # churn left stale entries: compact
             self._heap = [(t, i, r) for (i, r), t in self._order.items()]
             heapq.heapify(self._heap)
         return True, shed
@@ -1340,6 +1339,26 @@ class _RecentCount:
         oldest = int(now) - self.window_s
         return sum(n for second, n in self.buckets if second > oldest)
 
+
+
+def _shut_connection(fd: int, port: int) -> int:
+    """Shut down the TCP connection libzmq holds as ``fd`` (libzmq then closes it as if the
+    peer had gone), after checking on a duplicate of the descriptor that it still is a
+    connection to our offer ``port`` (a descriptor number can be reused once libzmq closed
+    it). Returns 1 if it was shut down, else 0."""
+    try:
+        conn = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return 0
+    try:
+        if conn.type == socket.SOCK_STREAM and conn.getsockname()[1] == port:
+            conn.shutdown(socket.SHUT_RDWR)
+            return 1
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    return 0
 
 
 class _NoStore:

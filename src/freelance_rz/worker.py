@@ -628,6 +628,7 @@ class Worker:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
+            sock.setsockopt(zmq.RCVHWM, 0)  # as the producer's: see Producer._bind (libzmq #4841)
             sock.connect(peer.endpoint)
         except (zmq.ZMQError, ValueError) as exc:
             if monitor is not None:
