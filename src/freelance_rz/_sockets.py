@@ -21,3 +21,21 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         send(frame, _LAST if i == last else _MORE)
+
+
+KEEPALIVE_IDLE_S = 5  # TCP keepalive: first probe after this many idle seconds,
+KEEPALIVE_INTVL_S = 1  # then one a second,
+KEEPALIVE_CNT = 3  # and the connection is dropped after this many unanswered (~8 s in all)
+
+
+def set_keepalive(sock: zmq.Socket[bytes]) -> None:
+    """Let the kernel find half-open connections (a peer whose host vanished): TCP keepalive,
+    about 8 s. Not ZMTP heartbeats (``HEARTBEAT_IVL``): in libzmq 4.3.5 a heartbeat timer on
+    a connection whose input was stopped at its high-water mark, once that peer disconnects,
+    aborts the whole process (``Assertion failed: !_io_error``, stream_engine_base.cpp; a
+    claim flood from a peer that then disconnects did it every time here). Liveness comes
+    from the freelance conversation anyway (docs/protocol.md §7)."""
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)

@@ -13,7 +13,9 @@ variable ``FREELANCE_RZ_INTERFACES`` (comma-separated) decides, else every inter
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import ipaddress
 import logging
 import os
@@ -34,6 +36,8 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
+
+from zeroconf.asyncio import AsyncServiceInfo
 
 from ._text import clean
 from .protocol import VERSION, parse_endpoint
@@ -214,6 +218,7 @@ class Browser:
         # name -> (failures so far, monotonic time before which it is not tried again)
         self._failed: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._warned_at = 0.0
+        self._inflight: concurrent.futures.Future[bool] | None = None  # the resolver's request
 
     def start(self) -> None:
         """Start browsing (returns at once). Raises OSError on socket errors."""
@@ -248,7 +253,10 @@ class Browser:
 
     def close(self) -> None:
         """Stop browsing; no callback runs after this returns. Safe to call twice."""
-        self._closed.set()
+        with self._lock:
+            self._closed.set()
+            if self._inflight is not None:
+                self._inflight.cancel()
         self._wake.set()
         if self._rebrowser is not None:
             self._rebrowser.join()
@@ -258,8 +266,6 @@ class Browser:
             browser.cancel()
         if zc is not None:
             zc.close()
-        # The resolver may sit in a request to the closed zeroconf for up to
-        # RESOLVE_TIMEOUT_MS; it reports nothing once closed, so it is not waited for.
 
     def _handle(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -286,15 +292,31 @@ class Browser:
                     return
                 self._resolve(name)
 
+    def _request(self, zc: Zeroconf, info: AsyncServiceInfo) -> bool:
+        """Ask the network for a service's records (up to RESOLVE_TIMEOUT_MS), as a task on
+        zeroconf's loop that :meth:`close` cancels: zeroconf waits for its loop's tasks when
+        it closes."""
+        assert zc.loop is not None
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            self._inflight = asyncio.run_coroutine_threadsafe(
+                info.async_request(zc, RESOLVE_TIMEOUT_MS), zc.loop
+            )
+        try:
+            return bool(self._inflight.result(RESOLVE_TIMEOUT_MS / 1000 + 1.0))
+        except (concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+            return False
+
     def _resolve(self, name: str) -> None:
         zc = self._zc
         now = time.monotonic()
         failed = self._failed.get(name)
         if zc is None or (failed is not None and now < failed[1]):
             return
-        info = ServiceInfo(SERVICE_TYPE, name)
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
         try:
-            found = info.load_from_cache(zc) or info.request(zc, RESOLVE_TIMEOUT_MS)
+            found = info.load_from_cache(zc) or self._request(zc, info)
         except Exception:  # zeroconf closed under us, or a record it could not use
             log.debug("mDNS: resolving %s failed", clean(name), exc_info=True)
             found = False

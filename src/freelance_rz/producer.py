@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple
 import zmq
 
 from . import protocol as p
-from ._sockets import send_frames
+from ._sockets import send_frames, set_keepalive
 from ._text import clean
 from .discovery import Announcer, local_networks, resolve_interfaces
 from .errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
@@ -55,9 +55,11 @@ PURGE_EVERY_S = 10.0  # how often retention is applied
 PROGRESS_IN_STATUS = 100  # running jobs whose progress STATUS lists, at most
 WORKERS_IN_STATUS = 200  # workers STATUS lists (the most recently heard), at most
 PROGRESS_MESSAGE_CHARS = 200  # characters kept of a progress message
-RCVHWM = 0  # see _bind
+RCVHWM = 100  # messages queued in this process per connection, at most
+ERR_REPLIES_PER_S = 1000  # ERR answers a second, at most; further bad messages are dropped
 HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its ZMTP handshake by then is closed
 NO_WORKER_WARN_S = 10.0  # jobs waiting this long with no word from any worker: say so, once
+TOO_LARGE_GRACE_S = 5.0  # a job too large for every connected worker this long fails
 EXIT_WAIT_S = 5.0  # leaving `with` by an exception waits this long for running jobs
 STALL_S = 0.2  # an I/O turn this much later than planned means the thread could not run
 LINGER_MS = 200  # on close, time given to the last replies to leave
@@ -609,13 +611,10 @@ class Producer(Executor):
         # take a worker's id and its replies; a worker's id is held by its live connection.
         sock.setsockopt(zmq.ROUTER_HANDOVER, int(self._curve is None))
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
-        # No receive high-water mark: with one, libzmq stops reading a connection that reached
-        # it, and a peer that then disconnects while a reply is queued to it aborts the whole
-        # process (`Assertion failed: !_io_error`, libzmq #4841; seen with a claim flood).
-        # This loop reads every connection as fast as messages come.
+        set_keepalive(sock)
+        # what one connection may have waiting in this process: a worker sends a claim per
+        # free slot and a BEAT at a time; a flood waits in the kernel, then in its sender
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
         try:
@@ -713,6 +712,8 @@ class _OfferLoop:
         # per worker identity (kept as long as workers_seen keeps it): the largest job it
         # takes (from its claims), and with CURVE the key its routing id is bound to
         self.worker_limits: dict[bytes, int] = {}
+        self.too_large_since: dict[int, float] = {}  # job id -> when no worker could take it
+        self.dispatch_due = True  # jobs became pending: offer them to the parked claims
         self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.last_worker_at = time.monotonic()  # when any worker last sent anything
         self.idle_warned = False
@@ -728,6 +729,7 @@ class _OfferLoop:
         self.started_at = time.monotonic()
         self.bad_messages = 0
         self._last_bad_log = 0.0
+        self._err_window_end, self._err_left = 0.0, ERR_REPLIES_PER_S
         self.store: JobStore | _NoStore | _EventTap = producer._store or _NoStore()
         if producer._on_event is not None:
             self.store = _EventTap(self.store, producer._on_event)
@@ -851,6 +853,7 @@ class _OfferLoop:
             if verb == "submit":
                 _, job_id, payload, future, recorded, options = command
                 self.futures[job_id] = future
+                self.dispatch_due = True
                 self.ledger.submit(
                     job_id, payload, max_attempts=options.max_attempts, priority=options.priority
                 )
@@ -957,7 +960,10 @@ class _OfferLoop:
                 "?" if identity is None else worker_label(identity), clean(exc.message),
                 self.bad_messages,
             )
-        if identity is not None:
+        if now >= self._err_window_end:
+            self._err_window_end, self._err_left = now + 1.0, ERR_REPLIES_PER_S
+        if identity is not None and self._err_left > 0:  # a flood of junk is dropped cheaply
+            self._err_left -= 1
             self._send(identity, p.Err(rid=exc.rid, code=exc.code, message=exc.message))
 
     def _handle(self, identity: bytes, msg: p.Request, now: float) -> None:
@@ -977,9 +983,9 @@ class _OfferLoop:
         elif isinstance(msg, p.Decline):
             self._release(identity, msg.job_id, msg.lease_id)
             self._send(identity, p.Ack(rid=msg.rid))
-            if msg.max_job is not None:  # over the worker's limit: a producer that ignored it
+            if msg.max_job is not None:  # over the worker's limit: a claim that did not say it
                 self.worker_limits[identity] = msg.max_job
-                self._refuse_too_large(msg.max_job)
+                self._refuse_too_large(msg.max_job, now)
         elif isinstance(msg, p.CancelClaim):
             self.parked.remove(identity, msg.claim_rid)
             self._send(identity, p.Ack(rid=msg.rid))
@@ -1006,10 +1012,11 @@ class _OfferLoop:
             self._send(shed[0], p.NoJob(rid=shed[1]))
 
     def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
-        """Lease the next job to a claim; False when no job is pending or the worker is gone."""
+        """Lease the next job the worker can take to a claim; False when there is none (or
+        the worker is gone: then its parked claims are dropped too)."""
         limit = self.worker_limits.get(identity, p.DEFAULT_MAX_PAYLOAD)
         if limit < self.max_payload and self.ledger.too_large(limit):
-            self._refuse_too_large(limit)
+            self._refuse_too_large(limit, now)
         while True:
             lease = self.ledger.claim(identity, now, None if limit >= self.max_payload else limit)
             if lease is None:
@@ -1029,15 +1036,19 @@ class _OfferLoop:
             self._release(identity, lease.job_id, lease.lease_id)
             return False
 
-    def _refuse_too_large(self, limit: int) -> None:
-        """Fail the pending jobs too large for a worker of ``limit`` bytes that are also too
-        large for every other worker heard from lately: no worker would ever take them.
-        (Jobs some worker can take wait for it; the check costs nothing when the head job
-        fits.)"""
+    def _refuse_too_large(self, limit: int, now: float) -> None:
+        """Fail the pending jobs too large for a worker of ``limit`` bytes that have also
+        been too large for every worker heard from for TOO_LARGE_GRACE_S: no worker would
+        ever take them. (Jobs some worker can take wait for it; the grace lets the workers of
+        a fleet that is starting connect; the check costs nothing when the head job fits.)"""
         largest = max(self.worker_limits.values(), default=limit)
         if largest >= self.max_payload:
+            self.too_large_since.clear()
             return
         for job_id in self.ledger.too_large(largest):
+            if now - self.too_large_since.setdefault(job_id, now) < TOO_LARGE_GRACE_S:
+                continue
+            del self.too_large_since[job_id]
             size = self.ledger.payload_size(job_id)
             if not self.ledger.refuse(job_id):
                 continue
@@ -1056,6 +1067,7 @@ class _OfferLoop:
 
     def _release(self, identity: bytes, job_id: int, lease_id: int) -> None:
         if self.ledger.release(identity, job_id, lease_id):
+            self.dispatch_due = True
             self.store.release(job_id, lease_id)
 
     def _cancel(self, job_id: int) -> None:
@@ -1101,6 +1113,7 @@ class _OfferLoop:
         """A job left the ledger: drop what the loop kept for it; return its Future."""
         self.timeouts.pop(job_id, None)
         self.progressing.pop(job_id, None)
+        self.too_large_since.pop(job_id, None)
         return self.futures.pop(job_id, None)
 
     @staticmethod
@@ -1142,6 +1155,7 @@ class _OfferLoop:
             log.warning("job %d dead-lettered after %d attempts", lost.job_id, lost.attempt)
         else:
             self.store.requeue(lost.job_id, lost.attempt + 1)
+            self.dispatch_due = True
             log.info("job %d lost its lease (%s); re-queued", lost.job_id, reason or "expired")
 
     def _expire(self, now: float) -> None:
@@ -1175,10 +1189,21 @@ class _OfferLoop:
         )
 
     def _dispatch(self, now: float) -> None:
-        """Hand pending jobs to parked claims, one worker identity after another."""
+        """Hand pending jobs to parked claims, one worker identity after another, when jobs
+        became pending since the last time; stops after a whole round of identities took
+        nothing (the pending jobs are too large for the workers that wait)."""
+        if not self.dispatch_due:
+            return
+        self.dispatch_due = False
+        took_nothing: set[bytes] = set()
         while self.parked and self.ledger.pending:
-            identity, rid = self.parked.pop_next()
-            self._offer(identity, rid, now)
+            identity, rid, expires_at = self.parked.pop_next()
+            if identity in took_nothing:
+                self.parked.park(identity, rid, expires_at)
+                return
+            if not self._offer(identity, rid, now) and identity in self.workers_seen:
+                self.parked.park(identity, rid, expires_at)  # nothing it can take: wait on
+                took_nothing.add(identity)
 
     def status(self, now: float) -> dict[str, Any]:
         """Counts and facts for STATUS."""
@@ -1278,15 +1303,17 @@ class _ParkedClaims:
         for rid in self._by_worker.pop(identity, ()):
             del self._order[(identity, rid)]
 
-    def pop_next(self) -> tuple[bytes, int]:
-        """The oldest claim of the identity whose turn it is (call only when non-empty); that
-        identity then goes to the back of the line."""
+    def pop_next(self) -> tuple[bytes, int, float]:
+        """Remove the oldest claim of the identity whose turn it is (call only when
+        non-empty), that identity going to the back of the line; returns the claim and
+        when it expires."""
         identity, rids = next(iter(self._by_worker.items()))
         rid = next(iter(rids))
+        expires_at = self._order[(identity, rid)]
         self.remove(identity, rid)
         if identity in self._by_worker:
             self._by_worker[identity] = self._by_worker.pop(identity)
-        return identity, rid
+        return identity, rid, expires_at
 
     def expired(self, now: float) -> list[tuple[bytes, int]]:
         """Remove and return the claims whose wait is over."""

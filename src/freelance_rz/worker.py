@@ -50,7 +50,7 @@ from typing import Any
 import zmq
 
 from . import protocol as p
-from ._sockets import send_frames
+from ._sockets import send_frames, set_keepalive
 from ._text import clean
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
@@ -548,7 +548,7 @@ class Worker:
                 running.peer = new
         old.unacked.clear()
         old.leases.clear()
-        self._forget(old, "it restarted elsewhere")
+        self._forget(old, "it restarted elsewhere", level=logging.INFO)
         if new.sock is not None:
             for result in new.unacked.values():
                 self._send_result(new, *result, claim=None)
@@ -571,14 +571,17 @@ class Worker:
             self._abort(proc)
         peer.unacked.clear()
 
-    def _forget(self, peer: _Peer, why: str, probe_in: float = DORMANT_PROBE_S) -> None:
+    def _forget(
+        self, peer: _Peer, why: str, probe_in: float = DORMANT_PROBE_S, level: int | None = None
+    ) -> None:
         """Drop a discovered peer and remember it as dormant: its mDNS records (which
         outlive a dead producer by many minutes) are ignored, and it is asked again whether
         it is back in ``probe_in`` seconds."""
         self._drop_peer(peer)
         if not peer.probing:
-            log.log(logging.WARNING if peer.answered else logging.INFO,
-                    "producer %s at %s forgotten: %s", peer.label, peer.endpoint, why)
+            if level is None:
+                level = logging.WARNING if peer.answered else logging.INFO
+            log.log(level, "producer %s at %s forgotten: %s", peer.label, peer.endpoint, why)
         peer.answered = peer.probing = False
         peer.claims.clear()
         peer.inflight.clear()
@@ -625,10 +628,8 @@ class Worker:
             sock.setsockopt(zmq.ROUTING_ID, self.identity)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            set_keepalive(sock)
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_payload_bytes + p.FRAME_OVERHEAD)
-            sock.setsockopt(zmq.RCVHWM, 0)  # as the producer's: see Producer._bind (libzmq #4841)
             sock.connect(peer.endpoint)
         except (zmq.ZMQError, ValueError) as exc:
             if monitor is not None:

@@ -47,13 +47,16 @@ def txt(producer_id: str, group: str, endpoint: str, **extra: str) -> dict[str, 
 
 
 class MdnsForger:
-    """Announces ``announce`` ([(instance label, TXT properties)]) on loopback mDNS and sends
-    forged goodbyes for the instance names in ``goodbye`` every ``goodbye_every_s``, from a
-    process of its own (killed, with its group, on exit)."""
+    """Announces ``announce`` ([(instance label, TXT properties)]) on loopback mDNS, PTR
+    records alone for the ``ghosts`` labels, and sends forged goodbyes for the instance names
+    in ``goodbye`` every ``goodbye_every_s``, from a process of its own (killed, with its
+    group, on exit)."""
 
     def __init__(self, tmp_path: Path, announce: list[tuple[str, dict[str, str]]] = (),
-                 goodbye: list[str] = (), goodbye_every_s: float = 2.0) -> None:
+                 goodbye: list[str] = (), goodbye_every_s: float = 2.0,
+                 ghosts: list[str] = ()) -> None:
         spec = {
+            "ghosts": [f"{label}.{SERVICE_TYPE}" for label in ghosts],
             "announce": [{"name": f"{label}.{SERVICE_TYPE}", "props": props}
                          for label, props in announce],
             "goodbye": list(goodbye), "goodbye_every_s": goodbye_every_s,

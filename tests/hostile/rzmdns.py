@@ -2,9 +2,10 @@
 
 Run as ``python rzmdns.py SPEC.json``. SPEC is ``{"announce": [{"name": ..., "props": {...},
 "port": N}, ...], "goodbye": [instance names], "goodbye_every_s": S}``: every announcement
-is registered (without probing, as a forger would), then ``ready`` is printed, then forged
-goodbyes (PTR records with TTL 0) for the ``goodbye`` names are sent every S seconds, until
-the process is killed.
+is registered (without probing, as a forger would), ``ghosts`` names are announced by a PTR
+record alone (what a dead producer leaves in caches once its SRV/TXT records expired), again
+every S seconds, and forged goodbyes (PTR records with TTL 0) for the ``goodbye`` names are
+sent every S seconds, until the process is killed; ``ready`` is printed once registered.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ async def main(spec: dict) -> None:
             for info in infos[start:start + 50]
         ]
         await asyncio.gather(*tasks)
+    ghosts = spec.get("ghosts", [])
     print("ready", flush=True)
     goodbyes = spec.get("goodbye", [])
     every = spec.get("goodbye_every_s", 2.0)
     while True:
+        if ghosts:
+            out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+            for name in ghosts:
+                out.add_answer_at_time(DNSPointer(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN, 4500, name), 0)
+            aiozc.zeroconf.async_send(out)
         if goodbyes:
             out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
             for name in goodbyes:
