@@ -63,3 +63,37 @@ def steps(count, delay_s):
 def blob(size):
     """``size`` bytes of result."""
     return b"x" * size
+
+
+def terminate_child():
+    """Start `sleep 30`, terminate it and return its exit status (-15 when SIGTERM works)."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    child.terminate()
+    return child.wait(timeout=10)
+
+
+def spawn_grandchild(path, hold_s=60.0):
+    """Start `sleep 300` (a grandchild of the worker), write its pid to ``path``, then wait."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"])
+    with open(path + ".tmp", "w") as out:
+        out.write(str(child.pid))
+    os.replace(path + ".tmp", path)
+    time.sleep(hold_s)
+    return child.pid
+
+
+def signal_state():
+    """What a job process and a program it starts see of signals: the job's process group,
+    and the ignored and blocked signal masks of a child (from /proc, as exec passed them)."""
+    import subprocess
+
+    status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return {
+        "pid": os.getpid(), "pgid": os.getpgrp(),
+        "child_ignored": int(fields["SigIgn"], 16), "child_blocked": int(fields["SigBlk"], 16),
+    }

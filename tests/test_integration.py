@@ -177,14 +177,15 @@ def test_sigkill_worker_mid_job_nothing_lost_c4(make_producer, start_worker):
     assert time.monotonic() - killed_at < 15
 
 
-def test_sigterm_busy_worker_finishes_its_job_c6(make_producer, start_worker):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_busy_worker_finishes_its_job_c6(make_producer, start_worker, sig):
     producer = make_producer()
     worker = start_worker("w1")
     ready = producer.submit(rztasks.add, 0, 0)
     assert ready.result(timeout=15) == 0
     running = producer.submit(rztasks.whoami, 1.5)
     time.sleep(0.5)
-    worker.signal_group(signal.SIGTERM)  # like Ctrl-C in a terminal: the whole group
+    worker.signal_group(sig)  # like Ctrl-C in a terminal: the whole group
     assert running.result(timeout=10)["worker"] == "w1"
     assert worker.wait(timeout=10) == 0
     queued = producer.submit(rztasks.add, 1, 1)

@@ -7,6 +7,14 @@ interpreter therefore cannot silence the worker's heartbeats; a dead child is re
 ``JobProcessDied`` outcome (``crashed``: the producer counts it as a lost attempt and offers
 the job again, up to its ``max_attempts``) and replaced.
 
+Signals: a job process keeps the default signal dispositions, for the task's code and for
+every program it starts (``Popen(...).terminate()`` works, ``kill`` works). The worker decides
+when a job stops by other means: each job process leads a process group of its own, so a
+Ctrl-C in the worker's terminal (sent to the worker's group) never reaches it, and the worker
+kills a job process's whole group when it aborts or replaces it (time limit, cancel, crash,
+stop), so a task's children die with it. A :class:`Reaper` kills those groups when the worker
+itself is killed.
+
 Pipe messages are msgpack, never pickle: parent -> child ``[job_id, payload]``; child ->
 parent one byte (1 ok, 0 error) followed by the msgpack result or error payload.
 """
@@ -15,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -32,6 +42,72 @@ log = logging.getLogger("freelance_rz.runner")
 
 _SPAWN = multiprocessing.get_context("spawn")
 _PR_SET_PDEATHSIG = 1
+# Blocked in the worker while it spawns a job process, unblocked by the job process once it has
+# a process group of its own: a Ctrl-C to the worker's group in between never reaches it.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Reaper:
+    """A worker's reaper process (:mod:`freelance_rz._reaper`): told the process group of each
+    job process, it SIGKILLs the groups still alive when the worker exits or is killed, so
+    that programs a task started never outlive their worker.
+
+    :meth:`watch` and :meth:`forget` never raise: without a reaper (it could not start, or it
+    died) job processes still die with their worker (``PR_SET_PDEATHSIG``); only their
+    children could outlive it.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the reaper process (in a session of its own: Ctrl-C does not reach it). One
+        that cannot start is logged as a warning; the worker runs without it."""
+        from . import _reaper
+
+        try:
+            self._proc = subprocess.Popen(
+                [multiprocessing.spawn.get_executable(), "-I", "-S", os.path.abspath(_reaper.__file__)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+            )
+        except OSError as exc:
+            log.warning("cannot start the worker's reaper process (%s): programs tasks start "
+                        "may outlive a killed worker", exc)
+
+    def watch(self, pgid: int) -> None:
+        """Kill process group ``pgid`` if the worker dies before :meth:`forget`."""
+        self._send(b"+%d\n" % pgid)
+
+    def forget(self, pgid: int) -> None:
+        """The worker has killed process group ``pgid`` itself."""
+        self._send(b"-%d\n" % pgid)
+
+    def _send(self, line: bytes) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            return
+        try:
+            self._proc.stdin.write(line)
+            self._proc.stdin.flush()
+        except OSError:  # the reaper died: log once, carry on without it
+            log.warning("the worker's reaper process exited (code %s)", self._proc.poll())
+            self._proc = None
+
+    def close(self) -> None:
+        """Close the reaper's stdin (it kills the groups still watched) and wait for it to
+        exit. Safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +136,15 @@ class JobProcess:
 
     Args:
         modules: the worker's task modules (the allowlist), imported by the child at start.
+        reaper: told the process group of each child started, and of each one killed.
 
     Raises (from :meth:`start`):
         OSError: the child could not be started.
     """
 
-    def __init__(self, modules: list[str]) -> None:
+    def __init__(self, modules: list[str], reaper: Reaper | None = None) -> None:
         self.modules = modules
+        self._reaper = reaper
         self.job_id: int | None = None  # the job running now, if any
         self.ready = False  # the child has imported the task modules
         self._conn: Connection | None = None
@@ -75,11 +153,21 @@ class JobProcess:
     def start(self) -> None:
         """Start the child; it is :attr:`ready` once it has imported the task modules."""
         parent, child = _SPAWN.Pipe(duplex=True)
-        self._process = _SPAWN.Process(
+        process = _SPAWN.Process(
             target=_child_main, args=(child, self.modules), name="freelance-job", daemon=True
         )
-        self._process.start()
-        child.close()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            child.close()
+        self._process = process
+        if self._reaper is not None and process.pid is not None:
+            self._reaper.watch(process.pid)  # its group id, once it has called setpgid
         self._conn = parent
         self.ready = False
 
@@ -165,10 +253,19 @@ class JobProcess:
             self._process = None
 
     def _reap(self, kill: bool = False) -> str:
+        """Kill the child's process group (the child, when ``kill``, and whatever its tasks
+        started), join the child and close the pipe. Returns how the child ended."""
         process = self._process
-        if kill and process.is_alive():
-            process.kill()
+        # The group first, before the child is joined: until then its pid (the group's id)
+        # cannot be reused. A child that has not made its group yet has no children either.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if kill and process.is_alive():
+                process.kill()
         process.join(timeout=5)
+        if self._reaper is not None and process.exitcode is not None:
+            self._reaper.forget(process.pid)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -183,9 +280,7 @@ class JobProcess:
 def _child_main(conn: Connection, modules: list[str]) -> None:
     """Body of a job process: import the task modules, then run jobs until the pipe closes."""
     _die_with_parent()
-    # The worker decides when jobs stop (C6): Ctrl-C in a terminal signals the whole group.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _own_process_group()
     from .tasks import Allowlist
 
     try:
@@ -237,6 +332,24 @@ def report_progress(done: float, total: float | None = None, message: str = "") 
         return
     _progress_sent_at = now
     _progress_pipe.send_bytes(b"P" + msgpack.packb([done, total, message[:200]]))
+
+
+def _own_process_group() -> None:
+    """Lead a process group of its own, then restore the default signal dispositions.
+
+    The worker decides when jobs stop (C6): a Ctrl-C in its terminal goes to the worker's
+    process group, which this process has just left. The worker spawned it with SIGINT and
+    SIGTERM blocked, so one sent to that group in between is pending here: it is discarded
+    (ignoring a pending signal drops it) before they are unblocked. Nothing stays ignored or
+    blocked, so programs a task starts get the defaults too (they are inherited across exec).
+    """
+    os.setpgid(0, 0)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's default: KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)  # e.g. ignored by a shell's `worker &`
 
 
 def _die_with_parent() -> None:

@@ -54,7 +54,7 @@ from ._sockets import send_frames, set_keepalive
 from ._text import clean
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
-from .runner import JobProcess, Outcome, Progress
+from .runner import JobProcess, Outcome, Progress, Reaper
 from .security import (
     HANDSHAKE_EVENTS,
     KeyPair,
@@ -292,8 +292,10 @@ class Worker:
         if soft != resource.RLIM_INFINITY:  # up to 5 file descriptors a producer, 128 spare
             self.max_producers = min(MAX_PRODUCERS, max(8, (soft - 128) // FDS_PER_PRODUCER))
         browser = None
+        reaper = Reaper()
         try:
-            self._procs = [JobProcess(self.tasks) for _ in range(self.slots)]
+            reaper.start()
+            self._procs = [JobProcess(self.tasks, reaper) for _ in range(self.slots)]
             for proc in self._procs:
                 proc.start()
             if self.discover:
@@ -321,6 +323,7 @@ class Worker:
                 self._drop_peer(peer)
             for proc in self._procs:
                 proc.close()
+            reaper.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
         log.info(
