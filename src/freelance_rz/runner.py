@@ -45,6 +45,42 @@ _PR_SET_PDEATHSIG = 1
 # Blocked in the worker while it spawns a job process, unblocked by the job process once it has
 # a process group of its own: a Ctrl-C to the worker's group in between never reaches it.
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_JOB_PROCESS_NAME = "freelance-job"
+# A job process exits with this code when importing the main script started a worker again
+# (no ``if __name__ == "__main__":``); the worker that spawned it explains.
+_UNGUARDED_MAIN_EXIT = 86
+
+
+def refuse_unguarded_main() -> None:
+    """Refuse to start a worker while a spawned process imports the main script.
+
+    Job processes are started with multiprocessing's ``spawn``, which imports the main script
+    again in each one (as ``__mp_main__``). A script that starts a worker at module level,
+    not under ``if __name__ == "__main__":``, would start one in every job process. Called at
+    the start of :meth:`Worker.run`.
+
+    Raises:
+        SystemExit: in a worker's own job process (code ``_UNGUARDED_MAIN_EXIT``; the worker
+            that started it raises the RuntimeError below, once).
+        RuntimeError: in any other spawned process, saying what to add.
+    """
+    process = multiprocessing.current_process()
+    if not getattr(process, "_inheriting", False):  # set by spawn while it imports the script
+        return
+    if process.name == _JOB_PROCESS_NAME:
+        raise SystemExit(_UNGUARDED_MAIN_EXIT)
+    raise RuntimeError(_unguarded_main_message())
+
+
+def _unguarded_main_message() -> str:
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None) or "the main script"
+    return (
+        f"{script} starts a Worker when it is imported: a worker's job processes are started "
+        "with multiprocessing's 'spawn', which imports the main script again in each of them. "
+        'Start the worker under `if __name__ == "__main__":`, e.g.\n\n'
+        '    if __name__ == "__main__":\n        Worker(["myapp.tasks"], discover=True).run()\n'
+    )
 
 
 class Reaper:
@@ -154,7 +190,7 @@ class JobProcess:
         """Start the child; it is :attr:`ready` once it has imported the task modules."""
         parent, child = _SPAWN.Pipe(duplex=True)
         process = _SPAWN.Process(
-            target=_child_main, args=(child, self.modules), name="freelance-job", daemon=True
+            target=_child_main, args=(child, self.modules), name=_JOB_PROCESS_NAME, daemon=True
         )
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
@@ -217,6 +253,8 @@ class JobProcess:
             job_id, self.job_id = self.job_id, None
             code = self._reap()
             if not self.ready:
+                if self._process.exitcode == _UNGUARDED_MAIN_EXIT:
+                    raise RuntimeError(_unguarded_main_message()) from None
                 raise RuntimeError(f"job process {code} while starting") from None
             self.start()
             if job_id is None:

@@ -54,7 +54,7 @@ from ._sockets import send_frames, set_keepalive
 from ._text import clean
 from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
 from .errors import ProtocolError
-from .runner import JobProcess, Outcome, Progress, Reaper
+from .runner import JobProcess, Outcome, Progress, Reaper, refuse_unguarded_main
 from .security import (
     HANDSHAKE_EVENTS,
     KeyPair,
@@ -285,8 +285,10 @@ class Worker:
         """Serve until stopped. Returns the :class:`WorkerStats`.
 
         Raises:
-            RuntimeError: a job process could not import the task modules.
+            RuntimeError: a job process could not import the task modules, or the main script
+                starts this worker when imported (no ``if __name__ == "__main__":``).
         """
+        refuse_unguarded_main()
         self._ctx = zmq.Context.instance()
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft != resource.RLIM_INFINITY:  # up to 5 file descriptors a producer, 128 spare
