@@ -29,6 +29,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import zmq
 
+from . import _check
 from . import protocol as p
 from ._sockets import send_frames, set_keepalive
 from ._text import clean
@@ -63,6 +64,7 @@ TOO_LARGE_GRACE_S = 5.0  # a job too large for every connected worker this long 
 EXIT_WAIT_S = 5.0  # leaving `with` by an exception waits this long for running jobs
 STALL_S = 0.2  # an I/O turn this much later than planned means the thread could not run
 LINGER_MS = 200  # on close, time given to the last replies to leave
+MAX_PAYLOAD_LIMIT = 2**62  # bytes: the largest max_payload_bytes (MAXMSGSIZE is an int64)
 
 
 _CONDITION_LOCK = threading.Lock()
@@ -177,10 +179,17 @@ class Producer(Executor):
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
     servers (workers) pull from the clients (producers), so there is no broker.
 
+    Ranges: ``group`` 1 to 63 characters; ``port`` 0 to 65535; ``lease_s`` 0.2 to 1e9
+    seconds; ``max_attempts`` >= 1; ``retention_s`` >= 0 seconds and ``retention_count`` >= 0
+    (or None); ``max_payload_bytes`` 1 to 2**62; ``max_connections`` >= 1 (or None).
+
     Raises:
-        ValueError: bad ``group``, ``interfaces``, ``port``, ``lease_s`` or ``max_attempts``;
-            only one of ``secret_key`` and ``authorized_workers``; an unreadable key file or a
-            directory without public keys.
+        TypeError: an argument of the wrong type (e.g. ``lease_s="1"``, ``max_attempts=2.5``,
+            ``announce=None``, ``interfaces="10.0.0.5"`` instead of a list); the message names
+            the argument, what it must be and the value given.
+        ValueError: an argument out of its range, or an interface that is not an IPv4
+            address; only one of ``secret_key`` and ``authorized_workers``; an unreadable key
+            file or a directory without public keys.
         freelance_rz.StoreError: the store is corrupt, of a newer schema, or in use.
     """
 
@@ -202,22 +211,25 @@ class Producer(Executor):
         authorized_workers: str | os.PathLike[str] | None = None,
         max_connections: int | None = None,
     ) -> None:
-        if not isinstance(group, str) or not 0 < len(group) <= 63:
-            raise ValueError(f"group must be a string of 1 to 63 characters, got {group!r}")
-        if not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be 0 (any free port) to 65535, got {port!r}")
-        if not lease_s >= MIN_LEASE_S:
-            raise ValueError(
-                f"lease_s must be >= {MIN_LEASE_S} s (workers heartbeat every lease_s / 4), "
-                f"got {lease_s!r}"
-            )
-        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
-            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
-        if max_connections is not None and (
-            isinstance(max_connections, bool) or not isinstance(max_connections, int)
-            or max_connections < 1
-        ):
-            raise ValueError(f"max_connections must be None or an int >= 1, got {max_connections!r}")
+        group = _check.group(group)
+        interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
+        port = _check.integer("port", port, min_=0, max_=65535)  # 0: any free port
+        # workers heartbeat every lease_s / 4: below MIN_LEASE_S they cannot keep up
+        lease_s = _check.number("lease_s", lease_s, min_=MIN_LEASE_S, max_=_check.MAX_SECONDS, unit="seconds")
+        max_attempts = _check.integer("max_attempts", max_attempts, min_=1, max_=_check.INT64_MAX)
+        announce = _check.boolean("announce", announce)
+        store = _check.path("store", store)
+        retention_s = _check.number("retention_s", retention_s, min_=0, unit="seconds", allow_none=True)
+        retention_count = _check.integer(
+            "retention_count", retention_count, min_=0, max_=_check.INT64_MAX, allow_none=True
+        )
+        max_payload_bytes = _check.integer(
+            "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
+        )
+        on_event = _check.function("on_event", on_event)
+        secret_key = _check.path("secret_key", secret_key)
+        authorized_workers = _check.path("authorized_workers", authorized_workers)
+        max_connections = _check.integer("max_connections", max_connections, min_=1, allow_none=True)
         if max_connections is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             max_connections = 65536 if soft == resource.RLIM_INFINITY else max(64, soft // 2)
@@ -359,7 +371,10 @@ class Producer(Executor):
             priority: higher is handed out first; FIFO within one priority (default 0).
 
         Raises:
-            ValueError: ``timeout_s`` <= 0 or ``max_attempts`` < 1.
+            TypeError: ``timeout_s`` not a number (or None), ``max_attempts`` or ``priority``
+                not an int (bools are refused).
+            ValueError: ``timeout_s`` not in (0, 1e9] seconds, ``max_attempts`` < 1,
+                ``priority`` outside the signed 64-bit range (-2**63 to 2**63 - 1).
         """
         return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority)
 
@@ -385,14 +400,23 @@ class Producer(Executor):
             recorded.result()  # durable before we return (raises StoreError if it is not)
         return future
 
-    def get(self, job_id: int, timeout_s: float = 5.0) -> JobFuture:
+    def get(self, job_id: int, timeout_s: float | None = 5.0) -> JobFuture:
         """The Future of a job by id, also of a job submitted before a restart on the same
         store (already resolved when it finished; finished results are kept per retention).
 
+        Args:
+            job_id: the job's id (``future.job_id``, an int >= 1).
+            timeout_s: seconds to wait for the I/O thread's answer (None: no limit).
+
         Raises:
+            TypeError: ``job_id`` is not an int or ``timeout_s`` not a number.
+            ValueError: ``job_id`` < 1 or ``timeout_s`` < 0.
             KeyError: no such job (never submitted, or its result was purged).
             RuntimeError: after the producer stopped.
+            concurrent.futures.TimeoutError: no answer within ``timeout_s`` seconds.
         """
+        job_id = _check.integer("job_id", job_id, min_=1, max_=_check.INT64_MAX)
+        timeout_s = _answer_timeout(timeout_s)
         if self._thread is None:
             self.start()
         future: JobFuture | None = self._call(lambda loop: loop.find(job_id), timeout_s)
@@ -424,21 +448,26 @@ class Producer(Executor):
         None; it arrives with the worker's heartbeats, so it lags by up to ``lease_s / 4``."""
         return future.progress
 
-    def status(self, timeout_s: float = 5.0) -> dict[str, Any]:
+    def status(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
         """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
         ``done``, ``failed``, ``dead``, ``cancelled`` (since this start); ``workers`` heard from
         in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs);
         ``finished_last_min``; ``parked_claims``; ``uptime_s`` (seconds); ``bad_messages``;
         ``producer_id``, ``group``, ``endpoints``, ``version``.
 
+        Args:
+            timeout_s: seconds to wait for the I/O thread's answer (None: no limit).
+
         Raises:
+            TypeError, ValueError: ``timeout_s`` is not a number >= 0 (or None).
             RuntimeError: the producer is not running.
             concurrent.futures.TimeoutError: no answer within ``timeout_s`` seconds.
         """
+        timeout_s = _answer_timeout(timeout_s)
         info: dict[str, Any] = self._call(lambda loop: loop.status(time.monotonic()), timeout_s)
         return info
 
-    def _call(self, fn: Callable[[_OfferLoop], Any], timeout_s: float) -> Any:
+    def _call(self, fn: Callable[[_OfferLoop], Any], timeout_s: float | None) -> Any:
         """Run ``fn(loop)`` on the I/O thread and return its result."""
         answer: Future[Any] = Future()
         with self._lock:
@@ -647,6 +676,14 @@ class Producer(Executor):
             ) from None
 
 
+def _answer_timeout(timeout_s: Any) -> float | None:
+    """``timeout_s`` of :meth:`Producer.status` and :meth:`Producer.get`, checked."""
+    checked: float | None = _check.number(
+        "timeout_s", timeout_s, min_=0, max_=threading.TIMEOUT_MAX, unit="seconds", allow_none=True
+    )
+    return checked
+
+
 class JobOptions(Executor):
     """Options for jobs, bound to a producer (made by :meth:`Producer.options`): its
     :meth:`submit`, ``map`` and :meth:`submit_async` work as the producer's."""
@@ -661,12 +698,13 @@ class JobOptions(Executor):
         max_attempts: int | None = None,
         priority: int = 0,
     ) -> None:
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        if not isinstance(priority, int):
-            raise ValueError(f"priority must be an int, got {priority!r}")
+        timeout_s = _check.number(
+            "timeout_s", timeout_s, above=0, max_=_check.MAX_SECONDS, unit="seconds", allow_none=True
+        )
+        max_attempts = _check.integer(
+            "max_attempts", max_attempts, min_=1, max_=_check.INT64_MAX, allow_none=True
+        )
+        priority = _check.integer("priority", priority, min_=_check.INT64_MIN, max_=_check.INT64_MAX)
         self._producer = producer
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts

@@ -36,6 +36,7 @@ from typing import Any
 
 import msgpack
 
+from . import _check
 from . import protocol as p
 
 log = logging.getLogger("freelance_rz.runner")
@@ -356,14 +357,20 @@ def report_progress(done: float, total: float | None = None, message: str = "") 
     of the lease), where :meth:`Producer.progress` and ``freelance-status`` show it. Calls more
     often than every 0.1 s are coalesced; outside a worker's job process it does nothing.
 
+    Args:
+        done: how much is done, a number >= 0 (an int or a float).
+        total: how much there is to do, a number >= 0, or None when unknown.
+        message: a short text (cut at 200 characters).
+
     Raises:
-        TypeError: ``done``/``total`` are not numbers or ``message`` is not a string.
+        TypeError: ``done`` or ``total`` is not a number (bools are refused), or ``message``
+            is not a str.
+        ValueError: ``done`` or ``total`` is negative, NaN, infinite or above 2**63 - 1.
     """
     global _progress_sent_at
-    if not isinstance(done, (int, float)) or not isinstance(total, (int, float, type(None))):
-        raise TypeError("report_progress(done, total=None, message=''): numbers expected")
-    if not isinstance(message, str):
-        raise TypeError("report_progress: message must be a string")
+    done = _check.number("done", done, min_=0, max_=_check.INT64_MAX)
+    total = _check.number("total", total, min_=0, max_=_check.INT64_MAX, allow_none=True)
+    message = _check.string("message", message)
     now = time.monotonic()
     finished = total is not None and done >= total
     if _progress_pipe is None or (now - _progress_sent_at < PROGRESS_EVERY_S and not finished):

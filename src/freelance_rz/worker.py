@@ -49,6 +49,7 @@ from typing import Any
 
 import zmq
 
+from . import _check
 from . import protocol as p
 from ._sockets import send_frames, set_keepalive
 from ._text import clean
@@ -83,6 +84,8 @@ MAX_DORMANT = 1024  # forgotten producers remembered (so their mDNS ghosts are i
 DORMANT_PROBE_S = 60.0  # a forgotten producer is asked whether it is back after this...
 DORMANT_PROBE_MAX_S = 600.0  # ...doubling up to this
 EARLY_NOJOB_PAUSE_S = 0.5  # a NOJOB long before wait_ms (a producer shedding claims): pause
+NAME_MAX_BYTES = 200  # a worker's name, in UTF-8: it is part of its routing id (255 bytes at most)
+MAX_PAYLOAD_LIMIT = 2**62  # bytes: the largest max_payload_bytes (MAXMSGSIZE is an int64)
 
 
 @dataclass(slots=True)
@@ -173,9 +176,17 @@ class Worker:
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
+    A module named twice in ``tasks`` is taken once. Ranges: ``slots`` >= 1, ``wait_ms`` >= 1,
+    ``give_up_s`` > 0 (``float("inf")``: never), ``group`` 1 to 63 characters, ``name`` at most
+    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62.
+
     Raises:
-        ValueError: no producer source, no task module, ``slots`` < 1, bad interfaces; only
-            one of ``key`` and ``trust``, an unreadable key, or ``trust`` without public keys.
+        TypeError: an argument of the wrong type, e.g. ``tasks="myapp.tasks"`` (a str, not a
+            list of str), ``slots=2.5``, ``discover=None``; the message names the argument,
+            what it must be and the value given.
+        ValueError: an argument out of its range; no producer source, no task module, bad
+            interfaces; only one of ``key`` and ``trust``, an unreadable key, or ``trust``
+            without public keys.
         ModuleNotFoundError: a ``tasks`` module cannot be found.
     """
 
@@ -195,6 +206,20 @@ class Worker:
         trust: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = p.DEFAULT_MAX_PAYLOAD,
     ) -> None:
+        tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
+        discover = _check.boolean("discover", discover)
+        connect = _check.strings("connect", connect, example="['tcp://10.0.0.5:41234']")
+        group = _check.group(group)
+        slots = _check.integer("slots", slots, min_=1, allow_none=True)
+        interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
+        name = _check.string("name", name, max_bytes=NAME_MAX_BYTES, allow_none=True)
+        wait_ms = _check.integer("wait_ms", wait_ms, min_=1, max_=p.MAX_UINT, unit="milliseconds")
+        give_up_s = _check.number("give_up_s", give_up_s, above=0, unit="seconds", allow_inf=True)
+        key = _check.path("key", key)
+        trust = _check.path("trust", trust)
+        max_payload_bytes = _check.integer(
+            "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
+        )
         if not discover and not connect:
             raise ValueError("a worker needs --discover or at least one --connect endpoint")
         if not tasks:
@@ -206,11 +231,7 @@ class Worker:
                 found = None
             if found is None:
                 raise ModuleNotFoundError(f"--tasks module {module!r} not found", name=module)
-        if not give_up_s > 0:
-            raise ValueError(f"give_up_s must be > 0 seconds, got {give_up_s!r}")
         self.slots = (os.cpu_count() or 1) if slots is None else slots
-        if self.slots < 1:
-            raise ValueError(f"slots must be >= 1, got {slots}")
         for endpoint in connect:
             try:
                 p.parse_endpoint(endpoint)
@@ -227,14 +248,12 @@ class Worker:
                     f"must hold exactly one key, it holds {len(self._trusted)} (use --discover "
                     "to serve several secure producers; they announce their keys)"
                 )
-        if not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
-            raise ValueError(f"max_payload_bytes must be a positive int, got {max_payload_bytes!r}")
         self.max_payload_bytes = max_payload_bytes
         # refused announcements' producer ids, warned about once (bounded: anyone can announce)
         self._ignored: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.tasks = list(tasks)
+        self.tasks = tasks  # each module once, in the order given
         self.discover = discover
-        self.connect = list(connect)
+        self.connect = connect
         self.group = group
         self.interfaces = resolve_interfaces(interfaces)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
