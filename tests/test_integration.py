@@ -775,3 +775,29 @@ def test_a_bad_interfaces_variable_is_named(monkeypatch):
     monkeypatch.setenv("FREELANCE_RZ_INTERFACES", "garbage")
     with pytest.raises(ValueError, match=r"\$FREELANCE_RZ_INTERFACES entry 'garbage'"):
         Producer(GROUP)
+
+
+def test_a_task_added_after_the_worker_started_names_the_changed_file(
+    make_producer, start_worker, tmp_path, monkeypatch
+):
+    """The worker imported the module before the task was added: the error says so and that
+    a restart loads it, rather than only "no function"."""
+    import os
+
+    module = f"rzstale_{os.getpid()}"
+    path = tmp_path / f"{module}.py"
+    path.write_text("def old():\n    return 'old'\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    producer = make_producer()
+    start_worker("w1", "--slots", "1", "--tasks", module)
+    assert producer.submit(f"{module}:old").result(timeout=20) == "old"
+    path.write_text("def old():\n    return 'old'\n\ndef kw():\n    return 'kw'\n")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    with pytest.raises(JobFailed) as info:
+        producer.submit(f"{module}:kw").result(timeout=20)
+    assert info.value.remote_type == "TaskNotAllowed"
+    assert f"no function 'kw' defined in {module} ({path} changed after this worker imported it at " in (
+        info.value.remote_message
+    )
+    assert info.value.remote_message.endswith("restart the worker to load new functions)")

@@ -361,3 +361,26 @@ def test_resolve_does_not_import_even_an_importable_stdlib_module(tasks_mod):
     with pytest.raises(TaskNotAllowed):
         allow.resolve(f"{name}:main")
     assert name not in sys.modules
+
+
+def test_a_function_added_after_the_import_gets_a_restart_hint(make_module, tmp_path):
+    """A worker imports its modules once: a task added to the file later is "not defined",
+    and the message says the file changed after the import, and when that was."""
+    import os
+
+    name = make_module("def old():\n    return 1\n")
+    allowlist = Allowlist([name])
+    with pytest.raises(TaskNotAllowed) as unchanged:
+        allowlist.resolve(f"{name}:kw")
+    assert "changed" not in str(unchanged.value)
+    path = tmp_path / f"{name}.py"
+    path.write_text("def old():\n    return 1\n\ndef kw():\n    return 2\n")
+    stat = path.stat()  # a later mtime, even on a file system with coarse timestamps
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    with pytest.raises(TaskNotAllowed) as changed:
+        allowlist.resolve(f"{name}:kw")
+    message = str(changed.value)
+    assert message.startswith(f"task '{name}:kw': no function 'kw' defined in {name} (")
+    assert f"{path} changed after this worker imported it at " in message
+    assert message.endswith("; restart the worker to load new functions)")
+    assert allowlist.resolve(f"{name}:old")() == 1

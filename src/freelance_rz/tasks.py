@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
@@ -83,10 +85,13 @@ class Allowlist:
 
     def __init__(self, modules: Iterable[str]) -> None:
         self.modules: dict[str, ModuleType] = {}
+        # module -> (wall-clock time of its import, its source file's mtime then, in ns)
+        self._imported: dict[str, tuple[float, int | None]] = {}
         for name in modules:
             if not _MODULE_RE.fullmatch(name):
                 raise ValueError(f"--tasks {name!r} is not a module name")
-            self.modules[name] = importlib.import_module(name)
+            module = self.modules[name] = importlib.import_module(name)
+            self._imported[name] = (time.time(), _mtime_ns(module))
         if not self.modules:
             raise ValueError("a worker needs at least one --tasks module")
 
@@ -95,7 +100,9 @@ class Allowlist:
 
         Raises:
             TaskNotAllowed: malformed name, module not allowed, no such public function, or
-                the object is not a function defined in that module.
+                the object is not a function defined in that module. When the module's
+                source file changed after it was imported, the message says so and when it
+                was imported (a function added since needs a restart of the worker).
         """
         try:
             module_name, func_name = split_task_name(name)
@@ -109,5 +116,31 @@ class Allowlist:
             )
         fn = module.__dict__.get(func_name)
         if not inspect.isfunction(fn) or fn.__module__ != module_name:
-            raise TaskNotAllowed(f"task {name!r}: no function {func_name!r} defined in {module_name}")
+            raise TaskNotAllowed(
+                f"task {name!r}: no function {func_name!r} defined in {module_name}"
+                + self._changed_since_import(module_name)
+            )
         return fn
+
+    def _changed_since_import(self, module_name: str) -> str:
+        """A hint when the module's source file changed after it was imported (a task added
+        to it later is not seen until the worker restarts), else ""."""
+        imported_at, mtime_ns = self._imported[module_name]
+        module = self.modules[module_name]
+        now_ns = _mtime_ns(module)
+        if mtime_ns is None or now_ns is None or now_ns == mtime_ns:
+            return ""
+        at = time.strftime("%H:%M:%S", time.localtime(imported_at))
+        return (f" ({module.__file__} changed after this worker imported it at {at}; restart "
+                "the worker to load new functions)")
+
+
+def _mtime_ns(module: ModuleType) -> int | None:
+    """The modification time of a module's source file (ns), or None (no file, unreadable)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
