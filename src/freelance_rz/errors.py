@@ -44,7 +44,11 @@ class JobFailed(FreelanceError):
         self.remote_traceback = remote_traceback
 
     def __str__(self) -> str:
-        text = f"{self.remote_type}: {self.remote_message}"
+        # A traceback prints "JobFailed: ValueError: ..."; a subclass named after the remote
+        # type (JobTimeout) would read "JobTimeout: JobTimeout: ...", so it is not repeated.
+        text = self.remote_message
+        if self.remote_type != type(self).__name__:
+            text = f"{self.remote_type}: {text}"
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
