@@ -801,3 +801,31 @@ def test_a_task_added_after_the_worker_started_names_the_changed_file(
         info.value.remote_message
     )
     assert info.value.remote_message.endswith("restart the worker to load new functions)")
+
+
+def test_status_async_and_progress_async_from_a_running_loop(make_producer, start_worker):
+    import asyncio
+
+    producer = make_producer()
+    start_worker("w1")
+
+    async def main():
+        ticks = [0]
+        tick = asyncio.create_task(count_loop_turns(ticks))
+        future = producer.submit(rztasks.steps, 20, 0.1)
+        seen = await producer.progress_async(future)
+        while seen is None:
+            await asyncio.sleep(0.05)
+            seen = await producer.progress_async(future)
+        status = await producer.status_async()
+        result = await asyncio.wrap_future(future)
+        tick.cancel()
+        return seen, status, result, ticks[0]
+
+    seen, status, result, ticks = asyncio.run(asyncio.wait_for(main(), 30))
+    assert seen.total == 20 and 1 <= seen.done <= 20
+    assert status["producer_id"] == producer.producer_id and status["workers"] == 1
+    assert result == 20
+    assert ticks >= 10  # the loop kept running throughout
+    with pytest.raises(TypeError, match="timeout_s"):
+        asyncio.run(producer.status_async(timeout_s="5"))

@@ -445,7 +445,14 @@ class Producer(Executor):
 
     def progress(self, future: JobFuture) -> JobProgress | None:
         """The latest progress the job reported (:func:`~freelance_rz.report_progress`), or
-        None; it arrives with the worker's heartbeats, so it lags by up to ``lease_s / 4``."""
+        None; it arrives with the worker's heartbeats, so it lags by up to ``lease_s / 4``.
+
+        Raises:
+            TypeError: ``future`` is not a :class:`JobFuture`.
+        """
+        if not isinstance(future, JobFuture):
+            raise TypeError(f"future must be a JobFuture (from submit), got {future!r} "
+                            f"({type(future).__name__})")
         return future.progress
 
     def status(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
@@ -466,6 +473,22 @@ class Producer(Executor):
         timeout_s = _answer_timeout(timeout_s)
         info: dict[str, Any] = self._call(lambda loop: loop.status(time.monotonic()), timeout_s)
         return info
+
+    async def status_async(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
+        """:meth:`status` from asyncio code: the I/O thread is asked from a worker thread of
+        the event loop's default executor, so the loop never blocks, even for ``timeout_s``
+        seconds. Same result and errors as :meth:`status`."""
+        timeout_s = _answer_timeout(timeout_s)
+        info: dict[str, Any] = await asyncio.get_running_loop().run_in_executor(
+            None, self.status, timeout_s
+        )
+        return info
+
+    async def progress_async(self, future: JobFuture) -> JobProgress | None:
+        """:meth:`progress` from asyncio code, for symmetry with :meth:`status_async`: the
+        latest progress is kept on the Future, so this never waits. Same result and errors as
+        :meth:`progress`."""
+        return self.progress(future)
 
     def _call(self, fn: Callable[[_OfferLoop], Any], timeout_s: float | None) -> Any:
         """Run ``fn(loop)`` on the I/O thread and return its result."""
