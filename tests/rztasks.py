@@ -97,3 +97,13 @@ def signal_state():
         "pid": os.getpid(), "pgid": os.getpgrp(),
         "child_ignored": int(fields["SigIgn"], 16), "child_blocked": int(fields["SigBlk"], 16),
     }
+
+
+_calls = 0
+
+
+def count_calls():
+    """How many jobs this job process has run (module-level state), and its pid."""
+    global _calls
+    _calls += 1
+    return {"pid": os.getpid(), "calls": _calls}
