@@ -49,6 +49,15 @@ store of a newer schema version, or lacks one of the tables raises :class:`Store
 the path and the problem, and nothing is written to it. Only a missing or empty (0-byte) file
 is initialised as a new store.
 
+File modes
+----------
+A store holds every job's arguments and every result, so it is private to its owner. A new
+store file is created with mode 0600 before SQLite opens it (SQLite gives its ``-wal`` and
+``-shm`` files the database file's mode). An existing store, ``-wal`` or ``-shm`` file that
+group or others can write is refused with :class:`StoreError` (anyone could then change the
+jobs a producer hands out); one that they can read is used, with a warning. Both messages say
+``chmod 600 PATH``.
+
 Layout (schema version 1; ``PRAGMA user_version`` holds the version, ``PRAGMA
 application_id`` marks the file as a freelance_rz job store)::
 
@@ -63,10 +72,12 @@ application_id`` marks the file as a freelance_rz job store)::
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -74,6 +85,7 @@ from typing import Any
 
 from .errors import FreelanceError
 
+log = logging.getLogger("freelance_rz.store")
 SCHEMA_VERSION = 1
 #: ``PRAGMA application_id`` of a job store: "FRZ1" read as a big-endian int.
 APPLICATION_ID = 0x46525A31
@@ -83,6 +95,9 @@ LOCK_TIMEOUT_S = 1.0
 FINISHED_STATES = frozenset({"done", "failed", "dead", "cancelled"})
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: the files of a store whose modes are checked: the database and SQLite's WAL companions.
+_COMPANIONS = ("", "-wal", "-shm")
+_NEW_FILE_MODE = 0o600
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _SCHEMA = (
@@ -196,8 +211,9 @@ class JobStore:
     Raises:
         StoreError: the file is not a SQLite database, is damaged, is another
             application's database, is a store of a newer :data:`SCHEMA_VERSION`, lacks a
-            table, is locked by another store, or cannot be opened (the file is left as it
-            was).
+            table, is locked by another store, it or its ``-wal`` or ``-shm`` file is
+            writable by group or others (see *File modes* above), or it cannot be opened or
+            created (the file is left as it was).
         ValueError: ``retention_s`` < 0 or not a number, ``retention_count`` < 0 or not
             an int.
 
@@ -266,6 +282,8 @@ class JobStore:
         return self._error(f"SQLite error while {doing}: {exc}")
 
     def _open(self) -> sqlite3.Connection:
+        self._create_private_file()
+        self._check_modes()
         self._check_header()
         try:
             conn = sqlite3.connect(
@@ -290,6 +308,52 @@ class JobStore:
             conn.close()
             raise
         return conn
+
+    def _check_modes(self) -> None:
+        """Refuse a store file, ``-wal`` or ``-shm`` that group or others can write; warn
+        about one they can read (POSIX only)."""
+        if os.name != "posix":  # pragma: no cover - modes mean nothing elsewhere
+            return
+        for suffix in _COMPANIONS:
+            path = self.path + suffix
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StoreError(path, f"cannot be read: {exc}") from exc
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise StoreError(
+                    path,
+                    f"is writable by group or others (mode {mode:04o}): anyone could change the "
+                    f"jobs and results it holds; run `chmod 600 {path}` if it is yours",
+                )
+            if mode & (stat.S_IRGRP | stat.S_IROTH):
+                log.warning(
+                    "job store %r is readable by group or others (mode %04o): they can read "
+                    "every job's arguments and results; run `chmod 600 %s`", path, mode, path,
+                )
+
+    def _create_private_file(self) -> None:
+        """Make a missing store file, empty and mode 0600, before SQLite creates it with
+        the umask's mode (its -wal and -shm files then get 0600 too)."""
+        try:
+            fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                _NEW_FILE_MODE,
+            )
+        except FileExistsError:
+            return
+        except IsADirectoryError:
+            raise self._error("is a directory, not a job store file") from None
+        except OSError as exc:
+            hint = " (its directory must exist)" if isinstance(exc, FileNotFoundError) else ""
+            raise self._error(f"cannot be opened: cannot create it: {exc.strerror}{hint}") from exc
+        try:
+            if os.name == "posix":
+                os.fchmod(fd, _NEW_FILE_MODE)  # exactly 0600 whatever the umask
+        finally:
+            os.close(fd)
 
     def _check_header(self) -> None:
         """Refuse a file that is not SQLite before SQLite opens it (it would not write to
