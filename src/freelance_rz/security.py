@@ -18,6 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,16 @@ import zmq
 import zmq.auth
 import zmq.auth.thread
 
+from ._text import clean
+
 log = logging.getLogger("freelance_rz.security")
+
+#: refused client keys a producer remembers (so a client retrying is not warned about again);
+#: the least recently refused is forgotten first. 256 keys of 40 bytes: a few tens of KiB.
+ZAP_REMEMBERED_KEYS = 256
+#: at most one "refused a client" warning per this many seconds; the refusals in between are
+#: summed up in the next line ("N more clients refused in the last S s").
+ZAP_WARNING_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +152,11 @@ class CurveServer:
         self.keys = keys
         self.authorized = Path(authorized)
         self._auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self.zap_log = _ZapLog()
 
     def start(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         """Serve ZAP requests of ``ctx`` (a context of the producer's own) on a thread."""
-        self._auth = zmq.auth.thread.ThreadAuthenticator(ctx, log=_ZapLog())
+        self._auth = zmq.auth.thread.ThreadAuthenticator(ctx, log=self.zap_log)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=self.authorized)
 
@@ -154,37 +167,97 @@ class CurveServer:
         sock.curve_server = True
 
     def stop(self) -> None:
-        """Stop the ZAP thread. Safe to call twice."""
+        """Stop the ZAP thread (then log the refusals not reported yet). Safe to call twice."""
         auth, self._auth = self._auth, None
         if auth is not None:
             auth.stop()
+            self.zap_log.flush()
 
 
 class _ZapLog:
     """The logger given to ``zmq.auth``: it logs its decisions at debug level, but a refused
-    client key deserves a warning on the producer's side too (once per key)."""
+    client key deserves a warning on the producer's side too.
 
-    def __init__(self) -> None:
+    A client that keeps retrying with the same key is warned about once (the last
+    :data:`ZAP_REMEMBERED_KEYS` refused keys are remembered, least recently refused forgotten
+    first), and a flood of new keys costs at most one warning line per
+    :data:`ZAP_WARNING_INTERVAL_S` seconds: the refusals in between are counted and reported
+    in the next line, or by :meth:`flush`. Every string is passed through
+    :func:`~freelance_rz._text.clean` (ZAP requests carry client-chosen bytes).
+
+    Args:
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._log = logging.getLogger("freelance_rz.security.zap")
-        self._warned: set[str] = set()
+        self._clock = clock
+        self._remembered: OrderedDict[str, None] = OrderedDict()
+        self._last_line_at: float | None = None  # when the last warning line was written
+        self._held = 0  # refusals of new keys since then, not yet in a line
+        self._held_example = ""  # the latest of them, for the summary
+
+    @staticmethod
+    def _format(msg: str, args: tuple[object, ...]) -> str:
+        args = tuple(a.decode(errors="replace") if isinstance(a, bytes) else a for a in args)
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError):
+            text = " ".join(map(str, (msg, *args)))
+        return clean(text, 300)
 
     def debug(self, msg: str, *args: object) -> None:
-        args = tuple(a.decode(errors="replace") if isinstance(a, bytes) else a for a in args)
-        text = msg % args if args else msg
-        if text.startswith("DENIED") and text not in self._warned:
-            self._warned.add(text)
-            log.warning("refused a client: %s (its public key is not in authorized_workers)", text)
+        text = self._format(msg, args)
+        if text.startswith("DENIED"):
+            # CURVE refusals end with "client_key=KEY": remember the key, not the line
+            key = text.rpartition("client_key=")[2] if "client_key=" in text else text
+            self._refused(key, text)
+        self._log.debug("%s", text)
+
+    def _refused(self, key: str, text: str) -> None:
+        if key in self._remembered:
+            self._remembered.move_to_end(key)
+            return
+        self._remembered[key] = None
+        if len(self._remembered) > ZAP_REMEMBERED_KEYS:
+            self._remembered.popitem(last=False)
+        now = self._clock()
+        if self._last_line_at is not None and now - self._last_line_at < ZAP_WARNING_INTERVAL_S:
+            self._held += 1
+            self._held_example = text
+            return
+        if self._held:
+            self._held += 1
+            self._held_example = text
+            self.flush()
         else:
-            self._log.debug(text)
+            log.warning("refused a client: %s (its public key is not in authorized_workers)", text)
+        self._last_line_at = now
+
+    def flush(self) -> None:
+        """Write the summary line of refusals not reported yet, if any."""
+        if not self._held:
+            return
+        since = 0.0 if self._last_line_at is None else self._clock() - self._last_line_at
+        log.warning(
+            "%d more clients refused in the last %.1f s (their public keys are not in "
+            "authorized_workers; the latest: %s)", self._held, since, self._held_example,
+        )
+        self._held, self._held_example = 0, ""
+
+    @property
+    def remembered(self) -> int:
+        """How many refused keys are remembered now (at most :data:`ZAP_REMEMBERED_KEYS`)."""
+        return len(self._remembered)
 
     def info(self, msg: str, *args: object) -> None:
-        self._log.info(msg, *args)
+        self._log.info("%s", self._format(msg, args))
 
     def warning(self, msg: str, *args: object) -> None:
-        self._log.warning(msg, *args)
+        self._log.warning("%s", self._format(msg, args))
 
     def error(self, msg: str, *args: object) -> None:
-        self._log.error(msg, *args)
+        self._log.error("%s", self._format(msg, args))
 
 
 HANDSHAKE_EVENTS = (
