@@ -15,12 +15,14 @@ Every namespace made is deleted by :meth:`Network.destroy`, which never raises.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Sequence
 
 SUBNET = "198.18.0"  # the benchmarking range (RFC 2544), 198.18.0.0/15
 BRIDGE = "br0"
 IP_TIMEOUT_S = 10.0  # one `ip` command
+_NS_PART_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")  # a namespace prefix or host name, whole
 
 
 class NetnsError(RuntimeError):
@@ -67,8 +69,20 @@ class Network:
     a step fails), :meth:`destroy` deletes every namespace it made."""
 
     def __init__(self, prefix: str, hosts: Sequence[str]) -> None:
+        """Args: ``prefix`` of every namespace name (``rzlab-PID-N``), ``hosts``: their names.
+
+        Raises:
+            ValueError: more than 250 hosts, or a prefix or host name that is not a plain
+                name (letters, digits, '-' and '_', matched whole): they become namespace
+                names, i.e. files in /run/netns, made as root.
+        """
         if len(hosts) > 250:
             raise ValueError("at most 250 hosts")
+        for what, value in (("prefix", prefix), *(("host", host) for host in hosts)):
+            if not isinstance(value, str) or not _NS_PART_RE.fullmatch(value):
+                raise ValueError(
+                    f"namespace {what} must be 1 to 40 letters, digits, '-' or '_', got {value!r}"
+                )
         self.prefix = prefix
         self.hosts = list(hosts)
         self.bridge_ns = f"{prefix}-br"

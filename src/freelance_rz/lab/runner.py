@@ -48,7 +48,16 @@ from rich.text import Text
 from . import netns
 from .producer_peer import GO_FILE
 from .records import ENV_EVENTS, ENV_HOST, ENV_PEER, append, read
-from .scenario import LINK_ACTIONS, Event, ProducerSpec, Scenario, WorkerSpec
+from .scenario import (
+    LINK_ACTIONS,
+    Event,
+    ProducerSpec,
+    Scenario,
+    ScenarioError,
+    WorkerSpec,
+    check_name,
+    check_scenario_name,
+)
 
 TICK_S = 0.05  # main loop period (seconds)
 READY_TIMEOUT_S = 30.0  # setup: longest wait for producers to announce and workers to find them
@@ -59,6 +68,25 @@ _RUNS = itertools.count(1)  # runs made by this process (prefixes and groups sta
 
 class LabError(RuntimeError):
     """A run that cannot start (e.g. link events without network namespaces)."""
+
+
+def _check_names(scenario: Scenario) -> None:
+    """Every name that becomes a path or a namespace name is valid, also in a
+    :class:`Scenario` made without :mod:`~freelance_rz.lab.scenario`'s parser.
+
+    Raises:
+        LabError: naming the scenario and the bad name.
+    """
+    try:
+        check_scenario_name(scenario.name, "name")
+        for host in scenario.hosts:
+            check_name(host, "host")
+        peers: list[ProducerSpec | WorkerSpec] = [*scenario.producers, *scenario.workers]
+        for peer in peers:
+            check_name(peer.name, "peer name")
+            check_name(peer.host, f"host of {peer.name}")
+    except ScenarioError as exc:
+        raise LabError(f"scenario {scenario.name!r}: {exc}") from None
 
 
 @dataclass
@@ -133,6 +161,7 @@ class LabRun:
 
     def __init__(self, scenario: Scenario, out_dir: str | os.PathLike[str], *, loopback: bool = False,
                  console: Console | None = None) -> None:
+        _check_names(scenario)
         self.scenario = scenario
         self.out_dir = Path(out_dir)
         self.console = console
@@ -184,15 +213,27 @@ class LabRun:
     # --- setup -----------------------------------------------------------------------------
 
     def _make_run_dir(self) -> Path:
+        """A new directory ``NAME-STAMP[-i]`` directly inside ``out_dir`` (made if missing),
+        as an absolute path: peers run with it as their working directory.
+
+        Raises:
+            LabError: the path would not be directly inside ``out_dir`` once resolved.
+        """
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = self.out_dir.resolve()
         for i in itertools.count():
-            # absolute: peers run with the run directory as their working directory
-            path = self.out_dir.resolve() / f"{self.scenario.name}-{stamp}{'' if i == 0 else f'-{i}'}"
+            path = out / f"{self.scenario.name}-{stamp}{'' if i == 0 else f'-{i}'}"
+            if path.parent != out:  # the name is one component (checked in __init__ too)
+                raise LabError(f"run directory {path} would not be inside --out {out}")
+            out.mkdir(parents=True, exist_ok=True)
             try:
-                path.mkdir(parents=True)
-                return path
+                path.mkdir()  # never follows a symlink of that name: FileExistsError
             except FileExistsError:
                 continue
+            if path.resolve().parent != out:  # pragma: no cover - defence in depth
+                path.rmdir()
+                raise LabError(f"run directory {path} resolves outside --out {out}")
+            return path
         raise AssertionError("unreachable")
 
     def _setup(self) -> None:

@@ -53,12 +53,60 @@ ACTIONS = PEER_ACTIONS + LINK_ACTIONS
 #: How a run ends: when every running producer has resolved all its jobs and the timeline is
 #: over ("drained"), or only at ``duration_s`` ("duration").
 ENDS = ("drained", "duration")
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,15}$")
+#: Host and peer names become file names in the run directory (``NAME.log``, ``NAME.sqlite``)
+#: and network namespace names (the lab runs as root): a letter, then up to 15 letters, digits
+#: or '_'. Always matched whole (``re.fullmatch``: ``$`` would let a trailing newline through).
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}")
+NAME_RULE = "a letter, then up to 15 letters, digits or '_'"
+#: A scenario's name starts its run directory's name under ``--out``: one path component,
+#: never ``.`` or ``..``, no separator.
+SCENARIO_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SCENARIO_NAME_RULE = "a letter or digit, then up to 63 letters, digits, '.', '-' or '_'"
+GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _REQUIRED: Any = object()
 
 
 class ScenarioError(ValueError):
     """A scenario file that cannot be run; the message names the file and the bad field."""
+
+
+def check_name(value: object, where: str) -> str:
+    """``value`` if it is a valid host or peer name (:data:`NAME_RE`, matched whole).
+
+    Args:
+        value: the name as read.
+        where: the field, for the message (e.g. ``workers[0].name``).
+
+    Raises:
+        ScenarioError: not a string, or not a valid name.
+    """
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ScenarioError(f"{where}: {NAME_RULE}; got {value!r}")
+    return value
+
+
+def check_scenario_name(value: object, where: str = "name") -> str:
+    """``value`` if it can name a run directory: one plain path component
+    (:data:`SCENARIO_NAME_RE`, matched whole), never absolute, ``.``, ``..`` or holding a
+    path separator.
+
+    Args:
+        value: the name as read.
+        where: the field, for the message.
+
+    Raises:
+        ScenarioError: not a string, or not a valid scenario name.
+    """
+    if not isinstance(value, str):
+        raise ScenarioError(f"{where}: must be a string, got {value!r}")
+    if value in {".", ".."} or any(sep in value for sep in ("/", "\\", "\0")):
+        raise ScenarioError(
+            f"{where}: must be a plain name, not a path (it names the run directory inside "
+            f"--out); got {value!r}"
+        )
+    if not SCENARIO_NAME_RE.fullmatch(value):
+        raise ScenarioError(f"{where}: {SCENARIO_NAME_RULE}; got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,12 +274,14 @@ def parse(
 
 
 def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
+    given = "name" in top.data
     name = top.text("name", default_name or _REQUIRED)
+    check_scenario_name(name, "name" if given else "name (from the file name; add a name field)")
     description = top.text("description", "")
     duration_s = top.number("duration_s", 60.0, low=0.5)
     end = top.text("end", "drained", choices=ENDS)
     group = top.text("group", "rzlab")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", group):
+    if not GROUP_RE.fullmatch(group):
         raise ScenarioError(f"group: letters, digits, '-' and '_' only, 1 to 40, got {group!r}")
 
     hosts: list[str] = []
@@ -252,7 +302,7 @@ def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
     def host_field(t: _Table, peer_name: str) -> str:
         host: str
         if implicit_hosts:
-            host = t.text("host", peer_name)
+            host = check_name(t.text("host", peer_name), t.where("host"))
             if host not in hosts:
                 hosts.append(host)
             return host
@@ -421,12 +471,7 @@ class _Table:
         return value
 
     def name_field(self) -> str:
-        value: str = self.text("name")
-        if not _NAME_RE.match(value):
-            raise ScenarioError(
-                f"{self.where('name')}: a letter, then up to 15 letters, digits or '_'; got {value!r}"
-            )
-        return value
+        return check_name(self.text("name"), self.where("name"))
 
     def number(self, key: str, default: Any = _REQUIRED, *, low: float | None = None,
               high: float | None = None) -> Any:
