@@ -20,8 +20,11 @@ from typing import Any
 
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
+from ._text import clean
 from .protocol import DEFAULT_MAX_PAYLOAD
+from .status import ProducerInfo, read_info
 from .worker import GIVE_UP_S, Worker
 
 
@@ -157,42 +160,100 @@ def status_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cell(value: object, style: str = "") -> Text:
+    """A table cell of peer-provided text: cleaned (no control characters, cut), never markup."""
+    return Text(clean(value), style=style)
+
+
+# a STATUS row as received, its checked info (None when it has a problem), and the problem
+_ReadRow = tuple[dict[str, Any], ProducerInfo | None, str]
+
+
+def _read_rows(rows: list[dict[str, Any]]) -> list[_ReadRow]:
+    """Each row with its checked info, or None and the problem: the error of a producer that
+    did not answer, or ``malformed reply: ...`` for one whose reply has wrong types."""
+    read: list[_ReadRow] = []
+    for row in rows:
+        if "error" in row:
+            read.append((row, None, str(row["error"])))
+            continue
+        try:
+            read.append((row, read_info(row), ""))
+        except ValueError as exc:
+            read.append((row, None, f"malformed reply: {exc}"))
+    return read
+
+
 def _status_view(rows: list[dict[str, Any]]) -> Group:
     """The producers' table, and below it the running jobs that reported progress."""
-    jobs = [(row, job) for row in rows for job in row.get("progress", ())]
+    read = _read_rows(rows)
+    jobs = [(info, job) for _, info, _ in read if info is not None for job in info.progress]
     if not jobs:
-        return Group(_status_table(rows))
+        return Group(_status_table(read))
     table = Table(title=f"running jobs with progress ({len(jobs)})")
     for column in ("producer", "job", "worker", "done", "message"):
         table.add_column(column)
-    for row, job in jobs:
-        total = job.get("total")
-        done = f"{job['done']:g}" + ("" if total is None else f" / {total:g}")
-        table.add_row(str(row.get("producer_id")), str(job["job_id"]), job["worker"], done,
-                      job["message"])
-    return Group(_status_table(rows), table)
+    for info, job in jobs:
+        done = f"{job.done:g}" + ("" if job.total is None else f" / {job.total:g}")
+        table.add_row(_cell(info.producer_id), str(job.job_id), _cell(job.worker), done,
+                      _cell(job.message))
+    return Group(_status_table(read), table)
 
 
-def _status_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"freelance_rz producers ({len(rows)})")
+def _status_table(read: list[_ReadRow]) -> Table:
+    table = Table(title=f"freelance_rz producers ({len(read)})")
     for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
                    "dead", "workers", "done/min", "up"):
         table.add_column(column, justify="left" if column in {"producer", "group", "endpoint"} else "right")
-    for row in rows:
-        if "error" in row:
-            table.add_row("?", "", row["endpoint"], f"[red]{row['error']}[/red]", *[""] * 7)
+    for row, info, problem in read:
+        endpoint = _cell(row.get("endpoint", "?"))
+        if info is None:
+            table.add_row("?", "", endpoint, _cell(problem, "red"), *[""] * 7)
             continue
         table.add_row(
-            str(row.get("producer_id", "?")), str(row.get("group", "")), row["endpoint"],
-            *(str(row.get(key, "")) for key in ("pending", "leased", "done", "failed", "dead",
-                                                  "workers", "finished_last_min")),
-            f"{row.get('uptime_s', 0):.0f} s",
+            _cell(info.producer_id), _cell(info.group or ""), endpoint,
+            *("" if info.counts[key] is None else str(info.counts[key])
+              for key in ("pending", "leased", "done", "failed", "dead", "workers",
+                          "finished_last_min")),
+            "" if info.uptime_s is None else f"{info.uptime_s:.0f} s",
         )
     return table
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` (a decoded msgpack value) as JSON can hold it: bytes as text (invalid
+    UTF-8 replaced), map keys as strings, anything else unknown as its ``str``. JSON escapes
+    every control character, so what a producer sent is printed as it was, safely."""
+    if isinstance(value, dict):
+        return {
+            (k if isinstance(k, str) else clean(k, 10_000) if isinstance(k, bytes) else str(k)):
+            _jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> str:
+    """The rows as one JSON line; a row too deeply nested to convert becomes an error row."""
+    out = []
+    for row in rows:
+        try:
+            out.append(_jsonable(row))
+        except RecursionError:
+            out.append({"endpoint": _jsonable(row.get("endpoint")),
+                        "error": "malformed reply: nested too deeply"})
+    return json.dumps(out)
+
+
 def status_main(argv: Sequence[str] | None = None) -> int:
-    """Run ``freelance-status``. Returns the exit code (1 when a producer did not answer)."""
+    """Run ``freelance-status``. Returns the exit code: 0 when every producer answered with
+    a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
+    ``--json`` too), 2 on bad arguments or key files."""
     args = status_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from contextlib import ExitStack
@@ -238,10 +299,10 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                       f"{args.wait:g} s (--wait)", file=sys.stderr)
             if not args.watch:
                 if args.json:
-                    print(json.dumps(rows))
+                    print(_json_rows(rows))
                 else:
                     console.print(_status_view(rows))
-                return 1 if any("error" in row for row in rows) else 0
+                return 1 if any(problem for _, _, problem in _read_rows(rows)) else 0
             # A live table on a terminal; elsewhere (a pipe, a file) one table or line per refresh.
             live = None
             if not args.json and console.is_terminal:
@@ -250,7 +311,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 if live is not None:
                     live.update(_status_view(rows))
                 elif args.json:
-                    print(json.dumps(rows), flush=True)
+                    print(_json_rows(rows), flush=True)
                 else:
                     console.print(_status_view(rows))
                     sys.stdout.flush()
