@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+import zmq
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -287,11 +288,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                     endpoints, server_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
                     return query_status(endpoints, keys=keys, server_keys=server_keys) + refused
                 server_keys = [next(iter(trusted))] * len(args.connect) if trusted else []
-                rows = query_status(args.connect, keys=keys, server_keys=server_keys)
-                for row in rows:
-                    if keys is None and row.get("error", "").startswith("no answer"):
-                        row["error"] += " (a producer that requires CURVE keys needs --key and --trust)"
-                return rows
+                return query_status(args.connect, keys=keys, server_keys=server_keys)
 
             rows = snapshot()
             if args.discover and not rows:
@@ -319,7 +316,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 rows = snapshot()
     except KeyboardInterrupt:
         return 0
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, zmq.ZMQError) as exc:  # bad keys; sockets cannot be made
         print(f"freelance-status: error: {exc}", file=sys.stderr)
         return 2
 

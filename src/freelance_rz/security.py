@@ -281,8 +281,13 @@ def handshake_failure(
             event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
         except zmq.Again:
             break
-    if event is None:
-        return None
+    return None if event is None else describe_handshake_failure(event, keys, who)
+
+
+def describe_handshake_failure(event: int, keys: KeyPair | None, who: str = "this worker") -> str:
+    """Explain a failed handshake (``event``: one of :data:`HANDSHAKE_EVENTS`) in words an
+    operator can act on. ``keys``: this side's key pair, None without CURVE; ``who``: this
+    side, for the message."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         key_file = keys.public_file if keys is not None else "NAME.key"
         return (f"it refused {who}'s key: copy {key_file} into the producer's "

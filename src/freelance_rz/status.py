@@ -21,9 +21,14 @@ from . import protocol as p
 from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint
 from .errors import ProtocolError
-from .security import HANDSHAKE_EVENTS, KeyPair, handshake_failure, make_curve_client
+from .security import HANDSHAKE_EVENTS, KeyPair, describe_handshake_failure, make_curve_client
 
-STATUS_MAX_BYTES = 16 * 1024 * 1024  # a STATUS_REPLY is a few KiB; anything this big is hostile
+#: bytes: the largest STATUS_REPLY taken; libzmq drops the connection of a larger one. A
+#: producer keeps its replies well under 1 MiB (bounded progress messages and lists).
+STATUS_MAX_BYTES = 4 * 1024 * 1024
+#: what the socket monitor reports, to explain a producer that did not answer
+_WATCHED_EVENTS = (HANDSHAKE_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
+                   | zmq.EVENT_DISCONNECTED)
 
 #: the counts of a STATUS_REPLY ``info`` map: non-negative ints when present.
 COUNT_FIELDS = ("pending", "leased", "done", "failed", "dead", "cancelled", "workers",
@@ -170,53 +175,100 @@ def query_status(
 
     Returns one map per endpoint, in order: the producer's STATUS_REPLY ``info`` plus
     ``endpoint``; or ``{"endpoint": ..., "error": "..."}`` when it did not answer within
-    ``timeout_s`` seconds or answered nonsense.
+    ``timeout_s`` seconds or answered nonsense. The error says what the connection did (from
+    the socket's monitor, see :func:`explain_silence`): nothing accepted it, it was
+    handshaken but no answer came (a busy producer, or a reply over
+    :data:`STATUS_MAX_BYTES` refused), or the CURVE handshake failed and why; an endpoint
+    libzmq cannot connect to at all (e.g. ``tcp://nohostport``) is such a row too.
+
+    Raises:
+        zmq.ZMQError: sockets cannot be made (e.g. too many open files).
     """
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     poller = zmq.Poller()
-    socks = []
-    monitors: list[zmq.Socket[bytes]] = []  # to explain a refused CURVE handshake
-    for i, endpoint in enumerate(endpoints):
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, STATUS_MAX_BYTES)
-        server_key = server_keys[i] if i < len(server_keys) else None
-        if keys is not None and server_key is not None:
-            make_curve_client(sock, keys, server_key)
-        monitors.append(sock.get_monitor_socket(HANDSHAKE_EVENTS))
-        sock.connect(endpoint)
-        send_frames(sock, p.encode(p.Status(rid=1)))
-        poller.register(sock, zmq.POLLIN)
-        socks.append(sock)
-    answers: dict[zmq.Socket[bytes], dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout_s
+    opened: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]] = []  # (DEALER, its monitor)
+    answers: dict[int, dict[str, Any]] = {}  # endpoint index -> info or error
+    asking: dict[zmq.Socket[bytes], int] = {}  # DEALER -> endpoint index, until answered
     try:
-        while len(answers) < len(socks):
+        for i, endpoint in enumerate(endpoints):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, STATUS_MAX_BYTES)
+            server_key = server_keys[i] if i < len(server_keys) else None
+            if keys is not None and server_key is not None:
+                make_curve_client(sock, keys, server_key)
+            opened.append((sock, sock.get_monitor_socket(_WATCHED_EVENTS)))
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:  # one bad endpoint is a row, never the end
+                answers[i] = {"error": f"cannot connect to this endpoint: {exc.strerror}"}
+                continue
+            send_frames(sock, p.encode(p.Status(rid=1)))
+            poller.register(sock, zmq.POLLIN)
+            asking[sock] = i
+        deadline = time.monotonic() + timeout_s
+        while asking:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 break
             for sock, _ in poller.poll(left_ms):
+                i = asking.pop(sock)
+                poller.unregister(sock)
                 try:
                     reply = p.decode_reply(sock.recv_multipart())
                     if not isinstance(reply, p.StatusReply):
                         raise ProtocolError(p.E_UNKNOWN_VERB, f"unexpected {type(reply).__name__}")
-                    answers[sock] = dict(reply.info)
+                    answers[i] = dict(reply.info)
                 except ProtocolError as exc:
-                    answers[sock] = {"error": f"bad reply: {exc.message}"}
-                poller.unregister(sock)
-        for sock, monitor in zip(socks, monitors, strict=True):
-            failed = None if sock in answers else handshake_failure(monitor, keys, "this command")
-            if failed is not None:
-                answers[sock] = {"error": failed}
+                    answers[i] = {"error": f"bad reply: {exc.message}"}
+        monitors = dict(opened)
+        for sock, i in asking.items():
+            answers[i] = {"error": explain_silence(_drain(monitors[sock]), keys, timeout_s)}
     finally:
-        for sock, monitor in zip(socks, monitors, strict=True):
+        for sock, monitor in opened:
             sock.disable_monitor()
             monitor.close()
             sock.close()
-    return [
-        {**answers.get(sock, {"error": f"no answer within {timeout_s:g} s"}), "endpoint": endpoint}
-        for sock, endpoint in zip(socks, endpoints, strict=True)
-    ]
+    return [{**answers[i], "endpoint": endpoint} for i, endpoint in enumerate(endpoints)]
+
+
+def _drain(monitor: zmq.Socket[bytes]) -> list[int]:
+    """The events a socket monitor holds now, oldest first."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    events = []
+    while True:
+        try:
+            events.append(int(recv_monitor_message(monitor, zmq.NOBLOCK)["event"]))
+        except zmq.Again:
+            return events
+
+
+def explain_silence(events: Sequence[int], keys: KeyPair | None, timeout_s: float) -> str:
+    """Why a producer did not answer STATUS, from its connection's monitor ``events``
+    (oldest first) in words an operator can act on.
+
+    Args:
+        events: ``zmq.EVENT_*`` values seen while waiting.
+        keys: this command's CURVE key pair, None without ``--key``.
+        timeout_s: how long it waited, seconds (for the message).
+    """
+    failures = [e for e in events if e & HANDSHAKE_EVENTS]
+    if failures:  # the CURVE cases: wrong key, no key, a producer without CURVE
+        return describe_handshake_failure(failures[-1], keys, "this command")
+    limit = f"{STATUS_MAX_BYTES / 2**20:g} MiB"
+    handshaken = [i for i, e in enumerate(events) if e == zmq.EVENT_HANDSHAKE_SUCCEEDED]
+    if handshaken:
+        if zmq.EVENT_DISCONNECTED in events[handshaken[-1]:]:
+            return (f"connected and handshaken, then the connection closed with no answer: a reply "
+                    f"over {limit} is refused that way (or the producer stopped)")
+        return (f"connected and handshaken, but no answer within {timeout_s:g} s (the producer "
+                f"is busy, or its reply was over {limit} and was refused)")
+    if zmq.EVENT_CONNECTED in events:
+        return (f"connected, but no ZeroMQ handshake within {timeout_s:g} s (is it a "
+                "freelance_rz producer?)")
+    return (f"could not connect within {timeout_s:g} s (nothing accepts connections there, or "
+            "it is unreachable)")
 
 
 def vet_producers(
