@@ -201,15 +201,36 @@ def _status_view(rows: list[dict[str, Any]]) -> Group:
     return Group(_status_table(read), table)
 
 
+_COUNT_COLUMNS = frozenset({"pending", "leased", "done", "failed", "dead", "workers", "done/min", "up"})
+
+
+def _status_title(read: list[_ReadRow]) -> str:
+    """E.g. ``freelance_rz producers: 2 answered, 1 malformed, 1 unreachable``: only the
+    producers that answered count as answered."""
+    answered = sum(1 for _, info, _ in read if info is not None)
+    malformed = sum(1 for _, _, problem in read if problem.startswith("malformed reply"))
+    parts = [f"{answered} answered"]
+    if malformed:
+        parts.append(f"{malformed} malformed")
+    if len(read) - answered - malformed:
+        parts.append(f"{len(read) - answered - malformed} unreachable")
+    return "freelance_rz producers: " + ", ".join(parts)
+
+
 def _status_table(read: list[_ReadRow]) -> Table:
-    table = Table(title=f"freelance_rz producers ({len(read)})")
+    """One row per producer; the ones that gave no usable answer say why in a ``problem``
+    column of their own (shown only when there is one), with their counts left empty."""
+    table = Table(title=_status_title(read))
+    problems = any(problem for _, _, problem in read)
     for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
-                   "dead", "workers", "done/min", "up"):
-        table.add_column(column, justify="left" if column in {"producer", "group", "endpoint"} else "right")
+                   "dead", "workers", "done/min", "up", *(("problem",) if problems else ())):
+        table.add_column(column, justify="right" if column in _COUNT_COLUMNS else "left")
     for row, info, problem in read:
         endpoint = _cell(row.get("endpoint", "?"))
         if info is None:
-            table.add_row("?", "", endpoint, _cell(problem, "red"), *[""] * 7)
+            producer_id = row.get("producer_id")
+            table.add_row(_cell(producer_id) if isinstance(producer_id, str) else "?", "",
+                          endpoint, *[""] * 8, _cell(problem, "red"))
             continue
         table.add_row(
             _cell(info.producer_id), _cell(info.group or ""), endpoint,
@@ -217,6 +238,7 @@ def _status_table(read: list[_ReadRow]) -> Table:
               for key in ("pending", "leased", "done", "failed", "dead", "workers",
                           "finished_last_min")),
             "" if info.uptime_s is None else f"{info.uptime_s:.0f} s",
+            *(("",) if problems else ()),
         )
     return table
 
@@ -254,7 +276,7 @@ def _json_rows(rows: list[dict[str, Any]]) -> str:
 def status_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-status``. Returns the exit code: 0 when every producer answered with
     a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
-    ``--json`` too), 2 on bad arguments or key files."""
+    ``--json`` too) or ``--discover`` found none, 2 on bad arguments or key files."""
     args = status_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from contextlib import ExitStack
@@ -291,7 +313,8 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                 return query_status(args.connect, keys=keys, server_keys=server_keys)
 
             rows = snapshot()
-            if args.discover and not rows:
+            none_found = args.discover and not rows
+            if none_found:
                 print(f"freelance-status: no producer of group {args.group!r} found within "
                       f"{args.wait:g} s (--wait)", file=sys.stderr)
             if not args.watch:
@@ -299,7 +322,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
                     print(_json_rows(rows))
                 else:
                     console.print(_status_view(rows))
-                return 1 if any(problem for _, _, problem in _read_rows(rows)) else 0
+                return 1 if none_found or any(problem for _, _, problem in _read_rows(rows)) else 0
             # A live table on a terminal; elsewhere (a pipe, a file) one table or line per refresh.
             live = None
             if not args.json and console.is_terminal:
