@@ -23,9 +23,9 @@ from .discovery import Announcement, Browser, choose_endpoint
 from .errors import ProtocolError
 from .security import HANDSHAKE_EVENTS, KeyPair, describe_handshake_failure, make_curve_client
 
-#: bytes: the largest STATUS_REPLY taken; libzmq drops the connection of a larger one. A
-#: producer keeps its replies well under 1 MiB (bounded progress messages and lists).
-STATUS_MAX_BYTES = 4 * 1024 * 1024
+#: bytes: the largest STATUS_REPLY taken (the codec's limit for that verb); libzmq drops the
+#: connection of a larger one. A producer keeps its replies well under 1 MiB.
+STATUS_MAX_BYTES = p.STATUS_MAX_BYTES
 #: what the socket monitor reports, to explain a producer that did not answer
 _WATCHED_EVENTS = (HANDSHAKE_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
                    | zmq.EVENT_DISCONNECTED)
