@@ -185,7 +185,7 @@ class Dealer:
     def __init__(self, endpoint: str) -> None:
         import zmq
 
-        from freelance_rz import protocol as p
+        from freelance_rz.core import wire as p
 
         self.p = p
         self.sock = zmq.Context.instance().socket(zmq.DEALER)

@@ -20,8 +20,9 @@ import time
 import common  # noqa: F401 - pins FREELANCE_RZ_INTERFACES
 import zmq
 from freelance_rz import Producer
-from freelance_rz import protocol as p
-from freelance_rz.ledger import Ledger
+from freelance_rz.core import wire as p
+from freelance_rz.core import payload as pl
+from freelance_rz.core.ledger import Ledger
 
 N_BIG = 1_000_000
 N_SMALL = 1_000
@@ -36,7 +37,7 @@ def rss() -> int:
 
 def ledger_mode() -> dict:
     ledger = Ledger(lease_s=600, max_attempts=3)
-    payloads = [p.pack_call("benchtasks:inc", (i,), {}) for i in range(N_BIG)]  # not counted
+    payloads = [pl.pack_call("benchtasks:inc", (i,), {}) for i in range(N_BIG)]  # not counted
     gc.collect()
     before = rss()
     for i in range(N_SMALL):

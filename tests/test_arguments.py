@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from freelance_rz import Producer, Worker, report_progress
-from freelance_rz import protocol as p
+from freelance_rz.core import payload as pl
 
 INF, NAN = math.inf, math.nan
 
@@ -145,7 +145,7 @@ def test_options_refuse(producer, kind, name, value):
 def test_options_take_what_they_always_took_and_it_encodes(producer, kwargs):
     """Every value options() takes also travels: priority's range is msgpack's signed 64 bits."""
     options = producer.options(**kwargs)
-    p.pack_call("rztasks:add", (1, 2), {}, options.wire)
+    pl.pack_call("rztasks:add", (1, 2), {}, options.wire)
 
 
 @pytest.mark.parametrize("method", ["status", "get"])

@@ -103,7 +103,7 @@ def test_corrupt_or_newer_store_is_refused_and_left_alone(tmp_path):
 
     import sqlite3
 
-    from freelance_rz.store import SCHEMA_VERSION
+    from freelance_rz.producer.store import SCHEMA_VERSION
 
     newer = tmp_path / "newer.sqlite"
     Producer(interfaces=["127.0.0.1"], store=newer).close()
@@ -138,7 +138,7 @@ def test_job_options_survive_a_restart(tmp_path):
     import zmq
 
     import rztasks
-    from freelance_rz import protocol as p
+    from freelance_rz.core import wire as p
 
     store = tmp_path / "jobs.sqlite"
     first = Producer(GROUP, interfaces=["127.0.0.1"], store=store, announce=False).start()

@@ -15,7 +15,7 @@ import pytest
 import rztasks
 from conftest import GROUP, TESTS_DIR
 from freelance_rz import JobTooLarge, ProducerClosed
-from freelance_rz import producer as producer_module
+from freelance_rz.producer import api as producer_module
 
 pytestmark = pytest.mark.timeout(120)
 

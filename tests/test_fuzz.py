@@ -12,7 +12,8 @@ import pytest
 import zmq
 
 import rztasks
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
+from freelance_rz.core import payload as pl
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -148,11 +149,11 @@ def test_fuzz_a_running_worker(start_worker):
             msg = p.decode_request(frames)
             if isinstance(msg, p.Claim) and not job_sent:
                 job = p.Job(rid=msg.rid, job_id=1, lease_id=4242, attempt=1, lease_ms=5000,
-                            payload=p.pack_call("rztasks:add", [2, 3], {}))
+                            payload=pl.pack_call("rztasks:add", [2, 3], {}))
                 router.send_multipart([identity, *p.encode(job)])
                 job_sent = True
             elif isinstance(msg, p.Result) and msg.job_id == 1 and msg.lease_id == 4242:
-                assert msg.ok and p.unpack_value(msg.payload) == 5
+                assert msg.ok and pl.unpack_value(msg.payload) == 5
                 router.send_multipart([identity, *p.encode(p.Ack(rid=msg.rid))])
                 break
             elif isinstance(msg, p.Beat):
@@ -163,7 +164,7 @@ def test_fuzz_a_running_worker(start_worker):
 
 
 def test_a_claim_flood_from_one_identity_is_capped_and_starves_no_one(make_producer, start_worker):
-    from freelance_rz.producer import MAX_PARKED_PER_WORKER
+    from freelance_rz.producer.api import MAX_PARKED_PER_WORKER
 
     producer = make_producer(lease_s=10.0)  # the flooder's leases cannot expire in time
     flood = zmq.Context.instance().socket(zmq.DEALER)

@@ -13,7 +13,8 @@ import zmq
 import rztasks
 from conftest import GROUP, TESTS_DIR
 from freelance_rz import JobFailed, JobLost, Producer, ProducerClosed
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
+from freelance_rz.core import payload as pl
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -316,8 +317,8 @@ def test_parked_claim_gets_a_job_submitted_later(make_producer):
         job = p.decode_reply(sock.recv_multipart())
         assert isinstance(job, p.Job) and job.rid == 5
         assert time.monotonic() - sent < 1.0  # handed over at once, not at the next poll
-        assert p.unpack_call(job.payload) == ("rztasks:add", [1, 2], {}, {})
-        sock.send_multipart(p.encode(p.Result(rid=6, job_id=job.job_id, lease_id=job.lease_id, ok=True, payload=p.pack_value(3))))
+        assert pl.unpack_call(job.payload) == ("rztasks:add", [1, 2], {}, {})
+        sock.send_multipart(p.encode(p.Result(rid=6, job_id=job.job_id, lease_id=job.lease_id, ok=True, payload=pl.pack_value(3))))
         assert isinstance(p.decode_reply(sock.recv_multipart()), p.Ack)
         assert future.result(timeout=5) == 3
         sock.send_multipart(p.encode(p.Claim(rid=7, wait_ms=100)))

@@ -9,7 +9,7 @@ import pytest
 
 import rztasks
 from freelance_rz import JobLost
-from freelance_rz import protocol as p
+from freelance_rz.core import payload as pl
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,7 +30,7 @@ Point = collections.namedtuple("Point", "x y")
     (Colour.RED, 1), (Point(1, 2), [1, 2]), (collections.OrderedDict(a=1), {"a": 1}),
 ])
 def test_the_documented_types_travel(sent, received):
-    task, args, kwargs, _ = p.unpack_call(p.pack_call("m:f", (sent,), {"k": sent}))
+    task, args, kwargs, _ = pl.unpack_call(pl.pack_call("m:f", (sent,), {"k": sent}))
     assert args == [received] and kwargs == {"k": received}
     assert type(args[0]) is type(received)
 
@@ -41,7 +41,7 @@ def test_the_documented_types_travel(sent, received):
 ])
 def test_nothing_else_travels(value):
     with pytest.raises(TypeError, match="msgpack-encodable"):
-        p.pack_call("m:f", (value,), {})
+        pl.pack_call("m:f", (value,), {})
 
 
 def test_a_slot_reuses_its_job_process_until_it_crashes(make_producer, start_worker):

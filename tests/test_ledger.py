@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from freelance_rz.ledger import (
+from freelance_rz.core.ledger import (
     TERMINAL,
     TRANSITIONS,
     Expired,

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
+
+from freelance_rz.core import payload as pl
 from freelance_rz.errors import FreelanceError, ProtocolError
-from freelance_rz.protocol import (
+from freelance_rz.core.wire import (
     E_INVALID,
     E_MALFORMED,
     E_UNKNOWN_VERB,
@@ -494,14 +496,14 @@ def test_mutated_valid_frames_only_raise_protocol_error(msg, data):
 
 
 def test_call_round_trip():
-    payload = p.pack_call("mod:f", (1, "a", b"b", None, 1.5, [1, 2], {"k": "v"}), {"x": (1,)})
+    payload = pl.pack_call("mod:f", (1, "a", b"b", None, 1.5, [1, 2], {"k": "v"}), {"x": (1,)})
     assert type(payload) is bytes
-    assert p.unpack_call(payload) == (
+    assert pl.unpack_call(payload) == (
         "mod:f", [1, "a", b"b", None, 1.5, [1, 2], {"k": "v"}], {"x": [1]}, {}
     )
-    assert p.unpack_call(p.pack_call("m:f", [], {})) == ("m:f", [], {}, {})
-    with_options = p.pack_call("m:f", [], {}, {"timeout_ms": 500, "priority": -2})
-    assert p.unpack_call(with_options) == ("m:f", [], {}, {"timeout_ms": 500, "priority": -2})
+    assert pl.unpack_call(pl.pack_call("m:f", [], {})) == ("m:f", [], {}, {})
+    with_options = pl.pack_call("m:f", [], {}, {"timeout_ms": 500, "priority": -2})
+    assert pl.unpack_call(with_options) == ("m:f", [], {}, {"timeout_ms": 500, "priority": -2})
 
 
 @pytest.mark.parametrize(
@@ -511,12 +513,12 @@ def test_call_round_trip():
 )
 def test_pack_call_rejects_unencodable_arguments(args, kwargs):
     with pytest.raises(TypeError, match="msgpack"):
-        p.pack_call("m:f", args, kwargs)
+        pl.pack_call("m:f", args, kwargs)
 
 
 def test_pack_call_type_error_names_the_type():
     with pytest.raises(TypeError, match="object"):
-        p.pack_call("m:f", (object(),), {})
+        pl.pack_call("m:f", (object(),), {})
 
 
 @pytest.mark.parametrize(
@@ -529,13 +531,13 @@ def test_pack_call_type_error_names_the_type():
 )
 def test_unpack_call_rejects_malformed_payloads(payload):
     with pytest.raises(ProtocolError) as info:
-        p.unpack_call(payload)
+        pl.unpack_call(payload)
     assert info.value.code == E_INVALID
 
 
 def test_call_with_int_keyed_dict_argument_round_trips():
-    payload = p.pack_call("m:f", ({1: "a", 2: "b"},), {})  # packs fine
-    assert p.unpack_call(payload) == ("m:f", [{1: "a", 2: "b"}], {}, {})
+    payload = pl.pack_call("m:f", ({1: "a", 2: "b"},), {})  # packs fine
+    assert pl.unpack_call(payload) == ("m:f", [{1: "a", 2: "b"}], {}, {})
 
 
 @pytest.mark.parametrize(
@@ -543,37 +545,37 @@ def test_call_with_int_keyed_dict_argument_round_trips():
               {1: "int keys are fine in results"}]
 )
 def test_value_round_trip(value):
-    assert p.unpack_value(p.pack_value(value)) == value
+    assert pl.unpack_value(pl.pack_value(value)) == value
 
 
 def test_value_tuples_come_back_as_lists():
-    assert p.unpack_value(p.pack_value((1, (2, 3)))) == [1, [2, 3]]
+    assert pl.unpack_value(pl.pack_value((1, (2, 3)))) == [1, [2, 3]]
 
 
 @pytest.mark.parametrize("value", [object(), {1, 2}, 2**64, [object()], {"a": object()}])
 def test_pack_value_rejects_unencodable(value):
     with pytest.raises(TypeError):
-        p.pack_value(value)
+        pl.pack_value(value)
 
 
 @pytest.mark.parametrize("payload", [b"", b"\xc1", b"\x92\x01", msgpack.packb(1) + b"\x01"])
 def test_unpack_value_rejects_malformed(payload):
     with pytest.raises(ProtocolError) as info:
-        p.unpack_value(payload)
+        pl.unpack_value(payload)
     assert info.value.code == E_INVALID
 
 
 def test_error_round_trip():
-    payload = p.pack_error("ValueError", "bad ✓", "Traceback (most recent call last):\n...")
-    assert p.unpack_error(payload) == (
+    payload = pl.pack_error("ValueError", "bad ✓", "Traceback (most recent call last):\n...")
+    assert pl.unpack_error(payload) == (
         "ValueError", "bad ✓", "Traceback (most recent call last):\n..."
     )
-    assert p.unpack_error(p.pack_error("E", "", "")) == ("E", "", "")
+    assert pl.unpack_error(pl.pack_error("E", "", "")) == ("E", "", "")
 
 
 def test_unpack_error_ignores_extra_keys():
     payload = msgpack.packb({"type": "T", "message": "m", "traceback": "", "extra": 1})
-    assert p.unpack_error(payload) == ("T", "m", "")
+    assert pl.unpack_error(payload) == ("T", "m", "")
 
 
 @pytest.mark.parametrize(
@@ -586,31 +588,31 @@ def test_unpack_error_ignores_extra_keys():
 )
 def test_unpack_error_rejects_malformed(payload):
     with pytest.raises(ProtocolError) as info:
-        p.unpack_error(payload)
+        pl.unpack_error(payload)
     assert info.value.code == E_INVALID
 
 
 @given(st.text(), st.lists(info_values, max_size=4),
        st.dictionaries(st.text(max_size=8), info_values, max_size=4))
 def test_any_call_with_str_keyed_maps_round_trips(task, args, kwargs):
-    assert p.unpack_call(p.pack_call(task, args, kwargs)) == (task, args, kwargs, {})
+    assert pl.unpack_call(pl.pack_call(task, args, kwargs)) == (task, args, kwargs, {})
 
 
 @given(info_values)
 def test_any_value_round_trips(value):
-    assert p.unpack_value(p.pack_value(value)) == value
+    assert pl.unpack_value(pl.pack_value(value)) == value
 
 
 @given(st.text(), st.text(), st.text())
 def test_any_error_round_trips(type_name, message, traceback):
-    assert p.unpack_error(p.pack_error(type_name, message, traceback)) == (
+    assert pl.unpack_error(pl.pack_error(type_name, message, traceback)) == (
         type_name, message, traceback
     )
 
 
 @given(st.binary(max_size=64))
 def test_payload_decoders_only_raise_protocol_error(payload):
-    for unpack in (p.unpack_call, p.unpack_value, p.unpack_error):
+    for unpack in (pl.unpack_call, pl.unpack_value, pl.unpack_error):
         try:
             unpack(payload)
         except ProtocolError as exc:
@@ -626,7 +628,7 @@ def test_messages_are_frozen():
 def test_tuple_dict_keys_are_refused_at_encoding():
     """msgpack would encode them as arrays that no Python peer can decode."""
     with pytest.raises(TypeError, match="dict keys"):
-        p.pack_call("m:f", ({(1, 2): "a"},), {})
+        pl.pack_call("m:f", ({(1, 2): "a"},), {})
     with pytest.raises(TypeError, match="dict keys"):
-        p.pack_value({(1, 2): "b"})
-    assert p.unpack_value(p.pack_value({1: "int keys", None: "are fine"})) == {1: "int keys", None: "are fine"}
+        pl.pack_value({(1, 2): "b"})
+    assert pl.unpack_value(pl.pack_value({1: "int keys", None: "are fine"})) == {1: "int keys", None: "are fine"}

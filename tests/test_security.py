@@ -17,7 +17,7 @@ import zmq
 import rztasks
 from conftest import GROUP
 from freelance_rz import JobFailed, JobTooLarge, Producer, Worker
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
 from freelance_rz.cli import keys_main
 from freelance_rz.discovery import parse_announcement
 from freelance_rz.security import generate_keypair, load_keypair, load_public_keys

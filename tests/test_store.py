@@ -26,9 +26,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from freelance_rz import store as store_module
+from freelance_rz.producer import store as store_module
 from freelance_rz.errors import FreelanceError
-from freelance_rz.store import (
+from freelance_rz.producer.store import (
     SCHEMA_VERSION,
     JobStore,
     Restored,
@@ -213,7 +213,7 @@ def test_sigkill_of_the_process(path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from freelance_rz.store import JobStore
+        from freelance_rz.producer.store import JobStore
         store = JobStore({str(path)!r})
         store.restore()
         store.add(1, b"one", 3)

@@ -4,6 +4,7 @@ Public API: :class:`Producer` (a ``concurrent.futures.Executor``), :class:`Worke
 exceptions below. Everything else is private and may change.
 """
 
+from . import _version
 from .errors import (
     FreelanceError,
     JobFailed,
@@ -12,14 +13,14 @@ from .errors import (
     JobTooLarge,
     ProducerClosed,
     ProtocolError,
+    StoreError,
+    TaskNotAllowed,
 )
-from .producer import JobEvent, JobFuture, JobOptions, JobProgress, Producer
-from .runner import report_progress
-from .store import StoreError
-from .tasks import TaskNotAllowed
-from .worker import Worker, WorkerStats
+from .producer.api import JobEvent, JobFuture, JobOptions, JobProgress, Producer
+from .worker.slots import report_progress
+from .worker.worker import Worker, WorkerStats
 
-__version__ = "0.1.0"
+__version__ = _version.__version__
 """The package version (PEP 440)."""
 
 __docformat__ = "google"

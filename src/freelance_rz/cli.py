@@ -1,6 +1,6 @@
 """Command-line entry points: parse arguments, set up logging, build the object, run it.
 
-``freelance-worker`` is a thin argparse shell over :class:`freelance_rz.worker.Worker` (the
+``freelance-worker`` is a thin argparse shell over :class:`freelance_rz.worker.worker.Worker` (the
 shape of arq's ``cli.py``); ``freelance-status`` over :mod:`freelance_rz.status`, rendered with
 rich.
 """
@@ -23,10 +23,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ._text import clean
-from .protocol import DEFAULT_MAX_PAYLOAD
+from .core.text import clean
+from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
-from .worker import GIVE_UP_S, Worker
+from .worker.worker import GIVE_UP_S, Worker
 
 
 def _add_producer_source(parser: argparse.ArgumentParser) -> None:

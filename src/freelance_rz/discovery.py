@@ -39,8 +39,8 @@ from zeroconf import (
 
 from zeroconf.asyncio import AsyncServiceInfo
 
-from ._text import clean
-from .protocol import VERSION, parse_endpoint
+from .core.text import clean
+from .core.wire import VERSION, parse_endpoint
 
 log = logging.getLogger("freelance_rz.discovery")
 
@@ -358,7 +358,7 @@ def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement 
 
     Every entry is checked, since anyone on the network can announce: ``id`` and ``sk`` are
     1 to 64 letters, digits, ``_`` or ``-``; ``g`` a group of 1 to 63 characters; ``ep``
-    1 to MAX_ENDPOINTS endpoints each valid for :func:`~freelance_rz.protocol.parse_endpoint`
+    1 to MAX_ENDPOINTS endpoints each valid for :func:`~freelance_rz.core.wire.parse_endpoint`
     (invalid ones are dropped); ``pk`` 40 Z85 characters."""
     try:
         text = {

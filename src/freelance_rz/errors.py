@@ -6,6 +6,8 @@ once, at the boundary where they are detected, into one of these types.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FreelanceError(Exception):
     """Root of every exception freelance_rz raises on purpose."""
@@ -92,3 +94,26 @@ class JobLost(FreelanceError):
 
 class ProducerClosed(FreelanceError):
     """The producer was closed (:meth:`Producer.close`) before the job finished."""
+
+
+class TaskNotAllowed(FreelanceError):
+    """The task name is malformed or names something outside the worker's allowlist."""
+
+
+class StoreError(FreelanceError):
+    """The job store file cannot be used: not a SQLite database, damaged, another
+    application's database, a newer schema version, locked by another store, or an SQLite
+    error while reading or writing it. The message names the path and what is wrong.
+
+    Attributes:
+        path: the store's file path.
+        problem: what is wrong, without the path.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"job store {path!r}: {problem}")
+        self.path = path
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))

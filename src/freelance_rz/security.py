@@ -28,7 +28,7 @@ import zmq
 import zmq.auth
 import zmq.auth.thread
 
-from ._text import clean
+from .core.text import clean
 
 log = logging.getLogger("freelance_rz.security")
 
@@ -183,7 +183,7 @@ class _ZapLog:
     first), and a flood of new keys costs at most one warning line per
     :data:`ZAP_WARNING_INTERVAL_S` seconds: the refusals in between are counted and reported
     in the next line, or by :meth:`flush`. Every string is passed through
-    :func:`~freelance_rz._text.clean` (ZAP requests carry client-chosen bytes).
+    :func:`~freelance_rz.core.text.clean` (ZAP requests carry client-chosen bytes).
 
     Args:
         clock: monotonic seconds (injectable for tests).

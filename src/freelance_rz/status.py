@@ -3,7 +3,7 @@
 A STATUS_REPLY comes from the network: :func:`read_info` checks the type of every field
 ``freelance-status`` shows before anything is rendered, so a malformed reply is reported as
 such and never breaks the others. Its strings are still the peer's own (they may hold escape
-sequences or megabytes): pass them through :func:`freelance_rz._text.clean` before showing.
+sequences or megabytes): pass them through :func:`freelance_rz.core.text.clean` before showing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol as p
+from .core import wire as p
 from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint
 from .errors import ProtocolError

@@ -18,14 +18,10 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from .errors import FreelanceError
+from .errors import TaskNotAllowed
 
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _FUNC_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-class TaskNotAllowed(FreelanceError):
-    """The task name is malformed or names something outside the worker's allowlist."""
 
 
 def task_name(fn: Callable[..., Any] | str) -> str:

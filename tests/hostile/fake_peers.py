@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
 from freelance_rz.errors import ProtocolError
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
 
 HERE = Path(__file__).parent
 SERVICE_TYPE = "_freelance-rz._tcp.local."

@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 import rztasks
-from freelance_rz import producer as producer_module
-from freelance_rz import protocol as p
+from freelance_rz.producer import api as producer_module
+from freelance_rz.core import wire as p
 from hostile_kit import rss_kib, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -72,7 +72,7 @@ def test_huge_progress_messages_are_refused_or_cut(make_producer):
 
 CLAIM_FLOOD = """
 import sys, time, zmq
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
 ctx = zmq.Context()
 socks = []
 for i in range(300):

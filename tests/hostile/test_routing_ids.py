@@ -17,8 +17,8 @@ import zmq
 
 import rztasks
 from freelance_rz import Worker
-from freelance_rz import protocol as p
-from freelance_rz.ledger import Ledger
+from freelance_rz.core import wire as p
+from freelance_rz.core.ledger import Ledger
 from freelance_rz.security import load_keypair, make_curve_client
 from hostile_kit import wait_until
 from test_security import Keys

@@ -18,7 +18,7 @@ import pytest
 import rztasks
 
 from freelance_rz import Producer, StoreError
-from freelance_rz.store import JobStore
+from freelance_rz.producer.store import JobStore
 
 
 def mode(path: Path | str) -> int:

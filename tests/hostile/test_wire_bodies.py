@@ -16,7 +16,8 @@ import zmq
 
 import rztasks
 from freelance_rz import ProtocolError
-from freelance_rz import protocol as p
+from freelance_rz.core import wire as p
+from freelance_rz.core import payload as pl
 from hostile_kit import rss_kib, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,7 +113,7 @@ def test_extension_types_are_refused_at_submit_and_in_results(make_producer):
         with pytest.raises(TypeError, match="extension types"):
             producer.submit(rztasks.echo, value)
         with pytest.raises(TypeError, match="extension types"):
-            p.pack_value({"a": [value]})
+            pl.pack_value({"a": [value]})
     # a worker that answers with a Timestamp inside its result: the Future gets an error
     sock = dealer(producer.endpoint, b"rogue-1")
     try:
@@ -139,7 +140,7 @@ def test_a_worker_declines_a_job_for_a_claim_it_never_sent(start_worker, tmp_pat
     port = router.bind_to_random_port("tcp://127.0.0.1")
     start_worker("w1", "--slots", "1", connect=f"tcp://127.0.0.1:{port}")
     marks = tmp_path / "ran"
-    payload = p.pack_call("rztasks:mark", [str(marks)], {})
+    payload = pl.pack_call("rztasks:mark", [str(marks)], {})
     seen: list[p.Message] = []
     stop = threading.Event()
     try:

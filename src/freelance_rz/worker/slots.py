@@ -36,8 +36,8 @@ from typing import Any
 
 import msgpack
 
-from . import _check
-from . import protocol as p
+from ..core import check as _check
+from ..core import payload as pl
 
 log = logging.getLogger("freelance_rz.runner")
 
@@ -85,7 +85,7 @@ def _unguarded_main_message() -> str:
 
 
 class Reaper:
-    """A worker's reaper process (:mod:`freelance_rz._reaper`): told the process group of each
+    """A worker's reaper process (:mod:`freelance_rz.worker.reaper`): told the process group of each
     job process, it SIGKILLs the groups still alive when the worker exits or is killed, so
     that programs a task started never outlive their worker.
 
@@ -100,7 +100,7 @@ class Reaper:
     def start(self) -> None:
         """Start the reaper process (in a session of its own: Ctrl-C does not reach it). One
         that cannot start is logged as a warning; the worker runs without it."""
-        from . import _reaper
+        from . import reaper as _reaper
 
         try:
             self._proc = subprocess.Popen(
@@ -263,7 +263,7 @@ class JobProcess:
                 return None
             log.warning("job %d: job process %s; replaced", job_id, code)
             message = f"the job's process {code}"
-            return Outcome(job_id, False, p.pack_error("JobProcessDied", message, ""), crashed=True)
+            return Outcome(job_id, False, pl.pack_error("JobProcessDied", message, ""), crashed=True)
         kind, body = data[:1], data[1:]
         if kind == b"P" and self.job_id is not None:
             done, total, message = msgpack.unpackb(body)
@@ -320,7 +320,7 @@ def _child_main(conn: Connection, modules: list[str]) -> None:
     """Body of a job process: import the task modules, then run jobs until the pipe closes."""
     _die_with_parent()
     _own_process_group()
-    from .tasks import Allowlist
+    from ..tasks import Allowlist
 
     try:
         allowlist = Allowlist(modules)
@@ -336,11 +336,11 @@ def _child_main(conn: Connection, modules: list[str]) -> None:
         except EOFError:
             return
         try:
-            task, args, kwargs, _ = p.unpack_call(payload)
+            task, args, kwargs, _ = pl.unpack_call(payload)
             fn = allowlist.resolve(task)
-            out = b"\x01" + p.pack_value(fn(*args, **kwargs))
+            out = b"\x01" + pl.pack_value(fn(*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            out = b"\x00" + p.pack_error(
+            out = b"\x00" + pl.pack_error(
                 type(exc).__name__, str(exc), traceback.format_exc()
             )
         conn.send_bytes(out)

@@ -49,14 +49,15 @@ from typing import Any
 
 import zmq
 
-from . import _check
-from . import protocol as p
-from ._sockets import send_frames, set_keepalive
-from ._text import clean
-from .discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
-from .errors import ProtocolError
-from .runner import JobProcess, Outcome, Progress, Reaper, refuse_unguarded_main
-from .security import (
+from ..core import check as _check
+from ..core import payload as pl
+from ..core import wire as p
+from .._sockets import send_frames, set_keepalive
+from ..core.text import clean
+from ..discovery import Announcement, Browser, choose_endpoint, resolve_interfaces
+from ..errors import ProtocolError
+from .slots import JobProcess, Outcome, Progress, Reaper, refuse_unguarded_main
+from ..security import (
     HANDSHAKE_EVENTS,
     KeyPair,
     check_pair,
@@ -400,7 +401,7 @@ class Worker:
                 self.stats.jobs_run += 1
                 self.stats.jobs_failed += 1
                 message = f"the job ran past its time limit of {limit_s:g} s and was killed"
-                error = p.pack_error("JobTimeout", message, "")
+                error = pl.pack_error("JobTimeout", message, "")
                 self._deliver(running.peer, running, Outcome(running.job_id, False, error))
 
     def _abort(self, proc: JobProcess) -> None:
@@ -938,7 +939,7 @@ class Worker:
                 f"producer's limit of {running.max_result} (max_payload_bytes); return a path "
                 "or URL to the data instead"
             )
-            outcome = Outcome(outcome.job_id, False, p.pack_error("ResultTooLarge", message, ""))
+            outcome = Outcome(outcome.job_id, False, pl.pack_error("ResultTooLarge", message, ""))
         self.stats.jobs_run += 1
         if not outcome.ok:
             self.stats.jobs_failed += 1

@@ -29,16 +29,18 @@ from typing import Any, ClassVar, NamedTuple
 
 import zmq
 
-from . import _check
-from . import protocol as p
-from ._sockets import send_frames, set_keepalive
-from ._text import clean
-from .discovery import Announcer, local_networks, resolve_interfaces
-from .errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
-from .ledger import Expired, JobState, Ledger
-from .security import CurveServer, check_pair, load_keypair
-from .store import JobStore, Restored, StoreError
-from .tasks import task_name
+from ..core import check as _check
+from ..core import payload as pl
+from ..core import wire as p
+from .._sockets import send_frames, set_keepalive
+from ..core.text import clean
+from ..discovery import Announcer, local_networks, resolve_interfaces
+from ..errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
+from ..core.ledger import Expired, JobState, Ledger
+from ..security import CurveServer, check_pair, load_keypair
+from ..errors import StoreError
+from .store import JobStore, Restored
+from ..tasks import task_name
 
 log = logging.getLogger("freelance_rz.producer")
 
@@ -382,7 +384,7 @@ class Producer(Executor):
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
         options: JobOptions,
     ) -> JobFuture:
-        payload = p.pack_call(task_name(fn), args, kwargs, options.wire)
+        payload = pl.pack_call(task_name(fn), args, kwargs, options.wire)
         if len(payload) > self.max_payload_bytes:
             raise ValueError(
                 f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
@@ -800,7 +802,7 @@ class _OfferLoop:
         if restored is not None:
             for job in restored.pending:
                 try:
-                    options = p.unpack_call(job.payload)[3]
+                    options = pl.unpack_call(job.payload)[3]
                 except ProtocolError:
                     options = {}
                 self.ledger.restore(
@@ -1120,7 +1122,7 @@ class _OfferLoop:
                 "a path or URL to the data instead"
             )
             log.error("%s", message)
-            error = p.pack_error("JobTooLarge", message, "")
+            error = pl.pack_error("JobTooLarge", message, "")
             self.store.finish(job_id, "failed", error, time.time())
             future = self._forget(job_id)
             if future is not None:
@@ -1147,7 +1149,7 @@ class _OfferLoop:
             lost = self.ledger.lose(identity, msg.job_id, msg.lease_id)
             if lost is not None:  # recorded before the claim it carries may lease it again
                 try:
-                    reason = "the job's process died: " + p.unpack_error(msg.payload)[1]
+                    reason = "the job's process died: " + pl.unpack_error(msg.payload)[1]
                 except ProtocolError:
                     reason = "the job's process died"
                 self._lost(lost, reason)
@@ -1181,9 +1183,9 @@ class _OfferLoop:
     def _resolve(future: JobFuture, ok: bool, payload: bytes) -> None:
         try:
             if ok:
-                future.set_result(p.unpack_value(payload))
+                future.set_result(pl.unpack_value(payload))
             else:
-                remote = p.unpack_error(payload)
+                remote = pl.unpack_error(payload)
                 error = _LOCAL_ERRORS.get(remote[0], JobFailed)
                 future.set_exception(error(*remote))
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
@@ -1268,7 +1270,7 @@ class _OfferLoop:
 
     def status(self, now: float) -> dict[str, Any]:
         """Counts and facts for STATUS."""
-        from . import __version__
+        from .._version import __version__
 
         counts = {state.value: n for state, n in self.ledger.counts.items()}
         recent = sorted(

@@ -83,7 +83,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FreelanceError
+from ..errors import StoreError
 
 log = logging.getLogger("freelance_rz.store")
 SCHEMA_VERSION = 1
@@ -116,25 +116,6 @@ _COLUMNS = {
     "leases": ("job_id", "lease_id", "worker"),
     "results": ("job_id", "state", "payload", "finished_at"),
 }
-
-
-class StoreError(FreelanceError):
-    """The job store file cannot be used: not a SQLite database, damaged, another
-    application's database, a newer schema version, locked by another store, or an SQLite
-    error while reading or writing it. The message names the path and what is wrong.
-
-    Attributes:
-        path: the store's file path.
-        problem: what is wrong, without the path.
-    """
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"job store {path!r}: {problem}")
-        self.path = path
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.problem))
 
 
 @dataclass(frozen=True, slots=True)

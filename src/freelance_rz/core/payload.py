@@ -1,0 +1,217 @@
+"""The payload codecs: what travels inside the wire protocol's opaque ``payload`` fields (a
+job's call, a result's value or error), and the worker's pipe to its job processes. Pure.
+
+Payloads are msgpack of plain values only: no extension types (``ExtType``, ``Timestamp``),
+no tuple dict keys (msgpack writes them as arrays, which no Python peer can read back), and
+nothing is ever unpickled. The producer encodes a call once at ``submit``; the worker passes
+it to a job process without decoding it; the job process decodes it and encodes the result.
+
+The job-process pipe carries one bytes message per event; its first byte says what it is::
+
+    worker -> job process   msgpack [job_id, payload]       run this job (payload: a call)
+    job process -> worker   b"R"                            ready: the task modules imported
+                            b"E" + UTF-8 text               could not import them (it exits)
+                            b"P" + msgpack [done, total, message]   report_progress()
+                            b"\x01" + value payload         the job returned
+                            b"\x00" + error payload         the job raised
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..errors import ProtocolError
+from .wire import E_INVALID
+
+
+def _pack_checked(value: Any, what: str) -> bytes:
+    """msgpack ``value`` and check it decodes again: msgpack encodes tuple dict keys as
+    arrays, which no Python peer can decode (unhashable), so they are refused here."""
+    try:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} must be msgpack-encodable: {exc}") from None
+    try:
+        _unpack_payload(packed)
+    except Exception:
+        raise TypeError(
+            f"{what} must be msgpack-encodable: dict keys must be str, bytes, int, float, "
+            "bool or None (not tuples), and extension types (msgpack.ExtType, Timestamp) "
+            "are not accepted"
+        ) from None
+    return packed
+
+
+def _unpack_payload(payload: bytes) -> Any:
+    """Decode a job or result payload: plain msgpack values only (no extension types, so
+    no ``ExtType`` or ``Timestamp``). Raises msgpack's errors or ValueError."""
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False, max_ext_len=0)
+
+
+def pack_call(
+    task: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, int] | None = None,
+) -> bytes:
+    """Encode a call ``[task, args, kwargs]``, or ``[task, args, kwargs, options]`` when the
+    job has options (``timeout_ms``, ``priority``: ints), kept with the job so that a durable
+    producer restores them.
+
+    Raises:
+        TypeError: an argument msgpack cannot encode (the message names the type), or a
+            dict key no peer could decode (a tuple).
+    """
+    call = [task, list(args), kwargs] if not options else [task, list(args), kwargs, options]
+    return _pack_checked(call, "job arguments")
+
+
+def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, int]]:
+    """Decode a call payload into ``(task, args, kwargs, options)``.
+
+    Raises:
+        ProtocolError: (E_INVALID) when malformed.
+    """
+    try:
+        call = _unpack_payload(payload)
+    except Exception as exc:
+        raise ProtocolError(
+            E_INVALID, f"job payload is not msgpack: {exc.__class__.__name__}"
+        ) from None
+    if (
+        type(call) is not list
+        or len(call) not in (3, 4)
+        or type(call[0]) is not str
+        or type(call[1]) is not list
+        or type(call[2]) is not dict
+        or not all(type(k) is str for k in call[2])
+        or (len(call) == 4 and not _valid_options(call[3]))
+    ):
+        raise ProtocolError(
+            E_INVALID,
+            "job payload must be [task: str, args: array, kwargs: map (, options: map of int)]",
+        )
+    return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
+
+
+def _valid_options(options: Any) -> bool:
+    return type(options) is dict and all(
+        type(k) is str and type(v) is int for k, v in options.items()
+    )
+
+
+def pack_value(value: Any) -> bytes:
+    """Encode a task's return value. Raises TypeError when msgpack cannot encode it (or
+    the decoding side could not: tuple dict keys)."""
+    return _pack_checked(value, "task result")
+
+
+def unpack_value(payload: bytes) -> Any:
+    """Decode a result value. Raises :class:`ProtocolError` (E_INVALID) when malformed or
+    holding an extension type."""
+    try:
+        return _unpack_payload(payload)
+    except Exception as exc:
+        raise ProtocolError(
+            E_INVALID, f"result payload is not msgpack: {exc.__class__.__name__}"
+        ) from None
+
+
+def pack_error(type_name: str, message: str, traceback: str) -> bytes:
+    """Encode a remote error ``{"type", "message", "traceback"}``."""
+    packed: bytes = msgpack.packb(
+        {"type": type_name, "message": message, "traceback": traceback}, use_bin_type=True
+    )
+    return packed
+
+
+def unpack_error(payload: bytes) -> tuple[str, str, str]:
+    """Decode a remote error into ``(type, message, traceback)``.
+
+    Raises:
+        ProtocolError: (E_INVALID) the payload is not such a map of strings.
+    """
+    err = unpack_value(payload)
+    if type(err) is not dict or not all(
+        type(err.get(key)) is str for key in ("type", "message", "traceback")
+    ):
+        raise ProtocolError(E_INVALID, "error payload must be a map of type, message, traceback")
+    return err["type"], err["message"], err["traceback"]
+
+
+# --- the job-process pipe ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A job process imported the task modules and waits for jobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    """A job process could not import the task modules; ``message`` says why."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The running job's :func:`~freelance_rz.report_progress`."""
+
+    done: float
+    total: float | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The running job ended: ``ok`` with a value payload, else with an error payload."""
+
+    ok: bool
+    payload: bytes
+
+
+FromJobProcess = Ready | StartFailed | Progress | Finished
+
+
+def encode_run(job_id: int, payload: bytes) -> bytes:
+    """Worker -> job process: run the call ``payload`` as job ``job_id``."""
+    packed: bytes = msgpack.packb([job_id, payload], use_bin_type=True)
+    return packed
+
+
+def decode_run(data: bytes) -> tuple[int, bytes]:
+    """The job process's side of :func:`encode_run`: ``(job_id, payload)``."""
+    job_id, payload = msgpack.unpackb(data)
+    return job_id, payload
+
+
+def encode_from_job_process(msg: FromJobProcess) -> bytes:
+    """Job process -> worker."""
+    if isinstance(msg, Finished):
+        return (b"\x01" if msg.ok else b"\x00") + msg.payload
+    if isinstance(msg, Progress):
+        packed: bytes = msgpack.packb([msg.done, msg.total, msg.message])
+        return b"P" + packed
+    if isinstance(msg, StartFailed):
+        return b"E" + msg.message.encode()
+    return b"R"
+
+
+def decode_from_job_process(data: bytes) -> FromJobProcess:
+    """The worker's side of :func:`encode_from_job_process` (its own job processes write
+    these, so a malformed message is a bug: it raises ValueError)."""
+    kind, body = data[:1], data[1:]
+    if kind == b"\x01" or kind == b"\x00":
+        return Finished(kind == b"\x01", body)
+    if kind == b"P":
+        done, total, message = msgpack.unpackb(body)
+        return Progress(done, total, message)
+    if kind == b"E":
+        return StartFailed(body.decode(errors="replace"))
+    if kind == b"R":
+        return Ready()
+    raise ValueError(f"unknown job-process message {kind!r}")
