@@ -150,7 +150,7 @@ def producer_mode() -> dict:
     t = time.perf_counter()
     producer.close(timeout_s=20)
     close_s = time.perf_counter() - t
-    alive = producer._thread is not None and producer._thread.is_alive()
+    alive = producer._started and producer._io.is_alive()
     return {"bytes_per_job": (after - before) / (N_BIG - N_SMALL), "claims_per_s_1e3": rate_small,
             "claims_per_s_1e6": rate_big, "submits_per_s": submit_rate,
             "close_s": close_s, "close_hung": alive}

@@ -103,7 +103,7 @@ def test_producer_defaults_are_unchanged():
     producer = Producer(interfaces=["127.0.0.1"])
     try:
         assert producer.group == "default" and producer.port == 0 and producer.announce is True
-        assert producer._ledger.lease_s == 1.0 and producer._ledger.max_attempts == 3
+        assert producer._io.ledger.lease_s == 1.0 and producer._io.ledger.max_attempts == 3
         assert producer.max_payload_bytes == 64 * 1024 * 1024
     finally:
         producer.close()
@@ -155,7 +155,7 @@ def test_status_and_get_timeouts(producer, method, kind, value):
     with pytest.raises(kind) as info:
         getattr(producer, method)(*args, timeout_s=value)
     check_message(info.value, "timeout_s", value)
-    assert producer._thread is None  # refused before anything started
+    assert not producer._started  # refused before anything started
 
 
 @pytest.mark.parametrize("kind, value", [(TypeError, "1"), (TypeError, 1.0), (ValueError, 0)])
@@ -163,7 +163,7 @@ def test_get_job_id(producer, kind, value):
     with pytest.raises(kind) as info:
         producer.get(value)
     check_message(info.value, "job_id", value)
-    assert producer._thread is None
+    assert not producer._started
 
 
 WORKER_BAD = [

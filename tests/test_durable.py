@@ -167,16 +167,16 @@ def test_a_job_whose_submit_failed_to_record_never_runs(tmp_path, make_producer,
     producer = make_producer(store=tmp_path / "jobs.sqlite")
     start_worker("w1")
     assert producer.submit(rztasks.add, 1, 1).result(timeout=15) == 2  # a worker is parked now
-    real_flush = producer._store.flush
+    real_flush = producer._io.store.flush
 
     def failing_flush():
         raise StoreError(str(tmp_path / "jobs.sqlite"), "disk full (simulated)")
 
-    producer._store.flush = failing_flush
+    producer._io.store.flush = failing_flush
     marks = tmp_path / "ran.txt"
     with pytest.raises(StoreError, match="simulated"):
         producer.submit(rztasks.mark, str(marks))
-    producer._store.flush = real_flush
+    producer._io.store.flush = real_flush
     assert producer.submit(rztasks.add, 2, 2).result(timeout=15) == 4
     time.sleep(0.5)
     assert not marks.exists()

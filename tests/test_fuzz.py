@@ -164,7 +164,7 @@ def test_fuzz_a_running_worker(start_worker):
 
 
 def test_a_claim_flood_from_one_identity_is_capped_and_starves_no_one(make_producer, start_worker):
-    from freelance_rz.producer.api import MAX_PARKED_PER_WORKER
+    from freelance_rz.core.parked import MAX_PARKED_PER_WORKER
 
     producer = make_producer(lease_s=10.0)  # the flooder's leases cannot expire in time
     flood = zmq.Context.instance().socket(zmq.DEALER)

@@ -103,7 +103,7 @@ def test_a_program_a_task_started_dies_with_its_sigkilled_worker(make_producer, 
     try:
         producer.submit(rztasks.spawn_grandchild, str(path))
         pid = _grandchild(path)
-        reapers = [p for p in _children(worker.pid) if any("_reaper" in a for a in _cmdline(p))]
+        reapers = [p for p in _children(worker.pid) if any(a.endswith("reaper.py") for a in _cmdline(p))]
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
         wait_until(lambda: not _alive(pid), 10, "the task's child outlived its SIGKILLed worker")

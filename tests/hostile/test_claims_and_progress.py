@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 import rztasks
-from freelance_rz.producer import api as producer_module
+from freelance_rz.core import parked as parked_module
 from freelance_rz.core import wire as p
 from hostile_kit import rss_kib, wait_until
 
@@ -120,9 +120,9 @@ def test_parked_claims_are_capped_in_all_and_a_real_worker_is_served(make_produc
         flood.wait(10)
         time.sleep(0.5)
         assert producer.submit(rztasks.whoami).result(timeout=30)["worker"] == "w1"
-        print(f"300 identities x 1,024 claims: {parked} parked (cap {producer_module.MAX_PARKED}); "
+        print(f"300 identities x 1,024 claims: {parked} parked (cap {parked_module.MAX_PARKED}); "
               f"RSS +{grown:.1f} MiB")
-        assert parked <= producer_module.MAX_PARKED
+        assert parked <= parked_module.MAX_PARKED
         assert grown < 50
     finally:
         if flood.poll() is None:

@@ -24,8 +24,14 @@ bounded by live jobs; per-state counters keep the totals.
 
 Pending jobs wait in one FIFO per priority (deques, higher priorities first; cancelled
 entries are skipped lazily) and lease deadlines in a heap (extended deadlines are re-pushed
-lazily when popped), so every operation is O(1) or O(log n) in the number of live jobs. The clock is passed in as ``now``
-(monotonic seconds); nothing here reads it.
+lazily when popped), so every operation is O(1) or O(log n) in the number of live jobs. The
+clock is passed in as ``now`` (monotonic seconds); nothing here reads it.
+
+This is the one place a job's state lives on the producer: besides its state, attempt and
+leases, a job carries its options (time limit, priority), its latest progress report and,
+for a job too large for every worker, since when. Every transition is told to a
+:class:`Journal` as it happens (a durable producer's store writes it down; it never decides
+anything itself), so the journal cannot drift from the ledger.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import secrets
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 class LedgerError(Exception):
@@ -70,6 +77,45 @@ TRANSITIONS: dict[tuple[JobState | None, str], JobState] = {
 }
 TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
+def timeout_ms(timeout_s: float) -> int:
+    """The time limit in milliseconds that JOB carries for a limit of ``timeout_s`` seconds
+    (> 0): at least 1, since 0 means "no limit" on the wire. The one rounding rule."""
+    return max(1, int(timeout_s * 1000))
+
+
+class Journal(Protocol):
+    """Told every transition of the ledger, in order (a durable producer's job store; the
+    ``on_event`` hook). Worker ids are routing ids; payloads are as on the wire."""
+
+    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None: ...
+
+    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None: ...
+
+    def release(self, job_id: int, lease_id: int) -> None: ...
+
+    def requeue(self, job_id: int, attempt: int) -> None: ...
+
+    def finish(self, job_id: int, state: str, payload: bytes) -> None: ...
+
+
+class NullJournal:
+    """A journal that keeps nothing (a producer without a store)."""
+
+    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
+        pass
+
+    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
+        pass
+
+    def release(self, job_id: int, lease_id: int) -> None:
+        pass
+
+    def requeue(self, job_id: int, attempt: int) -> None:
+        pass
+
+    def finish(self, job_id: int, state: str, payload: bytes) -> None:
+        pass
+
 
 @dataclass(slots=True)
 class _Job:
@@ -77,6 +123,7 @@ class _Job:
     payload: bytes
     max_attempts: int
     priority: int = 0
+    timeout_ms: int | None = None  # its time limit on a worker
     state: JobState | None = None
     attempt: int = 1
     lease_id: int | None = None  # current lease
@@ -84,6 +131,8 @@ class _Job:
     deadline: float = 0.0
     # every lease ever issued for this job -> its worker (results from these are accepted)
     issued: dict[int, Hashable] = field(default_factory=dict)
+    progress: tuple[float, float | None, str] | None = None  # its latest report_progress()
+    too_large_since: float | None = None  # when it was first too large for every worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +144,7 @@ class Lease:
     attempt: int
     payload: bytes
     deadline: float
+    timeout_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +166,15 @@ class Ledger:
             override it at submit.
         rng: where lease ids come from (default: the operating system's CSPRNG, so a lease
             id cannot be predicted from others; tests pass a seeded ``random.Random``).
+        journal: told every transition (default: nothing keeps them).
 
     Raises:
         ValueError: on out-of-range arguments.
     """
 
     def __init__(
-        self, *, lease_s: float, max_attempts: int, rng: random.Random | None = None
+        self, *, lease_s: float, max_attempts: int, rng: random.Random | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0 seconds, got {lease_s!r}")
@@ -138,6 +190,8 @@ class Ledger:
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
         self._restored_leases: dict[int, int] = {}  # lease id issued before a restart -> job id
         self._rng = rng or secrets.SystemRandom()
+        self.journal: Journal = journal or NullJournal()
+        self._progressing: dict[int, None] = {}  # live jobs that reported progress, in order
         self.counts: dict[JobState, int] = {state: 0 for state in JobState}
 
     # --- queries ---------------------------------------------------------------------------
@@ -157,6 +211,10 @@ class Ledger:
     def attempt(self, job_id: int) -> int:
         """The attempt number of a live job (1 for its first lease). Raises KeyError."""
         return self._jobs[job_id].attempt
+
+    def job(self, job_id: int) -> _Job | None:
+        """The live job's record (read it, do not change it), or None."""
+        return self._jobs.get(job_id)
 
     def payload_size(self, job_id: int) -> int:
         """Bytes of a live job's payload. Raises KeyError."""
@@ -190,6 +248,7 @@ class Ledger:
         job.state = new
         if new in TERMINAL:
             del self._jobs[job.job_id]
+            self._progressing.pop(job.job_id, None)
             self._end_lease(job)
 
     def _end_lease(self, job: _Job) -> None:
@@ -206,22 +265,33 @@ class Ledger:
         return queue
 
     def submit(
-        self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0
+        self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0,
+        timeout_ms: int | None = None,
     ) -> None:
         """Add a job at the tail of its priority's queue (higher priorities are claimed first,
-        FIFO within one).
+        FIFO within one). ``timeout_ms``: its time limit on a worker, if any (see
+        :func:`timeout_ms`).
 
         Raises:
             ValueError: ``job_id`` is already live, or ``max_attempts`` < 1.
         """
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms)
+        self.journal.add(job_id, payload, job.max_attempts)
+
+    def _add(
+        self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
+        timeout_ms: int | None,
+    ) -> _Job:
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} is already in the ledger")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        job = _Job(job_id, payload, max_attempts or self.max_attempts, priority=priority)
+        job = _Job(job_id, payload, max_attempts or self.max_attempts, priority=priority,
+                   timeout_ms=timeout_ms)
         self._jobs[job_id] = job
         self._move(job, "submit")
         self._queue(priority).append(job)
+        return job
 
     def restore(
         self,
@@ -232,6 +302,7 @@ class Ledger:
         max_attempts: int,
         leases: dict[int, Hashable],
         priority: int = 0,
+        timeout_ms: int | None = None,
     ) -> None:
         """Re-add a pending job of an earlier run (a durable store's restart): at the tail,
         with its attempt number and the leases issued for it before, so a result that a
@@ -242,8 +313,7 @@ class Ledger:
         """
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt!r}")
-        self.submit(job_id, payload, max_attempts=max_attempts, priority=priority)
-        job = self._jobs[job_id]
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms)  # already journaled
         job.attempt = attempt
         job.issued.update(leases)
         for lease_id in leases:
@@ -308,7 +378,8 @@ class Ledger:
         job.issued[lease_id] = worker
         self._lease_job[lease_id] = job.job_id
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
-        return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline)
+        self.journal.lease(job.job_id, lease_id, worker, job.attempt)  # type: ignore[arg-type]
+        return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline, job.timeout_ms)
 
     def _live(self, worker: Hashable, lease_id: int) -> _Job | None:
         job_id = self._lease_job.get(lease_id)
@@ -369,26 +440,51 @@ class Ledger:
         self._end_lease(job)
         self._move(job, "release")
         self._queue(job.priority).appendleft(job)
+        self.journal.release(job_id, lease_id)
         return True
 
-    def resolve(self, worker: Hashable, job_id: int, lease_id: int, ok: bool) -> bool:
-        """Take a result. True when it is the first for the job and came under a lease
-        issued for it to this ``worker``: the job is then DONE (``ok``) or FAILED and has left
-        the ledger. False for a stale, duplicate or forged result: change nothing."""
+    def resolve(
+        self, worker: Hashable, job_id: int, lease_id: int, ok: bool, payload: bytes = b""
+    ) -> bool:
+        """Take a result (``payload``: its value or error, as on the wire). True when it is
+        the first for the job and came under a lease issued for it to this ``worker``: the
+        job is then DONE (``ok``) or FAILED and has left the ledger. False for a stale,
+        duplicate or forged result: change nothing."""
         job = self._jobs.get(job_id)
         if job is None or job.issued.get(lease_id, _NOBODY) != worker:
             return False
         self._move(job, "succeed" if ok else "fail")
+        self.journal.finish(job_id, "done" if ok else "failed", payload)
         return True
 
-    def refuse(self, job_id: int) -> bool:
-        """Fail a pending job that will never be handed out (no worker can take it). False
-        when it is not pending."""
+    def refuse(self, job_id: int, error: bytes) -> bool:
+        """Fail a pending job that will never be handed out (no worker can take it), with
+        the error payload ``error``. False when it is not pending."""
         job = self._jobs.get(job_id)
         if job is None or job.state is not JobState.PENDING:
             return False
         self._move(job, "fail")
+        self.journal.finish(job_id, "failed", error)
         return True
+
+    def report(self, worker: Hashable, lease_id: int, progress: tuple[float, float | None, str]) -> int | None:
+        """Keep a running job's latest progress, reported by ``worker`` under ``lease_id``.
+        Returns the job's id, or None (and keeps nothing) when the lease is void."""
+        job = self._live(worker, lease_id)
+        if job is None:
+            return None
+        job.progress = progress
+        self._progressing[job.job_id] = None
+        return job.job_id
+
+    def progressing(self, limit: int) -> list[_Job]:
+        """Up to ``limit`` live jobs that reported progress, oldest report first."""
+        jobs: list[_Job] = []
+        for job_id in self._progressing:
+            if len(jobs) >= limit:
+                break
+            jobs.append(self._jobs[job_id])
+        return jobs
 
     def cancel(self, job_id: int) -> JobState | None:
         """Cancel a live job. Returns the state it was in (PENDING, or LEASED: its lease is
@@ -398,6 +494,7 @@ class Ledger:
             return None
         was = job.state
         self._move(job, "cancel")
+        self.journal.finish(job_id, "cancelled", b"")
         return was
 
     def expire(self, now: float) -> list[Expired]:
@@ -428,10 +525,12 @@ class Ledger:
         self._end_lease(job)
         if job.attempt >= job.max_attempts:
             self._move(job, "exhaust")
+            self.journal.finish(job.job_id, "dead", b"")
             return Expired(job.job_id, lease_id, job.attempt, dead=True)
         self._move(job, "expire")
         job.attempt += 1
         self._queue(job.priority).appendleft(job)
+        self.journal.requeue(job.job_id, job.attempt)
         return Expired(job.job_id, lease_id, job.attempt - 1, dead=False)
 
 

@@ -97,6 +97,15 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[st
     return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
 
 
+def job_options(payload: bytes) -> dict[str, int]:
+    """The options a job's call carries (``timeout_ms``, ``priority``), or ``{}`` for a call
+    without options or one that cannot be read."""
+    try:
+        return unpack_call(payload)[3]
+    except ProtocolError:
+        return {}
+
+
 def _valid_options(options: Any) -> bool:
     return type(options) is dict and all(
         type(k) is str and type(v) is int for k, v in options.items()

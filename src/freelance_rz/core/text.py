@@ -8,6 +8,7 @@ a log line or a terminal it goes through :func:`clean`.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 DEFAULT_LIMIT = 200  # characters kept of a peer string in a log line or a table cell
@@ -33,3 +34,21 @@ def clean(value: object, limit: int = DEFAULT_LIMIT) -> str:
             ch if ch == " " or unicodedata.category(ch)[0] not in "CZ" else "?" for ch in text
         )
     return text[: limit - 1] + "…" if cut else text
+
+
+_LABELS: dict[bytes, str] = {}  # routing id -> worker_label, a cache bounded below
+
+
+def worker_label(identity: bytes) -> str:
+    """How a worker is shown (STATUS, events, logs): ``NAME-xxxxxxxx``, the part of its
+    routing id before the last ``-`` and 32 bits of a BLAKE2b hash of the whole id. The
+    routing id itself is a secret (whoever has it can take the worker's replies), so it is
+    never shown."""
+    label = _LABELS.get(identity)
+    if label is None:
+        name = identity.rpartition(b"-")[0] or identity[:32]
+        label = f"{clean(name, 64)}-{hashlib.blake2b(identity, digest_size=4).hexdigest()}"
+        if len(_LABELS) >= 4096:
+            _LABELS.clear()
+        _LABELS[identity] = label
+    return label

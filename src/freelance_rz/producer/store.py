@@ -2,9 +2,11 @@
 
 What it is for (issue 7)
 ------------------------
-A producer that dies takes its in-memory :class:`~freelance_rz.ledger.Ledger` with it. With a
-store, every change the ledger makes (a job added, leased, given back, re-queued, finished) is
-also recorded here, and a restarted producer rebuilds its ledger from :meth:`JobStore.restore`:
+A producer that dies takes its in-memory :class:`~freelance_rz.core.ledger.Ledger` with it.
+With a store, every transition the ledger makes (a job added, leased, given back, re-queued,
+finished) is journaled here, in order, as the ledger tells it (the store never decides or
+checks a transition: that is the ledger's), and a restarted producer rebuilds its ledger from
+:meth:`JobStore.restore`:
 pending jobs are offered again, leased jobs whose lease cannot be confirmed are re-queued with
 the attempt counted, finished results are kept (for a while, see retention) so a result of an
 earlier run can still be looked up.
@@ -27,9 +29,8 @@ changes are lost in a crash; after it, they are not.
 
 Memory
 ------
-The store keeps, per live job, its attempt and current lease id in memory (``is_live`` and
-the validation of every call are dict look-ups), plus the changes buffered since the last
-flush. Payloads and results are not kept in memory once flushed.
+The store keeps in memory only the changes buffered since the last flush: nothing per live
+job, and no payload or result once flushed.
 
 Threads and processes
 ---------------------
@@ -43,7 +44,7 @@ lock when the process dies, so a restarted producer opens the file at once.
 
 Safety of the file
 ------------------
-Opening never empties, recreates or "repairs" an existing file. A file that is not a SQLite
+(:mod:`freelance_rz.producer.storefile` opens and checks the file.) Opening never empties, recreates or "repairs" an existing file. A file that is not a SQLite
 database, is damaged (``PRAGMA quick_check`` fails), belongs to another application, is a
 store of a newer schema version, or lacks one of the tables raises :class:`StoreError` naming
 the path and the problem, and nothing is written to it. Only a missing or empty (0-byte) file
@@ -71,51 +72,20 @@ application_id`` marks the file as a freelance_rz job store)::
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import os
-import secrets
 import sqlite3
-import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
+from .storefile import SCHEMA_VERSION, open_store, sqlite_error, transaction
 
-log = logging.getLogger("freelance_rz.store")
-SCHEMA_VERSION = 1
-#: ``PRAGMA application_id`` of a job store: "FRZ1" read as a big-endian int.
-APPLICATION_ID = 0x46525A31
-#: seconds to wait for the file lock when opening (a dying predecessor releasing it).
-LOCK_TIMEOUT_S = 1.0
 #: states of a finished job, as stored in :attr:`StoredResult.state`.
 FINISHED_STATES = frozenset({"done", "failed", "dead", "cancelled"})
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-#: the files of a store whose modes are checked: the database and SQLite's WAL companions.
-_COMPANIONS = ("", "-wal", "-shm")
-_NEW_FILE_MODE = 0o600
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-_SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
-    "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
-    " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, lease_id INTEGER)",
-    "CREATE TABLE leases (job_id INTEGER NOT NULL, lease_id INTEGER NOT NULL,"
-    " worker BLOB NOT NULL, PRIMARY KEY (job_id, lease_id)) WITHOUT ROWID",
-    "CREATE TABLE results (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
-    " payload BLOB NOT NULL, finished_at REAL NOT NULL)",
-    "CREATE INDEX results_by_finished_at ON results (finished_at)",
-)
-_COLUMNS = {
-    "meta": ("key", "value"),
-    "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id"),
-    "leases": ("job_id", "lease_id", "worker"),
-    "results": ("job_id", "state", "payload", "finished_at"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +199,9 @@ class JobStore:
         self.path = os.fspath(path)
         self.retention_s = retention_s
         self.retention_count = retention_count
-        # live jobs: job_id -> [attempt, current lease id or None] (mirror of the jobs table
-        # plus the buffer; it makes is_live O(1) and lets updates write whole rows)
-        self._live: dict[int, list[Any]] = {}
         self._reset_buffer()
         self._conn: sqlite3.Connection | None = None
-        conn = self._open()
+        conn = open_store(self.path)
         try:
             self._producer_key, self._next_id = self._load(conn)
         except BaseException:
@@ -243,194 +210,26 @@ class JobStore:
         self._conn = conn
         self._stored_next_id = self._next_id
 
-    # --- opening -----------------------------------------------------------------------------
-
-    def _error(self, problem: str) -> StoreError:
-        return StoreError(self.path, problem)
-
-    def _sqlite_error(self, doing: str, exc: BaseException) -> StoreError:
-        # sqlite_errorname exists from Python 3.11; the messages are SQLite's own
-        name = getattr(exc, "sqlite_errorname", "")
-        text = str(exc)
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
-            return self._error(
-                f"is in use by another job store (another producer on the same file?): {exc}"
-            )
-        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
-            "malformed" in text or "not a database" in text
-        ):
-            return self._error(f"is damaged ({exc}) while {doing}; the file was left as it is")
-        return self._error(f"SQLite error while {doing}: {exc}")
-
-    def _open(self) -> sqlite3.Connection:
-        self._create_private_file()
-        self._check_modes()
-        self._check_header()
-        try:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=LOCK_TIMEOUT_S
-            )
-        except sqlite3.Error as exc:
-            raise self._error(f"cannot be opened: {exc}") from exc
-        try:
-            # before the first read: hold the file lock for the life of the connection
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            new = self._validate(conn)
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise self._error(f"cannot be put in WAL mode (journal_mode is {mode!r})")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if new:
-                self._create(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise self._sqlite_error("opening it", exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _check_modes(self) -> None:
-        """Refuse a store file, ``-wal`` or ``-shm`` that group or others can write; warn
-        about one they can read (POSIX only)."""
-        if os.name != "posix":  # pragma: no cover - modes mean nothing elsewhere
-            return
-        for suffix in _COMPANIONS:
-            path = self.path + suffix
-            try:
-                mode = stat.S_IMODE(os.stat(path).st_mode)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise StoreError(path, f"cannot be read: {exc}") from exc
-            if mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise StoreError(
-                    path,
-                    f"is writable by group or others (mode {mode:04o}): anyone could change the "
-                    f"jobs and results it holds; run `chmod 600 {path}` if it is yours",
-                )
-            if mode & (stat.S_IRGRP | stat.S_IROTH):
-                log.warning(
-                    "job store %r is readable by group or others (mode %04o): they can read "
-                    "every job's arguments and results; run `chmod 600 %s`", path, mode, path,
-                )
-
-    def _create_private_file(self) -> None:
-        """Make a missing store file, empty and mode 0600, before SQLite creates it with
-        the umask's mode (its -wal and -shm files then get 0600 too)."""
-        try:
-            fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                _NEW_FILE_MODE,
-            )
-        except FileExistsError:
-            return
-        except IsADirectoryError:
-            raise self._error("is a directory, not a job store file") from None
-        except OSError as exc:
-            hint = " (its directory must exist)" if isinstance(exc, FileNotFoundError) else ""
-            raise self._error(f"cannot be opened: cannot create it: {exc.strerror}{hint}") from exc
-        try:
-            if os.name == "posix":
-                os.fchmod(fd, _NEW_FILE_MODE)  # exactly 0600 whatever the umask
-        finally:
-            os.close(fd)
-
-    def _check_header(self) -> None:
-        """Refuse a file that is not SQLite before SQLite opens it (it would not write to
-        it either, but the message is clearer)."""
-        try:
-            with open(self.path, "rb") as f:
-                header = f.read(100)
-        except FileNotFoundError:
-            return
-        except IsADirectoryError:
-            raise self._error("is a directory, not a job store file") from None
-        except OSError as exc:
-            raise self._error(f"cannot be read: {exc}") from exc
-        if not header:
-            return  # an empty file: SQLite treats it as an empty database
-        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-            raise self._error(
-                "is not a SQLite database (damaged, or some other file); "
-                "it was left as it is: move it away to start a new store"
-            )
-
-    def _validate(self, conn: sqlite3.Connection) -> bool:
-        """Check an existing file read-only. True when it is empty (a new store)."""
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = sorted(
-            name
-            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if not name.startswith("sqlite_")
-        )
-        if app_id == 0 and not tables and version == 0:
-            return True
-        if app_id != APPLICATION_ID:
-            shown = ", ".join(tables[:8]) + (", ..." if len(tables) > 8 else "")
-            raise self._error(
-                "is a SQLite database of another application, not a freelance_rz job store "
-                f"(application_id {app_id:#x}, tables: {shown or 'none'}); it was left as it is"
-            )
-        if version > SCHEMA_VERSION:
-            raise self._error(
-                f"has schema version {version}, newer than version {SCHEMA_VERSION} that this "
-                "freelance_rz understands: upgrade freelance_rz to use it (it was left as it is)"
-            )
-        if version < 1:
-            raise self._error(f"has an invalid schema version {version} (damaged?)")
-        missing = [name for name in _COLUMNS if name not in tables]
-        if missing:
-            raise self._error(f"is damaged: missing table(s) {', '.join(missing)}")
-        for name, expected in _COLUMNS.items():
-            columns = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({name})"))
-            if columns != expected:
-                raise self._error(
-                    f"is damaged: table {name} has columns {columns}, expected {expected}"
-                )
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            raise self._error(
-                f"is damaged (SQLite quick_check: {'; '.join(map(str, problems))}); "
-                "it was left as it is"
-            )
-        return False
-
-    def _create(self, conn: sqlite3.Connection) -> None:
-        with _transaction(conn):
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("producer_key", secrets.token_hex(8)), ("next_job_id", 1)],
-            )
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
     def _load(self, conn: sqlite3.Connection) -> tuple[str, int]:
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             key, next_id = meta.get("producer_key"), meta.get("next_job_id")
             if not isinstance(key, str) or not isinstance(next_id, int):
-                raise self._error(f"is damaged: bad meta table {meta!r}")
-            for job_id, attempt, lease_id in conn.execute(
-                "SELECT job_id, attempt, lease_id FROM jobs"
-            ):
-                self._live[job_id] = [attempt, lease_id]
+                raise StoreError(self.path, f"is damaged: bad meta table {meta!r}")
             for table in ("jobs", "results"):
                 (top,) = conn.execute(f"SELECT max(job_id) FROM {table}").fetchone()
                 if top is not None and top >= next_id:
                     next_id = top + 1
         except sqlite3.Error as exc:
-            raise self._sqlite_error("reading it", exc) from exc
+            raise sqlite_error(self.path, "reading it", exc) from exc
         return key, next_id
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _reset_buffer(self) -> None:
         self._ins: dict[int, tuple[bytes, int]] = {}  # new jobs: job_id -> (payload, max)
-        self._upd: set[int] = set()  # stored jobs whose attempt / current lease changed
+        # jobs' columns changed since the last flush: job_id -> {"attempt": a, "lease_id": l}
+        self._set: dict[int, dict[str, int | None]] = {}
         self._lease_add: dict[tuple[int, int], bytes] = {}  # (job_id, lease_id) -> worker
         self._lease_del: set[tuple[int, int]] = set()
         self._gone: set[int] = set()  # stored jobs that finished
@@ -439,7 +238,7 @@ class JobStore:
 
     def _require_open(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise self._error("is closed")
+            raise StoreError(self.path, "is closed")
         return self._conn
 
     def close(self) -> None:
@@ -501,7 +300,7 @@ class JobStore:
                     leased.append(StoredJob(job_id, payload, attempt + 1, max_attempts, issued))
             if leased or dead:
                 now = time.time()
-                with _transaction(conn):
+                with transaction(conn):
                     conn.executemany(
                         "UPDATE jobs SET attempt = ?, lease_id = NULL WHERE job_id = ?",
                         [(job.attempt, job.job_id) for job in leased],
@@ -509,26 +308,14 @@ class JobStore:
                     self._write_finished(
                         conn, dead, [(job_id, "dead", b"", now) for job_id in dead]
                     )
-                for job in leased:
-                    self._live[job.job_id] = [job.attempt, None]
-                for job_id in dead:
-                    del self._live[job_id]
         except sqlite3.Error as exc:
-            raise self._sqlite_error("restoring jobs", exc) from exc
+            raise sqlite_error(self.path, "restoring jobs", exc) from exc
         return Restored(pending + leased, dead, self._next_id, self._producer_key)
 
-    # --- mutations (buffered until flush) -----------------------------------------------------
-
-    def _job(self, job_id: int, doing: str) -> list[Any]:
-        if self._conn is None:
-            raise self._error("is closed")
-        state = self._live.get(job_id)
-        if state is None:
-            raise ValueError(f"cannot {doing} job {job_id!r}: it is not live in the store")
-        return state
+    # --- the journal (buffered until flush) ---------------------------------------------------
 
     def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
-        """Record a new pending job (attempt 1). Buffered until :meth:`flush`.
+        """Journal a new pending job (attempt 1). Buffered until :meth:`flush`.
 
         Args:
             job_id: a fresh id (never used in this store: take them from
@@ -537,117 +324,94 @@ class JobStore:
             max_attempts: leases it may lose before it is dead-lettered (>= 1).
 
         Raises:
-            ValueError: the job is live already, or an argument is out of range.
+            ValueError: an argument is out of range.
             TypeError: ``payload`` is not bytes-like.
             StoreError: the store is closed.
         """
         self._require_open()
-        if job_id in self._live:
-            raise ValueError(f"job {job_id} is already live in the store")
-        if not isinstance(job_id, int) or not _INT64_MIN <= job_id <= _INT64_MAX:
-            raise ValueError(f"job_id must be a 64-bit int, got {job_id!r}")
+        _check_int64("job_id", job_id)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         if not isinstance(max_attempts, int) or not 1 <= max_attempts <= _INT64_MAX:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        self._live[job_id] = [1, None]
         self._ins[job_id] = (bytes(payload), max_attempts)
+        self._set[job_id] = {"attempt": 1, "lease_id": None}
         if job_id >= self._next_id:
             self._next_id = job_id + 1
         self._dirty = True
 
     def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
-        """Record that a pending job was leased. Buffered until :meth:`flush`.
+        """Journal that a pending job was leased. Buffered until :meth:`flush`.
 
         Args:
-            job_id: a pending job.
+            job_id: the job.
             lease_id: the new lease's id (a 64-bit signed int; the ledger's are 63-bit).
             worker: routing id of the worker holding it.
             attempt: the attempt the lease carries (from 1).
 
         Raises:
-            ValueError: the job is not live or is leased already, or ``lease_id`` or
-                ``attempt`` is out of range.
+            ValueError: ``lease_id`` or ``attempt`` is out of range.
             StoreError: the store is closed.
         """
-        state = self._job(job_id, "lease")
-        if state[1] is not None:
-            raise ValueError(f"cannot lease job {job_id}: it is leased already")
-        if not isinstance(lease_id, int) or not _INT64_MIN <= lease_id <= _INT64_MAX:
-            raise ValueError(f"lease_id must be a 64-bit int, got {lease_id!r}")
+        self._require_open()
+        _check_int64("lease_id", lease_id)
         _check_attempt(attempt)
-        state[0] = attempt
-        state[1] = lease_id
-        self._changed(job_id)
-        key = (job_id, lease_id)
-        self._lease_add[key] = worker
+        self._columns(job_id, attempt=attempt, lease_id=lease_id)
+        self._lease_add[(job_id, lease_id)] = worker
 
     def release(self, job_id: int, lease_id: int) -> None:
-        """Record that a lease was given back (declined, or the JOB could not be sent): the
+        """Journal that a lease was given back (declined, or the JOB could not be sent): the
         job is pending again with the same attempt and the lease is forgotten. Buffered.
 
         Raises:
-            ValueError: the job is not live, or ``lease_id`` is not its current lease.
             StoreError: the store is closed.
         """
-        state = self._job(job_id, "release")
-        if state[1] != lease_id or lease_id is None:
-            raise ValueError(
-                f"cannot release lease {lease_id!r} of job {job_id}: its current lease is "
-                f"{state[1]!r}"
-            )
-        state[1] = None
-        self._changed(job_id)
+        self._require_open()
+        self._columns(job_id, lease_id=None)
         key = (job_id, lease_id)
         if self._lease_add.pop(key, None) is None:
             self._lease_del.add(key)
 
     def requeue(self, job_id: int, attempt: int) -> None:
-        """Record that a lease expired: the job is pending again with ``attempt`` (the old
+        """Journal that a lease expired: the job is pending again with ``attempt`` (the old
         lease stays on record, so a late result under it is still recognised). Buffered.
 
         Raises:
-            ValueError: the job is not live or not leased, or ``attempt`` < 1.
+            ValueError: ``attempt`` < 1.
             StoreError: the store is closed.
         """
-        state = self._job(job_id, "requeue")
-        if state[1] is None:
-            raise ValueError(f"cannot requeue job {job_id}: it is not leased")
+        self._require_open()
         _check_attempt(attempt)
-        state[0] = attempt
-        state[1] = None
-        self._changed(job_id)
+        self._columns(job_id, attempt=attempt, lease_id=None)
 
-    def _changed(self, job_id: int) -> None:
-        if job_id not in self._ins:  # a new job is written whole from _live at flush
-            self._upd.add(job_id)
+    def _columns(self, job_id: int, **values: int | None) -> None:
+        self._set.setdefault(job_id, {}).update(values)
         self._dirty = True
 
     def finish(self, job_id: int, state: str, payload: bytes, finished_at: float) -> None:
-        """Record that a live job finished: its payload and leases are dropped and its result
-        is kept (until :meth:`purge` removes it). Buffered until :meth:`flush`.
+        """Journal that a live job finished: its payload and leases are dropped and its
+        result is kept (until :meth:`purge` removes it). Buffered until :meth:`flush`.
 
         Args:
-            job_id: a live (pending or leased) job.
+            job_id: the job.
             state: ``"done"``, ``"failed"``, ``"dead"`` or ``"cancelled"``.
             payload: the packed result value (done) or error map (failed); ``b""`` for dead
                 and cancelled jobs.
             finished_at: unix seconds (``time.time()``); retention ages count from it.
 
         Raises:
-            ValueError: the job is not live, or ``state`` is not one of the above.
+            ValueError: ``state`` is not one of the above.
             TypeError: ``payload`` is not bytes-like.
             StoreError: the store is closed.
         """
-        self._job(job_id, "finish")
+        self._require_open()
         if state not in FINISHED_STATES:
             raise ValueError(f"state must be one of {sorted(FINISHED_STATES)}, got {state!r}")
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-        del self._live[job_id]
+        self._set.pop(job_id, None)
         if self._ins.pop(job_id, None) is None:
             self._gone.add(job_id)
-            self._upd.discard(job_id)
         self._fin[job_id] = StoredResult(job_id, state, bytes(payload), float(finished_at))
         self._dirty = True
 
@@ -680,50 +444,50 @@ class JobStore:
         conn = self._require_open()
         if not self._dirty:
             return
-        live = self._live
         try:
-            with _transaction(conn):
-                if self._gone or self._fin:
-                    self._write_finished(
-                        conn,
-                        self._gone,
-                        [(r.job_id, r.state, r.payload, r.finished_at) for r in self._fin.values()],
-                    )
-                if self._lease_del:
-                    conn.executemany(
-                        "DELETE FROM leases WHERE job_id = ? AND lease_id = ?", self._lease_del
-                    )
-                if self._ins:
-                    conn.executemany(
-                        "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        [
-                            (job_id, payload, live[job_id][0], max_attempts, live[job_id][1])
-                            for job_id, (payload, max_attempts) in self._ins.items()
-                        ],
-                    )
-                if self._upd:
-                    conn.executemany(
-                        "UPDATE jobs SET attempt = ?, lease_id = ? WHERE job_id = ?",
-                        [(*live[job_id], job_id) for job_id in self._upd],
-                    )
-                if self._lease_add:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO leases (job_id, lease_id, worker) VALUES (?, ?, ?)",
-                        [
-                            (job_id, lease_id, worker)
-                            for (job_id, lease_id), worker in self._lease_add.items()
-                            if job_id in live
-                        ],
-                    )
-                if self._next_id != self._stored_next_id:
-                    conn.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'next_job_id'", (self._next_id,)
-                    )
+            with transaction(conn):
+                self._write(conn)
         except sqlite3.Error as exc:
-            raise self._sqlite_error("writing changes", exc) from exc
+            raise sqlite_error(self.path, "writing changes", exc) from exc
         self._stored_next_id = self._next_id
         self._reset_buffer()
+
+    def _write(self, conn: sqlite3.Connection) -> None:
+        if self._gone or self._fin:
+            self._write_finished(
+                conn, self._gone,
+                [(r.job_id, r.state, r.payload, r.finished_at) for r in self._fin.values()],
+            )
+        if self._lease_del:
+            conn.executemany("DELETE FROM leases WHERE job_id = ? AND lease_id = ?", self._lease_del)
+        if self._ins:
+            conn.executemany(
+                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (job_id, payload, self._set[job_id]["attempt"], max_attempts,
+                     self._set[job_id]["lease_id"])
+                    for job_id, (payload, max_attempts) in self._ins.items()
+                ],
+            )
+        changed = [(job_id, cols) for job_id, cols in self._set.items() if job_id not in self._ins]
+        both = [(cols["attempt"], cols["lease_id"], job_id) for job_id, cols in changed if "attempt" in cols]
+        lease_only = [(cols["lease_id"], job_id) for job_id, cols in changed if "attempt" not in cols]
+        if both:
+            conn.executemany("UPDATE jobs SET attempt = ?, lease_id = ? WHERE job_id = ?", both)
+        if lease_only:
+            conn.executemany("UPDATE jobs SET lease_id = ? WHERE job_id = ?", lease_only)
+        if self._lease_add:
+            conn.executemany(
+                "INSERT OR REPLACE INTO leases (job_id, lease_id, worker) VALUES (?, ?, ?)",
+                [
+                    (job_id, lease_id, worker)
+                    for (job_id, lease_id), worker in self._lease_add.items()
+                    if job_id not in self._fin
+                ],
+            )
+        if self._next_id != self._stored_next_id:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'next_job_id'", (self._next_id,))
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -746,12 +510,27 @@ class JobStore:
                 (job_id,),
             ).fetchone()
         except sqlite3.Error as exc:
-            raise self._sqlite_error("reading a result", exc) from exc
+            raise sqlite_error(self.path, "reading a result", exc) from exc
         return None if row is None else StoredResult(*row)
 
     def is_live(self, job_id: int) -> bool:
-        """True when the job is pending or leased (buffered changes included)."""
-        return job_id in self._live
+        """True when the job is pending or leased (buffered changes included).
+
+        Raises:
+            StoreError: the store is closed, or SQLite failed.
+        """
+        conn = self._require_open()
+        if job_id in self._fin:
+            return False
+        if job_id in self._ins:
+            return True
+        if not isinstance(job_id, int) or not _INT64_MIN <= job_id <= _INT64_MAX:
+            return False
+        try:
+            row = conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise sqlite_error(self.path, "reading a job", exc) from exc
+        return row is not None
 
     def purge(self, now: float) -> int:
         """Apply retention: flush, then remove the results whose age (``now - finished_at``)
@@ -772,7 +551,7 @@ class JobStore:
             return 0
         removed = 0
         try:
-            with _transaction(conn):
+            with transaction(conn):
                 if self.retention_s is not None:
                     removed += conn.execute(
                         "DELETE FROM results WHERE finished_at < ?", (now - self.retention_s,)
@@ -786,26 +565,18 @@ class JobStore:
                             (self.retention_count,),
                         ).rowcount
         except sqlite3.Error as exc:
-            raise self._sqlite_error("purging results", exc) from exc
+            raise sqlite_error(self.path, "purging results", exc) from exc
         return removed
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: committed when the block ends, rolled back if it raises."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        raise
+def _check_int64(name: str, value: int) -> None:
+    if not isinstance(value, int) or not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{name} must be a 64-bit int, got {value!r}")
 
 
 def _check_attempt(attempt: int) -> None:
     if not isinstance(attempt, int) or not 1 <= attempt <= _INT64_MAX:
         raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
+
+
+__all__ = ["SCHEMA_VERSION", "JobStore", "Restored", "StoreError", "StoredJob", "StoredResult"]

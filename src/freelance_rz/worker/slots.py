@@ -15,8 +15,10 @@ kills a job process's whole group when it aborts or replaces it (time limit, can
 stop), so a task's children die with it. A :class:`Reaper` kills those groups when the worker
 itself is killed.
 
-Pipe messages are msgpack, never pickle: parent -> child ``[job_id, payload]``; child ->
-parent one byte (1 ok, 0 error) followed by the msgpack result or error payload.
+Pipe messages are msgpack, never pickle, in the pipe codec of :mod:`freelance_rz.core.payload`;
+the child's side is :mod:`freelance_rz.worker.jobprocess`. A :class:`Slot` is one job process
+and the job it runs: the one place a running job's state lives on the worker (its lease is
+booked in the producer's :class:`~freelance_rz.core.session.Session`).
 """
 
 from __future__ import annotations
@@ -28,28 +30,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
-
-from ..core import check as _check
 from ..core import payload as pl
+from ..core.session import Outcome
+from . import jobprocess
+from .jobprocess import JOB_PROCESS_NAME, STOP_SIGNALS, UNGUARDED_MAIN_EXIT, report_progress
 
 log = logging.getLogger("freelance_rz.runner")
 
 _SPAWN = multiprocessing.get_context("spawn")
-_PR_SET_PDEATHSIG = 1
-# Blocked in the worker while it spawns a job process, unblocked by the job process once it has
-# a process group of its own: a Ctrl-C to the worker's group in between never reaches it.
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-_JOB_PROCESS_NAME = "freelance-job"
-# A job process exits with this code when importing the main script started a worker again
-# (no ``if __name__ == "__main__":``); the worker that spawned it explains.
-_UNGUARDED_MAIN_EXIT = 86
 
 
 def refuse_unguarded_main() -> None:
@@ -61,15 +53,15 @@ def refuse_unguarded_main() -> None:
     the start of :meth:`Worker.run`.
 
     Raises:
-        SystemExit: in a worker's own job process (code ``_UNGUARDED_MAIN_EXIT``; the worker
+        SystemExit: in a worker's own job process (code ``UNGUARDED_MAIN_EXIT``; the worker
             that started it raises the RuntimeError below, once).
         RuntimeError: in any other spawned process, saying what to add.
     """
     process = multiprocessing.current_process()
     if not getattr(process, "_inheriting", False):  # set by spawn while it imports the script
         return
-    if process.name == _JOB_PROCESS_NAME:
-        raise SystemExit(_UNGUARDED_MAIN_EXIT)
+    if process.name == JOB_PROCESS_NAME:
+        raise SystemExit(UNGUARDED_MAIN_EXIT)
     raise RuntimeError(_unguarded_main_message())
 
 
@@ -148,28 +140,14 @@ class Reaper:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """A finished job: ``ok`` and its payload (msgpack value, or error map when not ok).
-    ``crashed``: the job's process died (a lost attempt, retried, not a task error)."""
+class Died:
+    """A job process ended (how: ``"was killed by signal SIGSEGV"``, ``"exited with code 3"``)."""
 
-    job_id: int
-    ok: bool
-    payload: bytes
-    crashed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """What a running job reported with :func:`report_progress`."""
-
-    job_id: int
-    done: float
-    total: float | None
-    message: str
+    how: str
 
 
 class JobProcess:
-    """A slot's child process.
+    """A slot's child process and its pipe.
 
     Args:
         modules: the worker's task modules (the allowlist), imported by the child at start.
@@ -182,7 +160,6 @@ class JobProcess:
     def __init__(self, modules: list[str], reaper: Reaper | None = None) -> None:
         self.modules = modules
         self._reaper = reaper
-        self.job_id: int | None = None  # the job running now, if any
         self.ready = False  # the child has imported the task modules
         self._conn: Connection | None = None
         self._process: Any = None
@@ -191,9 +168,9 @@ class JobProcess:
         """Start the child; it is :attr:`ready` once it has imported the task modules."""
         parent, child = _SPAWN.Pipe(duplex=True)
         process = _SPAWN.Process(
-            target=_child_main, args=(child, self.modules), name=_JOB_PROCESS_NAME, daemon=True
+            target=jobprocess.main, args=(child, self.modules), name=JOB_PROCESS_NAME, daemon=True
         )
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process.start()
         except BaseException:
@@ -217,71 +194,49 @@ class JobProcess:
         assert self._conn is not None
         if not self._conn.poll(timeout_s):
             raise RuntimeError(f"job process not ready after {timeout_s} s")
-        self.take_outcome()
+        self.take()
 
     def fileno(self) -> int:
         assert self._conn is not None
         return self._conn.fileno()
 
-    @property
-    def free(self) -> bool:
-        return self.ready and self.job_id is None
-
-    def run(self, job_id: int, payload: bytes) -> None:
-        """Start a job (the slot must be free). Its outcome arrives via :meth:`take_outcome`
-        when :meth:`fileno` is readable."""
-        assert self._conn is not None and self.free
-        self.job_id = job_id
+    def send(self, job_id: int, payload: bytes) -> None:
+        """Hand the child a job (call only when ready and idle)."""
+        assert self._conn is not None and self.ready
         try:
-            self._conn.send_bytes(msgpack.packb([job_id, payload], use_bin_type=True))
+            self._conn.send_bytes(pl.encode_run(job_id, payload))
         except OSError:
-            pass  # the child is dead: take_outcome reports it when the pipe shows EOF
+            pass  # the child is dead: take() reports it when the pipe shows EOF
 
-    def take_outcome(self) -> Outcome | Progress | None:
-        """Read what the child sent (call when :meth:`fileno` is readable): the finished
-        job's outcome, the running job's progress, or None for the child's "ready" message.
-
-        A dead child yields a ``crashed`` ``JobProcessDied`` outcome for its job and is
-        replaced.
+    def take(self) -> pl.Progress | pl.Finished | Died | None:
+        """Read what the child sent (call when :meth:`fileno` is readable): a job's
+        progress or outcome, :class:`Died` (the child is replaced at once), or None (it is
+        ready).
 
         Raises:
-            RuntimeError: a starting child could not import the task modules.
+            RuntimeError: a starting child could not import the task modules, or died.
         """
         assert self._conn is not None
         try:
             data = self._conn.recv_bytes()
         except (EOFError, OSError):
-            job_id, self.job_id = self.job_id, None
-            code = self._reap()
+            how = self._reap()
             if not self.ready:
-                if self._process.exitcode == _UNGUARDED_MAIN_EXIT:
+                if self._process.exitcode == UNGUARDED_MAIN_EXIT:
                     raise RuntimeError(_unguarded_main_message()) from None
-                raise RuntimeError(f"job process {code} while starting") from None
+                raise RuntimeError(f"job process {how} while starting") from None
             self.start()
-            if job_id is None:
-                log.warning("idle job process %s; replaced", code)
-                return None
-            log.warning("job %d: job process %s; replaced", job_id, code)
-            message = f"the job's process {code}"
-            return Outcome(job_id, False, pl.pack_error("JobProcessDied", message, ""), crashed=True)
-        kind, body = data[:1], data[1:]
-        if kind == b"P" and self.job_id is not None:
-            done, total, message = msgpack.unpackb(body)
-            return Progress(self.job_id, done, total, message)
-        job_id, self.job_id = self.job_id, None
-        if not self.ready:
-            if kind != b"R":
-                raise RuntimeError(f"job process could not start: {body.decode(errors='replace')}")
+            return Died(how)
+        msg = pl.decode_from_job_process(data)
+        if isinstance(msg, pl.StartFailed):
+            raise RuntimeError(f"job process could not start: {msg.message}")
+        if isinstance(msg, pl.Ready):
             self.ready = True
             return None
-        if job_id is None:  # cannot happen with a well-behaved child
-            log.error("job process sent an outcome while idle; dropped")
-            return None
-        return Outcome(job_id, kind == b"\x01", body)
+        return msg
 
     def abort(self) -> None:
-        """Kill the running job (its outcome is dropped) and start a fresh child."""
-        self.job_id = None
+        """Kill the child (and what its task started) and start a fresh one."""
         self._reap(kill=True)
         self.start()
 
@@ -316,97 +271,70 @@ class JobProcess:
         return f"exited with code {code}"
 
 
-def _child_main(conn: Connection, modules: list[str]) -> None:
-    """Body of a job process: import the task modules, then run jobs until the pipe closes."""
-    _die_with_parent()
-    _own_process_group()
-    from ..tasks import Allowlist
+@dataclass(slots=True)
+class RunningJob:
+    """A job a slot runs: the producer's session it came from (its endpoint), the lease, and
+    what the JOB said. ``deadline``: its time limit (monotonic seconds), if it has one;
+    ``progress``: reported since the last BEAT, not yet sent."""
 
-    try:
-        allowlist = Allowlist(modules)
-    except BaseException as exc:  # noqa: BLE001 - reported to the worker, which stops
-        conn.send_bytes(b"E" + f"{type(exc).__name__}: {exc}".encode())
-        return
-    conn.send_bytes(b"R")
-    global _progress_pipe
-    _progress_pipe = conn
-    while True:
-        try:
-            job_id, payload = msgpack.unpackb(conn.recv_bytes())
-        except EOFError:
-            return
-        try:
-            task, args, kwargs, _ = pl.unpack_call(payload)
-            fn = allowlist.resolve(task)
-            out = b"\x01" + pl.pack_value(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            out = b"\x00" + pl.pack_error(
-                type(exc).__name__, str(exc), traceback.format_exc()
-            )
-        conn.send_bytes(out)
+    endpoint: str
+    job_id: int
+    lease_id: int
+    lease_ms: int
+    deadline: float | None = None
+    timeout_ms: int = 0
+    max_result: int = 0  # bytes of result payload the producer takes
+    progress: tuple[float, float | None, str] | None = None
 
 
-_progress_pipe: Connection | None = None  # set in a job process
-_progress_sent_at = 0.0
-PROGRESS_EVERY_S = 0.1  # a job process sends progress at most this often (but always the last)
+class Slot:
+    """One slot of a worker: a job process and the job it runs (None when idle)."""
+
+    def __init__(self, index: int, modules: list[str], reaper: Reaper | None) -> None:
+        self.index = index
+        self.proc = JobProcess(modules, reaper)
+        self.job: RunningJob | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.proc.ready and self.job is None
+
+    def run(self, job: RunningJob, payload: bytes) -> None:
+        """Start ``job`` (the slot must be free)."""
+        assert self.free
+        self.job = job
+        self.proc.send(job.job_id, payload)
+
+    def take(self) -> tuple[RunningJob, Outcome] | None:
+        """Read what the job process sent: a finished job and its outcome (a died process
+        gives a ``crashed`` ``JobProcessDied`` outcome), or None (progress, which is kept on
+        the running job, or the process is ready)."""
+        msg = self.proc.take()
+        if msg is None:
+            return None
+        if isinstance(msg, pl.Progress):
+            if self.job is not None:
+                self.job.progress = (msg.done, msg.total, msg.message)
+            return None
+        job, self.job = self.job, None
+        if job is None:
+            if isinstance(msg, Died):
+                log.warning("idle job process %s; replaced", msg.how)
+            else:  # cannot happen with a well-behaved child
+                log.error("job process sent an outcome while idle; dropped")
+            return None
+        if isinstance(msg, Died):
+            log.warning("job %d: job process %s; replaced", job.job_id, msg.how)
+            error = pl.pack_error("JobProcessDied", f"the job's process {msg.how}", "")
+            return job, Outcome(job.job_id, False, error, crashed=True)
+        return job, Outcome(job.job_id, msg.ok, msg.payload)
+
+    def abort(self) -> RunningJob | None:
+        """Kill the running job (its outcome is dropped) and give the slot a fresh process.
+        Returns the job it ran."""
+        job, self.job = self.job, None
+        self.proc.abort()
+        return job
 
 
-def report_progress(done: float, total: float | None = None, message: str = "") -> None:
-    """Report the running job's progress, from inside a task: e.g. ``report_progress(3, 10,
-    "resizing")``. It reaches the producer with the worker's next heartbeat (within a quarter
-    of the lease), where :meth:`Producer.progress` and ``freelance-status`` show it. Calls more
-    often than every 0.1 s are coalesced; outside a worker's job process it does nothing.
-
-    Args:
-        done: how much is done, a number >= 0 (an int or a float).
-        total: how much there is to do, a number >= 0, or None when unknown.
-        message: a short text (cut at 200 characters).
-
-    Raises:
-        TypeError: ``done`` or ``total`` is not a number (bools are refused), or ``message``
-            is not a str.
-        ValueError: ``done`` or ``total`` is negative, NaN, infinite or above 2**63 - 1.
-    """
-    global _progress_sent_at
-    done = _check.number("done", done, min_=0, max_=_check.INT64_MAX)
-    total = _check.number("total", total, min_=0, max_=_check.INT64_MAX, allow_none=True)
-    message = _check.string("message", message)
-    now = time.monotonic()
-    finished = total is not None and done >= total
-    if _progress_pipe is None or (now - _progress_sent_at < PROGRESS_EVERY_S and not finished):
-        return
-    _progress_sent_at = now
-    _progress_pipe.send_bytes(b"P" + msgpack.packb([done, total, message[:200]]))
-
-
-def _own_process_group() -> None:
-    """Lead a process group of its own, then restore the default signal dispositions.
-
-    The worker decides when jobs stop (C6): a Ctrl-C in its terminal goes to the worker's
-    process group, which this process has just left. The worker spawned it with SIGINT and
-    SIGTERM blocked, so one sent to that group in between is pending here: it is discarded
-    (ignoring a pending signal drops it) before they are unblocked. Nothing stays ignored or
-    blocked, so programs a task starts get the defaults too (they are inherited across exec).
-    """
-    os.setpgid(0, 0)
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's default: KeyboardInterrupt
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)  # e.g. ignored by a shell's `worker &`
-
-
-def _die_with_parent() -> None:
-    """On Linux, ask the kernel to SIGKILL this process when its parent dies (prctl)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-    except (OSError, AttributeError):
-        pass
+__all__ = ["Reaper", "RunningJob", "Slot", "refuse_unguarded_main", "report_progress"]

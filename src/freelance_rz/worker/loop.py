@@ -1,0 +1,388 @@
+"""A worker's poll loop: the thin shell between its links (one DEALER per producer), its job
+processes and the pure per-producer :class:`~freelance_rz.core.session.Session`.
+
+Theory of operation
+-------------------
+Every live producer holds as many parked claims (long-polls) as the worker has free slots.
+When a JOB fills a slot, the now-surplus claims at the other producers are withdrawn
+(CANCEL_CLAIM) once the slot has stayed busy for SURPLUS_GRACE_S; a JOB that arrives for a full
+worker, or for a claim the worker does not hold, is DECLINEd (back to the head of that
+producer's queue), so a worker never holds more jobs than slots. When a job ends, its RESULT
+carries the next claim to the same producer, so a busy worker spends one round trip per job.
+Nothing is ever queued on the worker side (C1).
+
+Liveness is judged by the conversation (see :mod:`freelance_rz.core.session`): a producer
+that misses a reply deadline is unreachable, its link is closed and retried with backoff, its
+unacknowledged results are sent again once it answers; one unreachable for ``give_up_s`` has
+its running jobs aborted and, if discovered, is forgotten (:mod:`freelance_rz.worker.peers`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from ..core import payload as pl
+from ..core import wire as w
+from ..core.session import Effect, Outcome, Session
+from ..core.text import clean
+from ..discovery import choose_endpoint
+from ..errors import ProtocolError
+from .peers import Peers
+from .slots import RunningJob, Slot
+
+log = logging.getLogger("freelance_rz.worker")
+
+STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
+TIMER_SLACK_S = 0.02  # after activity, timers are looked at within this many seconds
+SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did: counts of jobs and producers."""
+
+    jobs_run: int = 0
+    jobs_failed: int = 0
+    producers_found: int = 0
+
+
+class WorkerLoop:
+    """The running state of a :class:`~freelance_rz.Worker` (see the module docstring).
+
+    Args:
+        name: the worker's name, for logs.
+        slots: its slots (job processes started).
+        peers: its table of producers (links made in it are polled here).
+        wait_ms: the claim long-poll, milliseconds.
+        interfaces: the IPv4 addresses mDNS runs on (to choose announced endpoints), or None.
+        wake_r, events: the wake-up pipe and the queue other threads post events to
+            (``("stop", None)``, ``("found", Announcement)``, ``("gone", name)``).
+        stats: the worker's counts, kept up to date.
+        clock: the monotonic clock, seconds.
+    """
+
+    def __init__(
+        self, *, name: str, slots: list[Slot], peers: Peers, wait_ms: int,
+        interfaces: list[str] | None, wake_r: int, events: queue.SimpleQueue[tuple[str, Any]],
+        stats: WorkerStats, clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.slots = slots
+        self.peers = peers
+        self.wait_ms = wait_ms
+        self.interfaces = interfaces
+        self.wake_r = wake_r
+        self.events = events
+        self.stats = stats
+        self.clock = clock
+        self.rids = itertools.count(1)
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.filled_at = 0.0  # when a slot was last filled (monotonic seconds)
+        self.bad_messages = 0  # undecodable messages from producers, dropped
+        self.bad_logged_at = 0.0
+        peers.hooks = self
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until a stop has finished (running jobs done, their results delivered)."""
+        watched: tuple[Any, ...] = ()
+        check_at = 0.0  # next time to look at deadlines, heartbeats and reconnects
+        while True:
+            # the poller is rebuilt only when links or job processes came or went
+            fds = {slot.proc.fileno(): slot for slot in self.slots}
+            links = list(self.peers.links.items())
+            now_watched = (*fds, *(link.sock for _, link in links))
+            if now_watched != watched:
+                watched = now_watched
+                poller = zmq.Poller()
+                poller.register(self.wake_r, zmq.POLLIN)
+                for item in watched:
+                    poller.register(item, zmq.POLLIN)
+            events = dict(poller.poll(max(0, int((check_at - self.clock()) * 1000) + 1)))
+            now = self.clock()
+            if self.wake_r in events:
+                self._drain_events(now)
+            for fd, slot in fds.items():
+                if fd in events:
+                    self._from_slot(slot, now)
+            for endpoint, link in links:
+                if link.sock in events:
+                    self._drain_link(endpoint, now)
+            if events:  # handling may have set new timers: look within TIMER_SLACK_S
+                check_at = min(check_at, now + TIMER_SLACK_S)
+            if now >= check_at:  # timers: not on every message; idle, sleep until the next
+                self._enforce_time_limits(now)
+                for session in list(self.peers.sessions.values()):
+                    self.peers.check(session, now)
+                self.peers.probe_dormant(now)
+                check_at = self._soonest_timer(now)
+            self._reconcile_claims(now)
+            if self.stopping and self._finished(now):
+                return
+
+    def _soonest_timer(self, now: float) -> float:
+        surplus = any(len(s.claims) > self._free() for s in self.peers.sessions.values())
+        soonest = min(now + 1.0, self.filled_at + SURPLUS_GRACE_S) if surplus else now + 1.0
+        for session in self.peers.sessions.values():
+            if session.endpoint not in self.peers.links:
+                soonest = min(soonest, session.retry_at)
+                continue
+            if session.leases:
+                soonest = min(soonest, session.next_beat_at)
+            if session.claim_pause_until > now:
+                soonest = min(soonest, session.claim_pause_until)
+            deadline = session.soonest()
+            if deadline is not None:
+                soonest = min(soonest, deadline)
+        for slot in self.slots:
+            if slot.job is not None and slot.job.deadline is not None:
+                soonest = min(soonest, slot.job.deadline)
+        return soonest
+
+    def _finished(self, now: float) -> bool:
+        if any(slot.job is not None for slot in self.slots):
+            return False
+        undelivered = sum(len(s.unacked) for s in self.peers.sessions.values())
+        if not undelivered:
+            return True
+        if now > self.stop_deadline:
+            log.error("stopping with %d result(s) undelivered: producers unreachable", undelivered)
+            return True
+        return False
+
+    def _drain_events(self, now: float) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                kind, value = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "stop":
+                if not self.stopping:
+                    running = sum(slot.job is not None for slot in self.slots)
+                    log.info("worker %s stopping: finishing %d running job(s)", self.name, running)
+                self.stopping = True
+                self.stop_deadline = now + STOP_DELIVERY_S
+            elif kind == "found":
+                self.peers.found(value, choose_endpoint(value.endpoints, self.interfaces), now)
+            elif kind == "gone":
+                for session in self.peers.gone(value):
+                    self.beat(session, now)
+
+    # --- what the peers ask of the loop -----------------------------------------------------
+
+    def beat(self, session: Session, now: float) -> None:
+        """Send a BEAT for the producer's leases (none: a question whether it is there), with
+        the progress the running jobs reported since the last one."""
+        progress = []
+        for lease_id, index in session.leases.items():
+            job = self._job(self.slots[index])
+            if job.progress is not None:
+                progress.append((lease_id, *job.progress))
+                job.progress = None
+        self._request(session, w.Beat(
+            rid=next(self.rids), leases=tuple(session.leases), progress=tuple(progress) or None,
+        ), now)
+
+    def resend(self, session: Session, now: float) -> None:
+        """Send again every result the producer has not acknowledged."""
+        for lease_id, outcome in list(session.unacked.values()):
+            self._send_result(session, lease_id, outcome, None, now)
+
+    def abort_jobs(self, session: Session) -> None:
+        """Abort the jobs the worker runs for the producer."""
+        for index in list(session.leases.values()):
+            self._abort(self.slots[index])
+
+    def move_jobs(self, old: Session, new: Session) -> None:
+        """The running jobs of ``old`` now belong to ``new`` (a restarted producer)."""
+        for slot in self.slots:
+            if slot.job is not None and slot.job.endpoint == old.endpoint:
+                slot.job.endpoint = new.endpoint
+
+    def beat_lease_ms(self, session: Session) -> int:
+        """The shortest lease the worker holds from the producer, in milliseconds."""
+        return min(self._job(self.slots[index]).lease_ms for index in session.leases.values())
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def _request(self, session: Session, msg: w.Request, now: float, job_id: int = 0) -> None:
+        """Send a request and expect its answer in time."""
+        link = self.peers.links[session.endpoint]
+        session.expect(msg, now, job_id)
+        link.send(msg)
+
+    def _claim(self) -> w.Claim:
+        return w.Claim(rid=next(self.rids), wait_ms=self.wait_ms, max_job=self.peers.max_payload)
+
+    def _free(self) -> int:
+        return sum(1 for slot in self.slots if slot.free)
+
+    def _reconcile_claims(self, now: float) -> None:
+        """Keep as many parked claims at each live producer as there are free slots.
+
+        Surplus claims (a slot was just filled) are withdrawn only once the slot has stayed
+        busy for SURPLUS_GRACE_S: short jobs end sooner, and withdrawing and renewing a claim
+        at every other producer for each of them would cost more than the rare JOB that has
+        to be declined meanwhile."""
+        free = 0 if self.stopping else self._free()
+        withdraw = now - self.filled_at >= SURPLUS_GRACE_S
+        for session in self.peers.sessions.values():
+            if session.endpoint not in self.peers.links or session.probing:
+                continue
+            if self.stopping and session.claims:
+                for rid in list(session.claims):  # BYE drops them unanswered
+                    session.withdraw(rid)
+                self._request(session, w.Bye(rid=next(self.rids)), now)
+                continue
+            for _ in range(session.claims_missing(free, now)):
+                self._request(session, self._claim(), now)
+            if withdraw:
+                for rid in session.surplus_claims(free):
+                    session.withdraw(rid)
+                    self._request(session, w.CancelClaim(rid=next(self.rids), claim_rid=rid), now)
+
+    # --- replies ----------------------------------------------------------------------------
+
+    def _drain_link(self, endpoint: str, now: float) -> None:
+        session = self.peers.sessions[endpoint]
+        while (link := self.peers.links.get(endpoint)) is not None:
+            frames = link.recv()
+            if frames is None:
+                return
+            try:
+                msg = w.decode_reply(frames, self.peers.max_payload)
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                if now - self.bad_logged_at > 1.0:  # at most one line a second under a flood
+                    self.bad_logged_at = now
+                    log.warning("producer %s sent a bad message: %s (dropped; %d so far)",
+                                session.label, clean(exc.message), self.bad_messages)
+                continue
+            if not session.answered:
+                self.peers.first_answer(session, link, now)
+            if session.unreachable_since is not None:
+                log.info("producer %s reachable again", session.label)
+            self._apply(session, session.on_reply(msg, now, self.wait_ms), now)
+
+    def _apply(self, session: Session, effect: Effect, now: float) -> None:
+        if effect.job is not None:
+            self._run_job(session, effect.job, effect.solicited, now)
+        for lease_id in effect.void:
+            slot = self.slots[session.leases[lease_id]]
+            log.warning("job %d was cancelled by its producer (or re-offered to another worker); "
+                        "aborting it", self._job(slot).job_id)
+            self._abort(slot)
+        if effect.refused is not None:
+            verb, message = effect.refused
+            log.error("producer %s refused %s: %s", session.label, verb, clean(message))
+        if effect.dropped is not None:
+            log.error("result of job %d was refused and is dropped", effect.dropped)
+
+    def _run_job(self, session: Session, job: w.Job, solicited: bool, now: float) -> None:
+        """Run a JOB in a free slot, or DECLINE it: no slot free, stopping, an answer to a
+        claim this worker does not have outstanding (withdrawn, or never sent), or a payload
+        over this worker's limit (the DECLINE says the limit)."""
+        slot = next((slot for slot in self.slots if slot.free), None)
+        limit = self.peers.max_payload
+        too_large = len(job.payload) > limit
+        if slot is None or self.stopping or not solicited or too_large:
+            if too_large:
+                log.warning("job %d of producer %s takes %d bytes, over this worker's limit of %d "
+                            "(--max-payload-bytes); declined", job.job_id, session.label,
+                            len(job.payload), limit)
+            self._request(session, w.Decline(rid=next(self.rids), job_id=job.job_id,
+                                             lease_id=job.lease_id, max_job=limit if too_large else None), now)
+            return
+        running = RunningJob(
+            session.endpoint, job.job_id, job.lease_id, job.lease_ms,
+            max_result=w.DEFAULT_MAX_PAYLOAD if job.max_result is None else job.max_result,
+        )
+        if job.timeout_ms:
+            running.deadline = now + job.timeout_ms / 1000
+            running.timeout_ms = job.timeout_ms
+        slot.run(running, job.payload)
+        self.filled_at = now
+        if not session.leases:
+            session.next_beat_at = now + max(job.lease_ms / 4000, 0.02)
+        session.leases[job.lease_id] = slot.index
+
+    # --- results ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(slot: Slot) -> RunningJob:
+        assert slot.job is not None
+        return slot.job
+
+    def _abort(self, slot: Slot) -> None:
+        """Kill the job running in ``slot`` (it gets a fresh process) and forget its lease;
+        its result, if any, is not sent."""
+        job = slot.abort()
+        if job is not None:
+            session = self.peers.sessions.get(job.endpoint)
+            if session is not None:
+                session.leases.pop(job.lease_id, None)
+
+    def _enforce_time_limits(self, now: float) -> None:
+        """Kill the process of a job past its time limit (C8) and report it as JobTimeout."""
+        for slot in self.slots:
+            job = slot.job
+            if job is not None and job.deadline is not None and now >= job.deadline:
+                limit_s = job.timeout_ms / 1000
+                log.warning("job %d ran past its time limit of %g s; killed", job.job_id, limit_s)
+                self._abort(slot)
+                message = f"the job ran past its time limit of {limit_s:g} s and was killed"
+                error = pl.pack_error("JobTimeout", message, "")
+                self._finished_job(job, Outcome(job.job_id, False, error), now)
+
+    def _from_slot(self, slot: Slot, now: float) -> None:
+        taken = slot.take()
+        if taken is None:
+            return
+        job, outcome = taken
+        session = self.peers.sessions.get(job.endpoint)
+        if session is not None:
+            session.leases.pop(job.lease_id, None)
+        if len(outcome.payload) > job.max_result:  # the producer would drop the connection
+            message = (
+                f"the result takes {len(outcome.payload)} bytes encoded, more than the "
+                f"producer's limit of {job.max_result} (max_payload_bytes); return a path "
+                "or URL to the data instead"
+            )
+            outcome = Outcome(outcome.job_id, False, pl.pack_error("ResultTooLarge", message, ""))
+        self._finished_job(job, outcome, now)
+
+    def _finished_job(self, job: RunningJob, outcome: Outcome, now: float) -> None:
+        self.stats.jobs_run += 1
+        if not outcome.ok:
+            self.stats.jobs_failed += 1
+        session = self.peers.sessions.get(job.endpoint)
+        if session is None:  # its producer was given up on meanwhile
+            return
+        session.unacked[job.job_id] = (job.lease_id, outcome)
+        if job.endpoint not in self.peers.links:
+            return  # sent when the producer is reachable again
+        claim = None if self.stopping or session.claim_pause_until > now else self._claim()
+        self._send_result(session, job.lease_id, outcome, claim, now)
+
+    def _send_result(self, session: Session, lease_id: int, outcome: Outcome,
+                     claim: w.Claim | None, now: float) -> None:
+        msg = w.Result(
+            rid=next(self.rids), job_id=outcome.job_id, lease_id=lease_id, ok=outcome.ok,
+            payload=outcome.payload, claim=claim, crashed=outcome.crashed or None,
+        )
+        self._request(session, msg, now, job_id=outcome.job_id)
