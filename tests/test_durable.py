@@ -181,3 +181,49 @@ def test_a_job_whose_submit_failed_to_record_never_runs(tmp_path, make_producer,
     time.sleep(0.5)
     assert not marks.exists()
     assert producer.status()["cancelled"] == 1
+
+
+def test_an_acknowledged_result_is_in_the_store(tmp_path):
+    """Acknowledged must mean durable, as it does for submits: a durable producer that takes a
+    RESULT and dies before its store has it must not have acknowledged it (the worker drops an
+    acknowledged result, and the job would run again). The producer here dies in the flush
+    that writes the result; a raw worker claims, sends the RESULT and watches for the ACK."""
+    import zmq
+
+    from freelance_rz.core import payload as pl
+    from freelance_rz.core import wire as w
+    from freelance_rz.producer.store import JobStore
+
+    store = tmp_path / "jobs.sqlite"
+    out = open(tmp_path / "crashy.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "rzcrashy.py", str(store), GROUP], cwd=TESTS_DIR, stdout=out,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        deadline = time.monotonic() + 30
+        while b"endpoint" not in (tmp_path / "crashy.log").read_bytes():
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "crashy.log").read_text()
+            time.sleep(0.05)
+        endpoint = (tmp_path / "crashy.log").read_text().split("endpoint ", 1)[1].split()[0]
+        sock.connect(endpoint)
+        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000)))
+        assert sock.poll(10_000), "no JOB"
+        job = w.decode_reply(sock.recv_multipart())
+        assert isinstance(job, w.Job)
+        sock.send_multipart(w.encode(w.Result(rid=2, job_id=job.job_id, lease_id=job.lease_id,
+                                              ok=True, payload=pl.pack_value(3))))
+        acked = sock.poll(3000) and isinstance(w.decode_reply(sock.recv_multipart()), w.Ack)
+        assert proc.wait(10) == 9  # it died in the flush that writes the result
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        out.close()
+    with JobStore(store) as reopened:
+        stored = reopened.result(job.job_id)
+    print(f"ACK received: {bool(acked)}; result in the store: {stored is not None}")
+    assert not acked or stored is not None, "the RESULT was acknowledged but never written"

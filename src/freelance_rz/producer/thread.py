@@ -343,7 +343,7 @@ class _Loop:
         now = time.monotonic()
         self.engine = OfferEngine(
             self.ledger, send=self._send, on_outcome=self._outcome, on_progress=self._progress,
-            max_payload=s.max_payload_bytes, durable=False,
+            max_payload=s.max_payload_bytes, durable=self.store is not None,
             wanted=lambda job_id: not self.futures[job_id].cancelled(),
             facts={"producer_id": s.producer_id, "group": s.group,
                    "endpoints": list(thread.endpoints), "version": __version__},
