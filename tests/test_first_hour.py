@@ -104,3 +104,18 @@ def test_a_job_too_large_for_one_worker_runs_on_another(make_producer, start_wor
     small = [producer.submit(rztasks.whoami, 0.05) for _ in range(10)]
     assert big.result(timeout=30) == "large"
     assert {f.result(timeout=30)["worker"] for f in small} <= {"small", "large"}
+
+
+def test_a_time_limit_under_a_millisecond_is_still_a_limit(make_producer, start_worker):
+    """The time limit is rounded once (up to 1 ms): a 0.5 ms limit was sent as 0, which a
+    worker reads as "no limit", and the job ran to its end."""
+    from freelance_rz import JobTimeout
+    from freelance_rz.core.ledger import timeout_ms
+
+    assert timeout_ms(0.0005) == 1 and timeout_ms(2.0) == 2000
+    producer = make_producer()
+    start_worker("w1", "--slots", "1")
+    started = time.monotonic()
+    with pytest.raises(JobTimeout):
+        producer.options(timeout_s=0.0005).submit(rztasks.whoami, 5.0).result(timeout=30)
+    assert time.monotonic() - started < 4.5  # killed, not run to its end

@@ -283,7 +283,7 @@ class Producer(Executor):
         with self._lock:
             if self._shutdown or not self._io.put(Submit(
                 future, payload, options.max_attempts, options.priority,
-                None if options.timeout_s is None else int(options.timeout_s * 1000), recorded,
+                None if options.wire is None else options.wire.get("timeout_ms"), recorded,
             )):
                 raise RuntimeError("cannot submit after shutdown")
         if recorded is not None:
