@@ -83,6 +83,13 @@ def timeout_ms(timeout_s: float) -> int:
     return max(1, int(timeout_s * 1000))
 
 
+def after_lost_lease(attempt: int, max_attempts: int) -> int | None:
+    """The rule for a lost lease (expired, its job's process died, or not confirmed after a
+    restart): the attempt the job goes on with, or None when that was its last attempt and it
+    is dead-lettered. The one place this rule is written."""
+    return None if attempt >= max_attempts else attempt + 1
+
+
 class Journal(Protocol):
     """Told every transition of the ledger, in order (a durable producer's job store; the
     ``on_event`` hook). Worker ids are routing ids; payloads are as on the wire."""
@@ -523,15 +530,16 @@ class Ledger:
 
     def _lose(self, job: _Job, lease_id: int) -> Expired:
         self._end_lease(job)
-        if job.attempt >= job.max_attempts:
+        lost, next_attempt = job.attempt, after_lost_lease(job.attempt, job.max_attempts)
+        if next_attempt is None:
             self._move(job, "exhaust")
             self.journal.finish(job.job_id, "dead", b"")
-            return Expired(job.job_id, lease_id, job.attempt, dead=True)
+            return Expired(job.job_id, lease_id, lost, dead=True)
         self._move(job, "expire")
-        job.attempt += 1
+        job.attempt = next_attempt
         self._queue(job.priority).appendleft(job)
         self.journal.requeue(job.job_id, job.attempt)
-        return Expired(job.job_id, lease_id, job.attempt - 1, dead=False)
+        return Expired(job.job_id, lease_id, lost, dead=False)
 
 
 _NOBODY = object()

@@ -80,6 +80,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.ledger import after_lost_lease
 from ..errors import StoreError
 from .storefile import SCHEMA_VERSION, open_store, sqlite_error, transaction
 
@@ -266,9 +267,10 @@ class JobStore:
     def restore(self) -> Restored:
         """Rebuild the job table of a (re)started producer. Call once, after opening.
 
-        Leased jobs are taken back: the ones with attempts left become pending with
-        ``attempt + 1``; the ones on their last attempt (``attempt >= max_attempts``) are
-        dead-lettered. Both changes are written before this returns.
+        Leased jobs are taken back: their leases cannot be confirmed, so each counts as lost
+        (the ledger's rule, :func:`~freelance_rz.core.ledger.after_lost_lease`): the ones
+        with attempts left become pending with ``attempt + 1``, the ones on their last attempt
+        are dead-lettered. Both changes are written before this returns.
 
         Returns:
             :class:`Restored`: the jobs to offer, in order; the dead-lettered ids; the next
@@ -294,10 +296,12 @@ class JobStore:
                 issued = leases.get(job_id, {})
                 if lease_id is None:
                     pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued))
-                elif attempt >= max_attempts:
+                    continue
+                next_attempt = after_lost_lease(attempt, max_attempts)  # it cannot be confirmed
+                if next_attempt is None:
                     dead.append(job_id)
-                else:  # its lease cannot be confirmed: it counts as lost
-                    leased.append(StoredJob(job_id, payload, attempt + 1, max_attempts, issued))
+                else:
+                    leased.append(StoredJob(job_id, payload, next_attempt, max_attempts, issued))
             if leased or dead:
                 now = time.time()
                 with transaction(conn):
