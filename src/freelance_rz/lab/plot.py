@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .report import Execution, compute_timeline
+from .tables import Execution, compute_timeline
 
 __all__ = ["plot_timeline"]
 
