@@ -33,7 +33,7 @@ import difflib
 import random
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -274,132 +274,146 @@ def parse(
 
 
 def _parse(top: _Table, seed: int | None, default_name: str | None) -> Scenario:
-    given = "name" in top.data
-    name = top.text("name", default_name or _REQUIRED)
-    check_scenario_name(name, "name" if given else "name (from the file name; add a name field)")
-    description = top.text("description", "")
-    duration_s = top.number("duration_s", 60.0, low=0.5)
-    end = top.text("end", "drained", choices=ENDS)
-    group = top.text("group", "rzlab")
-    if not GROUP_RE.fullmatch(group):
-        raise ScenarioError(f"group: letters, digits, '-' and '_' only, 1 to 40, got {group!r}")
+    """The steps of :func:`parse`, in the order the fields are read (the first bad one is the
+    one an error names): the scenario's own fields, hosts, producers, workers, events, chaos."""
+    name = _read_name(top, default_name)
+    own = _read_fields(top, _SCENARIO_FIELDS, Scenario)
+    duration_s = own["duration_s"]
+    if not GROUP_RE.fullmatch(own["group"]):
+        raise ScenarioError(f"group: letters, digits, '-' and '_' only, 1 to 40, got {own['group']!r}")
+    names = _Names(_read_hosts(top))
+    producers = [_read_producer(t, names, duration_s) for t in top.tables("producers")]
+    if not producers:
+        raise ScenarioError("producers: a scenario needs at least one [[producers]]")
+    workers = [_read_worker(t, names, duration_s) for t in top.tables("workers")]
+    if not workers:
+        raise ScenarioError("workers: a scenario needs at least one [[workers]]")
+    peer_names = tuple([p.name for p in producers] + [w.name for w in workers])
+    events = [_read_event(t, peer_names, names.hosts, duration_s) for t in top.tables("events")]
+    chaos = None
+    if "chaos" in top.data:
+        chaos = _read_chaos(top.table("chaos"), seed, names.hosts, duration_s)
+        events.extend(expand_chaos(chaos, workers, duration_s))
+    top.done()
+    return Scenario(
+        name=name, **own, hosts=tuple(names.hosts), producers=tuple(producers), workers=tuple(workers),
+        events=tuple(sorted(events, key=lambda e: e.at_s)), chaos=chaos, peer_names=peer_names,
+    )
 
+
+def _read_name(top: _Table, default_name: str | None) -> str:
+    """The scenario's ``name``, else ``default_name`` (the file's stem), checked."""
+    given = "name" in top.data
+    name: str = top.text("name", default_name or _REQUIRED)
+    return check_scenario_name(name, "name" if given else "name (from the file name; add a name field)")
+
+
+def _read_hosts(top: _Table) -> list[str]:
+    """The names of ``[[hosts]]`` (or ``hosts = ["h1", ...]``), in order; may be empty."""
     hosts: list[str] = []
     for t in top.tables("hosts", ("name",)):
         hosts.append(t.name_field())
         t.done()
-    implicit_hosts = not hosts
-    names: dict[str, str] = {}
+    return hosts
 
-    def claim(name: str, where: str) -> None:
-        if name in names:
-            raise ScenarioError(f"{where}: name {name!r} is already used by {names[name]}")
-        names[name] = where
 
-    for i, host in enumerate(hosts):
-        claim(host, f"hosts[{i}]")
+class _Names:
+    """The hosts and the names taken so far: hosts and peers share one namespace. Without
+    ``[[hosts]]`` (``implicit``), each peer's host is made when a peer first names it."""
 
-    def host_field(t: _Table, peer_name: str) -> str:
+    def __init__(self, hosts: list[str]) -> None:
+        self.hosts = hosts
+        self.implicit = not hosts
+        self.owners: dict[str, str] = {}  # name -> the field that took it
+        for i, host in enumerate(hosts):
+            self.claim(host, f"hosts[{i}]")
+
+    def claim(self, name: str, where: str) -> None:
+        """Take ``name`` for the field ``where``. Raises ScenarioError if it is taken."""
+        if name in self.owners:
+            raise ScenarioError(f"{where}: name {name!r} is already used by {self.owners[name]}")
+        self.owners[name] = where
+
+    def host_field(self, t: _Table, peer_name: str) -> str:
+        """The ``host`` of peer table ``t``: one of the hosts, or with implicit hosts any valid
+        name (default: the peer's own), added to the hosts. Raises ScenarioError."""
         host: str
-        if implicit_hosts:
+        if self.implicit:
             host = check_name(t.text("host", peer_name), t.where("host"))
-            if host not in hosts:
-                hosts.append(host)
+            if host not in self.hosts:
+                self.hosts.append(host)
             return host
         host = t.text("host")
-        if host not in hosts:
-            raise ScenarioError(f"{t.where('host')}: no host {host!r} (hosts: {', '.join(hosts)})")
+        if host not in self.hosts:
+            raise ScenarioError(f"{t.where('host')}: no host {host!r} (hosts: {', '.join(self.hosts)})")
         return host
 
-    producers = []
-    for t in top.tables("producers"):
-        peer_name = t.name_field()
-        claim(peer_name, t.path)
-        batches = []
-        for b in t.tables("jobs"):
-            batch = JobBatch(
-                count=b.integer("count", low=1),
-                task=b.text("task", "work", choices=TASKS),
-                seconds=b.number("seconds", 0.0, low=0.0),
-                at_s=b.number("at_s", 0.0, low=0.0),
-                spread_s=b.number("spread_s", 0.0, low=0.0),
-                timeout_s=b.number("timeout_s", None, low=0.001),
-                max_attempts=b.integer("max_attempts", None, low=1),
-                priority=b.integer("priority", None),
-            )
-            b.done()
-            batches.append(batch)
-        producers.append(ProducerSpec(
-            name=peer_name,
-            host=host_field(t, peer_name),
-            start_s=t.number("start_s", 0.0, low=0.0, high=duration_s),
-            lease_s=t.number("lease_s", 1.0, low=0.2),
-            max_attempts=t.integer("max_attempts", 3, low=1),
-            store=t.flag("store", False),
-            jobs=tuple(batches),
-        ))
-        t.done()
-    if not producers:
-        raise ScenarioError("producers: a scenario needs at least one [[producers]]")
 
-    workers = []
-    for t in top.tables("workers"):
-        peer_name = t.name_field()
-        claim(peer_name, t.path)
-        workers.append(WorkerSpec(
-            name=peer_name,
-            host=host_field(t, peer_name),
-            start_s=t.number("start_s", 0.0, low=0.0, high=duration_s),
-            slots=t.integer("slots", 1, low=1, high=64),
-            give_up_s=t.number("give_up_s", 60.0, low=0.1),
-        ))
-        t.done()
-    if not workers:
-        raise ScenarioError("workers: a scenario needs at least one [[workers]]")
-    peer_names = tuple([p.name for p in producers] + [w.name for w in workers])
+def _read_batch(b: _Table) -> JobBatch:
+    batch = JobBatch(**_read_fields(b, _BATCH_FIELDS, JobBatch))
+    b.done()
+    return batch
 
-    events = []
-    for t in top.tables("events"):
-        action = t.text("action", choices=ACTIONS)
-        target = t.text("target")
-        if action in PEER_ACTIONS and target not in peer_names:
-            raise ScenarioError(
-                f"{t.where('target')}: {action} needs a peer, no peer {target!r} "
-                f"(peers: {', '.join(peer_names)})"
-            )
-        if action in LINK_ACTIONS and target not in peer_names and target not in hosts:
-            raise ScenarioError(
-                f"{t.where('target')}: {action} needs a host or a peer, no {target!r} "
-                f"(hosts: {', '.join(hosts)})"
-            )
-        events.append(Event(at_s=t.number("at_s", low=0.0, high=duration_s), action=action, target=target))
-        t.done()
 
-    chaos = None
-    if "chaos" in top.data:
-        c = top.table("chaos")
-        chaos = Chaos(
-            seed=seed if seed is not None else c.integer("seed", 1),
-            window_s=c.span("window_s", (2.0, min(40.0, duration_s)), high=duration_s),
-            worker_kills=c.integer("worker_kills", 0, low=0),
-            restart_after_s=c.span("restart_after_s", (1.0, 3.0)),
-            link_flaps=c.integer("link_flaps", 0, low=0),
-            flap_s=c.span("flap_s", (1.0, 3.0)),
-            flap_hosts=tuple(c.str_list("flap_hosts", hosts)),
+def _read_producer(t: _Table, names: _Names, duration_s: float) -> ProducerSpec:
+    peer_name = t.name_field()
+    names.claim(peer_name, t.path)
+    batches = tuple(_read_batch(b) for b in t.tables("jobs"))
+    host = names.host_field(t, peer_name)
+    spec = ProducerSpec(name=peer_name, host=host, jobs=batches,
+                        **_read_fields(t, _PRODUCER_FIELDS, ProducerSpec, duration_s))
+    t.done()
+    return spec
+
+
+def _read_worker(t: _Table, names: _Names, duration_s: float) -> WorkerSpec:
+    peer_name = t.name_field()
+    names.claim(peer_name, t.path)
+    host = names.host_field(t, peer_name)
+    spec = WorkerSpec(name=peer_name, host=host, **_read_fields(t, _WORKER_FIELDS, WorkerSpec, duration_s))
+    t.done()
+    return spec
+
+
+def _read_event(t: _Table, peer_names: tuple[str, ...], hosts: list[str], duration_s: float) -> Event:
+    """A timeline event; a peer action needs a peer, a link action a host or a peer."""
+    action = t.text("action", choices=ACTIONS)
+    target = t.text("target")
+    if action in PEER_ACTIONS and target not in peer_names:
+        raise ScenarioError(
+            f"{t.where('target')}: {action} needs a peer, no peer {target!r} "
+            f"(peers: {', '.join(peer_names)})"
         )
-        if seed is not None:
-            c.data.pop("seed", None)
-        c.done()
-        for host in chaos.flap_hosts:
-            if host not in hosts:
-                raise ScenarioError(f"chaos.flap_hosts: no host {host!r} (hosts: {', '.join(hosts)})")
-        events.extend(expand_chaos(chaos, workers, duration_s))
-    top.done()
-    return Scenario(
-        name=name, description=description, duration_s=duration_s, end=end, group=group,
-        hosts=tuple(hosts), producers=tuple(producers), workers=tuple(workers),
-        events=tuple(sorted(events, key=lambda e: e.at_s)), chaos=chaos, peer_names=peer_names,
+    if action in LINK_ACTIONS and target not in peer_names and target not in hosts:
+        raise ScenarioError(
+            f"{t.where('target')}: {action} needs a host or a peer, no {target!r} "
+            f"(hosts: {', '.join(hosts)})"
+        )
+    event = Event(at_s=t.number("at_s", low=0.0, high=duration_s), action=action, target=target)
+    t.done()
+    return event
+
+
+def _read_chaos(c: _Table, seed: int | None, hosts: list[str], duration_s: float) -> Chaos:
+    """The ``[chaos]`` table; ``seed`` (when not None) replaces the file's seed. Its defaults
+    depend on the scenario (the window ends by ``duration_s``, flaps hit every host), so it
+    is read field by field."""
+    chaos = Chaos(
+        seed=seed if seed is not None else c.integer("seed", 1),
+        window_s=c.span("window_s", (2.0, min(40.0, duration_s)), high=duration_s),
+        worker_kills=c.integer("worker_kills", 0, low=0),
+        restart_after_s=c.span("restart_after_s", (1.0, 3.0)),
+        link_flaps=c.integer("link_flaps", 0, low=0),
+        flap_s=c.span("flap_s", (1.0, 3.0)),
+        flap_hosts=tuple(c.str_list("flap_hosts", hosts)),
     )
+    if seed is not None:
+        c.data.pop("seed", None)
+    c.done()
+    for host in chaos.flap_hosts:
+        if host not in hosts:
+            raise ScenarioError(f"chaos.flap_hosts: no host {host!r} (hosts: {', '.join(hosts)})")
+    return chaos
 
 
 def expand_chaos(chaos: Chaos, workers: Iterable[WorkerSpec], duration_s: float) -> list[Event]:
@@ -542,3 +556,64 @@ class _Table:
         if self.data:
             key = sorted(self.data)[0]
             raise ScenarioError(f"{self.where(key)}: unknown field (known here: {', '.join(self.known)})")
+
+
+# --- the fields of each table ----------------------------------------------------------------
+
+#: Stands for the scenario's ``duration_s`` in a field's limits.
+_DURATION: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One field of a scenario table: its key (also the name of the dataclass field it fills;
+    its default is that field's, none meaning required), the :class:`_Table` reader that
+    checks it, and that reader's keyword arguments (``low``, ``high``, ``choices``)."""
+
+    key: str
+    reader: Callable[..., Any]
+    limits: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Each table's fields in the order they are read: an error names the first bad one, and an
+# unknown field's message lists the known ones in this order.
+_SCENARIO_FIELDS = (  # after name (its default is the file name)
+    _Field("description", _Table.text),
+    _Field("duration_s", _Table.number, {"low": 0.5}),
+    _Field("end", _Table.text, {"choices": ENDS}),
+    _Field("group", _Table.text),
+)
+_BATCH_FIELDS = (
+    _Field("count", _Table.integer, {"low": 1}),
+    _Field("task", _Table.text, {"choices": TASKS}),
+    _Field("seconds", _Table.number, {"low": 0.0}),
+    _Field("at_s", _Table.number, {"low": 0.0}),
+    _Field("spread_s", _Table.number, {"low": 0.0}),
+    _Field("timeout_s", _Table.number, {"low": 0.001}),
+    _Field("max_attempts", _Table.integer, {"low": 1}),
+    _Field("priority", _Table.integer),
+)
+_PRODUCER_FIELDS = (  # after name, jobs and host
+    _Field("start_s", _Table.number, {"low": 0.0, "high": _DURATION}),
+    _Field("lease_s", _Table.number, {"low": 0.2}),
+    _Field("max_attempts", _Table.integer, {"low": 1}),
+    _Field("store", _Table.flag),
+)
+_WORKER_FIELDS = (  # after name and host
+    _Field("start_s", _Table.number, {"low": 0.0, "high": _DURATION}),
+    _Field("slots", _Table.integer, {"low": 1, "high": 64}),
+    _Field("give_up_s", _Table.number, {"low": 0.1}),
+)
+
+
+def _read_fields(t: _Table, fields: Iterable[_Field], into: type, duration_s: float | None = None) -> dict[str, Any]:
+    """Read ``fields`` of ``t`` in order into keyword arguments for the dataclass ``into``,
+    with its defaults; ``duration_s`` replaces :data:`_DURATION` in limits. Raises
+    ScenarioError (a field missing, of the wrong type or out of its limits)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(into)}
+    out: dict[str, Any] = {}
+    for f in fields:
+        default = defaults[f.key]
+        limits = {name: duration_s if value is _DURATION else value for name, value in f.limits.items()}
+        out[f.key] = f.reader(t, f.key, _REQUIRED if default is dataclasses.MISSING else default, **limits)
+    return out
