@@ -14,12 +14,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +28,9 @@ from .core.text import clean
 from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
 from .worker.worker import GIVE_UP_S, Worker
+
+if TYPE_CHECKING:
+    from .security import KeyPair
 
 
 def _add_producer_source(parser: argparse.ArgumentParser) -> None:
@@ -273,70 +277,101 @@ def _json_rows(rows: list[dict[str, Any]]) -> str:
     return json.dumps(out)
 
 
+def _status_keys(args: argparse.Namespace) -> tuple[KeyPair | None, frozenset[bytes] | None]:
+    """This side's CURVE key pair from ``--key`` and the public keys in ``--trust``; both
+    None without ``--key``.
+
+    Raises:
+        ValueError: only one of the two given, a key file that is not one, or ``--connect``
+            with ``--key`` and not exactly one key in ``--trust`` (the producer's).
+        OSError: a key file or the directory cannot be read.
+    """
+    from .security import check_pair, load_keypair, load_public_keys
+
+    check_pair(args.key, args.trust, ("--key", "--trust"))
+    if args.key is None:
+        return None, None
+    keys, trusted = load_keypair(args.key), load_public_keys(args.trust)
+    if args.connect and len(trusted) != 1:
+        raise ValueError("--connect with --key needs --trust to hold exactly one key "
+                         "(the producer's)")
+    return keys, trusted
+
+
+def _status_source(
+    args: argparse.Namespace, stack: ExitStack, keys: KeyPair | None, trusted: frozenset[bytes] | None,
+) -> Callable[[], list[dict[str, Any]]]:
+    """A function asking the producers for their STATUS (rows as :func:`query_status` gives
+    them). With ``--discover``, a producer finder is entered on ``stack`` and listens for
+    ``--wait`` seconds first; each call asks the producers found by then, with a row of its
+    own (``endpoint``, ``error``) for each one these CURVE settings cannot talk to. Else it
+    asks the ``--connect`` endpoints. Raises OSError or zmq.ZMQError (sockets)."""
+    from .discovery import resolve_interfaces
+    from .status import ProducerFinder, query_status, vet_producers
+
+    if not args.discover:
+        def connected() -> list[dict[str, Any]]:
+            server_keys = [next(iter(trusted))] * len(args.connect) if trusted else []
+            return query_status(args.connect, keys=keys, server_keys=server_keys)
+
+        return connected
+    finder = stack.enter_context(ProducerFinder(args.group, resolve_interfaces(args.interface)))
+    time.sleep(args.wait)
+
+    def discovered() -> list[dict[str, Any]]:
+        usable, refused = vet_producers(finder.producers(), keys, trusted)
+        endpoints, server_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
+        return query_status(endpoints, keys=keys, server_keys=server_keys) + refused
+
+    return discovered
+
+
+def _watch_status(
+    args: argparse.Namespace, console: Console, stack: ExitStack, rows: list[dict[str, Any]],
+    snapshot: Callable[[], list[dict[str, Any]]],
+) -> NoReturn:
+    """Show ``rows``, then ``snapshot()`` every ``--interval`` seconds, until interrupted: a
+    live table on a terminal; elsewhere (a pipe, a file) one table or JSON line per refresh."""
+    from rich.live import Live
+
+    live = None
+    if not args.json and console.is_terminal:
+        live = stack.enter_context(Live(_status_view(rows), console=console))
+    while True:
+        if live is not None:
+            live.update(_status_view(rows))
+        elif args.json:
+            print(_json_rows(rows), flush=True)
+        else:
+            console.print(_status_view(rows))
+            sys.stdout.flush()
+        time.sleep(args.interval)
+        rows = snapshot()
+
+
 def status_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-status``. Returns the exit code: 0 when every producer answered with
     a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
     ``--json`` too) or ``--discover`` found none, 2 on bad arguments or key files."""
     args = status_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from contextlib import ExitStack
-
-    from rich.console import Console
-    from rich.live import Live
-
-    from .discovery import resolve_interfaces
-    from .security import check_pair, load_keypair, load_public_keys
-    from .status import ProducerFinder, query_status, vet_producers
-
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
     try:
-        check_pair(args.key, args.trust, ("--key", "--trust"))
-        keys = trusted = None
-        if args.key is not None:
-            keys, trusted = load_keypair(args.key), load_public_keys(args.trust)
-            if args.connect and len(trusted) != 1:
-                raise ValueError("--connect with --key needs --trust to hold exactly one key "
-                                 "(the producer's)")
+        keys, trusted = _status_keys(args)
         with ExitStack() as stack:
-            if args.discover:
-                finder = stack.enter_context(
-                    ProducerFinder(args.group, resolve_interfaces(args.interface))
-                )
-                time.sleep(args.wait)
-
-            def snapshot() -> list[dict[str, Any]]:
-                if args.discover:
-                    usable, refused = vet_producers(finder.producers(), keys, trusted)
-                    endpoints, server_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
-                    return query_status(endpoints, keys=keys, server_keys=server_keys) + refused
-                server_keys = [next(iter(trusted))] * len(args.connect) if trusted else []
-                return query_status(args.connect, keys=keys, server_keys=server_keys)
-
+            snapshot = _status_source(args, stack, keys, trusted)
             rows = snapshot()
             none_found = args.discover and not rows
             if none_found:
                 print(f"freelance-status: no producer of group {args.group!r} found within "
                       f"{args.wait:g} s (--wait)", file=sys.stderr)
-            if not args.watch:
-                if args.json:
-                    print(_json_rows(rows))
-                else:
-                    console.print(_status_view(rows))
-                return 1 if none_found or any(problem for _, _, problem in _read_rows(rows)) else 0
-            # A live table on a terminal; elsewhere (a pipe, a file) one table or line per refresh.
-            live = None
-            if not args.json and console.is_terminal:
-                live = stack.enter_context(Live(_status_view(rows), console=console))
-            while True:
-                if live is not None:
-                    live.update(_status_view(rows))
-                elif args.json:
-                    print(_json_rows(rows), flush=True)
-                else:
-                    console.print(_status_view(rows))
-                    sys.stdout.flush()
-                time.sleep(args.interval)
-                rows = snapshot()
+            if args.watch:
+                _watch_status(args, console, stack, rows, snapshot)
+            if args.json:
+                print(_json_rows(rows))
+            else:
+                console.print(_status_view(rows))
+            return 1 if none_found or any(problem for _, _, problem in _read_rows(rows)) else 0
     except KeyboardInterrupt:
         return 0
     except (ValueError, OSError, zmq.ZMQError) as exc:  # bad keys; sockets cannot be made
