@@ -18,7 +18,7 @@ import zmq
 import rztasks
 from freelance_rz.core import parked as parked_module
 from freelance_rz.core import wire as p
-from hostile_kit import rss_kib, wait_until
+from hostile_kit import fd_count, rss_kib, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +38,9 @@ def reply(sock: zmq.Socket, timeout_ms: int = 5000) -> p.Message:
 
 
 def test_huge_progress_messages_are_refused_or_cut(make_producer):
-    producer = make_producer()
+    # A long lease: building four 32 MiB messages may take longer than the default 1 s on a
+    # loaded machine, and an expired lease would be voided in the BEAT_ACK this test reads.
+    producer = make_producer(lease_s=120.0)
     sock = dealer(producer.endpoint, b"rogue-progress")
     try:
         future = producer.submit(rztasks.add, 1, 1)
@@ -104,6 +106,7 @@ def test_parked_claims_are_capped_in_all_and_a_real_worker_is_served(make_produc
     producer = make_producer()
     gc.collect()
     before = rss_kib(os.getpid())
+    fds_before = fd_count(os.getpid())
     flood = subprocess.Popen([sys.executable, "-c", CLAIM_FLOOD, producer.endpoint], text=True,
                              stdout=subprocess.PIPE, start_new_session=True)
     try:
@@ -118,7 +121,12 @@ def test_parked_claims_are_capped_in_all_and_a_real_worker_is_served(make_produc
         time.sleep(2.0)
         flood.kill()
         flood.wait(10)
-        time.sleep(0.5)
+        # Until libzmq has torn down the 300 dead connections, a JOB routed to one of their
+        # parked claims is accepted by the socket and lost (a lease, an attempt): wait for the
+        # teardown itself (their descriptors closed), not for a time that a loaded machine
+        # may overrun.
+        wait_until(lambda: fd_count(os.getpid()) < fds_before + 20, 60,
+                   "the producer never closed the flood's connections")
         assert producer.submit(rztasks.whoami).result(timeout=30)["worker"] == "w1"
         print(f"300 identities x 1,024 claims: {parked} parked (cap {parked_module.MAX_PARKED}); "
               f"RSS +{grown:.1f} MiB")
