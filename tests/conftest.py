@@ -14,6 +14,11 @@ from pathlib import Path
 import pytest
 
 os.environ["FREELANCE_RZ_INTERFACES"] = "127.0.0.1"
+# A suite started in the background by a non-interactive shell (`pytest &`, nohup, some CI
+# runners) inherits SIGINT ignored, and so would every program it starts: the tests that
+# interrupt a worker or freelance-status with Ctrl-C would then wait in vain. Restore it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TESTS_DIR = Path(__file__).parent
 LOOPBACK = ["127.0.0.1"]
