@@ -15,6 +15,16 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
 from freelance_rz import Producer  # noqa: E402
 
+
+
+def fd_count() -> int:
+    """Open descriptors, or -1 when none is left to list them with (EMFILE)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
 producer = Producer(sys.argv[1], interfaces=["127.0.0.1"], announce=False).start()
 print(json.dumps({"endpoint": producer.endpoint, "max_connections": producer.max_connections}),
       flush=True)
@@ -29,11 +39,11 @@ for line in sys.stdin:
                 opened.append(tempfile.TemporaryFile())
         except OSError as exc:
             error = str(exc)
-        out = {"opened": len(opened), "error": error, "fds": len(os.listdir("/proc/self/fd"))}
+        out = {"opened": len(opened), "error": error, "fds": fd_count()}
         for f in opened:
             f.close()
     else:
         status = producer.status()
-        out = {"connections": status["connections"], "fds": len(os.listdir("/proc/self/fd"))}
+        out = {"connections": status["connections"], "fds": fd_count()}
     print(json.dumps(out), flush=True)
 producer.close()

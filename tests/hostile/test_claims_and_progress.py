@@ -156,6 +156,11 @@ def test_a_flooder_that_disconnects_does_not_abort_the_producer():
             flood.wait(10)
             time.sleep(1.0)
             assert app.proc.poll() is None, "the producer's process died"
-        assert "connections" in app.ask("status")
+            # the next flood comes once these connections are torn down: three floods of 300
+            # within 4.5 s outran the teardown on a loaded machine and the test's own app ran
+            # out of descriptors (max_connections bounds what is open, not how fast it closes)
+            wait_until(lambda: app.ask("status")["connections"] < 50, 60,
+                       "the flood's connections were never torn down")
+        assert app.ask("status")["fds"] > 0
     finally:
         app.close()
