@@ -78,6 +78,17 @@ class Producer(Executor):
             connections cannot use up the application's file descriptors (connections that
             never finish their ZeroMQ handshake are closed after 5 s anyway). None: half the
             process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``), at least 64.
+        advertise: ``"HOST:PORT"`` (or ``"tcp://HOST:PORT"``) workers should connect to,
+            announced (mDNS TXT ``ep``) and written (``endpoints_file``) instead of the bound
+            endpoints: a producer behind NAT, or in a container whose published port or
+            Service differs from what it binds. Give ``port`` too, so the bound port is fixed.
+        endpoints_file: a file of producer endpoints on a file system the workers share
+            (``freelance-worker --connect-file PATH``): this producer adds its line when it
+            starts (its advertised or first non-loopback endpoint, with ``id``, ``g`` and,
+            when they apply, ``sk`` and ``pk``) and removes it when it closes; the file is
+            rewritten atomically under a lock (:mod:`freelance_rz.endpointsfile`). A producer
+            killed without closing leaves its line; workers find it silent and stop waiting
+            on it as on any silent producer.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -85,7 +96,9 @@ class Producer(Executor):
 
     Ranges: ``group`` 1 to 63 characters; ``port`` 0 to 65535; ``lease_s`` 0.2 to 1e9
     seconds; ``max_attempts`` >= 1; ``retention_s`` >= 0 seconds and ``retention_count`` >= 0
-    (or None); ``max_payload_bytes`` 1 to 2**62; ``max_connections`` >= 1 (or None).
+    (or None); ``max_payload_bytes`` 1 to 2**62; ``max_connections`` >= 1 (or None);
+    ``advertise`` a port 1 to 65535 and a host that is an IPv4 address, a bracketed IPv6
+    address or a DNS name.
 
     Raises:
         TypeError: an argument of the wrong type (e.g. ``lease_s="1"``, ``max_attempts=2.5``,
@@ -114,8 +127,12 @@ class Producer(Executor):
         secret_key: str | os.PathLike[str] | None = None,
         authorized_workers: str | os.PathLike[str] | None = None,
         max_connections: int | None = None,
+        advertise: str | None = None,
+        endpoints_file: str | os.PathLike[str] | None = None,
     ) -> None:
         group = _check.group(group)
+        advertised = _advertised(advertise)
+        endpoints_file = _check.path("endpoints_file", endpoints_file)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
         port = _check.integer("port", port, min_=0, max_=65535)  # 0: any free port
         # workers heartbeat every lease_s / 4: below MIN_LEASE_S they cannot keep up
@@ -151,7 +168,9 @@ class Producer(Executor):
         settings = Settings(
             self.producer_id, group, self.interfaces, port, announce, max_payload_bytes,
             self.max_connections, curve, self.store_key, on_event, restored,
+            advertised=advertised, endpoints_file=endpoints_file,
         )
+        self.advertise = advertised
         self._io = OfferThread(settings, Ledger(lease_s=lease_s, max_attempts=max_attempts),
                                job_store, self._on_cancel)
         self._lock = threading.Lock()  # guards the start/shutdown state below
@@ -454,6 +473,20 @@ def _answer_timeout(timeout_s: Any) -> float | None:
         "timeout_s", timeout_s, min_=0, max_=threading.TIMEOUT_MAX, unit="seconds", allow_none=True
     )
     return checked
+
+
+def _advertised(value: Any) -> str | None:
+    """``advertise`` as ``tcp://HOST:PORT``, checked; None stays None."""
+    text: str | None = _check.string("advertise", value, allow_none=True)
+    if text is None:
+        return None
+    endpoint = text if text.startswith("tcp://") else f"tcp://{text}"
+    try:
+        w.parse_endpoint(endpoint)
+    except ValueError as exc:
+        raise ValueError(f"advertise must be 'HOST:PORT', e.g. 'producer.example.org:5555', "
+                         f"got {text!r}: {exc}") from None
+    return endpoint
 
 
 def _max_connections(value: Any) -> int:
