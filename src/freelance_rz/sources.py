@@ -373,7 +373,8 @@ class SourceThread:
         """Stop; a read blocked in the resolver is left to end on its own (daemon thread)."""
         with self._lock:
             self._closed.set()
-        self._thread.join(timeout_s)
+        if self._thread.ident is not None:
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         next_read = 0.0
