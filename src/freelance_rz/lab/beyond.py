@@ -314,6 +314,26 @@ def _first(recs: list[dict[str, Any]], after: float, match: Callable[[dict[str, 
     return None if not times else round(min(times) - after, 3)
 
 
+def _is(kind: str, worker: str, endpoint: str | None = None,
+        key_prefix: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    """A record of ``kind`` by ``worker`` (about ``endpoint``, or of a job key starting so)."""
+    def match(r: dict[str, Any]) -> bool:
+        return (r["kind"] == kind and r["peer"] == worker
+                and (endpoint is None or r.get("endpoint") == endpoint)
+                and (key_prefix is None or str(r.get("key", "")).startswith(key_prefix)))
+    return match
+
+
+def _stopped(worker: str, endpoint: str, labels: set[str]) -> Callable[[dict[str, Any]], bool]:
+    """The worker's first sign that it stopped polling the producer at ``endpoint`` (which it
+    logs as one of ``labels``): unreachable, or forgotten."""
+    def match(r: dict[str, Any]) -> bool:
+        return r["peer"] == worker and (
+            (r["kind"] == "unreachable" and r.get("producer_key") in labels)
+            or (r["kind"] == "forgotten" and r.get("endpoint") == endpoint))
+    return match
+
+
 def measure(recs: list[dict[str, Any]], endpoints: dict[str, str], resolve_every_s: float,
             run_dir: str) -> BeyondReport:
     """The figures of a run from its records (pure).
@@ -324,7 +344,7 @@ def measure(recs: list[dict[str, Any]], endpoints: dict[str, str], resolve_every
         resolve_every_s: the workers' resolve interval (reported).
         run_dir: the run directory (reported).
     """
-    by_name = {name: ep for ep, name in endpoints.items()}
+    ep = {name: endpoint for endpoint, name in endpoints.items()}
     jobs: dict[str, Counter[str]] = {}
     for r in recs:
         if r["kind"] == "started" and isinstance(r.get("key"), str):
@@ -332,31 +352,24 @@ def measure(recs: list[dict[str, Any]], endpoints: dict[str, str], resolve_every
     file_p3 = next((r["t"] for r in recs if r["kind"] == "file_line" and r.get("target") == "p3"), None)
     zone_p3 = next((r["t"] for r in recs if r["kind"] == "zone" and "p3" in r["producers"]), None)
     kill = next((r["t"] for r in recs if r["kind"] == "action" and r.get("action") == "sigkill"), None)
-    add_found, add_job, stopped, forgotten, after_kill = {}, {}, {}, {}, {}
-    for w in FINDERS_B:
-        change = file_p3 if w == "wb-file" else zone_p3
-        if change is not None:
-            add_found[w] = _first(recs, change, lambda r, w=w: r["kind"] == "found" and r["peer"] == w
-                                  and r.get("endpoint") == by_name["p3"])
-            add_job[w] = _first(recs, change, lambda r, w=w: r["kind"] == "started" and r["peer"] == w
-                                and str(r.get("key", "")).startswith("p3-"))
-        if kill is not None:
-            labels = {r["producer_key"] for r in recs if r["kind"] == "found" and r["peer"] == w
-                      and r.get("endpoint") == by_name["p2"]}
-            stopped[w] = _first(recs, kill, lambda r, w=w, labels=labels: r["peer"] == w and (
-                (r["kind"] == "unreachable" and r.get("producer_key") in labels)
-                or (r["kind"] == "forgotten" and r.get("endpoint") == by_name["p2"])))
-            forgotten[w] = _first(recs, kill, lambda r, w=w: r["kind"] == "forgotten" and r["peer"] == w
-                                  and r.get("endpoint") == by_name["p2"])
-            after_kill[w] = sum(1 for r in recs if r["kind"] == "started" and r["peer"] == w
-                                and r["t"] > kill and str(r.get("key", "")).startswith("p2-"))
-    return BeyondReport(
+    report = BeyondReport(
         run_dir=run_dir, resolve_every_s=resolve_every_s,
         found={w: sorted(p) for w, p in _found(recs, endpoints).items()},
         jobs={w: dict(sorted(c.items())) for w, c in jobs.items()},
-        add_found_s=add_found, add_first_job_s=add_job, remove_stopped_s=stopped,
-        remove_forgotten_s=forgotten, p2_jobs_after_kill=after_kill,
+        add_found_s={}, add_first_job_s={}, remove_stopped_s={}, remove_forgotten_s={},
     )
+    for w in FINDERS_B:
+        change = file_p3 if w == "wb-file" else zone_p3
+        if change is not None:
+            report.add_found_s[w] = _first(recs, change, _is("found", w, ep["p3"]))
+            report.add_first_job_s[w] = _first(recs, change, _is("started", w, key_prefix="p3-"))
+        if kill is not None:
+            labels = {r["producer_key"] for r in recs if _is("found", w, ep["p2"])(r)}
+            report.remove_stopped_s[w] = _first(recs, kill, _stopped(w, ep["p2"], labels))
+            report.remove_forgotten_s[w] = _first(recs, kill, _is("forgotten", w, ep["p2"]))
+            report.p2_jobs_after_kill[w] = sum(
+                1 for r in recs if r["t"] > kill and _is("started", w, key_prefix="p2-")(r))
+    return report
 
 
 def format_report(report: BeyondReport) -> str:

@@ -108,9 +108,9 @@ class DnsServer:
         """Start dnsmasq and wait until it answers. Raises RuntimeError if it does not."""
         conf = self._write_config()
         argv = [*self.wrap, _binary(), f"--conf-file={conf}"]
-        with open(self.workdir / "dnsmasq.err", "ab") as err:
+        with open(self.workdir / "dnsmasq.err", "ab") as errors:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=err, start_new_session=True)
+                                         stderr=errors, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -28,7 +28,7 @@ from ..discovery import resolve_interfaces
 from ..security import CurveServer, check_pair, load_keypair
 from ..tasks import task_name
 from .future import JobEvent, JobFuture, JobProgress
-from .store import JobStore
+from .store import JobStore, Restored
 from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
 
 log = logging.getLogger("freelance_rz.producer")
@@ -131,8 +131,7 @@ class Producer(Executor):
         endpoints_file: str | os.PathLike[str] | None = None,
     ) -> None:
         group = _check.group(group)
-        advertised = _advertised(advertise)
-        endpoints_file = _check.path("endpoints_file", endpoints_file)
+        reach = _advertised(advertise), _check.path("endpoints_file", endpoints_file)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
         port = _check.integer("port", port, min_=0, max_=65535)  # 0: any free port
         # workers heartbeat every lease_s / 4: below MIN_LEASE_S they cannot keep up
@@ -157,20 +156,16 @@ class Producer(Executor):
         self.port = port
         self.announce = announce
         self.producer_id = uuid.uuid4().hex[:16]
-        job_store, restored, first_id = None, None, 1
-        if store is not None:
-            job_store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
-            restored = job_store.restore()
-            first_id = restored.next_job_id
+        job_store, restored, first_id = _open_store(store, retention_s, retention_count)
         self.store_key: str | None = None if restored is None else restored.producer_key
         self._job_ids = itertools.count(first_id)
         self._durable = job_store is not None
         settings = Settings(
             self.producer_id, group, self.interfaces, port, announce, max_payload_bytes,
             self.max_connections, curve, self.store_key, on_event, restored,
-            advertised=advertised, endpoints_file=endpoints_file,
+            advertised=reach[0], endpoints_file=reach[1],
         )
-        self.advertise = advertised
+        self.advertise = reach[0]
         self._io = OfferThread(settings, Ledger(lease_s=lease_s, max_attempts=max_attempts),
                                job_store, self._on_cancel)
         self._lock = threading.Lock()  # guards the start/shutdown state below
@@ -473,6 +468,17 @@ def _answer_timeout(timeout_s: Any) -> float | None:
         "timeout_s", timeout_s, min_=0, max_=threading.TIMEOUT_MAX, unit="seconds", allow_none=True
     )
     return checked
+
+
+def _open_store(
+    store: str | os.PathLike[str] | None, retention_s: float | None, retention_count: int | None,
+) -> tuple[JobStore | None, Restored | None, int]:
+    """The job store (None without ``store``), what it restored, and the first new job id."""
+    if store is None:
+        return None, None, 1
+    job_store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
+    restored = job_store.restore()
+    return job_store, restored, restored.next_job_id
 
 
 def _advertised(value: Any) -> str | None:
