@@ -145,6 +145,10 @@ def test_several_trusted_keys_the_producers_is_found_by_a_handshake(make_produce
     for name, producer in (("p1", p1), ("p2", p2)):
         assert (f"producer at {producer.endpoint} holds the CURVE key of {name}.key (one of 3 in "
                 "--trust)") in log, log
+    # freelance-status finds the keys the same way
+    shown = run_status("--connect", p1.endpoint, p2.endpoint, "--key", str(keys / "w1.key_secret"),
+                       "--trust", str(trust), "--check")
+    assert shown.returncode == 0 and shown.stdout.startswith("ok: 2 producer(s) answered"), shown
     # a line naming a key that is not trusted is refused, as an mDNS announcement would be
     stranger = load_keypair(keys / "w1.key_secret").public.decode()
     p3 = make_producer(announce=False, secret_key=keys / "p1.key_secret", authorized_workers=authorized)

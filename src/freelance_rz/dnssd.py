@@ -177,8 +177,9 @@ class DnsSdSource:
             resolver = self._resolver()
             answer = self._ask(resolver, self.service, "PTR")
         except dns.exception.DNSException as exc:
-            self._once(logging.WARNING, f"{self.label}: no answer from DNS now ({type(exc).__name__}: "
-                       f"{clean(str(exc), 200)}); keeping what it said before")
+            self._once(logging.WARNING, f"{self.label}: no answer from DNS now ({type(exc).__name__}); "
+                       "keeping what it said before")
+            log.debug("%s: %s", self.label, clean(str(exc), 300))
             return None
         self._once.clear(f"{self.label}: no answer")
         instances = [] if answer is None else [r.target.to_text() for r in answer][:MAX_INSTANCES]

@@ -44,6 +44,7 @@ import zmq
 from .core.text import clean
 from .core.wire import VERSION, parse_endpoint
 from .discovery import Announcement
+from .endpointsfile import MAX_FILE_BYTES, parse_text
 from .security import KeyPair, probe_server_key
 
 log = logging.getLogger("freelance_rz.sources")
@@ -245,8 +246,6 @@ class FileSource:
         return self._stat() != self._seen
 
     def read(self) -> dict[str, Announcement] | None:
-        from .endpointsfile import MAX_FILE_BYTES, parse_text
-
         self._seen = self._stat()
         try:
             with open(self.path, "rb") as f:
