@@ -274,9 +274,8 @@ def dns_server(tmp_path):
     servers: list[DnsServer] = []
 
     def start(zone: Zone) -> DnsServer:
-        server = DnsServer("127.0.0.1", dnsmasq.free_port(), zone, tmp_path)
+        server = dnsmasq.start_on_free_port("127.0.0.1", zone, tmp_path)
         servers.append(server)
-        server.start()
         return server
 
     yield start

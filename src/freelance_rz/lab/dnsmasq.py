@@ -156,10 +156,39 @@ class DnsServer:
 
 
 def free_port(address: str = "127.0.0.1") -> int:
-    """A UDP port free on ``address`` now (for dnsmasq on loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
+    """A port free on ``address`` now for both UDP and TCP (dnsmasq binds both), for dnsmasq
+    on loopback. Another process may take it before dnsmasq does: :func:`start_on_free_port`
+    tries again then."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((address, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((address, port))
+                except OSError:
+                    continue
+                return port
+    raise OSError(f"no port free for both UDP and TCP on {address}")
 
 
-__all__ = ["DnsServer", "Instance", "Zone", "available", "free_port"]
+def start_on_free_port(address: str, zone: Zone, workdir: str | os.PathLike[str],
+                       attempts: int = 5) -> DnsServer:
+    """A :class:`DnsServer` started on a free port of ``address`` (loopback), trying another
+    port when the one chosen was taken meanwhile.
+
+    Raises:
+        RuntimeError: dnsmasq did not start, for another reason or ``attempts`` times.
+    """
+    for attempt in range(attempts):
+        server = DnsServer(address, free_port(address), zone, workdir)
+        try:
+            server.start()
+            return server
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+__all__ = ["DnsServer", "Instance", "Zone", "available", "free_port", "start_on_free_port"]

@@ -130,8 +130,9 @@ class Peers:
                     self._full_warned_at = now
                     log.warning(
                         "ignoring producer %s at %s: already serving %d discovered producers "
-                        "(the most a worker keeps; an mDNS flood?)",
-                        clean(announcement.producer_id, 80), clean(endpoint), self.max_producers,
+                        "(the most a worker keeps; an mDNS flood, or a source naming more?)",
+                        clean(announcement.producer_id or endpoint, 80), clean(endpoint),
+                        self.max_producers,
                     )
                 return
         self.add(Session(
