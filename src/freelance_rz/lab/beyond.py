@@ -20,7 +20,8 @@ Theory of operation
    Then the workers (``--resolve-every-s`` as given).
 2. **Found.** Until wa, wb-dnssd, wb-name and wb-file each found p1 and p2; then a settle
    window (at least two resolve intervals, 4 s or more), after which wb-mdns must have found
-   none and run no job.
+   none and run no job. Then ``freelance-status --check`` runs on subnet b with each source
+   (DNS-SD, the name, the file, mDNS): the first three see both producers, mDNS none.
 3. **Add.** p3 starts (its file line appears when it is up), then goes into the zone
    (dnsmasq restarted with it). For each worker on b: seconds from its source's change (the
    zone restarted; for wb-file, p3's line seen in the file) to ``found`` p3, and to the first
@@ -93,6 +94,7 @@ class BeyondReport:
     remove_stopped_s: dict[str, float | None]  # worker on b -> kill of p2 to it stopped polling
     remove_forgotten_s: dict[str, float | None]  # worker on b -> kill of p2 to forgotten
     p2_jobs_after_kill: dict[str, int] = field(default_factory=dict)
+    status_checks: dict[str, list[Any]] = field(default_factory=dict)  # source -> [exit code, line]
     leftover_namespaces: list[str] = field(default_factory=list)
 
 
@@ -130,6 +132,7 @@ class BeyondRun:
         self.dns: DnsServer | None = None
         self.procs: dict[str, _Proc] = {}
         self.ids: dict[str, str] = {}  # producer -> its producer id
+        self.status_checks: dict[str, list[Any]] = {}
 
     # --- processes ----------------------------------------------------------------------------
 
@@ -218,6 +221,7 @@ class BeyondRun:
             leftovers = self._teardown()
         report = measure(read(self.events), self._endpoints(), self.resolve_every_s, str(self.run_dir))
         report.leftover_namespaces = leftovers
+        report.status_checks = self.status_checks
         (self.run_dir / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
         return report
 
@@ -244,6 +248,7 @@ class BeyondRun:
         self.show(f"found p1 and p2; watching wb-mdns for {settle:g} s")
         time.sleep(settle)
         self._record("settled")
+        self.status_checks = self._status_checks()
         self._producer("p3")
         p3 = f"tcp://{self.net.address(PRODUCERS['p3'])}:{PORT}"
         self._wait("p3's line in the endpoints file", lambda recs: self._has_line(p3))
@@ -264,6 +269,19 @@ class BeyondRun:
         self._wait("the workers on b forgot p2", lambda recs: all(
             any(r["kind"] == "forgotten" and r["peer"] == w and r.get("endpoint") in self._p2() for r in recs)
             for w in FINDERS_B))
+
+    def _status_checks(self) -> dict[str, list[Any]]:
+        """``freelance-status --check`` from a host on subnet b, with each source."""
+        checks = {}
+        for source, how in (("dns-sd", WORKERS["wb-dnssd"][2]), ("name", WORKERS["wb-name"][2]),
+                            ("file", ["--connect-file", str(self.file)]), ("mdns", ["--discover"])):
+            argv = [sys.executable, "-c", "import sys; from freelance_rz.cli import status_main; "
+                    "sys.exit(status_main())", *how, "--group", self.group, "--check",
+                    *(["--interface", self.net.address("wb-mdns")] if source == "mdns" else [])]
+            done = subprocess.run(self.net.wrap("wb-mdns", argv), capture_output=True, text=True,
+                                  timeout=60, cwd=self.run_dir, stdin=subprocess.DEVNULL)
+            checks[source] = [done.returncode, (done.stdout.strip() or done.stderr.strip())[:300]]
+        return checks
 
     def _has_line(self, endpoint: str) -> bool:
         try:
@@ -379,6 +397,8 @@ def format_report(report: BeyondReport) -> str:
         found = ", ".join(report.found.get(worker, [])) or "none"
         jobs = ", ".join(f"{p} {n}" for p, n in report.jobs.get(worker, {}).items()) or "none"
         lines.append(f"  {worker:9} found {found}; jobs run: {jobs}")
+    for source, (code, line) in report.status_checks.items():
+        lines.append(f"  freelance-status --check from subnet b, {source}: exit {code}: {line}")
     lines.append("  worker     add: found p3  first job   remove: stopped polling p2  forgot p2")
 
     def s(value: float | None) -> str:
