@@ -324,3 +324,29 @@ def test_status_reads_the_same_sources(make_producer, tmp_path):
     empty.write_text("# nobody yet\n")
     none = run_status("--connect-file", str(empty), "--group", GROUP)
     assert none.returncode == 1 and "no producer of group" in none.stderr
+
+
+def test_a_key_probe_backs_off_only_when_no_key_matched():
+    """Nothing answering (a producer not up yet) is probed again at the next read; a
+    producer that answered with no trusted key, after a growing pause."""
+    import zmq
+
+    from freelance_rz.security import KeyPair
+    from freelance_rz.sources import KeyFinder
+
+    public, secret = zmq.curve_keypair()
+    trusted = {zmq.curve_keypair()[0]: "a.key", zmq.curve_keypair()[0]: "b.key"}
+    finder = KeyFinder(zmq.Context.instance(), KeyPair(public, secret), trusted, every_s=1.0)
+    down = f"tcp://127.0.0.1:{free_tcp_port()}"
+    plain = zmq.Context.instance().socket(zmq.ROUTER)  # a producer without CURVE
+    try:
+        plain_ep = f"tcp://127.0.0.1:{plain.bind_to_random_port('tcp://127.0.0.1')}"
+        for _ in range(3):
+            for endpoint in (down, plain_ep):
+                pause, _ = finder._failed.get(endpoint, (0.0, 0.0))
+                finder._failed[endpoint] = (pause, 0.0)  # due now
+                assert finder.key_for(endpoint) is None
+        assert finder._failed[down][0] == 1.0  # the resolve interval, every time
+        assert finder._failed[plain_ep][0] == 4.0  # 1, 2, 4: growing
+    finally:
+        plain.close(0)

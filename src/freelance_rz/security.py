@@ -139,6 +139,8 @@ def trusted_key_files(directory: str | os.PathLike[str]) -> dict[bytes, str]:
     return found
 
 
+#: how :func:`probe_server_key`'s reason starts when the producer answered and no key matched
+NO_KEY_MATCHED = "none of the"
 #: keys tried at once when probing a producer for its CURVE key (one DEALER each)
 PROBE_BATCH = 64
 _PROBE_EVENTS = (
@@ -203,7 +205,7 @@ def probe_server_key(
                 monitor.close(0)
                 sock.close(0)
     if failed == len(candidates):
-        return None, (f"none of the {len(candidates)} trusted key(s) is its key (or it does not "
+        return None, (f"{NO_KEY_MATCHED} {len(candidates)} trusted key(s) is its key (or it does not "
                       "use CURVE)")
     return None, f"no CURVE handshake within {timeout_s:g} s (is it up?)"
 

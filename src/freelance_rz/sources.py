@@ -45,7 +45,7 @@ from .core.text import clean
 from .core.wire import VERSION, parse_endpoint
 from .discovery import Announcement
 from .endpointsfile import MAX_FILE_BYTES, parse_text
-from .security import KeyPair, probe_server_key
+from .security import NO_KEY_MATCHED, KeyPair, probe_server_key
 
 log = logging.getLogger("freelance_rz.sources")
 
@@ -287,8 +287,9 @@ class KeyFinder:
     """The CURVE key of a producer whose source names none (a ``--connect`` name, a file
     line without ``pk=``): the one trusted key if ``--trust`` holds one, else the trusted key
     a probe finds the producer holds (:func:`~freelance_rz.security.probe_server_key`),
-    logged, and kept for its endpoint. An endpoint whose key was not found is probed again
-    after a pause (the resolve interval, doubling up to PROBE_RETRY_MAX_S).
+    logged, and kept for its endpoint. An endpoint where no trusted key matched is probed
+    again after a pause (the resolve interval, doubling up to PROBE_RETRY_MAX_S); one where
+    nothing answered, at the next read.
 
     Args:
         ctx: the ZeroMQ context probes use.
@@ -319,7 +320,10 @@ class KeyFinder:
             return None
         key, why = probe_server_key(self._ctx, endpoint, self._keys, list(self._trusted), PROBE_TIMEOUT_S)
         if key is None:
-            pause = min(max(pause * 2, self._every_s), PROBE_RETRY_MAX_S)
+            # no key matched: ask again later and later; nothing answered (not up yet, or
+            # gone): ask again at the next read, so a producer that starts is found in time
+            grow = why.startswith(NO_KEY_MATCHED)
+            pause = min(max(pause * 2, self._every_s), PROBE_RETRY_MAX_S) if grow else self._every_s
             self._failed[endpoint] = (pause, time.monotonic() + pause)
             self._once(logging.WARNING, f"producer at {clean(endpoint)}: CURVE key not found: {why}; "
                        "probing again later")
