@@ -6,6 +6,9 @@
 Scenarios: S1-S6 (DESIGN §6), M1 (1,000,000 pending jobs: memory per job, claim rate at 10^6
 vs 10^3 pending), P20 (one worker polling 20 producers, S6 latency), W50 (50 worker processes
 on one producer, S6 latency; ~20 s). All run by default (about 3 minutes with --repeat 1).
+S8 (fleet scale: one producer with 500 simulated parked workers, one worker polling 100
+producers, each against its 10x smaller run; benchmarks/fleet.py; about 2 minutes) runs when
+named: --scenarios S8.
 
 The baseline is what freelance_rz replaces: a PUSH socket spreading jobs round-robin into
 worker processes' mailboxes (PULL), results back over PUSH/PULL, tasks run inline; plus raw
@@ -54,7 +57,7 @@ from freelance_rz import Producer  # noqa: E402
 LOOP = ["127.0.0.1"]
 PY = sys.executable
 DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "M1", "P20", "W50"]
-ALL_SCENARIOS = DEFAULT_SCENARIOS
+ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "S8"]
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 
 
@@ -696,8 +699,93 @@ def m1(root: Path) -> list[Row]:
     ]
 
 
+# --- S8: fleet scale (benchmarks/fleet.py) --------------------------------------------------
+
+S8_SIM_PROCS = 5  # processes the simulated workers are spread over
+S8_PRODUCERS_PER_PROC = 50  # idle producers per process on the worker side
+
+
+def _s8_producer_side(run: Run, workers: int) -> dict:
+    """One producer (its own process) with ``workers`` simulated parked workers."""
+    out, ep = run.dir / f"producer-{workers}.json", run.dir / f"endpoint-{workers}"
+    proc = run.spawn([PY, str(BENCH_DIR / "fleet.py"), "producer", "--workers", str(workers),
+                      "--endpoint-file", str(ep), "--out", str(out)], f"fleet-producer-{workers}")
+    _wait_file(ep, 30, [proc])
+    counts = [workers // S8_SIM_PROCS + (k < workers % S8_SIM_PROCS) for k in range(S8_SIM_PROCS)]
+    sims = [run.spawn([PY, str(BENCH_DIR / "fleet.py"), "sims", "--endpoint", ep.read_text(),
+                       "--count", str(n), "--tag", f"w{workers}-{k}"], f"fleet-sims-{workers}-{k}")
+            for k, n in enumerate(counts) if n]
+    _wait_file(out, 300, [proc, *sims])
+    kill_these([proc, *sims])
+    return json.loads(out.read_text())
+
+
+def _s8_worker_side(run: Run, producers: int) -> dict:
+    """One real worker polling ``producers`` producers listed in an endpoints file (one of
+    them, in this process, measures S6 latency through the worker)."""
+    group, path = new_group(f"s8p{producers}"), run.dir / f"producers-{producers}.txt"
+    prod = run.producer(group, announce=False, endpoints_file=path)
+    prod.start()
+    idle, left, k = [], producers - 1, 0
+    while left > 0:
+        n, ready = min(left, S8_PRODUCERS_PER_PROC), run.dir / f"idle-{producers}-{k}.ready"
+        idle.append((run.spawn([PY, str(BENCH_DIR / "fleet.py"), "producers", "--group", group,
+                                "--count", str(n), "--file", str(path), "--ready", str(ready)],
+                               f"fleet-idle-{producers}-{k}"), ready))
+        left, k = left - n, k + 1
+    for proc, ready in idle:
+        _wait_file(ready, 120, [proc])
+    t = time.perf_counter()
+    worker = run.spawn([PY, "-m", "freelance_rz.cli", "--connect-file", str(path), "--group", group,
+                        "--tasks", "benchtasks", "--slots", "1", "--name", f"s8w{producers}"],
+                       f"s8-worker-{producers}")
+    wait_for(lambda: common.producers_found(worker) >= producers, 120, f"{producers} producers found")
+    found_s = time.perf_counter() - t
+    time.sleep(2.0)  # every producer answered and holds a parked claim
+    lat = frz_latencies(prod)
+    time.sleep(0.5)
+    cpu = common.idle_cpu_percent(worker, CPU_WINDOW_S)
+    with open(f"/proc/{worker.pid}/status") as status:
+        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    kill_these([worker, *(proc for proc, _ in idle)])
+    return {"found_s": found_s, "lat": lat, "cpu": cpu, "rss_mib": rss / 1024}
+
+
+def s8(root: Path) -> list[Row]:
+    run = Run(root, "S8")
+    try:
+        big, small = _s8_producer_side(run, 500), _s8_producer_side(run, 50)
+        many, few = _s8_worker_side(run, 100), _s8_worker_side(run, 10)
+    finally:
+        run.close()
+    ms, p = 1000.0, percentile
+    side = "1 producer, 500 parked workers (baseline col.: 50)"
+    poll = "1 worker polling 100 producers (baseline col.: 10)"
+    return [
+        Row("S8", f"{side}: claims answered/s (burst of 20,000 jobs)", big["claims_per_s"],
+            small["claims_per_s"], "ratio ≥ 0.5", ("ratio", ">=", 0.5)),
+        Row("S8", f"{side}: submit→first job p50 (ms)", p(big["first_job_s"], 50) * ms,
+            p(small["first_job_s"], 50) * ms, "ratio ≤ 2", ("ratio", "<=", 2.0)),
+        Row("S8", f"{side}: submit→first job p99 (ms)", p(big["first_job_s"], 99) * ms,
+            p(small["first_job_s"], 99) * ms),
+        Row("S8", f"{side}: submit→result p50 (ms)", p(big["result_s"], 50) * ms,
+            p(small["result_s"], 50) * ms),
+        Row("S8", f"{side}: producer memory per connected worker (KiB)", big["kib_per_worker"],
+            small["kib_per_worker"], "ratio ≤ 1.5", ("ratio", "<=", 1.5)),
+        Row("S8", f"{side}: producer CPU, all parked, no jobs (% of a core)", big["idle_cpu_pct"],
+            small["idle_cpu_pct"]),
+        Row("S8", f"{side}: all connected and parked after (s)", big["connected_s"], small["connected_s"]),
+        Row("S8", f"{poll}: idle worker CPU (% of a core)", many["cpu"], few["cpu"]),
+        Row("S8", f"{poll}: submit→result p50 (ms)", p(many["lat"], 50) * ms, p(few["lat"], 50) * ms,
+            "ratio ≤ 2", ("ratio", "<=", 2.0)),
+        Row("S8", f"{poll}: submit→result p99 (ms)", p(many["lat"], 99) * ms, p(few["lat"], 99) * ms),
+        Row("S8", f"{poll}: worker RSS (MiB)", many["rss_mib"], few["rss_mib"]),
+        Row("S8", f"{poll}: all producers found after (s)", many["found_s"], few["found_s"]),
+    ]
+
+
 SCENARIOS = {"S1": s1, "S2": s2, "S3": s3, "S4": s4, "S5": s5, "S6": s6, "M1": m1,
-             "P20": p20, "W50": w50}
+             "P20": p20, "W50": w50, "S8": s8}
 
 
 # --- aggregation and output -----------------------------------------------------------------

@@ -27,6 +27,8 @@ from rich.text import Text
 from .core.text import clean
 from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
+from .sources import RESOLVE_EVERY_S
+from .worker.health import DEFAULT_MAX_AGE_S
 from .worker.worker import GIVE_UP_S, Worker
 
 if TYPE_CHECKING:
@@ -34,14 +36,26 @@ if TYPE_CHECKING:
 
 
 def _add_producer_source(parser: argparse.ArgumentParser) -> None:
-    """--discover or --connect, --group and --interface: which producers (both commands)."""
-    source = parser.add_mutually_exclusive_group(required=True)
+    """--discover, --discover-dns, --connect, --connect-file (one or more), --group and
+    --interface: which producers (both commands)."""
+    source = parser.add_argument_group("where producers are (one or more)")
     source.add_argument(
         "--discover", action="store_true", help="find producers of --group over mDNS"
     )
     source.add_argument(
         "--connect", metavar="ENDPOINT", nargs="+", action="extend",
-        help="producer endpoint(s), e.g. tcp://10.0.0.5:5555",
+        help="producer endpoint(s), e.g. tcp://10.0.0.5:5555; a name "
+        "(tcp://producers.myapp.svc:5555) stands for all its addresses, resolved again and again",
+    )
+    source.add_argument(
+        "--discover-dns", metavar="SERVICE", action="append",
+        help="find producers of --group by DNS-SD over unicast DNS (PTR, SRV, TXT), e.g. "
+        "_freelance-rz._tcp.example.org (repeatable; needs the dns extra)",
+    )
+    source.add_argument(
+        "--connect-file", metavar="PATH",
+        help="a file of producer endpoints, one per line (optionally pk=KEY), read again when it "
+        "changes; producers write theirs with Producer(endpoints_file=PATH)",
     )
     parser.add_argument("--group", default="default", help="producer group (default: %(default)s)")
     parser.add_argument(
@@ -87,6 +101,16 @@ def worker_parser() -> argparse.ArgumentParser:
         "was discovered (default: %(default)s)",
     )
     parser.add_argument(
+        "--resolve-every-s", type=float, default=RESOLVE_EVERY_S, metavar="SECONDS",
+        help="read --connect names, --discover-dns and the names in --connect-file again this "
+        "often (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--health-file", metavar="PATH",
+        help="keep PATH fresh (rewritten every second) for container probes: "
+        "freelance-status --check --health-file PATH",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
     )
@@ -107,9 +131,19 @@ def _raise_open_file_limit() -> None:
             pass
 
 
+def _has_source(args: argparse.Namespace) -> bool:
+    return bool(args.discover or args.connect or args.discover_dns or args.connect_file)
+
+
+_NO_SOURCE = "one of --discover, --discover-dns, --connect and --connect-file is required"
+
+
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-worker``. Returns the process exit code (0 after a graceful stop)."""
-    args = worker_parser().parse_args(argv)
+    parser = worker_parser()
+    args = parser.parse_args(argv)
+    if not _has_source(args):
+        parser.error(_NO_SOURCE)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -121,6 +155,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
             slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
             key=args.key, trust=args.trust, max_payload_bytes=args.max_payload_bytes,
+            discover_dns=args.discover_dns or (), connect_file=args.connect_file,
+            resolve_every_s=args.resolve_every_s, health_file=args.health_file,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
@@ -161,6 +197,20 @@ def status_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wait", type=float, default=2.0,
         help="with --discover, seconds to listen for announcements first (default: %(default)s)",
+    )
+    health = parser.add_argument_group("health check (for container probes)")
+    health.add_argument(
+        "--check", action="store_true",
+        help="print one line and exit 0 when healthy: every producer found answered (and a "
+        "worker's --health-file is fresh), else 1",
+    )
+    health.add_argument(
+        "--health-file", metavar="PATH",
+        help="with --check: the file a worker keeps fresh (freelance-worker --health-file)",
+    )
+    health.add_argument(
+        "--max-age-s", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+        help="with --health-file: older than this is unhealthy (default: %(default)s)",
     )
     return parser
 
@@ -277,53 +327,58 @@ def _json_rows(rows: list[dict[str, Any]]) -> str:
     return json.dumps(out)
 
 
-def _status_keys(args: argparse.Namespace) -> tuple[KeyPair | None, frozenset[bytes] | None]:
-    """This side's CURVE key pair from ``--key`` and the public keys in ``--trust``; both
-    None without ``--key``.
+def _status_keys(args: argparse.Namespace) -> tuple[KeyPair | None, dict[bytes, str] | None]:
+    """This side's CURVE key pair from ``--key`` and the public keys in ``--trust`` (each
+    with its file's name); both None without ``--key``.
 
     Raises:
-        ValueError: only one of the two given, a key file that is not one, or ``--connect``
-            with ``--key`` and not exactly one key in ``--trust`` (the producer's).
+        ValueError: only one of the two given, a key file that is not one, or a directory
+            without public keys.
         OSError: a key file or the directory cannot be read.
     """
-    from .security import check_pair, load_keypair, load_public_keys
+    from .security import check_pair, load_keypair, trusted_key_files
 
     check_pair(args.key, args.trust, ("--key", "--trust"))
     if args.key is None:
         return None, None
-    keys, trusted = load_keypair(args.key), load_public_keys(args.trust)
-    if args.connect and len(trusted) != 1:
-        raise ValueError("--connect with --key needs --trust to hold exactly one key "
-                         "(the producer's)")
-    return keys, trusted
+    return load_keypair(args.key), trusted_key_files(args.trust)
 
 
 def _status_source(
-    args: argparse.Namespace, stack: ExitStack, keys: KeyPair | None, trusted: frozenset[bytes] | None,
+    args: argparse.Namespace, stack: ExitStack, keys: KeyPair | None, trusted: dict[bytes, str] | None,
 ) -> Callable[[], list[dict[str, Any]]]:
     """A function asking the producers for their STATUS (rows as :func:`query_status` gives
-    them). With ``--discover``, a producer finder is entered on ``stack`` and listens for
-    ``--wait`` seconds first; each call asks the producers found by then, with a row of its
-    own (``endpoint``, ``error``) for each one these CURVE settings cannot talk to. Else it
-    asks the ``--connect`` endpoints. Raises OSError or zmq.ZMQError (sockets)."""
+    them): the ``--connect`` endpoints (a name: each of its addresses), in order, then the
+    producers found by ``--discover`` (a producer finder is entered on ``stack`` and listens
+    for ``--wait`` seconds first), ``--discover-dns`` and ``--connect-file``, with a row of
+    its own (``endpoint``, ``error``) for each one these CURVE settings cannot talk to.
+    Raises OSError or zmq.ZMQError (sockets), ValueError or ImportError (``--discover-dns``)."""
     from .discovery import resolve_interfaces
-    from .status import ProducerFinder, query_status, vet_producers
+    from .dnssd import DnsSdSource
+    from .sources import FileSource, Source
+    from .status import ProducerFinder, connect_targets, query_status, source_producers, vet_producers
 
-    if not args.discover:
-        def connected() -> list[dict[str, Any]]:
-            server_keys = [next(iter(trusted))] * len(args.connect) if trusted else []
-            return query_status(args.connect, keys=keys, server_keys=server_keys)
+    others: list[Source] = [DnsSdSource(service, args.group) for service in args.discover_dns or ()]
+    if args.connect_file is not None:
+        others.append(FileSource(args.connect_file, args.group))
+    finder = None
+    if args.discover:
+        finder = stack.enter_context(ProducerFinder(args.group, resolve_interfaces(args.interface)))
+        time.sleep(args.wait)
+    trusted_set = None if trusted is None else frozenset(trusted)
 
-        return connected
-    finder = stack.enter_context(ProducerFinder(args.group, resolve_interfaces(args.interface)))
-    time.sleep(args.wait)
+    def snapshot() -> list[dict[str, Any]]:
+        targets, rows = connect_targets(args.connect or (), keys, trusted)
+        found, key_rows = source_producers(others, keys, trusted)
+        if finder is not None:
+            found = finder.producers() + found
+        asked = {endpoint for endpoint, _ in targets}
+        usable, refused = vet_producers([f for f in found if f[0] not in asked], keys, trusted_set)
+        targets += list(dict.fromkeys(usable))
+        endpoints, server_keys = [ep for ep, _ in targets], [pk for _, pk in targets]
+        return query_status(endpoints, keys=keys, server_keys=server_keys) + rows + key_rows + refused
 
-    def discovered() -> list[dict[str, Any]]:
-        usable, refused = vet_producers(finder.producers(), keys, trusted)
-        endpoints, server_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
-        return query_status(endpoints, keys=keys, server_keys=server_keys) + refused
-
-    return discovered
+    return snapshot
 
 
 def _watch_status(
@@ -352,19 +407,28 @@ def _watch_status(
 def status_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-status``. Returns the exit code: 0 when every producer answered with
     a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
-    ``--json`` too) or ``--discover`` found none, 2 on bad arguments or key files."""
-    args = status_parser().parse_args(argv)
+    ``--json`` too) or the sources found none, 2 on bad arguments or key files. With
+    ``--check``: one line, and 0 healthy or 1 not."""
+    parser = status_parser()
+    args = parser.parse_args(argv)
+    if not _has_source(args) and not (args.check and args.health_file):
+        parser.error(_NO_SOURCE + " (or --check --health-file)")
+    if args.check and args.watch:
+        parser.error("--check and --watch do not go together")
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
     try:
+        if args.check:
+            return _check(args)
         keys, trusted = _status_keys(args)
         with ExitStack() as stack:
             snapshot = _status_source(args, stack, keys, trusted)
             rows = snapshot()
-            none_found = args.discover and not rows
+            none_found = not args.connect and not rows
             if none_found:
-                print(f"freelance-status: no producer of group {args.group!r} found within "
-                      f"{args.wait:g} s (--wait)", file=sys.stderr)
+                within = f" within {args.wait:g} s (--wait)" if args.discover else ""
+                print(f"freelance-status: no producer of group {args.group!r} found{within}",
+                      file=sys.stderr)
             if args.watch:
                 _watch_status(args, console, stack, rows, snapshot)
             if args.json:
@@ -374,9 +438,27 @@ def status_main(argv: Sequence[str] | None = None) -> int:
             return 1 if none_found or any(problem for _, _, problem in _read_rows(rows)) else 0
     except KeyboardInterrupt:
         return 0
-    except (ValueError, OSError, zmq.ZMQError) as exc:  # bad keys; sockets cannot be made
+    except (ValueError, ImportError, OSError, zmq.ZMQError) as exc:  # bad keys; sockets
         print(f"freelance-status: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``--check``: print one line; 0 when healthy (a worker's health file fresh, every
+    producer found answered), 1 when not."""
+    from .status import check_line
+    from .worker.health import check_health
+
+    results = []
+    if args.health_file is not None:
+        results.append(check_health(args.health_file, args.max_age_s))
+    if _has_source(args):
+        keys, trusted = _status_keys(args)
+        with ExitStack() as stack:
+            results.append(check_line(_status_source(args, stack, keys, trusted)()))
+    healthy = all(ok for ok, _ in results)
+    print("; ".join(line for ok, line in results if healthy or not ok))
+    return 0 if healthy else 1
 
 
 def keys_parser() -> argparse.ArgumentParser:

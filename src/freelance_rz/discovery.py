@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,19 +98,28 @@ def _zeroconf(interfaces: list[str] | None) -> Zeroconf:
         ) from None
 
 
+MDNS = "mdns"  # Announcement.source of mDNS announcements
+
+
 @dataclass(frozen=True, slots=True)
 class Announcement:
-    """A producer seen on mDNS. ``name`` is the DNS-SD instance name (unique per start);
-    ``store_key`` is set for a durable producer and survives its restarts; ``public_key``
-    (Z85) for a producer that requires CURVE."""
+    """A producer seen by a source: on mDNS, or by one of :mod:`freelance_rz.sources`
+    (a re-resolved name, DNS-SD over unicast DNS, an endpoints file).
+
+    ``name`` is unique within its source (on mDNS and DNS-SD the instance name, on mDNS
+    unique per start); ``producer_id`` is None when the source does not say it (a name, a
+    file line without ``id=``); ``store_key`` is set for a durable producer and survives
+    its restarts; ``public_key`` (Z85) for a producer that requires CURVE; ``source`` says
+    which source saw it (:data:`MDNS`, or a name from :mod:`freelance_rz.sources`)."""
 
     name: str
-    producer_id: str
+    producer_id: str | None
     group: str
     version: int
     endpoints: tuple[str, ...]
     store_key: str | None = None
     public_key: bytes | None = None
+    source: str = MDNS
 
 
 class Announcer:
@@ -124,6 +133,9 @@ class Announcer:
         store_key: a durable producer's store key (TXT ``sk``), the same across restarts, so
             workers hand results of the old process to the new one.
         public_key: a secure producer's CURVE public key, Z85 (TXT ``pk``).
+        advertised: the endpoints put in TXT ``ep`` instead of ``endpoints`` (a producer
+            behind NAT or in a container, ``Producer(advertise=...)``); the mDNS address
+            records still name the bound addresses.
     """
 
     def __init__(
@@ -134,10 +146,13 @@ class Announcer:
         interfaces: list[str] | None,
         store_key: str | None = None,
         public_key: bytes | None = None,
+        advertised: Sequence[str] | None = None,
     ) -> None:
         self._interfaces = interfaces
         host, port = _host_port(endpoints[0])
-        properties = {"v": str(VERSION), "id": producer_id, "g": group, "ep": ",".join(endpoints)}
+        properties = {
+            "v": str(VERSION), "id": producer_id, "g": group, "ep": ",".join(advertised or endpoints),
+        }
         if store_key is not None:
             properties["sk"] = store_key
         if public_key is not None:
@@ -354,7 +369,7 @@ MAX_ENDPOINTS = 16  # endpoints one announcement may list
 
 
 def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement | None:
-    """Parse TXT properties into an :class:`Announcement`; None when malformed.
+    """Parse mDNS TXT properties into an :class:`Announcement`; None when malformed.
 
     Every entry is checked, since anyone on the network can announce: ``id`` and ``sk`` are
     1 to 64 letters, digits, ``_`` or ``-``; ``g`` a group of 1 to 63 characters; ``ep``
@@ -364,6 +379,27 @@ def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement 
         text = {
             k.decode(): v.decode() for k, v in properties.items() if isinstance(v, bytes)
         }
+    except UnicodeError:
+        return None
+    return parse_entries(name, text)
+
+
+def parse_entries(
+    name: str, text: Mapping[str, str], *, source: str = MDNS, id_required: bool = True,
+) -> Announcement | None:
+    """Check announcement entries (TXT ``key=value`` pairs, as text) and make an
+    :class:`Announcement`; None when malformed. One set of rules for every source: mDNS
+    and DNS-SD TXT records, endpoints file lines (see :func:`parse_announcement`).
+
+    Args:
+        name: the announcement's name within its source.
+        text: the entries: ``v`` (protocol version; required when ``id_required``, else
+            this side's version when absent), ``id``, ``g``, ``ep``, ``sk``, ``pk``.
+        source: the source's name, kept in :attr:`Announcement.source`.
+        id_required: False for sources whose entries may leave out ``v``, ``id`` and
+            ``g`` (an endpoints file line).
+    """
+    try:
         endpoints = []
         for endpoint in text["ep"].split(",")[:MAX_ENDPOINTS]:
             try:
@@ -371,19 +407,21 @@ def parse_announcement(name: str, properties: dict[bytes, Any]) -> Announcement 
             except ValueError:
                 continue
             endpoints.append(endpoint)
-        group, store_key = text["g"], text.get("sk") or None
+        producer_id = text["id"] if id_required else text.get("id")
+        group, store_key = text["g"] if id_required else text.get("g", ""), text.get("sk") or None
         if (
             not endpoints
-            or not _ID_RE.fullmatch(text["id"])
-            or not 0 < len(group) <= 63
+            or (producer_id is not None and not _ID_RE.fullmatch(producer_id))
+            or len(group) > 63 or (id_required and not group)
             or (store_key is not None and not _ID_RE.fullmatch(store_key))
         ):
             return None
         public_key = text.get("pk", "").encode("ascii") or None
         if public_key is not None and (len(public_key) != 40 or not _Z85_RE.fullmatch(public_key)):
             return None
+        version = int(text["v"]) if id_required or "v" in text else VERSION
         return Announcement(
-            name, text["id"], group, int(text["v"]), tuple(endpoints), store_key, public_key
+            name, producer_id, group, version, tuple(endpoints), store_key, public_key, source
         )
     except (KeyError, ValueError, UnicodeError):
         return None

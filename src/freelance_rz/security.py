@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +114,100 @@ def load_public_keys(directory: str | os.PathLike[str]) -> frozenset[bytes]:
             f"{directory} holds no public key (*.key file); copy the peers' NAME.key files there"
         )
     return frozenset(keys)
+
+
+def trusted_key_files(directory: str | os.PathLike[str]) -> dict[bytes, str]:
+    """Each public key of the ``*.key`` files in ``directory`` -> the name of a file that
+    holds it (for log lines saying which key a producer was found to hold).
+
+    Raises:
+        ValueError: the directory is missing or holds no public key.
+    """
+    found: dict[bytes, str] = {}
+    try:
+        paths = sorted(Path(directory).glob("*.key"))
+    except OSError as exc:
+        raise ValueError(f"cannot read public keys from {directory}: {exc}") from None
+    for path in paths:
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError):
+            continue  # as zmq.auth.load_certificates: a file that is not a key is not one
+        found.setdefault(public, path.name)
+    if not found:
+        load_public_keys(directory)  # raises, saying why
+    return found
+
+
+#: how :func:`probe_server_key`'s reason starts when the producer answered and no key matched
+NO_KEY_MATCHED = "none of the"
+#: keys tried at once when probing a producer for its CURVE key (one DEALER each)
+PROBE_BATCH = 64
+_PROBE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def probe_server_key(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, keys: KeyPair, candidates: Sequence[bytes],
+    timeout_s: float,
+) -> tuple[bytes | None, str]:
+    """Find which of ``candidates`` is the CURVE public key of the producer at ``endpoint``.
+
+    A CURVE client must name the server's key before it connects, and a wrong key fails at
+    the server's first reading of the client's HELLO. So one DEALER per candidate (up to
+    :data:`PROBE_BATCH` at once) connects, with a socket monitor each, and the first whose
+    handshake succeeds, or is refused by the producer's ZAP (``HANDSHAKE_FAILED_AUTH``: the
+    key was right, this side's key is not authorised), names the key. One round trip when
+    the producer is up. No message is sent; every socket is closed before returning.
+
+    Args:
+        ctx: a ZeroMQ context.
+        endpoint: ``tcp://ADDRESS:PORT``.
+        keys: this side's key pair.
+        candidates: the producer keys to try (Z85).
+        timeout_s: seconds to wait for each batch.
+
+    Returns:
+        ``(key, "")``, or ``(None, why)`` when no candidate's handshake worked.
+    """
+    from zmq.utils.monitor import recv_monitor_message
+
+    candidates = list(dict.fromkeys(candidates))
+    failed = 0
+    for start in range(0, len(candidates), PROBE_BATCH):
+        batch = candidates[start:start + PROBE_BATCH]
+        opened: list[tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes]] = []
+        try:
+            poller = zmq.Poller()
+            for key in batch:
+                sock = ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                make_curve_client(sock, keys, key)
+                monitor = sock.get_monitor_socket(_PROBE_EVENTS)
+                opened.append((sock, monitor, key))
+                sock.connect(endpoint)
+                poller.register(monitor, zmq.POLLIN)
+            keys_of = {monitor: key for _, monitor, key in opened}
+            refused: set[bytes] = set()
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0 and len(refused) < len(batch):
+                for monitor, _ in poller.poll(int(left * 1000) + 1):
+                    event = int(recv_monitor_message(monitor)["event"])
+                    if event in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+                        return keys_of[monitor], ""
+                    refused.add(keys_of[monitor])
+            failed += len(refused)
+        finally:
+            for sock, monitor, _ in opened:
+                sock.disable_monitor()
+                monitor.close(0)
+                sock.close(0)
+    if failed == len(candidates):
+        return None, (f"{NO_KEY_MATCHED} {len(candidates)} trusted key(s) is its key (or it does not "
+                      "use CURVE)")
+    return None, f"no CURVE handshake within {timeout_s:g} s (is it up?)"
 
 
 def check_pair(secret_key: object, trusted: object, what: tuple[str, str]) -> None:

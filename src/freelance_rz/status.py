@@ -18,10 +18,18 @@ from typing import Any
 import zmq
 
 from .core import wire as p
+from .core.text import clean
 from ._sockets import send_frames
 from .discovery import Announcement, Browser, choose_endpoint
 from .errors import ProtocolError
-from .security import HANDSHAKE_EVENTS, KeyPair, describe_handshake_failure, make_curve_client
+from .security import (
+    HANDSHAKE_EVENTS,
+    KeyPair,
+    describe_handshake_failure,
+    make_curve_client,
+    probe_server_key,
+)
+from .sources import Source, read_once
 
 #: bytes: the largest STATUS_REPLY taken (the codec's limit for that verb); libzmq drops the
 #: connection of a larger one. A producer keeps its replies well under 1 MiB.
@@ -289,6 +297,97 @@ def vet_producers(
         else:
             usable.append((endpoint, public_key))
     return usable, refused
+
+
+def connect_targets(
+    endpoints: Sequence[str], keys: KeyPair | None, trusted: Mapping[bytes, str] | None,
+) -> tuple[list[tuple[str, bytes | None]], list[dict[str, Any]]]:
+    """``--connect`` endpoints as ``(endpoint, CURVE key or None)`` to ask, in order, and
+    rows (``endpoint``, ``error``) for those that cannot be asked.
+
+    A name stands for each of its IPv4 addresses (resolved now); an endpoint that is not
+    ``tcp://HOST:PORT`` is kept as given (its row says libzmq cannot use it). With CURVE,
+    the key is the one trusted key, or, with several, the one a handshake shows the
+    producer holds (:func:`~freelance_rz.security.probe_server_key`)."""
+    from .sources import is_address, resolve_host
+
+    targets: list[tuple[str, bytes | None]] = []
+    rows: list[dict[str, Any]] = []
+    for endpoint in endpoints:
+        try:
+            host, port = p.parse_endpoint(endpoint)
+        except ValueError:
+            targets.append((endpoint, _only_key(trusted)))
+            continue
+        addresses: tuple[str, ...] | None = (host,) if is_address(host) else resolve_host(host)
+        if not addresses:
+            why = "cannot resolve the name now" if addresses is None else "the name has no IPv4 address"
+            rows.append({"endpoint": endpoint, "error": why})
+        for address in addresses or ():
+            target = endpoint if address == host else f"tcp://{address}:{port}"
+            key, why = server_key_for(target, keys, trusted)
+            if why:
+                rows.append({"endpoint": target, "error": why})
+            else:
+                targets.append((target, key))
+    return targets, rows
+
+
+def _only_key(trusted: Mapping[bytes, str] | None) -> bytes | None:
+    return next(iter(trusted)) if trusted and len(trusted) == 1 else None
+
+
+def server_key_for(endpoint: str, keys: KeyPair | None,
+                   trusted: Mapping[bytes, str] | None) -> tuple[bytes | None, str]:
+    """The CURVE key to ask ``endpoint`` with when its source names none: None without
+    CURVE, the one trusted key, or the one a probe finds; ``(None, why)`` when none is."""
+    if keys is None or not trusted:
+        return None, ""
+    if len(trusted) == 1:
+        return _only_key(trusted), ""
+    key, why = probe_server_key(zmq.Context.instance(), endpoint, keys, list(trusted), 1.0)
+    return key, "" if key is not None else f"CURVE key not found: {why}"
+
+
+def source_producers(
+    sources: Sequence[Source], keys: KeyPair | None, trusted: Mapping[bytes, str] | None,
+) -> tuple[list[tuple[str, bytes | None]], list[dict[str, Any]]]:
+    """The producers DNS-SD services and endpoints files name now, as
+    ``(endpoint, CURVE key or None)``, and rows for those whose key could not be found."""
+    found: list[tuple[str, bytes | None]] = []
+    rows: list[dict[str, Any]] = []
+    for announcement in read_once(sources, None):
+        endpoint, key = announcement.endpoints[0], announcement.public_key
+        if key is None and keys is not None:
+            key, why = server_key_for(endpoint, keys, trusted)
+            if why:
+                rows.append({"endpoint": endpoint, "error": why})
+                continue
+        found.append((endpoint, key))
+    return found, rows
+
+
+def check_line(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
+    """``freelance-status --check``: healthy when there is a producer and every one gave a
+    well-formed STATUS_REPLY; the one line saying so, or naming the first problem."""
+    problems = []
+    for row in rows:
+        why = row.get("error")
+        if why is None:
+            try:
+                read_info(row)
+            except ValueError as exc:
+                why = f"malformed reply: {exc}"
+        if why is not None:
+            problems.append(clean(f"{row.get('endpoint', '?')}: {why}", 300))
+    if not rows:
+        return False, "unhealthy: no producer found"
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return False, f"unhealthy: {len(rows) - len(problems)} of {len(rows)} producer(s) answered; " \
+                      f"{problems[0]}{more}"
+    names = ", ".join(clean(row.get("producer_id", "?"), 40) for row in rows[:5])
+    return True, f"ok: {len(rows)} producer(s) answered ({names}{', ...' if len(rows) > 5 else ''})"
 
 
 class ProducerFinder:

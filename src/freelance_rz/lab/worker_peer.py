@@ -1,8 +1,10 @@
 """A lab worker peer: the real ``freelance-worker`` (:func:`freelance_rz.cli.worker_main`)
 with one logging handler added that turns the worker's own log lines about producers into
 records: ``found`` ("producer X at ENDPOINT"), ``unreachable`` ("producer X unreachable
-(...)") and ``reachable`` ("producer X reachable again"), each with ``producer_key`` X (the
-producer id a discovered producer announced) and the log record's own time.
+(...)"), ``reachable`` ("producer X reachable again") and ``forgotten`` ("producer X at
+ENDPOINT forgotten: ..."), each with ``producer_key`` X (the producer id a discovered producer
+announced, or its endpoint when its source names none) and the log record's own time;
+``found`` and ``forgotten`` also with ``endpoint``.
 
 Run as ``python -m freelance_rz.lab.worker_peer WORKER_ARGS...`` (the environment names the
 events file, the peer and the host)."""
@@ -21,6 +23,7 @@ LOG_KINDS = {
     "producer %s at %s": "found",
     "producer %s unreachable (%s); retrying with backoff": "unreachable",
     "producer %s reachable again": "reachable",
+    "producer %s at %s forgotten: %s": "forgotten",
 }
 
 
@@ -32,7 +35,8 @@ class RecordHandler(logging.Handler):
         if kind is None or not isinstance(record.args, tuple) or not record.args:
             return
         try:
-            append_from_env(kind, t=record.created, producer_key=str(record.args[0]))
+            extra = {"endpoint": str(record.args[1])} if kind in ("found", "forgotten") else {}
+            append_from_env(kind, t=record.created, producer_key=str(record.args[0]), **extra)
         except OSError:
             self.handleError(record)
 

@@ -28,7 +28,7 @@ from ..discovery import resolve_interfaces
 from ..security import CurveServer, check_pair, load_keypair
 from ..tasks import task_name
 from .future import JobEvent, JobFuture, JobProgress
-from .store import JobStore
+from .store import JobStore, Restored
 from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
 
 log = logging.getLogger("freelance_rz.producer")
@@ -78,6 +78,17 @@ class Producer(Executor):
             connections cannot use up the application's file descriptors (connections that
             never finish their ZeroMQ handshake are closed after 5 s anyway). None: half the
             process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``), at least 64.
+        advertise: ``"HOST:PORT"`` (or ``"tcp://HOST:PORT"``) workers should connect to,
+            announced (mDNS TXT ``ep``) and written (``endpoints_file``) instead of the bound
+            endpoints: a producer behind NAT, or in a container whose published port or
+            Service differs from what it binds. Give ``port`` too, so the bound port is fixed.
+        endpoints_file: a file of producer endpoints on a file system the workers share
+            (``freelance-worker --connect-file PATH``): this producer adds its line when it
+            starts (its advertised or first non-loopback endpoint, with ``id``, ``g`` and,
+            when they apply, ``sk`` and ``pk``) and removes it when it closes; the file is
+            rewritten atomically under a lock (:mod:`freelance_rz.endpointsfile`). A producer
+            killed without closing leaves its line; workers find it silent and stop waiting
+            on it as on any silent producer.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -85,7 +96,9 @@ class Producer(Executor):
 
     Ranges: ``group`` 1 to 63 characters; ``port`` 0 to 65535; ``lease_s`` 0.2 to 1e9
     seconds; ``max_attempts`` >= 1; ``retention_s`` >= 0 seconds and ``retention_count`` >= 0
-    (or None); ``max_payload_bytes`` 1 to 2**62; ``max_connections`` >= 1 (or None).
+    (or None); ``max_payload_bytes`` 1 to 2**62; ``max_connections`` >= 1 (or None);
+    ``advertise`` a port 1 to 65535 and a host that is an IPv4 address, a bracketed IPv6
+    address or a DNS name.
 
     Raises:
         TypeError: an argument of the wrong type (e.g. ``lease_s="1"``, ``max_attempts=2.5``,
@@ -114,8 +127,11 @@ class Producer(Executor):
         secret_key: str | os.PathLike[str] | None = None,
         authorized_workers: str | os.PathLike[str] | None = None,
         max_connections: int | None = None,
+        advertise: str | None = None,
+        endpoints_file: str | os.PathLike[str] | None = None,
     ) -> None:
         group = _check.group(group)
+        reach = _advertised(advertise), _check.path("endpoints_file", endpoints_file)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
         port = _check.integer("port", port, min_=0, max_=65535)  # 0: any free port
         # workers heartbeat every lease_s / 4: below MIN_LEASE_S they cannot keep up
@@ -140,18 +156,16 @@ class Producer(Executor):
         self.port = port
         self.announce = announce
         self.producer_id = uuid.uuid4().hex[:16]
-        job_store, restored, first_id = None, None, 1
-        if store is not None:
-            job_store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
-            restored = job_store.restore()
-            first_id = restored.next_job_id
+        job_store, restored, first_id = _open_store(store, retention_s, retention_count)
         self.store_key: str | None = None if restored is None else restored.producer_key
         self._job_ids = itertools.count(first_id)
         self._durable = job_store is not None
         settings = Settings(
             self.producer_id, group, self.interfaces, port, announce, max_payload_bytes,
             self.max_connections, curve, self.store_key, on_event, restored,
+            advertised=reach[0], endpoints_file=reach[1],
         )
+        self.advertise = reach[0]
         self._io = OfferThread(settings, Ledger(lease_s=lease_s, max_attempts=max_attempts),
                                job_store, self._on_cancel)
         self._lock = threading.Lock()  # guards the start/shutdown state below
@@ -454,6 +468,31 @@ def _answer_timeout(timeout_s: Any) -> float | None:
         "timeout_s", timeout_s, min_=0, max_=threading.TIMEOUT_MAX, unit="seconds", allow_none=True
     )
     return checked
+
+
+def _open_store(
+    store: str | os.PathLike[str] | None, retention_s: float | None, retention_count: int | None,
+) -> tuple[JobStore | None, Restored | None, int]:
+    """The job store (None without ``store``), what it restored, and the first new job id."""
+    if store is None:
+        return None, None, 1
+    job_store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
+    restored = job_store.restore()
+    return job_store, restored, restored.next_job_id
+
+
+def _advertised(value: Any) -> str | None:
+    """``advertise`` as ``tcp://HOST:PORT``, checked; None stays None."""
+    text: str | None = _check.string("advertise", value, allow_none=True)
+    if text is None:
+        return None
+    endpoint = text if text.startswith("tcp://") else f"tcp://{text}"
+    try:
+        w.parse_endpoint(endpoint)
+    except ValueError as exc:
+        raise ValueError(f"advertise must be 'HOST:PORT', e.g. 'producer.example.org:5555', "
+                         f"got {text!r}: {exc}") from None
+    return endpoint
 
 
 def _max_connections(value: Any) -> int:

@@ -109,6 +109,8 @@ class Settings:
     store_key: str | None
     on_event: Any = None  # Callable[[JobEvent], None] | None
     restored: Restored | None = field(default=None, repr=False)
+    advertised: str | None = None  # tcp://HOST:PORT announced instead of the bound endpoints
+    endpoints_file: Any = None  # str | os.PathLike[str] | None: where to write this producer's line
 
 
 class OfferThread:
@@ -208,7 +210,8 @@ class OfferThread:
             self.discard()
             self._started.set()
             return
-        announcer, announced = self._announce()
+        entry = self._write_entry()
+        announcer, announced = self._announce() if entry is not False else (None, threading.Event())
         log.info("producer %s serving on %s", self.settings.producer_id, ", ".join(self.endpoints))
         loop = _Loop(self, sock)
         try:
@@ -221,11 +224,51 @@ class OfferThread:
             if announcer is not None:
                 announced.wait()
                 announcer.close()
+            if isinstance(entry, str):
+                self._remove_entry(entry)
             sock.close(LINGER_MS)
             self._end_curve(ctx)
             if self.store is not None:
                 self.store.close()
             self._close_pipe()
+
+    @property
+    def advertised(self) -> str:
+        """The endpoint workers are told: ``advertise``, else the first bound endpoint that
+        is not loopback (the first one if all are)."""
+        if self.settings.advertised is not None:
+            return str(self.settings.advertised)
+        return next((ep for ep in self.endpoints if not ep.startswith("tcp://127.")), self.endpoints[0])
+
+    def _write_entry(self) -> str | bool | None:
+        """Add this producer's line to the endpoints file. Returns the endpoint written,
+        None without a file, False when it could not be written (then :meth:`start` raises
+        why, and the thread closes)."""
+        from ..endpointsfile import add_entry
+
+        s = self.settings
+        if s.endpoints_file is None:
+            return None
+        endpoint = self.advertised
+        try:
+            add_entry(s.endpoints_file, endpoint, {
+                "id": s.producer_id, "g": s.group, "sk": s.store_key, "v": str(w.VERSION),
+                "pk": None if s.curve is None else s.curve.keys.public.decode("ascii"),
+            })
+        except (OSError, ValueError) as exc:
+            self.start_error = OSError(f"cannot write endpoints_file {s.endpoints_file}: {exc}")
+            self.put(Close())
+            self._started.set()
+            return False
+        return endpoint
+
+    def _remove_entry(self, endpoint: str) -> None:
+        from ..endpointsfile import remove_entry
+
+        try:
+            remove_entry(self.settings.endpoints_file, endpoint)
+        except OSError as exc:
+            log.warning("could not remove this producer's line from %s: %s", self.settings.endpoints_file, exc)
 
     def _announce(self) -> tuple[Announcer | None, threading.Event]:
         """Register on mDNS beside the running I/O loop (zeroconf's ``register_service``
@@ -240,6 +283,7 @@ class OfferThread:
         announcer = Announcer(
             s.producer_id, s.group, self.endpoints, s.interfaces, store_key=s.store_key,
             public_key=None if s.curve is None else s.curve.keys.public,
+            advertised=None if s.advertised is None else [s.advertised],
         )
 
         def register() -> None:

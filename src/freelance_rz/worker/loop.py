@@ -35,6 +35,7 @@ from ..core.session import Effect, Outcome, Session
 from ..core.text import clean
 from ..discovery import choose_endpoint
 from ..errors import ProtocolError
+from .health import HealthFile
 from .peers import Peers
 from .slots import RunningJob, Slot
 
@@ -67,12 +68,13 @@ class WorkerLoop:
             (``("stop", None)``, ``("found", Announcement)``, ``("gone", name)``).
         stats: the worker's counts, kept up to date.
         clock: the monotonic clock, seconds.
+        health: the health file to keep fresh (``--health-file``), or None.
     """
 
     def __init__(
         self, *, name: str, slots: list[Slot], peers: Peers, wait_ms: int,
         interfaces: list[str] | None, wake_r: int, events: queue.SimpleQueue[tuple[str, Any]],
-        stats: WorkerStats, clock: Callable[[], float],
+        stats: WorkerStats, clock: Callable[[], float], health: HealthFile | None = None,
     ) -> None:
         self.name = name
         self.slots = slots
@@ -89,6 +91,7 @@ class WorkerLoop:
         self.filled_at = 0.0  # when a slot was last filled (monotonic seconds)
         self.bad_messages = 0  # undecodable messages from producers, dropped
         self.bad_logged_at = 0.0
+        self.health = health
         peers.hooks = self
 
     # --- the loop ---------------------------------------------------------------------------
@@ -125,6 +128,8 @@ class WorkerLoop:
                 for session in list(self.peers.sessions.values()):
                     self.peers.check(session, now)
                 self.peers.probe_dormant(now)
+                if self.health is not None and self.health.due(now):
+                    self.health.write(now, self._health_info())
                 check_at = self._soonest_timer(now)
             self._reconcile_claims(now)
             if self.stopping and self._finished(now):
@@ -147,7 +152,21 @@ class WorkerLoop:
         for slot in self.slots:
             if slot.job is not None and slot.job.deadline is not None:
                 soonest = min(soonest, slot.job.deadline)
+        if self.health is not None:
+            soonest = min(soonest, self.health.next_at)
         return soonest
+
+    def _health_info(self) -> dict[str, Any]:
+        """What the health file says (see :mod:`freelance_rz.worker.health`)."""
+        links = self.peers.links
+        return {
+            "name": self.name, "pid": os.getpid(), "slots": len(self.slots),
+            "busy": sum(slot.job is not None for slot in self.slots), "producers": len(links),
+            "answering": sum(1 for s in self.peers.sessions.values()
+                             if s.endpoint in links and s.answered and s.unreachable_since is None),
+            "jobs_run": self.stats.jobs_run, "jobs_failed": self.stats.jobs_failed,
+            "stopping": self.stopping,
+        }
 
     def _finished(self, now: float) -> bool:
         if any(slot.job is not None for slot in self.slots):

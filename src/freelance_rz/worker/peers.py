@@ -3,15 +3,18 @@ one :class:`~freelance_rz.worker.link.Link` per endpoint, and the rules for what
 to them.
 
 Anyone can announce anything on mDNS, so an announcement is only a hint of where to connect.
+The other sources (:mod:`freelance_rz.sources`: re-resolved names, DNS-SD over unicast DNS,
+an endpoints file) are hints too, and their announcements go through the same rules.
 A peer is one endpoint: announcements name the producer id, store key and CURVE key found
-there. Nothing is replaced or dropped on mDNS alone: a goodbye only makes the worker ask the
-producer (a BEAT) whether it is still there, and a durable producer's work moves to a new
-endpoint with the same store key only once that endpoint has answered and the old one has
-stopped answering (with CURVE, only under the same key; :meth:`Peers.successor`). At most
-``max_producers`` discovered peers are kept; one that never answered makes room for a new
-announcement. A discovered producer given up on becomes dormant: its announcements are ignored
-and it is probed once in a while (DORMANT_PROBE_S, growing), until it answers again or a new
-instance is announced at its endpoint.
+there. Nothing is replaced or dropped on a source's word alone: a goodbye (or a name that
+left its source) only makes the worker ask the producer (a BEAT) whether it is still there,
+and a durable producer's work moves to a new endpoint with the same store key only once that
+endpoint has answered and the old one has stopped answering (with CURVE, only under the same
+key; :meth:`Peers.successor`). At most ``max_producers`` discovered peers are kept; one that
+never answered makes room for a new announcement. A discovered producer given up on becomes
+dormant: its announcements are ignored and it is probed once in a while (DORMANT_PROBE_S,
+growing), until it answers again, a new instance is announced at its endpoint, or (sources
+other than mDNS, whose producers may have no id) it leaves its source and comes back.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import zmq
 
 from ..core.session import Session
 from ..core.text import clean
-from ..discovery import Announcement
+from ..discovery import MDNS, Announcement
 from ..security import KeyPair
+from ..sources import STATIC
 from .link import Link
 
 log = logging.getLogger("freelance_rz.worker")
@@ -98,20 +102,25 @@ class Peers:
         reaches best): add it, update it, or ignore it."""
         refusal = self._refusal(announcement)
         if refusal is not None:
-            if announcement.producer_id not in self._ignored:
-                self._ignored[announcement.producer_id] = None
+            who = announcement.producer_id or endpoint
+            if who not in self._ignored:
+                self._ignored[who] = None
                 while len(self._ignored) > MAX_DORMANT:
                     self._ignored.popitem(last=False)
-                log.warning("ignoring producer %s at %s: %s", clean(announcement.producer_id, 80),
+                log.warning("ignoring producer %s at %s: %s", clean(who, 80),
                             clean(", ".join(announcement.endpoints)), refusal)
             return
         session = self.sessions.get(endpoint)
         if session is not None:
             self._update(session, announcement, now)
             return
+        if announcement.source == STATIC:  # a --connect address whose key was probed
+            self.add(Session(endpoint, discovered=False, server_key=announcement.public_key), now)
+            return
         dormant = self.dormant.get(endpoint)
         if dormant is not None:
-            if dormant.producer_id == announcement.producer_id:
+            back = announcement.source != MDNS and dormant.withdrawn  # it left its source and came back
+            if dormant.producer_id == announcement.producer_id and not back:
                 log.debug("producer %s at %s is forgotten; announcement ignored", dormant.label, endpoint)
                 return
             del self.dormant[endpoint]  # a new instance there: a new producer
@@ -121,8 +130,9 @@ class Peers:
                     self._full_warned_at = now
                     log.warning(
                         "ignoring producer %s at %s: already serving %d discovered producers "
-                        "(the most a worker keeps; an mDNS flood?)",
-                        clean(announcement.producer_id, 80), clean(endpoint), self.max_producers,
+                        "(the most a worker keeps; an mDNS flood, or a source naming more?)",
+                        clean(announcement.producer_id or endpoint, 80), clean(endpoint),
+                        self.max_producers,
                     )
                 return
         self.add(Session(
@@ -166,10 +176,12 @@ class Peers:
         return False
 
     def gone(self, name: str) -> list[Session]:
-        """An mDNS goodbye: a hint only (anyone can send one). Returns the connected sessions
-        that have now lost every announcement: the worker asks them whether they are there."""
+        """An mDNS goodbye, or an announcement that left its source: a hint only (anyone
+        can send a goodbye). Returns the connected sessions that have now lost every
+        announcement: the worker asks them whether they are there. A forgotten one is only
+        marked (it may come back to its source: :meth:`found`)."""
         asked = []
-        for session in self.sessions.values():
+        for session in (*self.sessions.values(), *self.dormant.values()):
             if name in session.names:
                 session.names.discard(name)
                 if not session.names:

@@ -26,7 +26,18 @@ from ..core import check as _check
 from ..core import wire as w
 from ..core.session import DEFAULT_WAIT_MS, Session
 from ..discovery import Browser, resolve_interfaces
-from ..security import KeyPair, check_pair, load_keypair, load_public_keys
+from ..dnssd import DnsSdSource, check_service
+from ..security import KeyPair, check_pair, load_keypair, trusted_key_files
+from ..sources import (
+    RESOLVE_EVERY_S,
+    ConnectSource,
+    FileSource,
+    KeyFinder,
+    Source,
+    SourceThread,
+    is_address,
+)
+from .health import HealthFile
 from .loop import WorkerLoop, WorkerStats
 from .peers import FDS_PER_PRODUCER, MAX_PRODUCERS, Peers
 from .slots import Reaper, Slot, refuse_unguarded_main
@@ -44,7 +55,19 @@ class Worker:
     Args:
         tasks: importable module names whose public functions may run (the allowlist).
         discover: browse mDNS for producers of ``group``.
-        connect: static producer endpoints, e.g. ``["tcp://10.0.0.5:5555"]``.
+        connect: producer endpoints, e.g. ``["tcp://10.0.0.5:5555"]``. An IP address is a
+            static producer (never forgotten); a name (``tcp://producers.myapp.svc:5555``)
+            is resolved to all its addresses, each a producer, and resolved again every
+            ``resolve_every_s`` (a Kubernetes headless Service, a round-robin DNS name).
+        discover_dns: DNS-SD services to browse over unicast DNS (RFC 6763), e.g.
+            ``["_freelance-rz._tcp.example.org"]``: PTR, SRV and TXT records of an ordinary
+            zone, with the TXT entries of mDNS (needs dnspython: the ``dns`` extra).
+        connect_file: an endpoints file (:mod:`freelance_rz.endpointsfile`): one producer
+            per line, read again when it changes.
+        resolve_every_s: seconds between reads of names, DNS-SD services and the names in
+            ``connect_file`` (default 10).
+        health_file: a file the worker's loop rewrites every second, for container probes
+            (``freelance-status --check --health-file PATH``); removed when it stops.
         group: producer group to serve.
         slots: jobs run at once (default: number of CPUs).
         interfaces: IPv4 addresses for mDNS (None: ``$FREELANCE_RZ_INTERFACES``, else all).
@@ -55,8 +78,10 @@ class Worker:
         key, trust: CURVE security (give both, or neither): the path of this worker's
             ``NAME.key_secret`` file, and a directory of the ``NAME.key`` public keys of the
             producers it may serve. Announcements without a key or with a key not in ``trust``
-            are ignored with a warning. With ``connect``, ``trust`` must hold exactly one key
-            (the producer's). See :mod:`freelance_rz.security`.
+            are ignored with a warning. A producer whose source names no key (``connect``,
+            a file line without ``pk=``) is served with the one key in ``trust``, or, when it
+            holds several, with the one the producer is found to hold (a handshake is tried
+            with each, logged). See :mod:`freelance_rz.security`.
         max_payload_bytes: largest job payload taken from a producer, in bytes (as the
             producers' ``max_payload_bytes``): claims say it, so producers never hand this
             worker a larger job (one larger than every worker takes fails with
@@ -66,7 +91,7 @@ class Worker:
 
     A module named twice in ``tasks`` is taken once. Ranges: ``slots`` >= 1, ``wait_ms`` >= 1,
     ``give_up_s`` > 0 (``float("inf")``: never), ``group`` 1 to 63 characters, ``name`` at most
-    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62.
+    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62, ``resolve_every_s`` 0.1 to 3600.
 
     Raises:
         TypeError: an argument of the wrong type, e.g. ``tasks="myapp.tasks"`` (a str, not a
@@ -74,8 +99,9 @@ class Worker:
             what it must be and the value given.
         ValueError: an argument out of its range; no producer source, no task module, bad
             interfaces; only one of ``key`` and ``trust``, an unreadable key, or ``trust``
-            without public keys.
+            without public keys; a ``discover_dns`` service that is not a DNS name.
         ModuleNotFoundError: a ``tasks`` module cannot be found.
+        ImportError: ``discover_dns`` without dnspython installed.
     """
 
     def __init__(
@@ -93,10 +119,21 @@ class Worker:
         key: str | os.PathLike[str] | None = None,
         trust: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = w.DEFAULT_MAX_PAYLOAD,
+        discover_dns: Sequence[str] = (),
+        connect_file: str | os.PathLike[str] | None = None,
+        resolve_every_s: float = RESOLVE_EVERY_S,
+        health_file: str | os.PathLike[str] | None = None,
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
         endpoints: list[str] = _check.strings("connect", connect, example="['tcp://10.0.0.5:41234']")
+        services: list[str] = _check.strings(
+            "discover_dns", discover_dns, example="['_freelance-rz._tcp.example.org']"
+        )
+        self.connect_file = _check.path("connect_file", connect_file)
+        self.resolve_every_s = _check.number("resolve_every_s", resolve_every_s, min_=0.1, max_=3600,
+                                             unit="seconds")
+        self.health_file = _check.path("health_file", health_file)
         self.group = _check.group(group)
         slots = _check.integer("slots", slots, min_=1, allow_none=True)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
@@ -107,12 +144,13 @@ class Worker:
         self.max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
-        if not self.discover and not endpoints:
-            raise ValueError("a worker needs --discover or at least one --connect endpoint")
+        if not (self.discover or endpoints or services or self.connect_file is not None):
+            raise ValueError("a worker needs --discover, --discover-dns, --connect or --connect-file")
         self.tasks = _task_modules(tasks)  # each module once, in the order given
         self.slots = (os.cpu_count() or 1) if slots is None else slots
         self.connect = _endpoints(endpoints)
-        self._keys, self._trusted = _curve_keys(key, trust, bool(endpoints))
+        self.discover_dns = [check_service(service) for service in services]
+        self._keys, self._trusted = _curve_keys(key, trust)
         self.interfaces = resolve_interfaces(interfaces)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         # The routing id is a secret: with it, a client could take this worker's replies
@@ -149,15 +187,17 @@ class Worker:
         """
         refuse_unguarded_main()
         peers = Peers(zmq.Context.instance(), self.identity, self.max_payload_bytes, self._keys,
-                      self._trusted, self.give_up_s, self.stats)
+                      frozenset(self._trusted), self.give_up_s, self.stats)
         peers.max_producers = _max_producers()
         browser = None
+        sources: list[SourceThread] = []
         reaper = Reaper()
         slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
+        health = None if self.health_file is None else HealthFile(self.health_file)
         loop = WorkerLoop(
             name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
             interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
-            stats=self.stats, clock=time.monotonic,
+            stats=self.stats, clock=time.monotonic, health=health,
         )
         try:
             reaper.start()
@@ -170,21 +210,26 @@ class Worker:
                     on_gone=lambda name: self._post("gone", name),
                 )
                 browser.start()
+            sources = self._sources()
+            for source in sources:
+                source.start()
             server_key = next(iter(self._trusted), None)
             for endpoint in self.connect:
-                peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
+                if is_address(w.parse_endpoint(endpoint)[0]) and len(self._trusted) <= 1:
+                    peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
             for slot in slots:
                 slot.proc.wait_ready()
-            log.info(
-                "worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
-                ", ".join(self.tasks),
-                f"discovering group {self.group!r}" if self.discover else "static producers",
-            )
+            log.info("worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
+                     ", ".join(self.tasks), self._source_text())
             loop.run()
         finally:
             if browser is not None:
                 browser.close()
+            for source in sources:
+                source.close()
             peers.close()
+            if health is not None:
+                health.remove()
             for slot in slots:
                 slot.proc.close()
             reaper.close()
@@ -195,6 +240,40 @@ class Worker:
             self.name, self.stats.producers_found, self.stats.jobs_run, self.stats.jobs_failed,
         )
         return self.stats
+
+
+    def _source_text(self) -> str:
+        """Where this worker looks for producers, for its start line."""
+        parts = [f"discovering group {self.group!r} on mDNS"] if self.discover else []
+        parts += [f"DNS-SD {service}" for service in self.discover_dns]
+        if self.connect_file is not None:
+            parts.append(f"endpoints file {self.connect_file}")
+        if self.connect:
+            parts.append("producers " + ", ".join(self.connect))
+        return "; ".join(parts)
+
+    def _sources(self) -> list[SourceThread]:
+        """The threads reading the sources other than mDNS: ``connect`` names (and, with
+        several trusted keys, ``connect`` addresses, whose key is probed), ``discover_dns``,
+        ``connect_file``; they post what they find as the mDNS browser does."""
+        found: list[Source] = []
+        if any(not is_address(w.parse_endpoint(ep)[0]) for ep in self.connect) or (
+            self.connect and len(self._trusted) > 1
+        ):
+            found.append(ConnectSource(self.connect, static=len(self._trusted) > 1))
+        for service in self.discover_dns:
+            found.append(DnsSdSource(service, self.group))
+        if self.connect_file is not None:
+            found.append(FileSource(self.connect_file, self.group))
+        return [
+            SourceThread(
+                source, on_found=lambda a: self._post("found", a),
+                on_gone=lambda name: self._post("gone", name), every_s=self.resolve_every_s,
+                keys=None if self._keys is None else KeyFinder(
+                    zmq.Context.instance(), self._keys, self._trusted, self.resolve_every_s),
+            )
+            for source in found
+        ]
 
 
 def _task_modules(modules: list[str]) -> list[str]:
@@ -222,20 +301,14 @@ def _endpoints(endpoints: list[str]) -> list[str]:
 
 
 def _curve_keys(
-    key: str | os.PathLike[str] | None, trust: str | os.PathLike[str] | None, connect: bool
-) -> tuple[KeyPair | None, frozenset[bytes]]:
-    """This worker's CURVE key pair and the producer keys it trusts (both or neither)."""
+    key: str | os.PathLike[str] | None, trust: str | os.PathLike[str] | None,
+) -> tuple[KeyPair | None, dict[bytes, str]]:
+    """This worker's CURVE key pair and the producer keys it trusts, each with the name of
+    its file (both or neither)."""
     check_pair(key, trust, ("--key", "--trust"))
     if key is None or trust is None:
-        return None, frozenset()
-    keys, trusted = load_keypair(key), load_public_keys(trust)
-    if connect and len(trusted) != 1:
-        raise ValueError(
-            f"--connect with --key needs the producer's public key: --trust {trust} "
-            f"must hold exactly one key, it holds {len(trusted)} (use --discover "
-            "to serve several secure producers; they announce their keys)"
-        )
-    return keys, trusted
+        return None, {}
+    return load_keypair(key), trusted_key_files(trust)
 
 
 def _max_producers() -> int:
