@@ -396,6 +396,12 @@ def test_killed_producer_is_dropped_and_the_other_keeps_being_served(make_produc
         b = make_producer()
         warm = b.submit(rztasks.whoami, 0.0)
         assert warm.result(timeout=20)["worker"] == "w1"
+        # A has been answering the worker: on a loaded machine its first answer may come after
+        # B's, and killed before it, A is "announced but never answered", not an unreachable peer
+        deadline = time.monotonic() + 20
+        while b"first job done" not in (tmp_path / "producer-a.log").read_bytes():
+            assert time.monotonic() < deadline, "the worker never ran a job of A"
+            time.sleep(0.05)
         os.killpg(a.pid, signal.SIGKILL)
         a.wait(10)
         killed_at = time.monotonic()
