@@ -97,6 +97,31 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[st
     return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
 
 
+_TASK_NAMES: dict[bytes, str] = {}  # a task name's bytes -> the one str for it (bounded below)
+
+
+def peek_task(payload: bytes) -> str:
+    """The task name of a call payload, read from its first bytes without decoding the rest
+    (metrics and STATUS label jobs with it on the hot path): ``"?"`` when the payload does not
+    start as a call does (or its name is over 255 bytes). Each name is one shared str."""
+    if len(payload) < 2 or payload[0] not in (0x93, 0x94):  # fixarray of 3 or 4
+        return "?"
+    head = payload[1]
+    if 0xA0 <= head <= 0xBF:  # fixstr
+        raw = payload[2:2 + head - 0xA0]
+    elif head == 0xD9 and len(payload) > 2:  # str 8
+        raw = payload[3:3 + payload[2]]
+    else:
+        return "?"
+    name = _TASK_NAMES.get(raw)
+    if name is None:
+        name = raw.decode("utf-8", errors="replace")
+        if len(_TASK_NAMES) >= 4096:
+            _TASK_NAMES.clear()
+        _TASK_NAMES[raw] = name
+    return name
+
+
 def job_options(payload: bytes) -> dict[str, int]:
     """The options a job's call carries (``timeout_ms``, ``priority``), or ``{}`` for a call
     without options or one that cannot be read."""

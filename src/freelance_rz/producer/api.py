@@ -78,6 +78,10 @@ class Producer(Executor):
             connections cannot use up the application's file descriptors (connections that
             never finish their ZeroMQ handshake are closed after 5 s anyway). None: half the
             process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``), at least 64.
+        admin_token: a secret (16 to 256 characters) that lets an operator cancel a job or
+            retry a recent failure over the wire (the ADMIN verb, e.g. from ``freelance-status
+            --serve --token-file``). None: such requests are refused. Without CURVE it
+            crosses the network in clear text (docs/security.md).
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -114,6 +118,7 @@ class Producer(Executor):
         secret_key: str | os.PathLike[str] | None = None,
         authorized_workers: str | os.PathLike[str] | None = None,
         max_connections: int | None = None,
+        admin_token: str | None = None,
     ) -> None:
         group = _check.group(group)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
@@ -131,6 +136,8 @@ class Producer(Executor):
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
         on_event = _check.function("on_event", on_event)
+        admin_token = _check.string("admin_token", admin_token, min_chars=16, max_chars=w.TOKEN_MAX,
+                                    allow_none=True)
         curve = _curve_server(_check.path("secret_key", secret_key),
                               _check.path("authorized_workers", authorized_workers))
         self.group = group
@@ -150,10 +157,10 @@ class Producer(Executor):
         self._durable = job_store is not None
         settings = Settings(
             self.producer_id, group, self.interfaces, port, announce, max_payload_bytes,
-            self.max_connections, curve, self.store_key, on_event, restored,
+            self.max_connections, curve, self.store_key, on_event, restored, admin_token,
         )
         self._io = OfferThread(settings, Ledger(lease_s=lease_s, max_attempts=max_attempts),
-                               job_store, self._on_cancel)
+                               job_store, self._on_cancel, self._job_ids.__next__)
         self._lock = threading.Lock()  # guards the start/shutdown state below
         self._started = False
         self._shutdown = False
@@ -345,15 +352,19 @@ class Producer(Executor):
                             f"({type(future).__name__})")
         return future.progress
 
-    def status(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
+    def status(self, timeout_s: float | None = 5.0, *, detail: bool = False) -> dict[str, Any]:
         """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
         ``done``, ``failed``, ``dead``, ``cancelled`` (since this start); ``workers`` heard from
-        in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs);
-        ``finished_last_min``; ``parked_claims``; ``uptime_s`` (seconds); ``bad_messages``;
-        ``producer_id``, ``group``, ``endpoints``, ``version``.
+        in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs,
+        ``parked`` claims); ``finished_last_min``; ``parked_claims``; ``connections``;
+        ``uptime_s`` (seconds); ``bad_messages``; ``producer_id``, ``group``, ``endpoints``,
+        ``version``. With ``detail``, also ``tasks`` (per task: counts by state, wait and run
+        time histograms over ``buckets_s``), ``running`` jobs and recent ``failures`` with
+        their tracebacks (docs/protocol.md, STATUS_REPLY).
 
         Args:
             timeout_s: seconds to wait for the I/O thread's answer (None: no limit).
+            detail: add the detailed entries.
 
         Raises:
             TypeError, ValueError: ``timeout_s`` is not a number >= 0 (or None).
@@ -361,7 +372,7 @@ class Producer(Executor):
             concurrent.futures.TimeoutError: no answer within ``timeout_s`` seconds.
         """
         timeout_s = _answer_timeout(timeout_s)
-        info: dict[str, Any] = self._ask(AskStatus(Future()), timeout_s)
+        info: dict[str, Any] = self._ask(AskStatus(Future(), _check.boolean("detail", detail)), timeout_s)
         return info
 
     async def status_async(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
