@@ -24,6 +24,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .core.check import address
 from .core.text import clean
 from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
@@ -90,6 +91,11 @@ def worker_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
     )
+    parser.add_argument(
+        "--metrics-port", metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default 127.0.0.1; "
+        "needs the metrics extra)",
+    )
     return parser
 
 
@@ -117,10 +123,14 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as with `python -m`: the current directory imports
     try:
+        metrics_host, metrics_port = (
+            ("127.0.0.1", None) if args.metrics_port is None else address("--metrics-port", args.metrics_port)
+        )
         worker = Worker(
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
             slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
             key=args.key, trust=args.trust, max_payload_bytes=args.max_payload_bytes,
+            metrics_port=metrics_port, metrics_host=metrics_host,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)

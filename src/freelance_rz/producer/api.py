@@ -82,6 +82,10 @@ class Producer(Executor):
             retry a recent failure over the wire (the ADMIN verb, e.g. from ``freelance-status
             --serve --token-file``). None: such requests are refused. Without CURVE it
             crosses the network in clear text (docs/security.md).
+        metrics_port, metrics_host: serve Prometheus metrics at
+            ``http://metrics_host:metrics_port/metrics`` from :meth:`start` on (port 0: a free
+            one, see :attr:`metrics_url`); needs the ``metrics`` extra (``prometheus_client``).
+            Every metric is in docs/operations.md. None: no endpoint.
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -119,6 +123,8 @@ class Producer(Executor):
         authorized_workers: str | os.PathLike[str] | None = None,
         max_connections: int | None = None,
         admin_token: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         group = _check.group(group)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
@@ -138,6 +144,8 @@ class Producer(Executor):
         on_event = _check.function("on_event", on_event)
         admin_token = _check.string("admin_token", admin_token, min_chars=16, max_chars=w.TOKEN_MAX,
                                     allow_none=True)
+        metrics_port = _check.integer("metrics_port", metrics_port, min_=0, max_=65535, allow_none=True)
+        metrics_host = _check.string("metrics_host", metrics_host, min_chars=1)
         curve = _curve_server(_check.path("secret_key", secret_key),
                               _check.path("authorized_workers", authorized_workers))
         self.group = group
@@ -147,6 +155,8 @@ class Producer(Executor):
         self.port = port
         self.announce = announce
         self.producer_id = uuid.uuid4().hex[:16]
+        self._metrics_at = None if metrics_port is None else (metrics_host, metrics_port)
+        self.metrics_url: str | None = None  # set by start() when serving metrics
         job_store, restored, first_id = None, None, 1
         if store is not None:
             job_store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
@@ -182,9 +192,23 @@ class Producer(Executor):
             first, self._started = not self._started, True
         if first:
             self._io.start()
+            if self._metrics_at is not None:
+                self._serve_metrics(*self._metrics_at)
         else:
             self._io.wait_started()
         return self
+
+    def _serve_metrics(self, host: str, port: int) -> None:
+        """Serve this producer's metrics until its I/O thread ends (closes it if it cannot)."""
+        try:
+            from ..metrics import MetricsServer, ProducerCollector
+
+            server = MetricsServer(ProducerCollector(self), host, port)
+        except BaseException:
+            self.close()
+            raise
+        self.metrics_url = server.url
+        self._io.on_end.append(server.close)
 
     @property
     def endpoint(self) -> str:

@@ -24,7 +24,7 @@ import logging
 import os
 import queue
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -45,13 +45,25 @@ TIMER_SLACK_S = 0.02  # after activity, timers are looked at within this many se
 SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
 
 
+MAX_TASKS = 1000  # tasks counted apart in WorkerStats.by_task; further ones as "(other)"
+
+
 @dataclass
 class WorkerStats:
-    """What a worker did: counts of jobs and producers."""
+    """What a worker did: counts of jobs and producers, and jobs by (task, outcome), the
+    outcome ``done``, ``failed`` or ``crashed`` (its process died)."""
 
     jobs_run: int = 0
     jobs_failed: int = 0
     producers_found: int = 0
+    by_task: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def count(self, task: str, outcome: str) -> None:
+        """One more job of ``task`` ended with ``outcome``."""
+        key = (task, outcome)
+        if key not in self.by_task and len(self.by_task) >= MAX_TASKS * 3:
+            key = ("(other)", outcome)
+        self.by_task[key] = self.by_task.get(key, 0) + 1
 
 
 class WorkerLoop:
@@ -311,6 +323,7 @@ class WorkerLoop:
         running = RunningJob(
             session.endpoint, job.job_id, job.lease_id, job.lease_ms,
             max_result=w.DEFAULT_MAX_PAYLOAD if job.max_result is None else job.max_result,
+            task=pl.peek_task(job.payload),
         )
         if job.timeout_ms:
             running.deadline = now + job.timeout_ms / 1000
@@ -370,6 +383,7 @@ class WorkerLoop:
         self.stats.jobs_run += 1
         if not outcome.ok:
             self.stats.jobs_failed += 1
+        self.stats.count(job.task, "done" if outcome.ok else "crashed" if outcome.crashed else "failed")
         session = self.peers.sessions.get(job.endpoint)
         if session is None:  # its producer was given up on meanwhile
             return

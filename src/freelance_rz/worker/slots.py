@@ -161,6 +161,7 @@ class JobProcess:
         self.modules = modules
         self._reaper = reaper
         self.ready = False  # the child has imported the task modules
+        self.restarts = 0  # children started after the first (a crash, a kill, an abort)
         self._conn: Connection | None = None
         self._process: Any = None
 
@@ -179,6 +180,8 @@ class JobProcess:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
+        if self._process is not None:
+            self.restarts += 1
         self._process = process
         if self._reaper is not None and process.pid is not None:
             self._reaper.watch(process.pid)  # its group id, once it has called setpgid
@@ -285,6 +288,7 @@ class RunningJob:
     timeout_ms: int = 0
     max_result: int = 0  # bytes of result payload the producer takes
     progress: tuple[float, float | None, str] | None = None
+    task: str = "?"  # its task's name (for metrics and logs)
 
 
 class Slot:

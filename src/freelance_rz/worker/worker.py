@@ -61,6 +61,9 @@ class Worker:
             producers' ``max_payload_bytes``): claims say it, so producers never hand this
             worker a larger job (one larger than every worker takes fails with
             :class:`~freelance_rz.JobTooLarge`).
+        metrics_port, metrics_host: serve Prometheus metrics at
+            ``http://metrics_host:metrics_port/metrics`` while :meth:`run` runs (the
+            ``metrics`` extra; docs/operations.md lists them). None: no endpoint.
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
@@ -93,6 +96,8 @@ class Worker:
         key: str | os.PathLike[str] | None = None,
         trust: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = w.DEFAULT_MAX_PAYLOAD,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -107,6 +112,12 @@ class Worker:
         self.max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
+        metrics_port = _check.integer("metrics_port", metrics_port, min_=0, max_=65535, allow_none=True)
+        metrics_host = _check.string("metrics_host", metrics_host, min_chars=1)
+        self._metrics_at = None if metrics_port is None else (metrics_host, metrics_port)
+        self.metrics_url: str | None = None  # set by run() when serving metrics
+        self._slots: list[Slot] = []
+        self._peers: Peers | None = None
         if not self.discover and not endpoints:
             raise ValueError("a worker needs --discover or at least one --connect endpoint")
         self.tasks = _task_modules(tasks)  # each module once, in the order given
@@ -153,7 +164,9 @@ class Worker:
         peers.max_producers = _max_producers()
         browser = None
         reaper = Reaper()
-        slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
+        slots = self._slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
+        self._peers = peers
+        metrics = None
         loop = WorkerLoop(
             name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
             interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
@@ -175,6 +188,8 @@ class Worker:
                 peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
             for slot in slots:
                 slot.proc.wait_ready()
+            if self._metrics_at is not None:
+                metrics = self._serve_metrics(*self._metrics_at)
             log.info(
                 "worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
                 ", ".join(self.tasks),
@@ -182,6 +197,8 @@ class Worker:
             )
             loop.run()
         finally:
+            if metrics is not None:
+                metrics.close()
             if browser is not None:
                 browser.close()
             peers.close()
@@ -195,6 +212,29 @@ class Worker:
             self.name, self.stats.producers_found, self.stats.jobs_run, self.stats.jobs_failed,
         )
         return self.stats
+
+
+    def _serve_metrics(self, host: str, port: int) -> Any:
+        from ..metrics import MetricsServer, WorkerCollector
+
+        server = MetricsServer(WorkerCollector(self.metrics_snapshot), host, port)
+        self.metrics_url = server.url
+        return server
+
+    def metrics_snapshot(self) -> Any:
+        """What the worker's metrics show now (a :class:`freelance_rz.metrics.WorkerSnapshot`;
+        callable from any thread, while :meth:`run` runs). Needs the ``metrics`` extra."""
+        from ..metrics import WorkerSnapshot
+
+        slots = {"busy": 0, "free": 0, "starting": 0}
+        for slot in list(self._slots):
+            slots["busy" if slot.job is not None else "free" if slot.proc.ready else "starting"] += 1
+        peers = self._peers
+        return WorkerSnapshot(
+            slots=slots, jobs=dict(self.stats.by_task),
+            restarts=sum(slot.proc.restarts for slot in list(self._slots)),
+            producers=0 if peers is None else len(peers.links),
+        )
 
 
 def _task_modules(modules: list[str]) -> list[str]:
