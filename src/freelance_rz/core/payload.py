@@ -8,7 +8,7 @@ it to a job process without decoding it; the job process decodes it and encodes 
 
 The job-process pipe carries one bytes message per event; its first byte says what it is::
 
-    worker -> job process   msgpack [job_id, payload]       run this job (payload: a call)
+    worker -> job process   msgpack [job_id, payload(, traceparent)]   run this job (a call)
     job process -> worker   b"R"                            ready: the task modules imported
                             b"E" + UTF-8 text               could not import them (it exits)
                             b"P" + msgpack [done, total, message]   report_progress()
@@ -211,16 +211,18 @@ class Finished:
 FromJobProcess = Ready | StartFailed | Progress | Finished
 
 
-def encode_run(job_id: int, payload: bytes) -> bytes:
-    """Worker -> job process: run the call ``payload`` as job ``job_id``."""
-    packed: bytes = msgpack.packb([job_id, payload], use_bin_type=True)
+def encode_run(job_id: int, payload: bytes, traceparent: str | None = None) -> bytes:
+    """Worker -> job process: run the call ``payload`` as job ``job_id`` (in a span whose
+    parent is ``traceparent``, when the JOB carried one)."""
+    run = [job_id, payload] if traceparent is None else [job_id, payload, traceparent]
+    packed: bytes = msgpack.packb(run, use_bin_type=True)
     return packed
 
 
-def decode_run(data: bytes) -> tuple[int, bytes]:
-    """The job process's side of :func:`encode_run`: ``(job_id, payload)``."""
-    job_id, payload = msgpack.unpackb(data)
-    return job_id, payload
+def decode_run(data: bytes) -> tuple[int, bytes, str | None]:
+    """The job process's side of :func:`encode_run`: ``(job_id, payload, traceparent)``."""
+    run = msgpack.unpackb(data)
+    return run[0], run[1], run[2] if len(run) > 2 else None
 
 
 def encode_from_job_process(msg: FromJobProcess) -> bytes:

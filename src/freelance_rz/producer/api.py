@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ClassVar
 
+from .. import tracing
 from ..core import check as _check
 from ..core import payload as pl
 from ..core import wire as w
@@ -301,7 +302,8 @@ class Producer(Executor):
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
         options: JobOptions,
     ) -> JobFuture:
-        payload = pl.pack_call(task_name(fn), args, kwargs, options.wire)
+        task = task_name(fn)
+        payload = pl.pack_call(task, args, kwargs, options.wire)
         if len(payload) > self.max_payload_bytes:
             raise ValueError(
                 f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
@@ -310,6 +312,8 @@ class Producer(Executor):
         if not self._started:
             self.start()
         future = JobFuture(next(self._job_ids), self._on_cancel)
+        if tracing.active():  # a span per job, child of the caller's current span
+            future.span, future.traceparent = tracing.start_job_span(task, future.job_id)
         recorded: Future[None] | None = Future() if self._durable else None
         with self._lock:
             if self._shutdown or not self._io.put(Submit(

@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from .. import tracing
 from .._sockets import send_frames, set_keepalive
 from .._version import __version__
 from ..core import wire as w
@@ -367,6 +368,7 @@ class _Loop:
                    "endpoints": list(thread.endpoints), "version": __version__},
             now=now, report=self.reporter.report, admin_token=s.admin_token,
             on_retry=None if thread.new_job_id is None else self.reporter.retry,
+            traceparent=self._traceparent if tracing.ENABLED else None,
         )
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.shed_logged_at = -3600.0
@@ -489,6 +491,10 @@ class _Loop:
         self.futures[job_id] = JobFuture(job_id, self.thread.on_cancel)
         self.engine.submit(job_id, call, max_attempts=None, priority=priority, timeout_ms=timeout_ms)
         return job_id
+
+    def _traceparent(self, job_id: int) -> str | None:
+        future = self.futures.get(job_id)
+        return None if future is None else future.traceparent
 
     def _outcome(self, job_id: int, outcome: Outcome) -> None:
         if outcome.reason is not None:

@@ -323,7 +323,7 @@ class WorkerLoop:
         running = RunningJob(
             session.endpoint, job.job_id, job.lease_id, job.lease_ms,
             max_result=w.DEFAULT_MAX_PAYLOAD if job.max_result is None else job.max_result,
-            task=pl.peek_task(job.payload),
+            task=pl.peek_task(job.payload), traceparent=job.traceparent,
         )
         if job.timeout_ms:
             running.deadline = now + job.timeout_ms / 1000

@@ -203,11 +203,12 @@ class JobProcess:
         assert self._conn is not None
         return self._conn.fileno()
 
-    def send(self, job_id: int, payload: bytes) -> None:
-        """Hand the child a job (call only when ready and idle)."""
+    def send(self, job_id: int, payload: bytes, traceparent: str | None = None) -> None:
+        """Hand the child a job (call only when ready and idle); ``traceparent``: the trace
+        context the JOB carried, if any."""
         assert self._conn is not None and self.ready
         try:
-            self._conn.send_bytes(pl.encode_run(job_id, payload))
+            self._conn.send_bytes(pl.encode_run(job_id, payload, traceparent))
         except OSError:
             pass  # the child is dead: take() reports it when the pipe shows EOF
 
@@ -289,6 +290,7 @@ class RunningJob:
     max_result: int = 0  # bytes of result payload the producer takes
     progress: tuple[float, float | None, str] | None = None
     task: str = "?"  # its task's name (for metrics and logs)
+    traceparent: str | None = None  # the W3C trace context the JOB carried
 
 
 class Slot:
@@ -307,7 +309,7 @@ class Slot:
         """Start ``job`` (the slot must be free)."""
         assert self.free
         self.job = job
-        self.proc.send(job.job_id, payload)
+        self.proc.send(job.job_id, payload, job.traceparent)
 
     def take(self) -> tuple[RunningJob, Outcome] | None:
         """Read what the job process sent: a finished job and its outcome (a died process
