@@ -26,6 +26,8 @@ from rich.text import Text
 
 from .core.check import address
 from .core.text import clean
+from .logfmt import add_fixed_fields
+from .logfmt import configure as configure_logging
 from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
 from .worker.worker import GIVE_UP_S, Worker
@@ -56,6 +58,14 @@ def _add_producer_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust", metavar="DIR",
         help="CURVE: directory of the public keys (NAME.key) of the producers to trust",
+    )
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text",
+        help="json: one JSON object per line (ts, level, logger, message, and job_id, task, "
+        "producer, worker where known), for log shippers (default: %(default)s)",
     )
 
 
@@ -91,6 +101,7 @@ def worker_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
     )
+    _add_log_format(parser)
     parser.add_argument(
         "--metrics-port", metavar="[HOST:]PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default 127.0.0.1; "
@@ -116,9 +127,7 @@ def _raise_open_file_limit() -> None:
 def worker_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-worker``. Returns the process exit code (0 after a graceful stop)."""
     args = worker_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     _raise_open_file_limit()
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as with `python -m`: the current directory imports
@@ -135,6 +144,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
         return 2
+    add_fixed_fields({"worker": worker.name})
 
     stops = 0
 

@@ -351,11 +351,13 @@ class OfferEngine:
         """A lease was lost (expired, or its job's process died): the ledger re-queued the job
         or dead-lettered it."""
         if lost.dead:
-            log.warning("job %d dead-lettered after %d attempts", lost.job_id, lost.attempt)
+            log.warning("job %d dead-lettered after %d attempts", lost.job_id, lost.attempt,
+                        extra={"job_id": lost.job_id, "attempt": lost.attempt})
             self._on_outcome(lost.job_id, Outcome("dead", attempts=lost.attempt, reason=reason))
         else:
             self.dispatch_due = True
-            log.info("job %d lost its lease (%s); re-queued", lost.job_id, reason or "expired")
+            log.info("job %d lost its lease (%s); re-queued", lost.job_id, reason or "expired",
+                     extra={"job_id": lost.job_id, "attempt": lost.attempt})
 
     # --- time -------------------------------------------------------------------------------
 

@@ -66,6 +66,12 @@ class WorkerStats:
         self.by_task[key] = self.by_task.get(key, 0) + 1
 
 
+def _fields(job: RunningJob, session: Session | None) -> dict[str, Any]:
+    """The job fields of a log line about ``job`` (for ``--log-format json``)."""
+    return {"job_id": job.job_id, "task": job.task,
+            "producer": job.endpoint if session is None else session.label}
+
+
 class WorkerLoop:
     """The running state of a :class:`~freelance_rz.Worker` (see the module docstring).
 
@@ -296,8 +302,9 @@ class WorkerLoop:
             self._run_job(session, effect.job, effect.solicited, now)
         for lease_id in effect.void:
             slot = self.slots[session.leases[lease_id]]
+            job = self._job(slot)
             log.warning("job %d was cancelled by its producer (or re-offered to another worker); "
-                        "aborting it", self._job(slot).job_id)
+                        "aborting it", job.job_id, extra=_fields(job, session))
             self._abort(slot)
         if effect.refused is not None:
             verb, message = effect.refused
@@ -356,7 +363,8 @@ class WorkerLoop:
             job = slot.job
             if job is not None and job.deadline is not None and now >= job.deadline:
                 limit_s = job.timeout_ms / 1000
-                log.warning("job %d ran past its time limit of %g s; killed", job.job_id, limit_s)
+                log.warning("job %d ran past its time limit of %g s; killed", job.job_id, limit_s,
+                            extra=_fields(job, self.peers.sessions.get(job.endpoint)))
                 self._abort(slot)
                 message = f"the job ran past its time limit of {limit_s:g} s and was killed"
                 error = pl.pack_error("JobTimeout", message, "")
@@ -385,6 +393,8 @@ class WorkerLoop:
             self.stats.jobs_failed += 1
         self.stats.count(job.task, "done" if outcome.ok else "crashed" if outcome.crashed else "failed")
         session = self.peers.sessions.get(job.endpoint)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job %d %s", job.job_id, "done" if outcome.ok else "failed", extra=_fields(job, session))
         if session is None:  # its producer was given up on meanwhile
             return
         session.unacked[job.job_id] = (job.lease_id, outcome)

@@ -330,7 +330,8 @@ class Slot:
                 log.error("job process sent an outcome while idle; dropped")
             return None
         if isinstance(msg, Died):
-            log.warning("job %d: job process %s; replaced", job.job_id, msg.how)
+            log.warning("job %d: job process %s; replaced", job.job_id, msg.how,
+                        extra={"job_id": job.job_id, "task": job.task})
             error = pl.pack_error("JobProcessDied", f"the job's process {msg.how}", "")
             return job, Outcome(job.job_id, False, error, crashed=True)
         return job, Outcome(job.job_id, msg.ok, msg.payload)
