@@ -182,6 +182,17 @@ def status_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=2.0,
         help="with --discover, seconds to listen for announcements first (default: %(default)s)",
     )
+    parser.add_argument(
+        "--serve", metavar="[HOST:]PORT",
+        help="serve a live web dashboard at http://HOST:PORT/ (HOST default 127.0.0.1; needs "
+        "the dashboard extra), polling every --interval seconds, with Prometheus metrics at /metrics",
+    )
+    parser.add_argument(
+        "--token-file", metavar="PATH",
+        help="with --serve: a file holding the admin token (16+ characters, as the producers' "
+        "admin_token); the page may then cancel jobs and retry failures. Default: read-only",
+    )
+    _add_log_format(parser)
     return parser
 
 
@@ -320,19 +331,21 @@ def _status_keys(args: argparse.Namespace) -> tuple[KeyPair | None, frozenset[by
 
 def _status_source(
     args: argparse.Namespace, stack: ExitStack, keys: KeyPair | None, trusted: frozenset[bytes] | None,
+    detail: bool = False, server_keys: dict[str, bytes | None] | None = None,
 ) -> Callable[[], list[dict[str, Any]]]:
     """A function asking the producers for their STATUS (rows as :func:`query_status` gives
-    them). With ``--discover``, a producer finder is entered on ``stack`` and listens for
-    ``--wait`` seconds first; each call asks the producers found by then, with a row of its
-    own (``endpoint``, ``error``) for each one these CURVE settings cannot talk to. Else it
-    asks the ``--connect`` endpoints. Raises OSError or zmq.ZMQError (sockets)."""
+    them; ``detail``: the detailed one). With ``--discover``, a producer finder is entered on
+    ``stack`` and listens for ``--wait`` seconds first; each call asks the producers found by
+    then, with a row of its own (``endpoint``, ``error``) for each one these CURVE settings
+    cannot talk to, and notes each one's public key in ``server_keys``. Else it asks the
+    ``--connect`` endpoints. Raises OSError or zmq.ZMQError (sockets)."""
     from .discovery import resolve_interfaces
     from .status import ProducerFinder, query_status, vet_producers
 
     if not args.discover:
         def connected() -> list[dict[str, Any]]:
             server_keys = [next(iter(trusted))] * len(args.connect) if trusted else []
-            return query_status(args.connect, keys=keys, server_keys=server_keys)
+            return query_status(args.connect, keys=keys, server_keys=server_keys, detail=detail)
 
         return connected
     finder = stack.enter_context(ProducerFinder(args.group, resolve_interfaces(args.interface)))
@@ -340,8 +353,10 @@ def _status_source(
 
     def discovered() -> list[dict[str, Any]]:
         usable, refused = vet_producers(finder.producers(), keys, trusted)
-        endpoints, server_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
-        return query_status(endpoints, keys=keys, server_keys=server_keys) + refused
+        endpoints, public_keys = [ep for ep, _ in usable], [pk for _, pk in usable]
+        if server_keys is not None:
+            server_keys.update(usable)
+        return query_status(endpoints, keys=keys, server_keys=public_keys, detail=detail) + refused
 
     return discovered
 
@@ -374,10 +389,15 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
     ``--json`` too) or ``--discover`` found none, 2 on bad arguments or key files."""
     args = status_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    if args.serve is None:
+        configure_logging(logging.WARNING, args.log_format)
+    else:
+        configure_logging(logging.INFO, args.log_format, {"component": "dashboard"})
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
     try:
         keys, trusted = _status_keys(args)
+        if args.serve is not None:
+            return _serve_dashboard(args, keys, trusted)
         with ExitStack() as stack:
             snapshot = _status_source(args, stack, keys, trusted)
             rows = snapshot()
@@ -394,9 +414,47 @@ def status_main(argv: Sequence[str] | None = None) -> int:
             return 1 if none_found or any(problem for _, _, problem in _read_rows(rows)) else 0
     except KeyboardInterrupt:
         return 0
-    except (ValueError, OSError, zmq.ZMQError) as exc:  # bad keys; sockets cannot be made
+    except (ValueError, OSError, zmq.ZMQError, ImportError) as exc:  # bad keys; sockets cannot be made
         print(f"freelance-status: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _serve_dashboard(args: argparse.Namespace, keys: KeyPair | None, trusted: frozenset[bytes] | None) -> int:
+    """``--serve``: the live web dashboard, until SIGTERM or Ctrl-C. Raises ValueError (bad
+    arguments, a token file that is not one), OSError, ImportError (no dashboard extra)."""
+    from .status import send_admin
+
+    try:
+        from .dashboard import run
+    except ImportError as exc:
+        raise ImportError(f"--serve needs the dashboard extra: pip install 'freelance_rz[dashboard]' ({exc})") from None
+    host, port = address("--serve", args.serve)
+    token = _read_token(args.token_file) if args.token_file else None
+    server_keys: dict[str, bytes | None] = {}
+    connected_key = next(iter(trusted)) if trusted and args.connect else None
+
+    def admin(endpoint: str, token: str, action: str, job_id: int) -> str | None:
+        return send_admin(endpoint, token, action, job_id, keys=keys,
+                          server_key=server_keys.get(endpoint, connected_key))
+
+    def ready(url: str) -> None:
+        print(f"freelance-status: dashboard at {url} ({'admin actions on' if token else 'read-only'})",
+              flush=True)
+
+    with ExitStack() as stack:
+        poll = _status_source(args, stack, keys, trusted, detail=True, server_keys=server_keys)
+        run(poll, admin, host=host, port=port, group=args.group, interval_s=args.interval,
+            token=token, ready=ready)
+    return 0
+
+
+def _read_token(path: str) -> str:
+    """The admin token in ``path`` (surrounding blanks dropped). Raises ValueError or OSError."""
+    with open(path, encoding="utf-8") as file:
+        token = file.read().strip()
+    if not 16 <= len(token) <= 256:
+        raise ValueError(f"--token-file {path}: the token must be 16 to 256 characters")
+    return token
 
 
 def keys_parser() -> argparse.ArgumentParser:

@@ -248,3 +248,11 @@ def address(name: str, value: Any, default_host: str = "127.0.0.1") -> tuple[str
     if colon and not host.strip("[]"):
         raise ValueError(f"{name}: empty HOST in {value!r}")
     return (host.strip("[]") if colon else default_host), int(port)
+
+
+def metrics_address(port: Any, host: Any) -> tuple[str, int] | None:
+    """``metrics_port`` and ``metrics_host`` (of a producer or a worker), checked: where to
+    serve metrics, or None. Raises TypeError or ValueError."""
+    port = integer("metrics_port", port, min_=0, max_=65535, allow_none=True)
+    host = string("metrics_host", host, min_chars=1)
+    return None if port is None else (host, port)

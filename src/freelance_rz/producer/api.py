@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ClassVar
 
-from .. import tracing
 from ..core import check as _check
 from ..core import payload as pl
 from ..core import wire as w
@@ -28,6 +27,8 @@ from ..core.ledger import Ledger, timeout_ms
 from ..discovery import resolve_interfaces
 from ..security import CurveServer, check_pair, load_keypair
 from ..tasks import task_name
+from ..tracing import active as tracing_active
+from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore
 from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
@@ -88,6 +89,8 @@ class Producer(Executor):
             one, see :attr:`metrics_url`); needs the ``metrics`` extra (``prometheus_client``).
             Every metric is in docs/operations.md. None: no endpoint.
 
+    :attr:`metrics_url` is the metrics endpoint's address once started (None without one).
+
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
     servers (workers) pull from the clients (producers), so there is no broker.
@@ -106,6 +109,8 @@ class Producer(Executor):
         freelance_rz.StoreError: the store is corrupt, of a newer schema, or in use.
     """
 
+    metrics_url: str | None = None  # set by start() when serving metrics
+
     def __init__(
         self,
         group: str = "default",
@@ -123,9 +128,7 @@ class Producer(Executor):
         secret_key: str | os.PathLike[str] | None = None,
         authorized_workers: str | os.PathLike[str] | None = None,
         max_connections: int | None = None,
-        admin_token: str | None = None,
-        metrics_port: int | None = None,
-        metrics_host: str = "127.0.0.1",
+        admin_token: str | None = None, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
     ) -> None:
         group = _check.group(group)
         interfaces = _check.strings("interfaces", interfaces, example="['192.168.1.20']", allow_none=True)
@@ -135,18 +138,12 @@ class Producer(Executor):
         max_attempts = _check.integer("max_attempts", max_attempts, min_=1, max_=_check.INT64_MAX)
         announce = _check.boolean("announce", announce)
         store = _check.path("store", store)
-        retention_s = _check.number("retention_s", retention_s, min_=0, unit="seconds", allow_none=True)
-        retention_count = _check.integer(
-            "retention_count", retention_count, min_=0, max_=_check.INT64_MAX, allow_none=True
-        )
+        retention_s, retention_count = _retention(retention_s, retention_count)
         max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
         on_event = _check.function("on_event", on_event)
-        admin_token = _check.string("admin_token", admin_token, min_chars=16, max_chars=w.TOKEN_MAX,
-                                    allow_none=True)
-        metrics_port = _check.integer("metrics_port", metrics_port, min_=0, max_=65535, allow_none=True)
-        metrics_host = _check.string("metrics_host", metrics_host, min_chars=1)
+        admin_token = _check.string("admin_token", admin_token, min_chars=16, max_chars=w.TOKEN_MAX, allow_none=True)
         curve = _curve_server(_check.path("secret_key", secret_key),
                               _check.path("authorized_workers", authorized_workers))
         self.group = group
@@ -156,8 +153,7 @@ class Producer(Executor):
         self.port = port
         self.announce = announce
         self.producer_id = uuid.uuid4().hex[:16]
-        self._metrics_at = None if metrics_port is None else (metrics_host, metrics_port)
-        self.metrics_url: str | None = None  # set by start() when serving metrics
+        self._metrics_at = _check.metrics_address(metrics_port, metrics_host)
         job_store, restored, first_id = None, None, 1
         if store is not None:
             job_store = JobStore(store, retention_s=retention_s, retention_count=retention_count)
@@ -312,8 +308,8 @@ class Producer(Executor):
         if not self._started:
             self.start()
         future = JobFuture(next(self._job_ids), self._on_cancel)
-        if tracing.active():  # a span per job, child of the caller's current span
-            future.span, future.traceparent = tracing.start_job_span(task, future.job_id)
+        if tracing_active():  # a span per job, child of the caller's current span
+            future.span, future.traceparent = start_job_span(task, future.job_id)
         recorded: Future[None] | None = Future() if self._durable else None
         with self._lock:
             if self._shutdown or not self._io.put(Submit(
@@ -485,6 +481,13 @@ class Producer(Executor):
 
     def _on_cancel(self, future: JobFuture) -> None:
         self._io.put(Cancel(future.job_id))
+
+
+def _retention(seconds: Any, count: Any) -> tuple[float | None, int | None]:
+    """``retention_s`` and ``retention_count``, checked. Raises TypeError or ValueError."""
+    seconds = _check.number("retention_s", seconds, min_=0, unit="seconds", allow_none=True)
+    count = _check.integer("retention_count", count, min_=0, max_=_check.INT64_MAX, allow_none=True)
+    return seconds, count
 
 
 def _answer_timeout(timeout_s: Any) -> float | None:

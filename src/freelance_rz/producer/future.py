@@ -9,10 +9,10 @@ from concurrent.futures import Future
 from concurrent.futures._base import PENDING
 from typing import Any, NamedTuple
 
-from .. import tracing
 from ..core import payload as pl
 from ..core.offer import Outcome
 from ..errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
+from ..tracing import end_job_span
 
 _CONDITION_LOCK = threading.Lock()
 
@@ -117,7 +117,7 @@ def resolve(future: JobFuture, outcome: Outcome, job_id: int) -> None:
             future.set_exception(exc)
     if future.span is not None:
         error = future.exception() if outcome.kind in ("failed", "dead") else None
-        tracing.end_job_span(future.span, outcome.kind, None if error is None else repr(error)[:200])
+        end_job_span(future.span, outcome.kind, None if error is None else repr(error)[:200])
         future.span = None
 
 
@@ -140,5 +140,5 @@ def close_future(future: JobFuture, pending: bool) -> None:
     elif not future.done():
         future.set_exception(ProducerClosed("the producer was closed before the job finished"))
     if future.span is not None:
-        tracing.end_job_span(future.span, "closed")
+        end_job_span(future.span, "closed")
         future.span = None

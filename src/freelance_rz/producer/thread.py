@@ -24,7 +24,6 @@ from typing import Any
 
 import zmq
 
-from .. import tracing
 from .._sockets import send_frames, set_keepalive
 from .._version import __version__
 from ..core import wire as w
@@ -35,6 +34,7 @@ from ..core.tally import Tally
 from ..discovery import Announcer, local_networks
 from ..errors import StoreError
 from ..security import CurveServer
+from ..tracing import ENABLED as TRACING
 from .future import JobEvent, JobFuture, JobProgress, close_future, resolve, stored_future
 from .journal import EventTap, StoreJournal, TallyTap, Wall
 from .report import Reporter
@@ -368,7 +368,7 @@ class _Loop:
                    "endpoints": list(thread.endpoints), "version": __version__},
             now=now, report=self.reporter.report, admin_token=s.admin_token,
             on_retry=None if thread.new_job_id is None else self.reporter.retry,
-            traceparent=self._traceparent if tracing.ENABLED else None,
+            traceparent=self._traceparent if TRACING else None,
         )
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.shed_logged_at = -3600.0

@@ -112,9 +112,7 @@ class Worker:
         self.max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
-        metrics_port = _check.integer("metrics_port", metrics_port, min_=0, max_=65535, allow_none=True)
-        metrics_host = _check.string("metrics_host", metrics_host, min_chars=1)
-        self._metrics_at = None if metrics_port is None else (metrics_host, metrics_port)
+        self._metrics_at = _check.metrics_address(metrics_port, metrics_host)
         self.metrics_url: str | None = None  # set by run() when serving metrics
         self._slots: list[Slot] = []
         self._peers: Peers | None = None
