@@ -54,6 +54,10 @@ class JobFuture(Future):  # type: ignore[type-arg]
     to another worker if its worker dies. And its lock (a Condition) is made on first use: a
     pending job's Future then costs about 230 bytes instead of 1.6 KB, and a producer may hold
     a million of them.
+
+    When tracing is active (docs/operations.md), ``span`` is the producer's span of the job
+    (ended when the Future resolves) and ``traceparent`` its W3C trace context, carried by the
+    JOB; both are None otherwise.
     """
 
     # the producer's trace span of the job and its W3C traceparent, set at submit when
