@@ -244,8 +244,10 @@ def report_latency(latencies: list[float], tmp_path) -> None:
 
 
 def test_dashboard_refuses_foreign_hosts_and_actions_without_token(processes, tmp_path):
+    """Read-only without a token, answers loopback Host names only, lists a producer that
+    never answers as down, logs JSON lines, and stops cleanly on SIGTERM."""
     dashboard = processes([*STATUS_CLI, "--connect", "tcp://127.0.0.1:9",
-                           "--serve", "127.0.0.1:0", "--interval", "0.5"])
+                           "--serve", "127.0.0.1:0", "--interval", "0.5", "--log-format", "json"])
     line = dashboard.stdout.readline()
     url = line.split("dashboard at ", 1)[1].split()[0]
     assert "read-only" in line
@@ -261,3 +263,9 @@ def test_dashboard_refuses_foreign_hosts_and_actions_without_token(processes, tm
     state = wait_for(lambda: json.load(urllib.request.urlopen(url + "api/state", timeout=10))["producers"],
                      20, "the unreachable producer listed")
     assert state[0]["up"] is False and state[0]["error"]
+    dashboard.send_signal(signal.SIGTERM)  # a clean stop, and its log as JSON lines
+    assert dashboard.wait(20) == 0
+    lines = [json.loads(line) for line in dashboard.stdout.read().splitlines() if line.startswith("{")]
+    [down] = [line for line in lines if line["message"].startswith("producer ")]
+    assert down["level"] == "WARNING" and down["component"] == "dashboard"
+    assert down["endpoint"] == "tcp://127.0.0.1:9" and "down" in down["message"]
