@@ -32,9 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import traceback
 import uuid
 from concurrent.futures import wait
@@ -228,25 +226,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Scraper(threading.Thread):
-    """Scrapes metrics endpoints every SCRAPE_EVERY_S until :meth:`finish` (as Prometheus
-    would, more often); counts the scrapes that worked."""
+SCRAPER = """
+import signal, sys, time, urllib.request
+scrapes = 0
+def done(*_):
+    print(scrapes, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+while True:
+    time.sleep(float(sys.argv[1]))
+    for url in sys.argv[2:]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            scrapes += b"freelance_rz_" in response.read()
+"""
+
+
+class Scraper:
+    """Scrapes metrics endpoints every SCRAPE_EVERY_S from a process of its own, as
+    Prometheus would (more often), until :meth:`finish`, which returns how many scrapes
+    worked."""
 
     def __init__(self, urls: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.urls, self.scrapes, self._done = urls, 0, threading.Event()
-        self.start()
+        self.proc = subprocess.Popen([PY, "-c", SCRAPER, str(SCRAPE_EVERY_S), *urls],
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
 
-    def run(self) -> None:
-        while not self._done.wait(SCRAPE_EVERY_S):
-            for url in self.urls:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if b"freelance_rz_" in response.read():
-                        self.scrapes += 1
-
-    def finish(self) -> None:
-        self._done.set()
-        self.join(10)
+    def finish(self) -> int:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        self.scrapes = int(out.strip() or 0)
+        return self.scrapes
 
 
 def s1(root: Path) -> list[Row]:
@@ -630,7 +638,8 @@ def s6(root: Path) -> list[Row]:
 
 # --- MX: metrics on ÷ off (S1 throughput, S6 latency), same run ----------------------------
 
-MX_PAIRS = 3  # off/on pairs, interleaved so drifting load on the host hits both alike
+MX_PAIRS = 4  # off/on pairs, interleaved and in alternating order, so drifting load on the
+# host and one run's teardown hit both alike
 
 
 def mx(root: Path) -> list[Row]:
@@ -638,12 +647,14 @@ def mx(root: Path) -> list[Row]:
     try:
         s1_off, s1_on = [], []
         for i in range(MX_PAIRS):
-            s1_off.append(_s1_frz(run, f"mx{i}off"))
-            s1_on.append(_s1_frz(run, f"mx{i}on", metrics=True))
+            for metrics in (False, True) if i % 2 == 0 else (True, False):
+                time.sleep(0.5)  # the previous run's processes gone
+                (s1_on if metrics else s1_off).append(_s1_frz(run, f"mx{i}{int(metrics)}", metrics=metrics))
         lat_off: list[float] = []
         lat_on: list[float] = []
         for i in range(MX_PAIRS):
-            for metrics, into in ((False, lat_off), (True, lat_on)):
+            for metrics, into in ((False, lat_off), (True, lat_on))[:: 1 if i % 2 == 0 else -1]:
+                time.sleep(0.5)
                 group = new_group(f"mx6{i}{int(metrics)}")
                 port = free_port()
                 prod = run.producer(group, **({"metrics_port": 0} if metrics else {}))
@@ -661,6 +672,7 @@ def mx(root: Path) -> list[Row]:
         run.close()
     ms, p = 1000.0, percentile
     on, off = statistics.median(s1_on), statistics.median(s1_off)
+    print(f"MX S1 jobs/s, metrics off: {[round(x) for x in s1_off]}, on: {[round(x) for x in s1_on]}")
     return [
         Row("MX", "S1 jobs/s, metrics on (baseline col.: off)", on, off, "ratio ≥ 0.95",
             ("ratio", ">=", 0.95)),
