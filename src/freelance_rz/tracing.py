@@ -15,6 +15,7 @@ OpenTelemetry messaging conventions (a producer span, a consumer span, linked by
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,13 +29,27 @@ except ImportError:  # the extra is not installed: tracing is off
 
 ENABLED = trace is not None
 SYSTEM = "freelance_rz"  # messaging.system of every span
+RECHECK_S = 1.0  # without a tracer provider, look for one again at most this often (seconds)
 _PROPAGATOR: Any = TraceContextTextMapPropagator() if ENABLED else None
+_active = False
+_checked_at = -RECHECK_S
 
 
 def active() -> bool:
-    """Whether spans would be recorded: the API is installed and a real tracer provider is
-    set (the API's default proxy, before one is, records nothing). Cheap: checked per job."""
-    return ENABLED and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    """Whether spans would be recorded: the API is installed and a tracer provider is set
+    (the API's default proxy, before one is, records nothing). Checked on every submit, so
+    it is cheap: a provider, once set, cannot be replaced, so a yes is kept; a no is looked at
+    again after RECHECK_S (asking the API costs microseconds), so jobs are traced from at
+    most a second after the application sets its provider."""
+    global _active, _checked_at
+    if _active or not ENABLED:
+        return _active
+    now = time.monotonic()
+    if now - _checked_at < RECHECK_S:
+        return False
+    _checked_at = now
+    _active = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _active
 
 
 def start_job_span(task: str, job_id: int) -> tuple[Any, str | None]:
