@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ..errors import ProtocolError
 from .payload import unpack_error
@@ -76,19 +76,17 @@ class TaskTally:
         self.active_at = now  # when a job of it last changed state
 
 
-class _Live:
-    """A live job as the tally sees it: its task's tally, since when it is in its state,
-    the routing id of the worker holding its lease (None: pending), and its call payload (a
-    reference to the ledger's bytes, for a retry)."""
-
-    __slots__ = ("tally", "since", "worker", "call", "attempt")
-
-    def __init__(self, tally: TaskTally, since: float, call: bytes) -> None:
-        self.tally = tally
-        self.since = since
-        self.worker: bytes | None = None
-        self.call = call
-        self.attempt = 1
+# A live job as the tally sees it, a plain tuple (TASK, SINCE, WORKER, ATTEMPT, CALL): its
+# task's name, since when it is in its state, the routing id of the worker holding its lease
+# (None: pending), the attempt, and its call payload (a reference to the ledger's bytes, for a
+# retry). A plain tuple of plain values, so the garbage collector stops tracking it: a million
+# pending jobs add nothing to its passes (a class instance or a named tuple would).
+_Live = tuple[str, float, bytes | None, int, bytes]
+TASK: Final = 0
+SINCE: Final = 1
+WORKER: Final = 2
+ATTEMPT: Final = 3
+CALL: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,38 +134,38 @@ class Tally:
             tally.counts["submitted"] += 1
         tally.counts["pending"] += 1
         tally.active_at = now
-        self.live[job_id] = _Live(tally, now, call)
+        self.live[job_id] = (tally.name, now, None, 1, call)
 
     def lease(self, job_id: int, worker: bytes, attempt: int, now: float) -> None:
         """A pending job was leased to ``worker`` (routing id): its wait ends."""
         job = self.live.get(job_id)
         if job is None:
             return
-        tally = job.tally
+        tally = self.tasks[job[TASK]]
         counts = tally.counts
         counts["pending"] -= 1
         counts["leased"] += 1
-        waited, wait = now - job.since, tally.wait  # Histogram.observe, inlined: the hot path
+        waited, wait = now - job[SINCE], tally.wait  # Histogram.observe, inlined: the hot path
         wait.counts[bisect.bisect_left(BUCKETS_S, waited)] += 1
         wait.sum += waited
-        tally.active_at = job.since = now
-        job.worker = worker
-        job.attempt = attempt
+        tally.active_at = now
+        self.live[job_id] = (job[TASK], now, worker, attempt, job[CALL])
         self.running[job_id] = None
 
     def back(self, job_id: int, now: float, *, retried: bool) -> None:
         """A leased job is pending again: its lease was given back unused (release) or lost
         (``retried``: it will be tried again)."""
         job = self.live.get(job_id)
-        if job is None or job.worker is None:
+        if job is None or job[WORKER] is None:
             return
-        counts = job.tally.counts
+        tally = self.tasks[job[TASK]]
+        counts = tally.counts
         counts["leased"] -= 1
         counts["pending"] += 1
         if retried:
             counts["retried"] += 1
-        job.tally.active_at = job.since = now
-        job.worker = None
+        tally.active_at = now
+        self.live[job_id] = (job[TASK], now, None, job[ATTEMPT], job[CALL])
         self.running.pop(job_id, None)
 
     def finish(self, job_id: int, state: str, payload: bytes, now: float) -> None:
@@ -176,22 +174,23 @@ class Tally:
         job = self.live.pop(job_id, None)
         if job is None:
             return
-        counts = job.tally.counts
-        if job.worker is None:
+        tally = self.tasks[job[TASK]]
+        counts = tally.counts
+        if job[WORKER] is None:
             counts["pending"] -= 1
         else:
             counts["leased"] -= 1
             self.running.pop(job_id, None)
             if state == "done" or state == "failed":
-                ran, run = now - job.since, job.tally.run
+                ran, run = now - job[SINCE], tally.run
                 run.counts[bisect.bisect_left(BUCKETS_S, ran)] += 1
                 run.sum += ran
         counts[state] += 1
-        job.tally.active_at = now
+        tally.active_at = now
         if state in ("failed", "dead"):
             self.failures.append(Failure(
-                job_id, job.tally.name, state, now, job.worker, job.attempt,
-                payload if state == "failed" else b"", job.call,
+                job_id, job[TASK], state, now, job[WORKER], job[ATTEMPT],
+                payload if state == "failed" else b"", job[CALL],
             ))
 
     def explain(self, job_id: int, reason: str) -> None:
@@ -229,7 +228,7 @@ class Tally:
             if len(out) >= limit:
                 break
             job = self.live[job_id]
-            out.append((job_id, job.tally.name, job.since))
+            out.append((job_id, job[TASK], job[SINCE]))
         return out
 
 
