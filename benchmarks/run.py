@@ -5,10 +5,11 @@
 
 Scenarios: S1-S6 (DESIGN §6), M1 (1,000,000 pending jobs: memory per job, claim rate at 10^6
 vs 10^3 pending), P20 (one worker polling 20 producers, S6 latency), W50 (50 worker processes
-on one producer, S6 latency; ~20 s). All run by default (about 3 minutes with --repeat 1).
-S8 (fleet scale: one producer with 500 simulated parked workers, one worker polling 100
-producers, each against its 10x smaller run; benchmarks/fleet.py; about 2 minutes) runs when
-named: --scenarios S8.
+on one producer, S6 latency; ~20 s), MX (S1 and S6 with Prometheus metrics on ÷ off, same
+run: producer and workers serving /metrics, scraped every 0.25 s). All run by default (about
+4 minutes with --repeat 1). S8 (fleet scale: one producer with 500 simulated parked workers,
+one worker polling 100 producers, each against its 10x smaller run; benchmarks/fleet.py;
+about 2 minutes) runs when named: --scenarios S8.
 
 The baseline is what freelance_rz replaces: a PUSH socket spreading jobs round-robin into
 worker processes' mailboxes (PULL), results back over PUSH/PULL, tasks run inline; plus raw
@@ -56,7 +57,7 @@ from freelance_rz import Producer  # noqa: E402
 
 LOOP = ["127.0.0.1"]
 PY = sys.executable
-DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "M1", "P20", "W50"]
+DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "M1", "P20", "W50", "MX"]
 ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "S8"]
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 
@@ -192,23 +193,70 @@ def reqrep_rate(run: Run, n: int = 10000) -> float:
         sock.close(0)
 
 
-def _s1_frz(run: Run, tag: str, **producer_kw) -> float:
-    """S1 on freelance_rz: jobs/s over S1_JOBS trivial jobs, two warmed-up workers."""
+def _s1_frz(run: Run, tag: str, metrics: bool = False, **producer_kw) -> float:
+    """S1 on freelance_rz: jobs/s over S1_JOBS trivial jobs, two warmed-up workers; with
+    ``metrics``, the producer and both workers serve /metrics, scraped every SCRAPE_EVERY_S."""
     group = new_group(tag)
-    prod = run.producer(group, **producer_kw)
-    run.worker(f"{tag}-w1", group)
-    run.worker(f"{tag}-w2", group)
+    prod = run.producer(group, **producer_kw, **({"metrics_port": 0} if metrics else {}))
+    ports = [free_port(), free_port()] if metrics else []
+    for i, port in enumerate(ports or [None, None]):
+        run.worker(f"{tag}-w{i + 1}", group, extra=("--metrics-port", f"127.0.0.1:{port}") if port else ())
     prod.start()
     warm_up(prod, [f"{tag}-w1", f"{tag}-w2"])
     for f in [prod.submit("benchtasks:inc", i) for i in range(200)]:
         f.result(10)
+    scraper = Scraper([prod.metrics_url, *(f"http://127.0.0.1:{p}/metrics" for p in ports)]) if metrics else None
     t0 = time.perf_counter()
     futures = [prod.submit("benchtasks:inc", i) for i in range(S1_JOBS)]
     wait(futures, timeout=60)
     t1 = time.perf_counter()
+    if scraper is not None:
+        scraper.finish()
     assert all(f.result(0) == i + 1 for i, f in enumerate(futures))
     prod.close(timeout_s=5)
     return S1_JOBS / (t1 - t0)
+
+
+SCRAPE_EVERY_S = 0.25  # Prometheus scrapes every 15 s by default: this is 60 times harsher
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+SCRAPER = """
+import signal, sys, time, urllib.request
+scrapes = 0
+def done(*_):
+    print(scrapes, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+while True:
+    time.sleep(float(sys.argv[1]))
+    for url in sys.argv[2:]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            scrapes += b"freelance_rz_" in response.read()
+"""
+
+
+class Scraper:
+    """Scrapes metrics endpoints every SCRAPE_EVERY_S from a process of its own, as
+    Prometheus would (more often), until :meth:`finish`, which returns how many scrapes
+    worked."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.proc = subprocess.Popen([PY, "-c", SCRAPER, str(SCRAPE_EVERY_S), *urls],
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def finish(self) -> int:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        self.scrapes = int(out.strip() or 0)
+        return self.scrapes
 
 
 def s1(root: Path) -> list[Row]:
@@ -590,6 +638,52 @@ def s6(root: Path) -> list[Row]:
     ]
 
 
+# --- MX: metrics on ÷ off (S1 throughput, S6 latency), same run ----------------------------
+
+MX_PAIRS = 4  # off/on pairs, interleaved and in alternating order, so drifting load on the
+# host and one run's teardown hit both alike
+
+
+def mx(root: Path) -> list[Row]:
+    run = Run(root, "MX")
+    try:
+        s1_off, s1_on = [], []
+        for i in range(MX_PAIRS):
+            for metrics in (False, True) if i % 2 == 0 else (True, False):
+                time.sleep(0.5)  # the previous run's processes gone
+                (s1_on if metrics else s1_off).append(_s1_frz(run, f"mx{i}{int(metrics)}", metrics=metrics))
+        lat_off: list[float] = []
+        lat_on: list[float] = []
+        for i in range(MX_PAIRS):
+            for metrics, into in ((False, lat_off), (True, lat_on))[:: 1 if i % 2 == 0 else -1]:
+                time.sleep(0.5)
+                group = new_group(f"mx6{i}{int(metrics)}")
+                port = free_port()
+                prod = run.producer(group, **({"metrics_port": 0} if metrics else {}))
+                extra = ("--metrics-port", f"127.0.0.1:{port}") if metrics else ()
+                run.worker(f"mx6-{i}-{int(metrics)}", group, extra=extra)
+                prod.start()
+                warm_up(prod, [f"mx6-{i}-{int(metrics)}"])
+                scraper = Scraper([prod.metrics_url, f"http://127.0.0.1:{port}/metrics"]) if metrics else None
+                into.extend(frz_latencies(prod))
+                if scraper is not None:
+                    scraper.finish()
+                    assert scraper.scrapes > 0
+                prod.close(timeout_s=5)
+    finally:
+        run.close()
+    ms, p = 1000.0, percentile
+    on, off = statistics.median(s1_on), statistics.median(s1_off)
+    print(f"MX S1 jobs/s, metrics off: {[round(x) for x in s1_off]}, on: {[round(x) for x in s1_on]}")
+    return [
+        Row("MX", "S1 jobs/s, metrics on (baseline col.: off)", on, off, "ratio ≥ 0.95",
+            ("ratio", ">=", 0.95)),
+        Row("MX", "S6 p50 ms, metrics on (baseline col.: off)", p(lat_on, 50) * ms, p(lat_off, 50) * ms,
+            "ratio ≤ 1.05", ("ratio", "<=", 1.05)),
+        Row("MX", "S6 p99 ms, metrics on (baseline col.: off)", p(lat_on, 99) * ms, p(lat_off, 99) * ms),
+    ]
+
+
 def p20(root: Path) -> list[Row]:
     run = Run(root, "P20")
     try:
@@ -785,7 +879,7 @@ def s8(root: Path) -> list[Row]:
 
 
 SCENARIOS = {"S1": s1, "S2": s2, "S3": s3, "S4": s4, "S5": s5, "S6": s6, "M1": m1,
-             "P20": p20, "W50": w50, "S8": s8}
+             "P20": p20, "W50": w50, "S8": s8, "MX": mx}
 
 
 # --- aggregation and output -----------------------------------------------------------------

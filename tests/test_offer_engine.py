@@ -3,7 +3,9 @@ several simulated workers (claims, results that carry claims, beats, declines, w
 claims, crashes), the application (submits, cancels) and the clock, and checks after every
 step: no job leased to two workers at once, every claim answered at most once and only while
 it is outstanding, no worker handed more jobs than it claimed, every job either live or
-resolved exactly once, and the counts adding up."""
+resolved exactly once, the counts adding up, and the per-task tally (fed by the ledger's
+journal, as on a producer) agreeing with the ledger. Operators' ADMIN cancels, with the right
+token or a wrong one, are among the steps."""
 
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ from freelance_rz.core import payload as pl
 from freelance_rz.core import wire as w
 from freelance_rz.core.ledger import JobState, Ledger
 from freelance_rz.core.offer import OfferEngine, Outcome
+from freelance_rz.core.tally import Tally
+from freelance_rz.producer.journal import TallyTap
 
 WORKERS = [f"w{i}".encode() for i in range(4)]
 LEASE_S = 1.0
 MAX_ATTEMPTS = 2
+TOKEN = "admin-token-0123456789"
+TASKS = ["m:f", "m:g"]
 
 
 def frames(identity: bytes, msg: w.Message) -> list[bytes]:
@@ -52,11 +58,15 @@ class OfferMachine(RuleBasedStateMachine):
         self.kinds: dict[int, str] = {}
         self.cancelled_by_app: set[int] = set()
         self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS, rng=random.Random(0))
+        self.tally = Tally()
+        self.ledger.journal = TallyTap(self.ledger.journal, self.tally, self)  # self.now: the wall
         self.engine = OfferEngine(
             self.ledger, send=self.send, on_outcome=self.outcome, on_progress=lambda *a: None,
             max_payload=w.DEFAULT_MAX_PAYLOAD, facts={}, durable=False,
             wanted=lambda job_id: job_id not in self.cancelled_by_app, now=self.now,
+            admin_token=TOKEN,
         )
+        self.tasks: dict[int, str] = {}
         self.workers = {identity: SimWorker(n) for identity, n in zip(WORKERS, slots, strict=True)}
         self.next_job = 1
         self.next_rid = 1
@@ -66,7 +76,7 @@ class OfferMachine(RuleBasedStateMachine):
 
     def send(self, identity, msg):
         self.replies.append((identity, msg))
-        return self.workers[identity].alive
+        return identity not in self.workers or self.workers[identity].alive
 
     def outcome(self, job_id, outcome: Outcome):
         self.outcomes[job_id] += 1
@@ -103,11 +113,32 @@ class OfferMachine(RuleBasedStateMachine):
 
     # --- the application --------------------------------------------------------------------
 
-    @rule(priority=st.integers(-1, 1))
-    def submit(self, priority):
+    @rule(priority=st.integers(-1, 1), task=st.sampled_from(TASKS))
+    def submit(self, priority, task):
         job_id, self.next_job = self.next_job, self.next_job + 1
-        self.engine.submit(job_id, pl.pack_call("m:f", [job_id], {}), max_attempts=None,
+        self.tasks[job_id] = task
+        self.engine.submit(job_id, pl.pack_call(task, [job_id], {}), max_attempts=None,
                            priority=priority, timeout_ms=None)
+
+    @precondition(lambda self: self.next_job > 1)
+    @rule(data=st.data(), good_token=st.booleans())
+    def admin_cancel(self, data, good_token):
+        """An operator cancels a job over the wire: done with the token (if the job is live),
+        refused with ERR 5 without it, and the job untouched."""
+        job_id = data.draw(st.integers(1, self.next_job - 1))
+        live = job_id in self.ledger
+        rid = self.rid()
+        self.engine.receive(frames(b"admin", w.Admin(
+            rid=rid, token=TOKEN if good_token else "wrong", action="cancel", job_id=job_id,
+        )), self.now)
+        identity, reply = self.replies.pop()
+        assert identity == b"admin"
+        if good_token and live:
+            assert isinstance(reply, w.Ack) and self.kinds[job_id] == "cancelled"
+        else:
+            assert isinstance(reply, w.Err) and reply.code == (w.E_INVALID if good_token else w.E_DENIED)
+            assert (job_id in self.ledger) == live
+        self.deliver()
         self.engine.tick(self.now)
         self.deliver()
 
@@ -243,6 +274,21 @@ class OfferMachine(RuleBasedStateMachine):
         assert counts[JobState.CANCELLED] == finished["cancelled"]
         assert counts[JobState.DEAD] == finished["dead"]
         assert counts[JobState.FAILED] == finished["failed"]
+
+    @invariant()
+    def tally_agrees_with_ledger(self):
+        """Per task, the tally's live and finished counts add up to the ledger's; its running
+        jobs are the leased ones; every lease and every run is in a histogram."""
+        counts = self.ledger.counts
+        for state in JobState:
+            assert sum(t.counts[state.value] for t in self.tally.tasks.values()) == counts[state]
+        for name, tally in self.tally.tasks.items():
+            assert tally.counts["submitted"] == sum(1 for t in self.tasks.values() if t == name)
+            assert sum(tally.wait.counts) >= tally.counts["leased"]
+            assert sum(tally.run.counts) <= tally.counts["done"] + tally.counts["failed"]
+        leased = {job.job_id for job in self.ledger._jobs.values() if job.state is JobState.LEASED}
+        assert set(self.tally.running) == leased
+        assert set(self.tally.live) == set(self.ledger._jobs)
 
     @invariant()
     def parked_claims_are_outstanding(self):

@@ -24,7 +24,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .core.check import address
 from .core.text import clean
+from .logfmt import add_fixed_fields
+from .logfmt import configure as configure_logging
 from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
 from .sources import RESOLVE_EVERY_S
@@ -72,6 +75,14 @@ def _add_producer_source(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text",
+        help="json: one JSON object per line (ts, level, logger, message, and job_id, task, "
+        "producer, worker where known), for log shippers (default: %(default)s)",
+    )
+
+
 def worker_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freelance-worker",
@@ -114,6 +125,12 @@ def worker_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
     )
+    _add_log_format(parser)
+    parser.add_argument(
+        "--metrics-port", metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default 127.0.0.1; "
+        "needs the metrics extra)",
+    )
     return parser
 
 
@@ -144,23 +161,26 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not _has_source(args):
         parser.error(_NO_SOURCE)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     _raise_open_file_limit()
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as with `python -m`: the current directory imports
     try:
+        metrics_host, metrics_port = (
+            ("127.0.0.1", None) if args.metrics_port is None else address("--metrics-port", args.metrics_port)
+        )
         worker = Worker(
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
             slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
             key=args.key, trust=args.trust, max_payload_bytes=args.max_payload_bytes,
             discover_dns=args.discover_dns or (), connect_file=args.connect_file,
             resolve_every_s=args.resolve_every_s, health_file=args.health_file,
+            metrics_port=metrics_port, metrics_host=metrics_host,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
         return 2
+    add_fixed_fields({"worker": worker.name})
 
     stops = 0
 
@@ -212,6 +232,17 @@ def status_parser() -> argparse.ArgumentParser:
         "--max-age-s", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
         help="with --health-file: older than this is unhealthy (default: %(default)s)",
     )
+    parser.add_argument(
+        "--serve", metavar="[HOST:]PORT",
+        help="serve a live web dashboard at http://HOST:PORT/ (HOST default 127.0.0.1; needs "
+        "the dashboard extra), polling every --interval seconds, with Prometheus metrics at /metrics",
+    )
+    parser.add_argument(
+        "--token-file", metavar="PATH",
+        help="with --serve: a file holding the admin token (16+ characters, as the producers' "
+        "admin_token); the page may then cancel jobs and retry failures. Default: read-only",
+    )
+    _add_log_format(parser)
     return parser
 
 
@@ -346,12 +377,14 @@ def _status_keys(args: argparse.Namespace) -> tuple[KeyPair | None, dict[bytes, 
 
 def _status_source(
     args: argparse.Namespace, stack: ExitStack, keys: KeyPair | None, trusted: dict[bytes, str] | None,
+    detail: bool = False, server_keys: dict[str, bytes | None] | None = None,
 ) -> Callable[[], list[dict[str, Any]]]:
     """A function asking the producers for their STATUS (rows as :func:`query_status` gives
-    them): the ``--connect`` endpoints (a name: each of its addresses), in order, then the
-    producers found by ``--discover`` (a producer finder is entered on ``stack`` and listens
-    for ``--wait`` seconds first), ``--discover-dns`` and ``--connect-file``, with a row of
-    its own (``endpoint``, ``error``) for each one these CURVE settings cannot talk to.
+    them; ``detail``: the detailed one): the ``--connect`` endpoints (a name: each of its
+    addresses), in order, then the producers found by ``--discover`` (a producer finder is
+    entered on ``stack`` and listens for ``--wait`` seconds first), ``--discover-dns`` and
+    ``--connect-file``, with a row of its own (``endpoint``, ``error``) for each one these CURVE
+    settings cannot talk to; each asked producer's public key is noted in ``server_keys``.
     Raises OSError or zmq.ZMQError (sockets), ValueError or ImportError (``--discover-dns``)."""
     from .discovery import resolve_interfaces
     from .dnssd import DnsSdSource
@@ -375,8 +408,11 @@ def _status_source(
         asked = {endpoint for endpoint, _ in targets}
         usable, refused = vet_producers([f for f in found if f[0] not in asked], keys, trusted_set)
         targets += list(dict.fromkeys(usable))
-        endpoints, server_keys = [ep for ep, _ in targets], [pk for _, pk in targets]
-        return query_status(endpoints, keys=keys, server_keys=server_keys) + rows + key_rows + refused
+        if server_keys is not None:
+            server_keys.update(targets)
+        endpoints, public_keys = [ep for ep, _ in targets], [pk for _, pk in targets]
+        return (query_status(endpoints, keys=keys, server_keys=public_keys, detail=detail)
+                + rows + key_rows + refused)
 
     return snapshot
 
@@ -415,12 +451,17 @@ def status_main(argv: Sequence[str] | None = None) -> int:
         parser.error(_NO_SOURCE + " (or --check --health-file)")
     if args.check and args.watch:
         parser.error("--check and --watch do not go together")
-    logging.basicConfig(level=logging.WARNING)
+    if args.serve is None:
+        configure_logging(logging.WARNING, args.log_format)
+    else:
+        configure_logging(logging.INFO, args.log_format, {"component": "dashboard"})
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
     try:
         if args.check:
             return _check(args)
         keys, trusted = _status_keys(args)
+        if args.serve is not None:
+            return _serve_dashboard(args, keys, trusted)
         with ExitStack() as stack:
             snapshot = _status_source(args, stack, keys, trusted)
             rows = snapshot()
@@ -459,6 +500,42 @@ def _check(args: argparse.Namespace) -> int:
     healthy = all(ok for ok, _ in results)
     print("; ".join(line for ok, line in results if healthy or not ok))
     return 0 if healthy else 1
+
+
+def _serve_dashboard(args: argparse.Namespace, keys: KeyPair | None, trusted: dict[bytes, str] | None) -> int:
+    """``--serve``: the live web dashboard, until SIGTERM or Ctrl-C. Raises ValueError (bad
+    arguments, a token file that is not one), OSError, ImportError (no dashboard extra)."""
+    from .status import send_admin
+
+    try:
+        from .dashboard import run
+    except ImportError as exc:
+        raise ImportError(f"--serve needs the dashboard extra: pip install 'freelance_rz[dashboard]' ({exc})") from None
+    host, port = address("--serve", args.serve)
+    token = _read_token(args.token_file) if args.token_file else None
+    server_keys: dict[str, bytes | None] = {}  # each polled producer's key, noted by the poll
+
+    def admin(endpoint: str, token: str, action: str, job_id: int) -> str | None:
+        return send_admin(endpoint, token, action, job_id, keys=keys, server_key=server_keys.get(endpoint))
+
+    def ready(url: str) -> None:
+        print(f"freelance-status: dashboard at {url} ({'admin actions on' if token else 'read-only'})",
+              flush=True)
+
+    with ExitStack() as stack:
+        poll = _status_source(args, stack, keys, trusted, detail=True, server_keys=server_keys)
+        run(poll, admin, host=host, port=port, group=args.group, interval_s=args.interval,
+            token=token, ready=ready)
+    return 0
+
+
+def _read_token(path: str) -> str:
+    """The admin token in ``path`` (surrounding blanks dropped). Raises ValueError or OSError."""
+    with open(path, encoding="utf-8") as file:
+        token = file.read().strip()
+    if not 16 <= len(token) <= 256:
+        raise ValueError(f"--token-file {path}: the token must be 16 to 256 characters")
+    return token
 
 
 def keys_parser() -> argparse.ArgumentParser:

@@ -170,13 +170,15 @@ def read_info(info: Mapping[str, Any]) -> ProducerInfo:
 
 def query_status(
     endpoints: Sequence[str], timeout_s: float = 1.0, *, keys: KeyPair | None = None,
-    server_keys: Sequence[bytes | None] = (),
+    server_keys: Sequence[bytes | None] = (), detail: bool = False,
 ) -> list[dict[str, Any]]:
     """STATUS of each producer endpoint, asked in parallel.
 
     Args:
         endpoints: producer endpoints, e.g. ``["tcp://127.0.0.1:5555"]``.
         timeout_s: seconds to wait for the answers.
+        detail: ask for the detailed reply (per-task counts, running jobs, failures); a
+            producer that predates it answers the short one.
         keys, server_keys: for producers that require CURVE: this client's key pair (its
             public key must be in their ``authorized_workers``) and each endpoint's producer
             public key, in order (None for a producer without CURVE).
@@ -211,7 +213,7 @@ def query_status(
             except zmq.ZMQError as exc:  # one bad endpoint is a row, never the end
                 answers[i] = {"error": f"cannot connect to this endpoint: {exc.strerror}"}
                 continue
-            send_frames(sock, p.encode(p.Status(rid=1)))
+            send_frames(sock, p.encode(p.Status(rid=1, detail=detail or None)))
             poller.register(sock, zmq.POLLIN)
             asking[sock] = i
         deadline = time.monotonic() + timeout_s
@@ -238,6 +240,46 @@ def query_status(
             monitor.close()
             sock.close()
     return [{**answers[i], "endpoint": endpoint} for i, endpoint in enumerate(endpoints)]
+
+
+def send_admin(
+    endpoint: str, token: str, action: str, job_id: int, timeout_s: float = 2.0, *,
+    keys: KeyPair | None = None, server_key: bytes | None = None,
+) -> str | None:
+    """Ask a producer to ``cancel`` a live job or ``retry`` a recent failure (the ADMIN verb,
+    allowed by the producer's ``admin_token``).
+
+    Returns:
+        None when the producer did it, else why not (its ERR message, or that it did not
+        answer within ``timeout_s`` seconds).
+
+    Raises:
+        zmq.ZMQError: a socket cannot be made.
+    """
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, p.CONTROL_MAX_BYTES)
+    try:
+        if keys is not None and server_key is not None:
+            make_curve_client(sock, keys, server_key)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            return f"cannot connect to {endpoint}: {exc.strerror}"
+        send_frames(sock, p.encode(p.Admin(rid=1, token=token, action=action, job_id=job_id)))
+        if not sock.poll(int(timeout_s * 1000)):
+            return f"no answer from {endpoint} within {timeout_s:g} s"
+        try:
+            reply = p.decode_reply(sock.recv_multipart())
+        except ProtocolError as exc:
+            return f"bad reply: {exc.message}"
+        if isinstance(reply, p.Ack):
+            return None
+        if isinstance(reply, p.Err):
+            return clean(reply.message)
+        return f"unexpected {type(reply).__name__}"
+    finally:
+        sock.close()
 
 
 def _drain(monitor: zmq.Socket[bytes]) -> list[int]:

@@ -231,3 +231,28 @@ def group(value: Any) -> str:
     """
     checked: str = string("group", value, min_chars=1, max_chars=GROUP_MAX_CHARS)
     return checked
+
+
+def address(name: str, value: Any, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``[HOST:]PORT`` (e.g. ``--metrics-port``, ``--serve``) as ``(host, port)``; a bare port
+    listens on ``default_host``. Port 0 picks a free one.
+
+    Raises:
+        ValueError: not a str, PORT not in 0..65535, or an empty HOST.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be [HOST:]PORT, got {value!r}")
+    host, colon, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{name} must be [HOST:]PORT with PORT in 0..65535, got {value!r}")
+    if colon and not host.strip("[]"):
+        raise ValueError(f"{name}: empty HOST in {value!r}")
+    return (host.strip("[]") if colon else default_host), int(port)
+
+
+def metrics_address(port: Any, host: Any) -> tuple[str, int] | None:
+    """``metrics_port`` and ``metrics_host`` (of a producer or a worker), checked: where to
+    serve metrics, or None. Raises TypeError or ValueError."""
+    port = integer("metrics_port", port, min_=0, max_=65535, allow_none=True)
+    host = string("metrics_host", host, min_chars=1)
+    return None if port is None else (host, port)

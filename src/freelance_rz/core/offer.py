@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import ProtocolError
 from . import payload as pl
 from . import wire as w
+from .admin import AdminDesk
 from .ledger import Expired, JobState, Ledger
 from .parked import ParkedClaims
 from .text import clean, worker_label
@@ -75,6 +76,12 @@ class OfferEngine:
         wanted: ``wanted(job_id)`` is False for a job whose cancellation is on its way from
             the application: such a job is cancelled instead of leased.
         now: the time it starts, monotonic seconds.
+        report: ``report(now, detail)`` gives STATUS entries the engine does not keep (open
+            connections; with ``detail``, the tally's per-task counts, running jobs, failures).
+        traceparent: ``traceparent(job_id)``, the W3C trace context a JOB carries, or None.
+        admin_token: the token an ADMIN request must carry (None: ADMIN is refused).
+        on_retry: ``on_retry(job_id, now)`` submits a recent failure again (ADMIN retry);
+            returns the new job's id, or None when ``job_id`` is no recent failure.
     """
 
     def __init__(
@@ -82,13 +89,18 @@ class OfferEngine:
         on_outcome: Callable[[int, Outcome], None],
         on_progress: Callable[[int, tuple[float, float | None, str]], None],
         max_payload: int, facts: dict[str, Any], durable: bool, wanted: Callable[[int], bool],
-        now: float,
+        now: float, report: Callable[[float, bool], dict[str, Any]] | None = None,
+        traceparent: Callable[[int], str | None] | None = None, admin_token: str | None = None,
+        on_retry: Callable[[int, float], int | None] | None = None,
     ) -> None:
         self.ledger = ledger
         self._send_reply = send
         self._on_outcome = on_outcome
         self._on_progress = on_progress
         self._wanted = wanted
+        self._report = report
+        self._traceparent = traceparent
+        self.admin = AdminDesk(admin_token, ledger.state, self.cancel, on_retry)
         self.max_payload = max_payload
         self.facts = facts
         self.durable = durable
@@ -148,7 +160,7 @@ class OfferEngine:
         except ProtocolError as exc:
             self._bad(identity, exc, now)
             return
-        if not isinstance(msg, w.Status):  # freelance-status is no worker
+        if not isinstance(msg, (w.Status, w.Admin)):  # freelance-status is no worker
             self.workers_seen[identity] = now
             self.last_worker_at = now
         self._handle(identity, msg, now)
@@ -206,7 +218,11 @@ class OfferEngine:
             self.parked.drop_worker(identity)
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Status):
-            self._send(identity, w.StatusReply(rid=msg.rid, info=self.status(now)))
+            self._send(identity, w.StatusReply(rid=msg.rid, info=self.status(now, bool(msg.detail))))
+        elif isinstance(msg, w.Admin):
+            code, message = self.admin.handle(msg, now)
+            self._send(identity, w.Ack(rid=msg.rid) if code is None
+                       else w.Err(rid=msg.rid, code=code, message=message))
 
     # --- claims and jobs ---------------------------------------------------------------------
 
@@ -243,6 +259,7 @@ class OfferEngine:
                 rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
                 lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
                 timeout_ms=lease.timeout_ms, max_result=self.max_result,
+                traceparent=None if self._traceparent is None else self._traceparent(lease.job_id),
             )
             if self._send(identity, job):
                 return True
@@ -334,11 +351,13 @@ class OfferEngine:
         """A lease was lost (expired, or its job's process died): the ledger re-queued the job
         or dead-lettered it."""
         if lost.dead:
-            log.warning("job %d dead-lettered after %d attempts", lost.job_id, lost.attempt)
+            log.warning("job %d dead-lettered after %d attempts", lost.job_id, lost.attempt,
+                        extra={"job_id": lost.job_id, "attempt": lost.attempt})
             self._on_outcome(lost.job_id, Outcome("dead", attempts=lost.attempt, reason=reason))
         else:
             self.dispatch_due = True
-            log.info("job %d lost its lease (%s); re-queued", lost.job_id, reason or "expired")
+            log.info("job %d lost its lease (%s); re-queued", lost.job_id, reason or "expired",
+                     extra={"job_id": lost.job_id, "attempt": lost.attempt})
 
     # --- time -------------------------------------------------------------------------------
 
@@ -404,41 +423,47 @@ class OfferEngine:
 
     # --- status -----------------------------------------------------------------------------
 
-    def status(self, now: float, **extra: Any) -> dict[str, Any]:
-        """Counts and facts for STATUS (``extra``: entries the I/O thread knows, e.g. the
-        open connections)."""
-        counts = {state.value: n for state, n in self.ledger.counts.items()}
-        recent = sorted(
-            ((identity, seen) for identity, seen in self.workers_seen.items()
-             if now - seen <= WORKER_FORGET_S), key=lambda item: -item[1],
-        )
-        return {
-            **counts,
-            **self.facts,
-            "workers": len(recent),
-            "worker_list": [
-                {
-                    "id": worker_label(identity),
-                    "last_seen_s": round(now - seen, 3),
-                    "running": len(self.ledger.leases_of(identity)),
-                }
-                for identity, seen in recent[:WORKERS_IN_STATUS]
-            ],
-            "finished_last_min": self.throughput.count(now),
-            "progress": [
-                {
-                    "job_id": job.job_id,
-                    "worker": worker_label(job.worker),  # type: ignore[arg-type]
-                    "done": job.progress[0], "total": job.progress[1], "message": job.progress[2],
-                }
-                for job in self.ledger.progressing(PROGRESS_IN_STATUS)
-                if job.progress is not None and job.worker is not None
-            ],
-            "parked_claims": len(self.parked),
-            "uptime_s": round(now - self.started_at, 3),
-            "bad_messages": self.bad_messages,
-            **extra,
-        }
+    def status(self, now: float, detail: bool = False) -> dict[str, Any]:
+        """Counts and facts for STATUS, and with ``detail`` the detailed entries (see
+        docs/protocol.md); entries the engine does not keep come from ``report``."""
+        return _status(self, now, detail)
+
+
+def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
+    """:meth:`OfferEngine.status`."""
+    counts = {state.value: n for state, n in engine.ledger.counts.items()}
+    recent = sorted(
+        ((identity, seen) for identity, seen in engine.workers_seen.items()
+         if now - seen <= WORKER_FORGET_S), key=lambda item: -item[1],
+    )
+    return {
+        **counts,
+        **engine.facts,
+        "workers": len(recent),
+        "worker_list": [
+            {
+                "id": worker_label(identity),
+                "last_seen_s": round(now - seen, 3),
+                "running": len(engine.ledger.leases_of(identity)),
+                "parked": engine.parked.count(identity),
+            }
+            for identity, seen in recent[:WORKERS_IN_STATUS]
+        ],
+        "finished_last_min": engine.throughput.count(now),
+        "progress": [
+            {
+                "job_id": job.job_id,
+                "worker": worker_label(job.worker),  # type: ignore[arg-type]
+                "done": job.progress[0], "total": job.progress[1], "message": job.progress[2],
+            }
+            for job in engine.ledger.progressing(PROGRESS_IN_STATUS)
+            if job.progress is not None and job.worker is not None
+        ],
+        "parked_claims": len(engine.parked),
+        "uptime_s": round(now - engine.started_at, 3),
+        "bad_messages": engine.bad_messages,
+        **({} if engine._report is None else engine._report(now, detail)),
+    }
 
 
 class RecentCount:

@@ -30,6 +30,10 @@ class ParkedClaims:
     def __len__(self) -> int:
         return len(self._order)
 
+    def count(self, identity: bytes) -> int:
+        """Claims ``identity`` has parked (its free slots waiting here)."""
+        return len(self._by_worker.get(identity, ()))
+
     def keys(self) -> list[tuple[bytes, int]]:
         return list(self._order)
 

@@ -8,7 +8,7 @@ it to a job process without decoding it; the job process decodes it and encodes 
 
 The job-process pipe carries one bytes message per event; its first byte says what it is::
 
-    worker -> job process   msgpack [job_id, payload]       run this job (payload: a call)
+    worker -> job process   msgpack [job_id, payload(, traceparent)]   run this job (a call)
     job process -> worker   b"R"                            ready: the task modules imported
                             b"E" + UTF-8 text               could not import them (it exits)
                             b"P" + msgpack [done, total, message]   report_progress()
@@ -95,6 +95,31 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[st
             "job payload must be [task: str, args: array, kwargs: map (, options: map of int)]",
         )
     return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
+
+
+_TASK_NAMES: dict[bytes, str] = {}  # a task name's bytes -> the one str for it (bounded below)
+
+
+def peek_task(payload: bytes) -> str:
+    """The task name of a call payload, read from its first bytes without decoding the rest
+    (metrics and STATUS label jobs with it on the hot path): ``"?"`` when the payload does not
+    start as a call does (or its name is over 255 bytes). Each name is one shared str."""
+    if len(payload) < 2 or payload[0] not in (0x93, 0x94):  # fixarray of 3 or 4
+        return "?"
+    head = payload[1]
+    if 0xA0 <= head <= 0xBF:  # fixstr
+        raw = payload[2:2 + head - 0xA0]
+    elif head == 0xD9 and len(payload) > 2:  # str 8
+        raw = payload[3:3 + payload[2]]
+    else:
+        return "?"
+    name = _TASK_NAMES.get(raw)
+    if name is None:
+        name = raw.decode("utf-8", errors="replace")
+        if len(_TASK_NAMES) >= 4096:
+            _TASK_NAMES.clear()
+        _TASK_NAMES[raw] = name
+    return name
 
 
 def job_options(payload: bytes) -> dict[str, int]:
@@ -186,16 +211,18 @@ class Finished:
 FromJobProcess = Ready | StartFailed | Progress | Finished
 
 
-def encode_run(job_id: int, payload: bytes) -> bytes:
-    """Worker -> job process: run the call ``payload`` as job ``job_id``."""
-    packed: bytes = msgpack.packb([job_id, payload], use_bin_type=True)
+def encode_run(job_id: int, payload: bytes, traceparent: str | None = None) -> bytes:
+    """Worker -> job process: run the call ``payload`` as job ``job_id`` (in a span whose
+    parent is ``traceparent``, when the JOB carried one)."""
+    run = [job_id, payload] if traceparent is None else [job_id, payload, traceparent]
+    packed: bytes = msgpack.packb(run, use_bin_type=True)
     return packed
 
 
-def decode_run(data: bytes) -> tuple[int, bytes]:
-    """The job process's side of :func:`encode_run`: ``(job_id, payload)``."""
-    job_id, payload = msgpack.unpackb(data)
-    return job_id, payload
+def decode_run(data: bytes) -> tuple[int, bytes, str | None]:
+    """The job process's side of :func:`encode_run`: ``(job_id, payload, traceparent)``."""
+    run = msgpack.unpackb(data)
+    return run[0], run[1], run[2] if len(run) > 2 else None
 
 
 def encode_from_job_process(msg: FromJobProcess) -> bytes:

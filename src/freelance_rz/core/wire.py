@@ -45,6 +45,10 @@ E_MALFORMED = 1  #: wrong frame count or undecodable body
 E_VERSION = 2  #: signature/version not spoken here
 E_UNKNOWN_VERB = 3  #: verb not defined, or not valid in this direction
 E_INVALID = 4  #: a field missing or of the wrong type or range
+E_DENIED = 5  #: an ADMIN request this producer does not allow (no token set, or a wrong one)
+
+TRACEPARENT_MAX = 128  #: characters of a JOB's ``traceparent`` (W3C version 00 takes 55)
+TOKEN_MAX = 256  #: characters of an ADMIN request's ``token``
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +81,7 @@ class Job:
     ack: int | None = None
     timeout_ms: int | None = None  # the job's time limit on the worker, if it has one
     max_result: int | None = None  # largest result payload the producer takes, when not 64 MiB
+    traceparent: str | None = None  # W3C trace context of the job's span on the producer
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -155,9 +160,23 @@ class Bye:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Status:
-    """Anyone -> producer: report counts."""
+    """Anyone -> producer: report counts. ``detail``: also per-task counts and histograms,
+    running jobs and recent failures (see docs/protocol.md)."""
 
     rid: int
+    detail: bool | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Admin:
+    """Anyone -> producer: an operator's action on a job, ``action`` ``"cancel"`` (a live
+    job) or ``"retry"`` (a recent failure or dead letter, submitted again as a new job),
+    allowed only with the producer's admin ``token``. Answered by ACK or ERR."""
+
+    rid: int
+    token: str
+    action: str
+    job_id: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -177,7 +196,7 @@ class Err:
     message: str
 
 
-Request = Claim | Result | Beat | Decline | CancelClaim | Bye | Status
+Request = Claim | Result | Beat | Decline | CancelClaim | Bye | Status | Admin
 Reply = Job | NoJob | Ack | BeatAck | StatusReply | Err
 Message = Request | Reply
 
@@ -190,6 +209,7 @@ _REQUESTS: dict[bytes, type] = {
     b"CANCEL_CLAIM": CancelClaim,
     b"BYE": Bye,
     b"STATUS": Status,
+    b"ADMIN": Admin,
 }
 _REPLIES: dict[bytes, type] = {
     b"JOB": Job,
@@ -253,6 +273,15 @@ def _progress(value: Any) -> tuple[tuple[int, float, float | None, str], ...]:
     return tuple(out)
 
 
+def _short_str(limit: int) -> Any:
+    def check(value: Any) -> str:
+        if type(value) is not str or len(value) > limit:
+            raise ValueError(f"must be a string of at most {limit} characters")
+        return value
+
+    return check
+
+
 def _map(value: Any) -> dict[str, Any]:
     if type(value) is not dict:
         raise ValueError("must be a map")
@@ -284,6 +313,10 @@ _FIELD_CHECKS: dict[str, Any] = {
     "claim_rid": _uint,
     "max_job": _uint,
     "info": _map,
+    "detail": _bool,
+    "traceparent": _short_str(TRACEPARENT_MAX),
+    "token": _short_str(TOKEN_MAX),
+    "action": _short_str(16),
     "code": _uint,
     "message": _str,
 }

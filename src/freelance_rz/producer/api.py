@@ -27,6 +27,8 @@ from ..core.ledger import Ledger, timeout_ms
 from ..discovery import resolve_interfaces
 from ..security import CurveServer, check_pair, load_keypair
 from ..tasks import task_name
+from ..tracing import active as tracing_active
+from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
 from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
@@ -89,6 +91,16 @@ class Producer(Executor):
             rewritten atomically under a lock (:mod:`freelance_rz.endpointsfile`). A producer
             killed without closing leaves its line; workers find it silent and stop waiting
             on it as on any silent producer.
+        admin_token: a secret (16 to 256 characters) that lets an operator cancel a job or
+            retry a recent failure over the wire (the ADMIN verb, e.g. from ``freelance-status
+            --serve --token-file``). None: such requests are refused. Without CURVE it
+            crosses the network in clear text (docs/security.md).
+        metrics_port, metrics_host: serve Prometheus metrics at
+            ``http://metrics_host:metrics_port/metrics`` from :meth:`start` on (port 0: a free
+            one, see :attr:`metrics_url`); needs the ``metrics`` extra (``prometheus_client``).
+            Every metric is in docs/operations.md. None: no endpoint.
+
+    :attr:`metrics_url` is the metrics endpoint's address once started (None without one).
 
     Threads start at :meth:`start`, on ``with``, or on the first :meth:`submit`, never in the
     constructor. The design is the zguide's "freelance" pattern (ch. 4) turned around: the
@@ -110,6 +122,8 @@ class Producer(Executor):
         freelance_rz.StoreError: the store is corrupt, of a newer schema, or in use.
     """
 
+    metrics_url: str | None = None  # set by start() when serving metrics
+
     def __init__(
         self,
         group: str = "default",
@@ -129,6 +143,7 @@ class Producer(Executor):
         max_connections: int | None = None,
         advertise: str | None = None,
         endpoints_file: str | os.PathLike[str] | None = None,
+        admin_token: str | None = None, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
     ) -> None:
         group = _check.group(group)
         reach = _advertised(advertise), _check.path("endpoints_file", endpoints_file)
@@ -139,14 +154,12 @@ class Producer(Executor):
         max_attempts = _check.integer("max_attempts", max_attempts, min_=1, max_=_check.INT64_MAX)
         announce = _check.boolean("announce", announce)
         store = _check.path("store", store)
-        retention_s = _check.number("retention_s", retention_s, min_=0, unit="seconds", allow_none=True)
-        retention_count = _check.integer(
-            "retention_count", retention_count, min_=0, max_=_check.INT64_MAX, allow_none=True
-        )
+        retention_s, retention_count = _retention(retention_s, retention_count)
         max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
         on_event = _check.function("on_event", on_event)
+        admin_token = _check.string("admin_token", admin_token, min_chars=16, max_chars=w.TOKEN_MAX, allow_none=True)
         curve = _curve_server(_check.path("secret_key", secret_key),
                               _check.path("authorized_workers", authorized_workers))
         self.group = group
@@ -156,6 +169,7 @@ class Producer(Executor):
         self.port = port
         self.announce = announce
         self.producer_id = uuid.uuid4().hex[:16]
+        self._metrics_at = _check.metrics_address(metrics_port, metrics_host)
         job_store, restored, first_id = _open_store(store, retention_s, retention_count)
         self.store_key: str | None = None if restored is None else restored.producer_key
         self._job_ids = itertools.count(first_id)
@@ -163,11 +177,11 @@ class Producer(Executor):
         settings = Settings(
             self.producer_id, group, self.interfaces, port, announce, max_payload_bytes,
             self.max_connections, curve, self.store_key, on_event, restored,
-            advertised=reach[0], endpoints_file=reach[1],
+            advertised=reach[0], endpoints_file=reach[1], admin_token=admin_token,
         )
         self.advertise = reach[0]
         self._io = OfferThread(settings, Ledger(lease_s=lease_s, max_attempts=max_attempts),
-                               job_store, self._on_cancel)
+                               job_store, self._on_cancel, self._job_ids.__next__)
         self._lock = threading.Lock()  # guards the start/shutdown state below
         self._started = False
         self._shutdown = False
@@ -189,9 +203,23 @@ class Producer(Executor):
             first, self._started = not self._started, True
         if first:
             self._io.start()
+            if self._metrics_at is not None:
+                self._serve_metrics(*self._metrics_at)
         else:
             self._io.wait_started()
         return self
+
+    def _serve_metrics(self, host: str, port: int) -> None:
+        """Serve this producer's metrics until its I/O thread ends (closes it if it cannot)."""
+        try:
+            from ..metrics import MetricsServer, ProducerCollector
+
+            server = MetricsServer(ProducerCollector(self), host, port)
+        except BaseException:
+            self.close()
+            raise
+        self.metrics_url = server.url
+        self._io.on_end.append(server.close)
 
     @property
     def endpoint(self) -> str:
@@ -284,7 +312,8 @@ class Producer(Executor):
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
         options: JobOptions,
     ) -> JobFuture:
-        payload = pl.pack_call(task_name(fn), args, kwargs, options.wire)
+        task = task_name(fn)
+        payload = pl.pack_call(task, args, kwargs, options.wire)
         if len(payload) > self.max_payload_bytes:
             raise ValueError(
                 f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
@@ -293,6 +322,8 @@ class Producer(Executor):
         if not self._started:
             self.start()
         future = JobFuture(next(self._job_ids), self._on_cancel)
+        if tracing_active():  # a span per job, child of the caller's current span
+            future.span, future.traceparent = start_job_span(task, future.job_id)
         recorded: Future[None] | None = Future() if self._durable else None
         with self._lock:
             if self._shutdown or not self._io.put(Submit(
@@ -359,15 +390,19 @@ class Producer(Executor):
                             f"({type(future).__name__})")
         return future.progress
 
-    def status(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
+    def status(self, timeout_s: float | None = 5.0, *, detail: bool = False) -> dict[str, Any]:
         """Counts and facts, as the STATUS verb answers them: jobs ``pending``, ``leased``,
         ``done``, ``failed``, ``dead``, ``cancelled`` (since this start); ``workers`` heard from
-        in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs);
-        ``finished_last_min``; ``parked_claims``; ``uptime_s`` (seconds); ``bad_messages``;
-        ``producer_id``, ``group``, ``endpoints``, ``version``.
+        in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs,
+        ``parked`` claims); ``finished_last_min``; ``parked_claims``; ``connections``;
+        ``uptime_s`` (seconds); ``bad_messages``; ``producer_id``, ``group``, ``endpoints``,
+        ``version``. With ``detail``, also ``tasks`` (per task: counts by state, wait and run
+        time histograms over ``buckets_s``), ``running`` jobs and recent ``failures`` with
+        their tracebacks (docs/protocol.md, STATUS_REPLY).
 
         Args:
             timeout_s: seconds to wait for the I/O thread's answer (None: no limit).
+            detail: add the detailed entries.
 
         Raises:
             TypeError, ValueError: ``timeout_s`` is not a number >= 0 (or None).
@@ -375,7 +410,7 @@ class Producer(Executor):
             concurrent.futures.TimeoutError: no answer within ``timeout_s`` seconds.
         """
         timeout_s = _answer_timeout(timeout_s)
-        info: dict[str, Any] = self._ask(AskStatus(Future()), timeout_s)
+        info: dict[str, Any] = self._ask(AskStatus(Future(), _check.boolean("detail", detail)), timeout_s)
         return info
 
     async def status_async(self, timeout_s: float | None = 5.0) -> dict[str, Any]:
@@ -460,6 +495,13 @@ class Producer(Executor):
 
     def _on_cancel(self, future: JobFuture) -> None:
         self._io.put(Cancel(future.job_id))
+
+
+def _retention(seconds: Any, count: Any) -> tuple[float | None, int | None]:
+    """``retention_s`` and ``retention_count``, checked. Raises TypeError or ValueError."""
+    seconds = _check.number("retention_s", seconds, min_=0, unit="seconds", allow_none=True)
+    count = _check.integer("retention_count", count, min_=0, max_=_check.INT64_MAX, allow_none=True)
+    return seconds, count
 
 
 def _answer_timeout(timeout_s: Any) -> float | None:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from ..core import payload as pl
 from ..core.offer import Outcome
 from ..errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
+from ..tracing import end_job_span
 
 _CONDITION_LOCK = threading.Lock()
 
@@ -53,7 +54,16 @@ class JobFuture(Future):  # type: ignore[type-arg]
     to another worker if its worker dies. And its lock (a Condition) is made on first use: a
     pending job's Future then costs about 230 bytes instead of 1.6 KB, and a producer may hold
     a million of them.
+
+    When tracing is active (docs/operations.md), ``span`` is the producer's span of the job
+    (ended when the Future resolves) and ``traceparent`` its W3C trace context, carried by the
+    JOB; both are None otherwise.
     """
+
+    # the producer's trace span of the job and its W3C traceparent, set at submit when
+    # tracing is active (class defaults: no memory per Future otherwise)
+    span: Any = None
+    traceparent: str | None = None
 
     def __init__(self, job_id: int, on_cancel: Callable[[JobFuture], None] | None = None) -> None:
         # Future.__init__ without its Condition; these are the fields it sets (3.10-3.13).
@@ -109,6 +119,10 @@ def resolve(future: JobFuture, outcome: Outcome, job_id: int) -> None:
                 future.set_exception(_LOCAL_ERRORS.get(remote[0], JobFailed)(*remote))
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
             future.set_exception(exc)
+    if future.span is not None:
+        error = future.exception() if outcome.kind in ("failed", "dead") else None
+        end_job_span(future.span, outcome.kind, None if error is None else repr(error)[:200])
+        future.span = None
 
 
 def stored_future(job_id: int, state: str, payload: bytes) -> JobFuture:
@@ -129,3 +143,6 @@ def close_future(future: JobFuture, pending: bool) -> None:
         future.set_running_or_notify_cancel()  # wakes wait() and as_completed()
     elif not future.done():
         future.set_exception(ProducerClosed("the producer was closed before the job finished"))
+    if future.span is not None:
+        end_job_span(future.span, "closed")
+        future.span = None

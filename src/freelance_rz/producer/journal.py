@@ -1,5 +1,5 @@
-"""Where the ledger's transitions go on a producer: the job store (a durable producer), and the
-application's ``on_event`` hook. The ledger tells its :class:`~freelance_rz.core.ledger.Journal`
+"""Where the ledger's transitions go on a producer: the job store (a durable producer), the
+tally (per-task counts for STATUS and metrics), and the application's ``on_event`` hook. The ledger tells its :class:`~freelance_rz.core.ledger.Journal`
 every step of every job at exactly the right moment; these adapters only pass them on."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.ledger import Journal
+from ..core.payload import peek_task
+from ..core.tally import Tally
 from ..core.text import worker_label
 from .future import JobEvent
 from .store import JobStore
@@ -80,3 +82,35 @@ class EventTap:
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
         self._journal.finish(job_id, state, payload)
         self._emit(state, job_id, self._wall.now)
+
+
+class TallyTap:
+    """Passes transitions on to ``journal`` and tells the producer's
+    :class:`~freelance_rz.core.tally.Tally` about each, with the job's task (read from the
+    first bytes of its call) and the turn's wall-clock time: per-task counts, wait and run
+    times and recent failures for STATUS, metrics and the dashboard."""
+
+    def __init__(self, journal: Journal, tally: Tally, wall: Wall) -> None:
+        self._journal = journal
+        self._tally = tally
+        self._wall = wall
+
+    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
+        self._journal.add(job_id, payload, max_attempts)
+        self._tally.add(job_id, peek_task(payload), payload, self._wall.now)
+
+    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
+        self._journal.lease(job_id, lease_id, worker, attempt)
+        self._tally.lease(job_id, worker, attempt, self._wall.now)
+
+    def release(self, job_id: int, lease_id: int) -> None:
+        self._journal.release(job_id, lease_id)
+        self._tally.back(job_id, self._wall.now, retried=False)
+
+    def requeue(self, job_id: int, attempt: int) -> None:
+        self._journal.requeue(job_id, attempt)
+        self._tally.back(job_id, self._wall.now, retried=True)
+
+    def finish(self, job_id: int, state: str, payload: bytes) -> None:
+        self._journal.finish(job_id, state, payload)
+        self._tally.finish(job_id, state, payload, self._wall.now)

@@ -17,6 +17,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +28,16 @@ from .._sockets import send_frames, set_keepalive
 from .._version import __version__
 from ..core import wire as w
 from ..core.ledger import JobState, Ledger
-from ..core.payload import job_options
 from ..core.offer import OfferEngine, Outcome
+from ..core.payload import job_options, peek_task
+from ..core.tally import Tally
 from ..discovery import Announcer, local_networks
 from ..errors import StoreError
 from ..security import CurveServer
+from ..tracing import ENABLED as TRACING
 from .future import JobEvent, JobFuture, JobProgress, close_future, resolve, stored_future
-from .journal import EventTap, StoreJournal, Wall
+from .journal import EventTap, StoreJournal, TallyTap, Wall
+from .report import Reporter
 from .store import JobStore, Restored
 
 log = logging.getLogger("freelance_rz.producer")
@@ -69,6 +73,7 @@ class Cancel:
 @dataclass(frozen=True, slots=True)
 class AskStatus:
     answer: Future[dict[str, Any]]
+    detail: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ class Settings:
     restored: Restored | None = field(default=None, repr=False)
     advertised: str | None = None  # tcp://HOST:PORT announced instead of the bound endpoints
     endpoints_file: Any = None  # str | os.PathLike[str] | None: where to write this producer's line
+    admin_token: str | None = field(default=None, repr=False)
 
 
 class OfferThread:
@@ -121,11 +127,17 @@ class OfferThread:
         ledger: the producer's job table (used by this thread only, once started).
         store: the job store of a durable producer, or None.
         on_cancel: given to the Futures of restored jobs (their ``cancel()`` posts a Cancel).
+        new_job_id: ``new_job_id()`` gives the id of a job the thread submits itself (an
+            operator's retry); None: such retries are refused.
+
+    :attr:`on_end` holds functions called when the thread ends (e.g. stop a metrics server).
     """
 
     def __init__(self, settings: Settings, ledger: Ledger, store: JobStore | None,
-                 on_cancel: Any) -> None:
+                 on_cancel: Any, new_job_id: Callable[[], int] | None = None) -> None:
         self.settings = settings
+        self.new_job_id = new_job_id
+        self.on_end: list[Callable[[], None]] = []
         self.ledger = ledger
         self.store = store
         self.on_cancel = on_cancel
@@ -231,6 +243,8 @@ class OfferThread:
             if self.store is not None:
                 self.store.close()
             self._close_pipe()
+            for end in self.on_end:
+                end()
 
     @property
     def advertised(self) -> str:
@@ -380,21 +394,27 @@ class _Loop:
         self.futures: dict[int, JobFuture] = {}
         self.unrecorded: list[tuple[int, Future[None]]] = []  # (job id, submit waiting to return)
         self.wall = Wall()
+        self.tally = Tally()
         journal: Any = StoreJournal(self.store, self.wall) if self.store is not None else self.ledger.journal
+        journal = TallyTap(journal, self.tally, self.wall)
         if s.on_event is not None:
             journal = EventTap(journal, s.on_event, self.wall)
         self.ledger.journal = journal
         now = time.monotonic()
+        self.accepted: dict[int, None] = {}  # open connections by descriptor, oldest first
+        self.reporter = Reporter(self.ledger, self.tally, self.wall, lambda: len(self.accepted),
+                                 self._resubmit)
         self.engine = OfferEngine(
             self.ledger, send=self._send, on_outcome=self._outcome, on_progress=self._progress,
             max_payload=s.max_payload_bytes, durable=self.store is not None,
             wanted=lambda job_id: not self.futures[job_id].cancelled(),
             facts={"producer_id": s.producer_id, "group": s.group,
                    "endpoints": list(thread.endpoints), "version": __version__},
-            now=now,
+            now=now, report=self.reporter.report, admin_token=s.admin_token,
+            on_retry=None if thread.new_job_id is None else self.reporter.retry,
+            traceparent=self._traceparent if TRACING else None,
         )
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.accepted: dict[int, None] = {}  # open connections by descriptor, oldest first
         self.shed_logged_at = -3600.0
         self.purge_at = 0.0
         self.closing = False  # Shutdown: end once every job is resolved
@@ -411,6 +431,7 @@ class _Loop:
                 timeout_ms=options.get("timeout_ms"),
             )
             self.futures[job.job_id] = JobFuture(job.job_id, self.thread.on_cancel)
+            self.tally.add(job.job_id, peek_task(job.payload), job.payload, self.wall.now, restored=True)
         log.info("store: %d job(s) restored, %d dead-lettered", len(restored.pending), len(restored.dead))
 
     # --- the turns ----------------------------------------------------------------------------
@@ -464,7 +485,7 @@ class _Loop:
         elif isinstance(command, Cancel):
             self.engine.cancel(command.job_id, now)
         elif isinstance(command, AskStatus):
-            command.answer.set_result(self.engine.status(now, connections=len(self.accepted)))
+            command.answer.set_result(self.engine.status(now, command.detail))
         elif isinstance(command, FindJob):
             try:
                 command.answer.set_result(self._find(command.job_id))
@@ -506,7 +527,22 @@ class _Loop:
             log.debug("cannot send to %r: %s", identity[:8], exc)
             return False
 
+    def _resubmit(self, call: bytes, priority: int, timeout_ms: int | None) -> int:
+        """Submit a job from the I/O thread itself (an operator's retry): its Future is held
+        by nobody, its outcome shows in STATUS (and in the store of a durable producer)."""
+        assert self.thread.new_job_id is not None
+        job_id = self.thread.new_job_id()
+        self.futures[job_id] = JobFuture(job_id, self.thread.on_cancel)
+        self.engine.submit(job_id, call, max_attempts=None, priority=priority, timeout_ms=timeout_ms)
+        return job_id
+
+    def _traceparent(self, job_id: int) -> str | None:
+        future = self.futures.get(job_id)
+        return None if future is None else future.traceparent
+
     def _outcome(self, job_id: int, outcome: Outcome) -> None:
+        if outcome.reason is not None:
+            self.tally.explain(job_id, outcome.reason)
         future = self.futures.pop(job_id, None)
         if future is not None:
             resolve(future, outcome, job_id)

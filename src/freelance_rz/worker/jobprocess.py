@@ -9,12 +9,14 @@ outcome back, in the pipe codec of :mod:`freelance_rz.core.payload`.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
+from typing import Any
 
 from ..core import check as _check
 from ..core import payload as pl
@@ -45,16 +47,28 @@ def main(conn: Connection, modules: list[str]) -> None:
     _progress_pipe = conn
     while True:
         try:
-            _, payload = pl.decode_run(conn.recv_bytes())
+            job_id, payload, traceparent = pl.decode_run(conn.recv_bytes())
         except EOFError:
             return
-        try:
-            task, args, kwargs, _ = pl.unpack_call(payload)
-            fn = allowlist.resolve(task)
-            done = pl.Finished(True, pl.pack_value(fn(*args, **kwargs)))
-        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            done = pl.Finished(False, pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc()))
+        if traceparent is None:
+            done = _run(allowlist, payload)[0]
+        else:  # in the worker's span of the job, a child of the producer's (the tracing extra)
+            from ..tracing import traced_run
+
+            call = functools.partial(_run, allowlist, payload)
+            done = traced_run(traceparent, pl.peek_task(payload), job_id, call)
         conn.send_bytes(pl.encode_from_job_process(done))
+
+
+def _run(allowlist: Any, payload: bytes) -> tuple[pl.Finished, str | None]:
+    """Run one call; returns its outcome and, when it failed, ``"Type: message"``."""
+    try:
+        task, args, kwargs, _ = pl.unpack_call(payload)
+        fn = allowlist.resolve(task)
+        return pl.Finished(True, pl.pack_value(fn(*args, **kwargs))), None
+    except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
+        error = pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc())
+        return pl.Finished(False, error), f"{type(exc).__name__}: {exc}"[:200]
 
 
 _progress_pipe: Connection | None = None  # set in a job process

@@ -24,7 +24,7 @@ import logging
 import os
 import queue
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -46,13 +46,31 @@ TIMER_SLACK_S = 0.02  # after activity, timers are looked at within this many se
 SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
 
 
+MAX_TASKS = 1000  # tasks counted apart in WorkerStats.by_task; further ones as "(other)"
+
+
 @dataclass
 class WorkerStats:
-    """What a worker did: counts of jobs and producers."""
+    """What a worker did: counts of jobs and producers, and jobs by (task, outcome), the
+    outcome ``done``, ``failed`` or ``crashed`` (its process died)."""
 
     jobs_run: int = 0
     jobs_failed: int = 0
     producers_found: int = 0
+    by_task: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def count(self, task: str, outcome: str) -> None:
+        """One more job of ``task`` ended with ``outcome``."""
+        key = (task, outcome)
+        if key not in self.by_task and len(self.by_task) >= MAX_TASKS * 3:
+            key = ("(other)", outcome)
+        self.by_task[key] = self.by_task.get(key, 0) + 1
+
+
+def _fields(job: RunningJob, session: Session | None) -> dict[str, Any]:
+    """The job fields of a log line about ``job`` (for ``--log-format json``)."""
+    return {"job_id": job.job_id, "task": job.task,
+            "producer": job.endpoint if session is None else session.label}
 
 
 class WorkerLoop:
@@ -303,8 +321,9 @@ class WorkerLoop:
             self._run_job(session, effect.job, effect.solicited, now)
         for lease_id in effect.void:
             slot = self.slots[session.leases[lease_id]]
+            job = self._job(slot)
             log.warning("job %d was cancelled by its producer (or re-offered to another worker); "
-                        "aborting it", self._job(slot).job_id)
+                        "aborting it", job.job_id, extra=_fields(job, session))
             self._abort(slot)
         if effect.refused is not None:
             verb, message = effect.refused
@@ -330,6 +349,7 @@ class WorkerLoop:
         running = RunningJob(
             session.endpoint, job.job_id, job.lease_id, job.lease_ms,
             max_result=w.DEFAULT_MAX_PAYLOAD if job.max_result is None else job.max_result,
+            task=pl.peek_task(job.payload), traceparent=job.traceparent,
         )
         if job.timeout_ms:
             running.deadline = now + job.timeout_ms / 1000
@@ -362,7 +382,8 @@ class WorkerLoop:
             job = slot.job
             if job is not None and job.deadline is not None and now >= job.deadline:
                 limit_s = job.timeout_ms / 1000
-                log.warning("job %d ran past its time limit of %g s; killed", job.job_id, limit_s)
+                log.warning("job %d ran past its time limit of %g s; killed", job.job_id, limit_s,
+                            extra=_fields(job, self.peers.sessions.get(job.endpoint)))
                 self._abort(slot)
                 message = f"the job ran past its time limit of {limit_s:g} s and was killed"
                 error = pl.pack_error("JobTimeout", message, "")
@@ -389,7 +410,10 @@ class WorkerLoop:
         self.stats.jobs_run += 1
         if not outcome.ok:
             self.stats.jobs_failed += 1
+        self.stats.count(job.task, "done" if outcome.ok else "crashed" if outcome.crashed else "failed")
         session = self.peers.sessions.get(job.endpoint)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job %d %s", job.job_id, "done" if outcome.ok else "failed", extra=_fields(job, session))
         if session is None:  # its producer was given up on meanwhile
             return
         session.unacked[job.job_id] = (job.lease_id, outcome)

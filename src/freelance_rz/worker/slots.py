@@ -161,6 +161,7 @@ class JobProcess:
         self.modules = modules
         self._reaper = reaper
         self.ready = False  # the child has imported the task modules
+        self.restarts = 0  # children started after the first (a crash, a kill, an abort)
         self._conn: Connection | None = None
         self._process: Any = None
 
@@ -179,6 +180,8 @@ class JobProcess:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
+        if self._process is not None:
+            self.restarts += 1
         self._process = process
         if self._reaper is not None and process.pid is not None:
             self._reaper.watch(process.pid)  # its group id, once it has called setpgid
@@ -200,11 +203,12 @@ class JobProcess:
         assert self._conn is not None
         return self._conn.fileno()
 
-    def send(self, job_id: int, payload: bytes) -> None:
-        """Hand the child a job (call only when ready and idle)."""
+    def send(self, job_id: int, payload: bytes, traceparent: str | None = None) -> None:
+        """Hand the child a job (call only when ready and idle); ``traceparent``: the trace
+        context the JOB carried, if any."""
         assert self._conn is not None and self.ready
         try:
-            self._conn.send_bytes(pl.encode_run(job_id, payload))
+            self._conn.send_bytes(pl.encode_run(job_id, payload, traceparent))
         except OSError:
             pass  # the child is dead: take() reports it when the pipe shows EOF
 
@@ -285,6 +289,8 @@ class RunningJob:
     timeout_ms: int = 0
     max_result: int = 0  # bytes of result payload the producer takes
     progress: tuple[float, float | None, str] | None = None
+    task: str = "?"  # its task's name (for metrics and logs)
+    traceparent: str | None = None  # the W3C trace context the JOB carried
 
 
 class Slot:
@@ -303,7 +309,7 @@ class Slot:
         """Start ``job`` (the slot must be free)."""
         assert self.free
         self.job = job
-        self.proc.send(job.job_id, payload)
+        self.proc.send(job.job_id, payload, job.traceparent)
 
     def take(self) -> tuple[RunningJob, Outcome] | None:
         """Read what the job process sent: a finished job and its outcome (a died process
@@ -324,7 +330,8 @@ class Slot:
                 log.error("job process sent an outcome while idle; dropped")
             return None
         if isinstance(msg, Died):
-            log.warning("job %d: job process %s; replaced", job.job_id, msg.how)
+            log.warning("job %d: job process %s; replaced", job.job_id, msg.how,
+                        extra={"job_id": job.job_id, "task": job.task})
             error = pl.pack_error("JobProcessDied", f"the job's process {msg.how}", "")
             return job, Outcome(job.job_id, False, error, crashed=True)
         return job, Outcome(job.job_id, msg.ok, msg.payload)

@@ -86,6 +86,9 @@ class Worker:
             producers' ``max_payload_bytes``): claims say it, so producers never hand this
             worker a larger job (one larger than every worker takes fails with
             :class:`~freelance_rz.JobTooLarge`).
+        metrics_port, metrics_host: serve Prometheus metrics at
+            ``http://metrics_host:metrics_port/metrics`` while :meth:`run` runs (the
+            ``metrics`` extra; docs/operations.md lists them). None: no endpoint.
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
@@ -103,6 +106,9 @@ class Worker:
         ModuleNotFoundError: a ``tasks`` module cannot be found.
         ImportError: ``discover_dns`` without dnspython installed.
     """
+
+    _slots: list[Slot]
+    _peers: Peers | None
 
     def __init__(
         self,
@@ -123,6 +129,8 @@ class Worker:
         connect_file: str | os.PathLike[str] | None = None,
         resolve_every_s: float = RESOLVE_EVERY_S,
         health_file: str | os.PathLike[str] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -144,6 +152,9 @@ class Worker:
         self.max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
+        self._metrics_at = _check.metrics_address(metrics_port, metrics_host)
+        self.metrics_url: str | None = None  # set by run() when serving metrics
+        self._slots, self._peers = [], None  # run()'s, for metrics_snapshot()
         if not (self.discover or endpoints or services or self.connect_file is not None):
             raise ValueError("a worker needs --discover, --discover-dns, --connect or --connect-file")
         self.tasks = _task_modules(tasks)  # each module once, in the order given
@@ -192,7 +203,9 @@ class Worker:
         browser = None
         sources: list[SourceThread] = []
         reaper = Reaper()
-        slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
+        slots = self._slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
+        self._peers = peers
+        metrics = None
         health = None if self.health_file is None else HealthFile(self.health_file)
         loop = WorkerLoop(
             name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
@@ -203,26 +216,21 @@ class Worker:
             reaper.start()
             for slot in slots:
                 slot.proc.start()
-            if self.discover:
-                browser = Browser(
-                    self.group, self.interfaces,
-                    on_found=lambda a: self._post("found", a),
-                    on_gone=lambda name: self._post("gone", name),
-                )
-                browser.start()
+            browser = self._start_browser()
             sources = self._sources()
             for source in sources:
                 source.start()
-            server_key = next(iter(self._trusted), None)
-            for endpoint in self.connect:
-                if is_address(w.parse_endpoint(endpoint)[0]) and len(self._trusted) <= 1:
-                    peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
+            self._add_static_peers(peers)
             for slot in slots:
                 slot.proc.wait_ready()
+            if self._metrics_at is not None:
+                metrics = self._serve_metrics(*self._metrics_at)
             log.info("worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
                      ", ".join(self.tasks), self._source_text())
             loop.run()
         finally:
+            if metrics is not None:
+                metrics.close()
             if browser is not None:
                 browser.close()
             for source in sources:
@@ -241,6 +249,22 @@ class Worker:
         )
         return self.stats
 
+    def _start_browser(self) -> Browser | None:
+        """With ``discover``, the started mDNS browser, posting what it finds to the loop."""
+        if not self.discover:
+            return None
+        browser = Browser(self.group, self.interfaces, on_found=lambda a: self._post("found", a),
+                          on_gone=lambda name: self._post("gone", name))
+        browser.start()
+        return browser
+
+    def _add_static_peers(self, peers: Peers) -> None:
+        """The ``connect`` addresses whose key is known (at most one trusted key): peers at
+        once. Names, and addresses whose key must be probed, come from their source thread."""
+        server_key = next(iter(self._trusted), None)
+        for endpoint in self.connect:
+            if is_address(w.parse_endpoint(endpoint)[0]) and len(self._trusted) <= 1:
+                peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
 
     def _source_text(self) -> str:
         """Where this worker looks for producers, for its start line."""
@@ -274,6 +298,27 @@ class Worker:
             )
             for source in found
         ]
+    def _serve_metrics(self, host: str, port: int) -> Any:
+        from ..metrics import MetricsServer, WorkerCollector
+
+        server = MetricsServer(WorkerCollector(self.metrics_snapshot), host, port)
+        self.metrics_url = server.url
+        return server
+
+    def metrics_snapshot(self) -> Any:
+        """What the worker's metrics show now (a :class:`freelance_rz.metrics.WorkerSnapshot`;
+        callable from any thread, while :meth:`run` runs). Needs the ``metrics`` extra."""
+        from ..metrics import WorkerSnapshot
+
+        slots = {"busy": 0, "free": 0, "starting": 0}
+        for slot in list(self._slots):
+            slots["busy" if slot.job is not None else "free" if slot.proc.ready else "starting"] += 1
+        peers = self._peers
+        return WorkerSnapshot(
+            slots=slots, jobs=dict(self.stats.by_task),
+            restarts=sum(slot.proc.restarts for slot in list(self._slots)),
+            producers=0 if peers is None else len(peers.links),
+        )
 
 
 def _task_modules(modules: list[str]) -> list[str]:
