@@ -78,12 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LabError, NetnsError) as exc:
         print(f"freelance-lab: error: {exc}", file=sys.stderr)
         return 2
-    console.print(f"run ended ({result.ended}) after {result.elapsed_s:.1f} s: {result.run_dir}")
-    if result.leftover_namespaces:
-        console.print(f"[red]could not delete namespaces: {', '.join(result.leftover_namespaces)}[/]")
-    from . import report
+    try:  # every process and namespace is gone by now; a Ctrl-C from here on only cuts the report
+        console.print(f"run ended ({result.ended}) after {result.elapsed_s:.1f} s: {result.run_dir}")
+        if result.leftover_namespaces:
+            console.print(f"[red]could not delete namespaces: {', '.join(result.leftover_namespaces)}[/]")
+        from . import report  # slow to import on a loaded machine: a third Ctrl-C landed here
 
-    try:
         built = report.write_outputs(result.run_dir)
     except KeyboardInterrupt:  # e.g. Ctrl-C pressed again while matplotlib loads
         console.print(f"interrupted while writing the report; the records are in {result.run_dir}")
