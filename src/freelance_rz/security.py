@@ -365,27 +365,52 @@ def handshake_failure(
     monitor: zmq.Socket[bytes], keys: KeyPair | None, who: str = "this worker"
 ) -> str | None:
     """Drain a socket monitor (made with :data:`HANDSHAKE_EVENTS`); explain the last failed
-    handshake in words an operator can act on, or None when there was none. ``keys``: this
-    side's key pair, None without CURVE; ``who``: this side, for the message."""
+    handshake in words an operator can act on, or None when there was none or it was no
+    settings problem (see :func:`describe_handshake_failure`). ``keys``: this side's key pair,
+    None without CURVE; ``who``: this side, for the message."""
     from zmq.utils.monitor import recv_monitor_message
 
-    event = None
+    events = []
     while True:
         try:
-            event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            events.append(recv_monitor_message(monitor, zmq.NOBLOCK)["event"])
         except zmq.Again:
             break
-    return None if event is None else describe_handshake_failure(event, keys, who)
+    return last_described(events, keys, who)
 
 
-def describe_handshake_failure(event: int, keys: KeyPair | None, who: str = "this worker") -> str:
+def last_described(events: Sequence[int], keys: KeyPair | None, who: str) -> str | None:
+    """The explanation of the newest of ``events`` (``zmq.EVENT_*``, oldest first) that says
+    something about the settings, or None. A refused CURVE handshake is often followed by
+    dropped reconnections (NO_DETAIL), which must not hide it."""
+    for event in reversed(events):
+        if event & HANDSHAKE_EVENTS:
+            described = describe_handshake_failure(event, keys, who)
+            if described is not None:
+                return described
+    return None
+
+
+def describe_handshake_failure(event: int, keys: KeyPair | None, who: str = "this worker") -> str | None:
     """Explain a failed handshake (``event``: one of :data:`HANDSHAKE_EVENTS`) in words an
-    operator can act on. ``keys``: this side's key pair, None without CURVE; ``who``: this
-    side, for the message."""
+    operator can act on, or None when it says nothing about the settings. ``keys``: this
+    side's key pair, None without CURVE; ``who``: this side, for the message.
+
+    What libzmq reports (measured with libzmq 4.3): a key the producer's ZAP refuses is
+    HANDSHAKE_FAILED_AUTH; CURVE on one side only is HANDSHAKE_FAILED_PROTOCOL (a mechanism
+    mismatch); a CURVE client with the wrong server key sees the server close the connection,
+    HANDSHAKE_FAILED_NO_DETAIL (EPIPE), exactly as any client does when the producer stops or
+    is killed mid-handshake. So NO_DETAIL without keys is a dropped connection, not a setting.
+    """
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         key_file = keys.public_file if keys is not None else "NAME.key"
         return (f"it refused {who}'s key: copy {key_file} into the producer's "
                 "authorized_workers directory and restart the producer")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        if keys is None:
+            return None
+        return ("the CURVE handshake failed: the producer closed the connection (it does not "
+                f"have the key {who} trusts for it, or it stopped)")
     if keys is not None:
         return ("the CURVE handshake failed: the producer does not use CURVE, or not the key "
                 f"{who} trusts for it")

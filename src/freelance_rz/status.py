@@ -25,7 +25,7 @@ from .errors import ProtocolError
 from .security import (
     HANDSHAKE_EVENTS,
     KeyPair,
-    describe_handshake_failure,
+    last_described,
     make_curve_client,
     probe_server_key,
 )
@@ -305,7 +305,9 @@ def explain_silence(events: Sequence[int], keys: KeyPair | None, timeout_s: floa
     """
     failures = [e for e in events if e & HANDSHAKE_EVENTS]
     if failures:  # the CURVE cases: wrong key, no key, a producer without CURVE
-        return describe_handshake_failure(failures[-1], keys, "this command")
+        described = last_described(failures, keys, "this command")
+        if described is not None:
+            return described
     limit = f"{STATUS_MAX_BYTES / 2**20:g} MiB"
     handshaken = [i for i, e in enumerate(events) if e == zmq.EVENT_HANDSHAKE_SUCCEEDED]
     if handshaken:
@@ -314,6 +316,9 @@ def explain_silence(events: Sequence[int], keys: KeyPair | None, timeout_s: floa
                     f"over {limit} is refused that way (or the producer stopped)")
         return (f"connected and handshaken, but no answer within {timeout_s:g} s (the producer "
                 f"is busy, or its reply was over {limit} and was refused)")
+    if failures:  # the connection dropped during the handshake
+        return ("connected, then the connection closed during the ZeroMQ handshake (the producer "
+                "stopped, or it is not a freelance_rz producer)")
     if zmq.EVENT_CONNECTED in events:
         return (f"connected, but no ZeroMQ handshake within {timeout_s:g} s (is it a "
                 "freelance_rz producer?)")
