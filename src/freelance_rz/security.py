@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections import OrderedDict
@@ -389,6 +390,45 @@ def last_described(events: Sequence[int], keys: KeyPair | None, who: str) -> str
             if described is not None:
                 return described
     return None
+
+
+#: the first bytes of a ZMTP 3 greeting (RFC 23/37): signature (0xFF, 8 padding bytes, 0x7F)
+#: and major version 3. A libzmq peer answers them with its whole greeting.
+_ZMTP3_OPENING = b"\xff" + bytes(8) + b"\x7f" + b"\x03"
+
+
+def greeting_mechanism(host: str, port: int, timeout_s: float) -> str | None:
+    """The security mechanism (``"NULL"``, ``"CURVE"``, ``"PLAIN"``) the ZeroMQ peer at
+    ``host``:``port`` names in its ZMTP greeting, or None when it sent no ZMTP 3 greeting
+    within ``timeout_s`` seconds (nothing listens, it closed the connection, or it does not
+    speak ZMTP).
+
+    Why: a client without keys whose handshake a CURVE producer ends is told
+    HANDSHAKE_FAILED_PROTOCOL (a mechanism mismatch) or, when the producer's close resets the
+    connection before its greeting was read, HANDSHAKE_FAILED_NO_DETAIL, the very event of a
+    producer that stopped mid-handshake. Only the greeting tells them apart. This sends the
+    signature and version only (no mechanism, no message), reads the peer's 64-byte greeting
+    and closes: the peer sees a client that left during the handshake. Never raises.
+    """
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(_ZMTP3_OPENING)
+            while len(data) < 32:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                sock.settimeout(left)
+                chunk = sock.recv(64 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    if len(data) < 32 or data[0] != 0xFF or not data[9] & 1 or data[10] < 3:
+        return None
+    return data[12:32].rstrip(b"\0").decode("ascii", "replace")
 
 
 def describe_handshake_failure(event: int, keys: KeyPair | None, who: str = "this worker") -> str | None:

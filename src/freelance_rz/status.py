@@ -25,6 +25,8 @@ from .errors import ProtocolError
 from .security import (
     HANDSHAKE_EVENTS,
     KeyPair,
+    describe_handshake_failure,
+    greeting_mechanism,
     last_described,
     make_curve_client,
     probe_server_key,
@@ -233,7 +235,9 @@ def query_status(
                     answers[i] = {"error": f"bad reply: {exc.message}"}
         monitors = dict(opened)
         for sock, i in asking.items():
-            answers[i] = {"error": explain_silence(_drain(monitors[sock]), keys, timeout_s)}
+            events = _drain(monitors[sock])
+            mechanism = _dropped_handshake_mechanism(endpoints[i], events)
+            answers[i] = {"error": explain_silence(events, keys, timeout_s, mechanism)}
     finally:
         for sock, monitor in opened:
             sock.disable_monitor()
@@ -294,7 +298,24 @@ def _drain(monitor: zmq.Socket[bytes]) -> list[int]:
             return events
 
 
-def explain_silence(events: Sequence[int], keys: KeyPair | None, timeout_s: float) -> str:
+def _dropped_handshake_mechanism(endpoint: str, events: Sequence[int]) -> str | None:
+    """When the only handshake failures seen were dropped connections (NO_DETAIL: a producer
+    that stopped, or one whose mechanism differs and whose close outran its greeting), the
+    mechanism its greeting names (:func:`~freelance_rz.security.greeting_mechanism`, 1 s at
+    most); None otherwise."""
+    failures = {e for e in events if e & HANDSHAKE_EVENTS}
+    if failures != {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}:
+        return None
+    try:
+        host, port = p.parse_endpoint(endpoint)
+    except ValueError:
+        return None
+    return greeting_mechanism(host.strip("[]"), port, 1.0)
+
+
+def explain_silence(
+    events: Sequence[int], keys: KeyPair | None, timeout_s: float, mechanism: str | None = None,
+) -> str:
     """Why a producer did not answer STATUS, from its connection's monitor ``events``
     (oldest first) in words an operator can act on.
 
@@ -302,8 +323,13 @@ def explain_silence(events: Sequence[int], keys: KeyPair | None, timeout_s: floa
         events: ``zmq.EVENT_*`` values seen while waiting.
         keys: this command's CURVE key pair, None without ``--key``.
         timeout_s: how long it waited, seconds (for the message).
+        mechanism: the security mechanism the producer's ZMTP greeting names (``"CURVE"``,
+            ``"NULL"``), when it was asked after a dropped handshake; None if unknown.
     """
     failures = [e for e in events if e & HANDSHAKE_EVENTS]
+    mismatch = mechanism is not None and mechanism != ("NULL" if keys is None else "CURVE")
+    if failures and mismatch:
+        return str(describe_handshake_failure(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, keys, "this command"))
     if failures:  # the CURVE cases: wrong key, no key, a producer without CURVE
         described = last_described(failures, keys, "this command")
         if described is not None:

@@ -4,7 +4,13 @@ client holding the wrong server key. Without keys it was still explained as "the
 probably requires CURVE keys" and logged as an error, sending an operator after keys when the
 producer had only stopped (found running the suite under load, where handshakes are slow).
 Now, without keys, a dropped handshake is an unanswering producer; with keys it names both
-causes. Real sockets on loopback: a TCP server that accepts and closes."""
+causes. Real sockets on loopback: a TCP server that accepts and closes.
+
+The other side of the same event: a CURVE producer refusing a client without keys closes the
+connection, and when that close resets it before the client read the producer's greeting, the
+client too sees HANDSHAKE_FAILED_NO_DETAIL, not a mechanism mismatch (CI saw it on every try).
+Only the producer's ZMTP greeting tells the two apart: freelance-status and a --connect worker
+read it (security.greeting_mechanism) and still name the keys."""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import pytest
 import zmq
 
 from conftest import WorkerProcess
-from freelance_rz.security import describe_handshake_failure
+from freelance_rz.security import describe_handshake_failure, greeting_mechanism
+from freelance_rz.status import explain_silence
 from hostile_kit import wait_until
 from test_status_hints import rows_of, run_status
 
@@ -47,6 +54,51 @@ class DroppingServer:
         self.sock.close()
 
 
+class ResettingCurveServer(DroppingServer):
+    """Behaves as a CURVE producer whose close outran its greeting: a libzmq client (which
+    sends the rest of its greeting once it has the server's major version) has its connection
+    reset mid-greeting; a client that sends only signature and version (a greeting probe) is
+    sent the whole CURVE greeting and a clean close."""
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _talk(conn: socket.socket) -> None:
+        greeting = b"\xff" + bytes(7) + b"\x01\x7f\x03\x01" + b"CURVE".ljust(20, b"\0") + bytes(32)
+        with conn:
+            conn.sendall(greeting[:11])
+            conn.settimeout(5)
+            got = b""
+            while len(got) < 11:
+                chunk = conn.recv(11 - len(got))
+                if not chunk:
+                    return
+                got += chunk
+            conn.settimeout(0.3)
+            try:
+                more = conn.recv(64)
+            except socket.timeout:
+                more = b""
+            if more:  # a libzmq client: reset, as the refusing producer's close did
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                return
+            conn.sendall(greeting[11:])
+
+
+@pytest.fixture
+def resetting():
+    server = ResettingCurveServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def dropping():
     server = DroppingServer()
@@ -72,3 +124,43 @@ def test_freelance_status_says_the_connection_closed(dropping):
     assert row["error"].startswith("connected, then the connection closed during the ZeroMQ "
                                    "handshake"), row
     assert "--key" not in row["error"]
+
+
+def test_the_greeting_names_the_mechanism(dropping):
+    ctx = zmq.Context.instance()
+    public, secret = zmq.curve_keypair()
+    with ctx.socket(zmq.ROUTER) as curve, ctx.socket(zmq.ROUTER) as plain:
+        curve.curve_server, curve.curve_secretkey, curve.curve_publickey = True, secret, public
+        curve_port = curve.bind_to_random_port("tcp://127.0.0.1")
+        plain_port = plain.bind_to_random_port("tcp://127.0.0.1")
+        assert greeting_mechanism("127.0.0.1", curve_port, 5) == "CURVE"
+        assert greeting_mechanism("127.0.0.1", plain_port, 5) == "NULL"
+    port = int(dropping.endpoint.rsplit(":", 1)[1])
+    assert greeting_mechanism("127.0.0.1", port, 5) is None  # closed before greeting
+    with socket.socket() as silent:  # accepts, never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        assert greeting_mechanism("127.0.0.1", silent.getsockname()[1], 0.3) is None
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        free_port = gone.getsockname()[1]
+    assert greeting_mechanism("127.0.0.1", free_port, 5) is None  # refused: no exception
+
+
+def test_explain_silence_uses_the_greeting():
+    dropped = [zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL]
+    assert "probably requires CURVE keys" in explain_silence(dropped, None, 1, "CURVE")
+    assert explain_silence(dropped, None, 1, None).startswith("connected, then the connection closed")
+    assert explain_silence(dropped, None, 1, "NULL").startswith("connected, then the connection closed")
+
+
+def test_a_reset_from_a_curve_producer_still_names_the_keys(resetting):
+    [row] = rows_of(run_status("--connect", resetting.endpoint))
+    assert "probably requires CURVE keys" in row["error"] and "--key" in row["error"], row
+
+
+def test_a_connect_worker_still_names_the_keys_after_a_reset(resetting, start_worker):
+    worker: WorkerProcess = start_worker("w1", connect=resetting.endpoint)
+    wait_until(lambda: "probably requires CURVE keys" in worker.log(), 30,
+               "the worker never named the keys")
+    assert resetting.accepted >= 2  # its own connection, then the greeting probe

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import threading
 from typing import Any
 from typing import Protocol
 
@@ -30,7 +31,8 @@ import zmq
 from ..core.session import Session
 from ..core.text import clean
 from ..discovery import MDNS, Announcement
-from ..security import KeyPair
+from ..core.wire import parse_endpoint
+from ..security import KeyPair, describe_handshake_failure, greeting_mechanism
 from ..sources import STATIC
 from .link import Link
 
@@ -94,6 +96,7 @@ class Peers:
         self._ignored: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._full_warned_at = -3600.0
         self._unanswered_logged_at = -3600.0
+        self._greeting_asked: set[str] = set()  # endpoints whose ZMTP greeting was read
 
     # --- announcements ----------------------------------------------------------------------
 
@@ -329,6 +332,8 @@ class Peers:
                 log.error("producer %s at %s: %s; retrying with backoff", session.label, session.endpoint, failed)
             elif session.answered or not session.discovered:
                 log.warning("producer %s unreachable (%s); retrying with backoff", session.label, why)
+                if self.keys is None and not session.answered:
+                    self._ask_greeting(session)
             else:  # one line a second at most: a flood of fake announcements is no log flood
                 level = logging.INFO if now - self._unanswered_logged_at >= 1.0 else logging.DEBUG
                 if level == logging.INFO:
@@ -370,6 +375,18 @@ class Peers:
         if new.endpoint in self.links:
             self.hooks.resend(new, now)
 
+    def _ask_greeting(self, session: Session) -> None:
+        """A producer given on the command line never answered this worker without keys: read
+        its ZMTP greeting once, in a thread (up to 2 s), and say so if it requires CURVE. Its
+        close may have outrun its greeting, so libzmq reported a dropped connection, not a
+        mechanism mismatch (see :func:`~freelance_rz.security.greeting_mechanism`). Command-line
+        endpoints only: they are few, and no announcement can add one."""
+        if session.endpoint in self._greeting_asked:
+            return
+        self._greeting_asked.add(session.endpoint)
+        threading.Thread(target=_say_if_curve, args=(session.label, session.endpoint), daemon=True,
+                         name="freelance-rz-greeting").start()
+
     def _give_up(self, session: Session, why: str, level: int = logging.ERROR) -> None:
         """A producer gone for good (closed, or unreachable for ``give_up_s``): its leases are
         void or expired there (the jobs are offered again), so stop its running jobs and
@@ -382,3 +399,14 @@ class Peers:
             )
         self.hooks.abort_jobs(session)
         session.unacked.clear()
+
+
+def _say_if_curve(label: str, endpoint: str) -> None:
+    """Log an error if the producer at ``endpoint`` names CURVE in its ZMTP greeting."""
+    try:
+        host, port = parse_endpoint(endpoint)
+    except ValueError:
+        return
+    if greeting_mechanism(host.strip("[]"), port, 2.0) == "CURVE":
+        log.error("producer %s at %s: %s; retrying with backoff", label, endpoint,
+                  describe_handshake_failure(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, None))
