@@ -84,7 +84,7 @@ class ResettingCurveServer(DroppingServer):
             conn.settimeout(0.3)
             try:
                 more = conn.recv(64)
-            except socket.timeout:
+            except TimeoutError:
                 more = b""
             if more:  # a libzmq client: reset, as the refusing producer's close did
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")

@@ -371,8 +371,9 @@ class LabRun:
             self._start(peer)
         else:
             note: dict[str, Any] = {} if peer.running else {"note": "not running"}
-            self._record("action", action=event.action, target=peer.name, **note)
             self._signal(peer, signal.SIGKILL if event.action == "sigkill" else signal.SIGTERM)
+            # stamped once sent: what the peer did until then (a job it started) comes before
+            self._record("action", action=event.action, target=peer.name, **note)
 
     def _loop(self) -> str:
         assert self.t0 is not None
