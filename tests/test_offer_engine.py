@@ -128,7 +128,7 @@ class OfferMachine(RuleBasedStateMachine):
             return
         rid = self.rid()
         worker.claims.add(rid)
-        self.receive(identity, w.Claim(rid=rid, wait_ms=wait_ms))
+        self.receive(identity, w.Claim(rid=rid, wait_ms=wait_ms, tasks=("m",)))
         self.deliver()
 
     @rule(identity=st.sampled_from(WORKERS), ok=st.booleans(), carry=st.booleans(),
@@ -141,7 +141,7 @@ class OfferMachine(RuleBasedStateMachine):
         job_id = worker.leases.pop(lease_id)
         claim = None
         if carry and len(worker.claims) < worker.free:
-            claim = w.Claim(rid=self.rid(), wait_ms=500)
+            claim = w.Claim(rid=self.rid(), wait_ms=500, tasks=("m",))
             worker.claims.add(claim.rid)
         payload = pl.pack_value(job_id) if ok and not crashed else pl.pack_error("E", "x", "")
         self.receive(identity, w.Result(rid=self.rid(), job_id=job_id, lease_id=lease_id,

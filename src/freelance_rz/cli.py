@@ -82,6 +82,15 @@ def worker_parser() -> argparse.ArgumentParser:
         help="largest job taken, as the producers' max_payload_bytes (default: %(default)s)",
     )
     parser.add_argument(
+        "--resources", metavar="NAME=AMOUNT[,...]", action="append", default=[],
+        help="what this worker's jobs share, e.g. gpu=1,mem_gb=64 (repeatable): a job that "
+        "needs some (producer.options(resources=...)) holds them while it runs",
+    )
+    parser.add_argument(
+        "--label", metavar="NAME=VALUE", action="append", default=[],
+        help="a label jobs may ask for, e.g. zone=eu (repeatable; producer.options(labels=...))",
+    )
+    parser.add_argument(
         "--give-up-s", type=float, default=GIVE_UP_S, metavar="SECONDS",
         help="abort the running jobs of a producer unreachable this long, and forget it if it "
         "was discovered (default: %(default)s)",
@@ -91,6 +100,40 @@ def worker_parser() -> argparse.ArgumentParser:
         type=str.upper, help="default: %(default)s",
     )
     return parser
+
+
+def _pairs(texts: Sequence[str], option: str, example: str) -> dict[str, str]:
+    """``NAME=VALUE`` items (comma-separated within one text when ``option`` is
+    --resources) into a dict. Raises ValueError naming the option."""
+    out: dict[str, str] = {}
+    for text in texts:
+        for item in text.split(",") if option == "--resources" else [text]:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{option} {item!r}: expected NAME=VALUE, e.g. {option} {example}")
+            if name.strip() in out:
+                raise ValueError(f"{option}: {name.strip()!r} is given twice")
+            out[name.strip()] = value.strip()
+    return out
+
+
+def parse_resources(texts: Sequence[str]) -> dict[str, float]:
+    """``--resources gpu=1,mem_gb=64`` (repeatable) as ``{"gpu": 1.0, "mem_gb": 64.0}``
+    (checked by :class:`Worker`). Raises ValueError on a malformed item or amount."""
+    out = {}
+    for name, value in _pairs(texts, "--resources", "gpu=1,mem_gb=64").items():
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--resources {name}={value!r}: the amount must be a number, "
+                             "e.g. --resources gpu=1,mem_gb=64") from None
+    return out
+
+
+def parse_labels(texts: Sequence[str]) -> dict[str, str]:
+    """``--label zone=eu --label pool=batch`` as ``{"zone": "eu", "pool": "batch"}``.
+    Raises ValueError on a malformed item."""
+    return _pairs(texts, "--label", "zone=eu")
 
 
 def _raise_open_file_limit() -> None:
@@ -121,6 +164,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
             slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
             key=args.key, trust=args.trust, max_payload_bytes=args.max_payload_bytes,
+            resources=parse_resources(args.resources), labels=parse_labels(args.label),
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)

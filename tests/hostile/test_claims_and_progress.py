@@ -42,7 +42,7 @@ def test_huge_progress_messages_are_refused_or_cut(make_producer):
     sock = dealer(producer.endpoint, b"rogue-progress")
     try:
         future = producer.submit(rztasks.add, 1, 1)
-        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=5000)))
+        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=5000, tasks=("rztasks",))))
         job = reply(sock)
         assert isinstance(job, p.Job)
         huge = "x" * (32 * 1024 * 1024)
@@ -85,7 +85,7 @@ rid = 0
 for _ in range(1024):
     for sock in socks:
         rid += 1
-        sock.send_multipart(p.encode(p.Claim(rid=rid, wait_ms=60_000)))
+        sock.send_multipart(p.encode(p.Claim(rid=rid, wait_ms=60_000, tasks=("rztasks",))))
 print("sent", flush=True)
 while True:  # read the NOJOBs, as a patient attacker would
     for sock in socks:

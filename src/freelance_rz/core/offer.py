@@ -12,11 +12,20 @@ its jobs in the :class:`~.ledger.Ledger` and the claims that wait for one in
 that worker is gone). What becomes of each job (done, failed, dead, cancelled) and its progress
 go to ``on_outcome`` and ``on_progress``; the thread resolves Futures with them.
 
-Rules that live here: a claim gets the first pending job its worker can take (a worker's
-``max_job``), or parks; a RESULT may carry the next claim, answered together with it; a job too
-large for every worker heard from fails after TOO_LARGE_GRACE_S; parked claims are served one
-identity after another; with CURVE a routing id belongs to the key that first used it; bad
-messages are answered ERR (at most ERR_REPLIES_PER_S a second). When the producer is durable,
+Rules that live here: a claim gets the first pending job its worker can run (its task
+modules, free resources, labels and ``max_job``: :mod:`.match`), or parks; a RESULT may carry
+the next claim, answered together with it; a job too large for every worker heard from fails
+after TOO_LARGE_GRACE_S; a job no connected worker can run waits and is reported
+(:mod:`.waiting`); parked claims are served one identity after another, identities that can
+run none of the pending jobs keeping their turn; with CURVE a routing id belongs to the key
+that first used it; bad messages are answered ERR (at most ERR_REPLIES_PER_S a second), a
+message of another protocol version in that version's framing.
+
+What a worker can run is known per routing id, from its latest claim (:attr:`OfferEngine.caps`);
+a job handed to it with resources takes them from that view until its next claim says what is
+free, so its other parked claims are not offered what it no longer has. (Claims to several
+producers can still race: the worker DECLINEs a JOB whose resources are gone, saying what is
+free.) When the producer is durable,
 the answer to a RESULT (ACK, or the JOB that acknowledges it) waits until the result is
 journaled (:meth:`OfferEngine.journaled`): a worker drops a result once it is acknowledged, so
 acknowledged must mean written.
@@ -34,8 +43,10 @@ from ..errors import ProtocolError
 from . import payload as pl
 from . import wire as w
 from .ledger import Expired, JobState, Ledger
+from .match import Capabilities, Needs
 from .parked import ParkedClaims
 from .text import clean, worker_label
+from .waiting import WAITING_IN_STATUS, WAITING_WARN_S, Waiting, unrunnable
 
 log = logging.getLogger("freelance_rz.producer")
 
@@ -78,7 +89,7 @@ class OfferEngine:
     """
 
     def __init__(
-        self, ledger: Ledger, *, send: Callable[[bytes, w.Reply], bool],
+        self, ledger: Ledger, *, send: Callable[[bytes, w.Answer], bool],
         on_outcome: Callable[[int, Outcome], None],
         on_progress: Callable[[int, tuple[float, float | None, str]], None],
         max_payload: int, facts: dict[str, Any], durable: bool, wanted: Callable[[int], bool],
@@ -98,14 +109,19 @@ class OfferEngine:
         self.parked = ParkedClaims()
         self.throughput = RecentCount(60)  # results taken in the last minute
         self.workers_seen: dict[bytes, float] = {}
-        # per worker identity (kept as long as workers_seen keeps it): the largest job it
-        # takes (from its claims), and with CURVE the key its routing id is bound to
-        self.worker_limits: dict[bytes, int] = {}
+        # per worker identity (kept as long as workers_seen keeps it): what it can run (from
+        # its latest claim), the most of each resource it ever had free, and with CURVE the
+        # key its routing id is bound to
+        self.caps: dict[bytes, Capabilities] = {}
+        self.capacity: dict[bytes, dict[str, float]] = {}
         self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.dispatch_due = True  # jobs became pending: offer them to the parked claims
         self.unjournaled: list[tuple[bytes, w.Result]] = []  # RESULTs answered once journaled
         self.last_worker_at = now  # when any worker last sent anything
         self.idle_warned = False
+        self.unrunnable_since: dict[Needs, float] = {}  # signatures no worker can run, since
+        self.waiting_warned: set[Needs] = set()  # ... that were logged
+        self.waiting_check_at = now
         self.forget_at = now + WORKER_FORGET_S  # next time silent workers leave the tables
         self.linger_until = 0.0  # a cancelled running job's worker has heard by then
         self.started_at = now
@@ -116,10 +132,11 @@ class OfferEngine:
     # --- from the application ---------------------------------------------------------------
 
     def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None, priority: int,
-               timeout_ms: int | None) -> None:
-        """A new job, at the tail of its priority's queue."""
+               timeout_ms: int | None, needs: Needs | None = None) -> None:
+        """A new job, at the tail of its signature's and priority's queue (``needs``: its
+        requirements; None: read from the payload)."""
         self.ledger.submit(job_id, payload, max_attempts=max_attempts, priority=priority,
-                           timeout_ms=timeout_ms)
+                           timeout_ms=timeout_ms, needs=needs)
         self.dispatch_due = True
 
     def cancel(self, job_id: int, now: float) -> None:
@@ -146,7 +163,7 @@ class OfferEngine:
         try:
             msg = w.decode_request(frames[1:], self.max_payload)
         except ProtocolError as exc:
-            self._bad(identity, exc, now)
+            self._bad(identity, exc, now, frames[1])
             return
         if not isinstance(msg, w.Status):  # freelance-status is no worker
             self.workers_seen[identity] = now
@@ -165,7 +182,8 @@ class OfferEngine:
         ), now)
         return False
 
-    def _bad(self, identity: bytes | None, exc: ProtocolError, now: float) -> None:
+    def _bad(self, identity: bytes | None, exc: ProtocolError, now: float,
+             signature: bytes = w.SIGNATURE) -> None:
         self.bad_messages += 1
         if now - self._bad_logged_at > 1.0:  # at most one line a second under a flood
             self._bad_logged_at = now
@@ -178,7 +196,10 @@ class OfferEngine:
             self._err_window_end, self._err_left = now + 1.0, ERR_REPLIES_PER_S
         if identity is not None and self._err_left > 0:  # a flood of junk is dropped cheaply
             self._err_left -= 1
-            self._send(identity, w.Err(rid=exc.rid, code=exc.code, message=exc.message))
+            if exc.code == w.E_VERSION:  # in the peer's framing, so that it reads it
+                self._send(identity, w.VersionErr(signature=signature, message=exc.message))
+            else:
+                self._send(identity, w.Err(rid=exc.rid, code=exc.code, message=exc.message))
 
     def _handle(self, identity: bytes, msg: w.Request, now: float) -> None:
         if isinstance(msg, w.Claim):
@@ -194,16 +215,13 @@ class OfferEngine:
                 if job_id is not None:
                     self._on_progress(job_id, progress)
         elif isinstance(msg, w.Decline):
-            self._release(identity, msg.job_id, msg.lease_id)
-            self._send(identity, w.Ack(rid=msg.rid))
-            if msg.max_job is not None:  # over the worker's limit: a claim that did not say it
-                self.worker_limits[identity] = msg.max_job
-                self._refuse_too_large(msg.max_job, now)
+            self._decline(identity, msg, now)
         elif isinstance(msg, w.CancelClaim):
             self.parked.remove(identity, msg.claim_rid)
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Bye):
             self.parked.drop_worker(identity)
+            self.caps.pop(identity, None)  # it runs nothing more: not counted as connected
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Status):
             self._send(identity, w.StatusReply(rid=msg.rid, info=self.status(now)))
@@ -213,8 +231,7 @@ class OfferEngine:
     def _claim(self, identity: bytes, claim: w.Claim, now: float, ack: int | None = None) -> None:
         """Answer a claim with a job now, or park it. ``ack``: rid of the RESULT that carried
         the claim, acknowledged by the JOB, or by an ACK when the claim is parked."""
-        # a worker that does not say (an older one) takes what its MAXMSGSIZE lets through
-        self.worker_limits[identity] = w.DEFAULT_MAX_PAYLOAD if claim.max_job is None else claim.max_job
+        self._learn(identity, claim)
         if self._offer(identity, claim.rid, now, ack):
             return
         if ack is not None:
@@ -226,14 +243,36 @@ class OfferEngine:
         if shed is not None:
             self._send(shed[0], w.NoJob(rid=shed[1]))
 
+    def _learn(self, identity: bytes, claim: w.Claim) -> None:
+        """What the claiming worker can run now (a worker that does not say its ``max_job``
+        takes what its MAXMSGSIZE lets through). When that changed while it has claims
+        parked, they are offered the pending jobs again."""
+        before = self.caps.get(identity)
+        max_job = w.DEFAULT_MAX_PAYLOAD if claim.max_job is None else claim.max_job
+        free, labels = claim.resources or {}, claim.labels or {}
+        if (before is not None and before.max_job == max_job and before.free == free
+                and before.labels == labels and before.modules.issuperset(claim.tasks)
+                and len(before.modules) == len(claim.tasks)):
+            return  # the same as its last claim (the common case: nothing to build)
+        caps = self.caps[identity] = Capabilities(frozenset(claim.tasks), free, labels, max_job)
+        if free:
+            most = self.capacity.setdefault(identity, {})
+            for name, amount in free.items():
+                if amount > most.get(name, -1.0):
+                    most[name] = amount
+        if before is not None and before != caps and self.parked.has(identity):
+            self.dispatch_due = True
+
     def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
-        """Lease the next job the worker can take to a claim; False when there is none (or
+        """Lease the next job the worker can run to a claim; False when there is none (or
         the worker is gone: then its parked claims are dropped too)."""
-        limit = self.worker_limits.get(identity, w.DEFAULT_MAX_PAYLOAD)
-        if limit < self.max_payload and self.ledger.too_large(limit):
-            self._refuse_too_large(limit, now)
+        caps = self.caps.get(identity)
+        if caps is None:  # forgotten meanwhile (it cannot be: its claims go with it)
+            return False
+        if caps.max_job < self.max_payload and self.ledger.too_large(caps.max_job):
+            self._refuse_too_large(caps.max_job, now)
         while True:
-            lease = self.ledger.claim(identity, now, None if limit >= self.max_payload else limit)
+            lease = self.ledger.claim(identity, now, caps)
             if lease is None:
                 return False
             if not self._wanted(lease.job_id):
@@ -243,18 +282,35 @@ class OfferEngine:
                 rid=rid, job_id=lease.job_id, lease_id=lease.lease_id, attempt=lease.attempt,
                 lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
                 timeout_ms=lease.timeout_ms, max_result=self.max_result,
+                resources=dict(lease.resources) if lease.resources else None,
             )
+            if lease.resources:  # its other claims are not offered what it no longer has
+                self.caps[identity] = caps.holding(lease.resources)
             if self._send(identity, job):
                 return True
             self._release(identity, lease.job_id, lease.lease_id)
             return False
+
+    def _decline(self, identity: bytes, msg: w.Decline, now: float) -> None:
+        """A JOB the worker will not run goes back to the head of its queue. A DECLINE that
+        says why (too large; resources not free) corrects what the producer knows of the
+        worker, so the job is not offered to it again for that reason."""
+        caps = self.caps.get(identity)
+        if caps is not None and msg.resources is not None:
+            caps = self.caps[identity] = caps.with_free(msg.resources)
+        if caps is not None and msg.max_job is not None:
+            self.caps[identity] = caps.with_max_job(msg.max_job)
+        self._release(identity, msg.job_id, msg.lease_id)
+        self._send(identity, w.Ack(rid=msg.rid))
+        if msg.max_job is not None:  # over the worker's limit: a claim that did not say it
+            self._refuse_too_large(msg.max_job, now)
 
     def _refuse_too_large(self, limit: int, now: float) -> None:
         """Fail the pending jobs too large for a worker of ``limit`` bytes that have also
         been too large for every worker heard from for TOO_LARGE_GRACE_S: no worker would
         ever take them. (Jobs some worker can take wait for it; the grace lets the workers of
         a fleet that is starting connect; the check costs nothing when the head job fits.)"""
-        largest = max(self.worker_limits.values(), default=limit)
+        largest = max((caps.max_job for caps in self.caps.values()), default=limit)
         for job_id in self.ledger.too_large(largest) if largest < self.max_payload else ():
             job = self.ledger.job(job_id)
             assert job is not None
@@ -279,20 +335,29 @@ class OfferEngine:
 
     def _dispatch(self, now: float) -> None:
         """Hand pending jobs to parked claims, one worker identity after another, when jobs
-        became pending since the last time; stops after a whole round of identities took
-        nothing (the pending jobs are too large for the workers that wait)."""
+        became pending (or a parked worker's capabilities changed) since the last time.
+        Workers that can run the same jobs form a class (equal :class:`~.match.Capabilities`):
+        once one of a class took nothing, the others are passed over, keeping their turn.
+        It stops when every parked identity was passed over."""
         if not self.dispatch_due:
             return
         self.dispatch_due = False
-        took_nothing: set[bytes] = set()
+        took_nothing: set[Capabilities] = set()
+        caps = self.caps
+
+        def skip(identity: bytes) -> bool:
+            return caps.get(identity) in took_nothing
+
         while self.parked and self.ledger.pending:
-            identity, rid, expires_at = self.parked.pop_next()
-            if identity in took_nothing:
-                self.parked.park(identity, rid, expires_at)
+            found = self.parked.next_claim(skip if took_nothing else _never)
+            if found is None:
                 return
-            if not self._offer(identity, rid, now) and identity in self.workers_seen:
-                self.parked.park(identity, rid, expires_at)  # nothing it can take: wait on
-                took_nothing.add(identity)
+            identity, rid = found
+            view = caps.get(identity)
+            if self._offer(identity, rid, now):
+                self.parked.served(identity, rid)
+            elif view is not None and identity in caps:  # it can run none of them (else it
+                took_nothing.add(view)  # is gone, and its claims with it)
 
     # --- results ----------------------------------------------------------------------------
 
@@ -354,10 +419,16 @@ class OfferEngine:
                 self._forget_worker(identity)
             self.keys_of = {k: v for k, v in self.keys_of.items() if now - v[1] <= WORKER_FORGET_S}
         self._warn_if_unserved(now)
+        if now >= self.waiting_check_at:
+            self.waiting_check_at = now + 1.0
+            self._warn_unrunnable(now)
         self._dispatch(now)
 
     def next_wakeup(self) -> float | None:
-        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out)."""
+        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out;
+        0.0, at once, when pending jobs are to be offered to parked claims)."""
+        if self.dispatch_due and self.parked:
+            return 0.0
         deadline, expiry = self.ledger.next_deadline(), self.parked.next_expiry()
         if deadline is None or expiry is None:
             return deadline if expiry is None else expiry
@@ -389,9 +460,35 @@ class OfferEngine:
             self.facts.get("producer_id"), group, now - self.last_worker_at, group, endpoints[0],
         )
 
+    def waiting(self) -> list[Waiting]:
+        """The requirement signatures of pending jobs that no connected worker (one whose
+        claims the producer heard and has not forgotten) can run, each worker taken at the
+        most it ever had free."""
+        if not self.ledger.pending:
+            return []
+        fleet = [Capabilities(caps.modules, self.capacity.get(identity, caps.free), caps.labels,
+                              caps.max_job) for identity, caps in self.caps.items()]
+        return unrunnable(self.ledger.waiting(), fleet)
+
+    def _warn_unrunnable(self, now: float) -> None:
+        """Log, once per requirement signature, jobs that no connected worker could run for
+        WAITING_WARN_S (while no worker speaks at all, :meth:`_warn_if_unserved` says so)."""
+        if not self.caps or not self.ledger.pending:
+            self.unrunnable_since.clear()
+            return
+        found = {waiting.needs: waiting for waiting in self.waiting()}
+        since = {needs: self.unrunnable_since.get(needs, now) for needs in found}
+        self.unrunnable_since = since
+        self.waiting_warned.intersection_update(found)
+        for needs, waiting in found.items():
+            if needs not in self.waiting_warned and now - since[needs] >= WAITING_WARN_S:
+                self.waiting_warned.add(needs)
+                log.warning("%s; waiting until such a worker claims (producer %s)",
+                            clean(waiting.message, 400), self.facts.get("producer_id"))
+
     # --- sending ----------------------------------------------------------------------------
 
-    def _send(self, identity: bytes, msg: w.Reply) -> bool:
+    def _send(self, identity: bytes, msg: w.Answer) -> bool:
         if self._send_reply(identity, msg):
             return True
         self._forget_worker(identity)  # EHOSTUNREACH: the worker is gone
@@ -399,7 +496,8 @@ class OfferEngine:
 
     def _forget_worker(self, identity: bytes) -> None:
         self.workers_seen.pop(identity, None)
-        self.worker_limits.pop(identity, None)
+        self.caps.pop(identity, None)
+        self.capacity.pop(identity, None)
         self.parked.drop_worker(identity)
 
     # --- status -----------------------------------------------------------------------------
@@ -435,10 +533,15 @@ class OfferEngine:
                 if job.progress is not None and job.worker is not None
             ],
             "parked_claims": len(self.parked),
+            "waiting": [waiting.as_status() for waiting in self.waiting()[:WAITING_IN_STATUS]],
             "uptime_s": round(now - self.started_at, 3),
             "bad_messages": self.bad_messages,
             **extra,
         }
+
+
+def _never(identity: bytes) -> bool:
+    return False
 
 
 class RecentCount:

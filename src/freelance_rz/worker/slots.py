@@ -275,7 +275,8 @@ class JobProcess:
 class RunningJob:
     """A job a slot runs: the producer's session it came from (its endpoint), the lease, and
     what the JOB said. ``deadline``: its time limit (monotonic seconds), if it has one;
-    ``progress``: reported since the last BEAT, not yet sent."""
+    ``progress``: reported since the last BEAT, not yet sent; ``resources``: what it holds
+    of the worker's resources until it ends."""
 
     endpoint: str
     job_id: int
@@ -285,6 +286,7 @@ class RunningJob:
     timeout_ms: int = 0
     max_result: int = 0  # bytes of result payload the producer takes
     progress: tuple[float, float | None, str] | None = None
+    resources: tuple[tuple[str, float], ...] = ()  # what it holds while it runs (its JOB's)
 
 
 class Slot:

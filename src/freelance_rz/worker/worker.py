@@ -17,13 +17,14 @@ import resource
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
 
 from ..core import check as _check
 from ..core import wire as w
+from ..core.match import MAX_MODULES, MODULE_MAX_CHARS, MODULE_RE
 from ..core.session import DEFAULT_WAIT_MS, Session
 from ..discovery import Browser, resolve_interfaces
 from ..security import KeyPair, check_pair, load_keypair, load_public_keys
@@ -61,12 +62,24 @@ class Worker:
             producers' ``max_payload_bytes``): claims say it, so producers never hand this
             worker a larger job (one larger than every worker takes fails with
             :class:`~freelance_rz.JobTooLarge`).
+        resources: what the worker has for its jobs to share, name -> amount, e.g.
+            ``{"gpu": 1, "mem_gb": 64}`` (``--resources gpu=1,mem_gb=64``): a job that needs
+            some (``producer.options(resources={"gpu": 1})``) holds them while it runs, so
+            slots and resources both bound what runs at once. Claims say what is free.
+        labels: labels jobs may ask for, name -> value, e.g. ``{"zone": "eu"}``
+            (``--label zone=eu``).
+
+    Claims say what this worker can run (its ``tasks`` modules, free ``resources`` and
+    ``labels``), and producers hand it only such jobs (DESIGN §8).
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
     A module named twice in ``tasks`` is taken once. Ranges: ``slots`` >= 1, ``wait_ms`` >= 1,
     ``give_up_s`` > 0 (``float("inf")``: never), ``group`` 1 to 63 characters, ``name`` at most
-    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62.
+    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62; at most 256 ``tasks`` modules; at
+    most 32 ``resources`` and 32 ``labels``, names of 1 to 64 of ``A-Z a-z 0-9 _ . -``
+    (starting with a letter or ``_``), amounts finite numbers from 0 to 1e15, label values
+    at most 128 characters.
 
     Raises:
         TypeError: an argument of the wrong type, e.g. ``tasks="myapp.tasks"`` (a str, not a
@@ -93,6 +106,8 @@ class Worker:
         key: str | os.PathLike[str] | None = None,
         trust: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = w.DEFAULT_MAX_PAYLOAD,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -107,6 +122,8 @@ class Worker:
         self.max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
         )
+        self.resources = _check.resources("resources", resources) or {}
+        self.labels = _check.labels("labels", labels) or {}
         if not self.discover and not endpoints:
             raise ValueError("a worker needs --discover or at least one --connect endpoint")
         self.tasks = _task_modules(tasks)  # each module once, in the order given
@@ -157,7 +174,8 @@ class Worker:
         loop = WorkerLoop(
             name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
             interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
-            stats=self.stats, clock=time.monotonic,
+            stats=self.stats, clock=time.monotonic, tasks=tuple(self.tasks),
+            resources=self.resources, labels=self.labels,
         )
         try:
             reaper.start()
@@ -176,8 +194,8 @@ class Worker:
             for slot in slots:
                 slot.proc.wait_ready()
             log.info(
-                "worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
-                ", ".join(self.tasks),
+                "worker %s started: %d slot(s), tasks %s%s, %s", self.name, self.slots,
+                ", ".join(self.tasks), _described(self.resources, self.labels),
                 f"discovering group {self.group!r}" if self.discover else "static producers",
             )
             loop.run()
@@ -197,11 +215,27 @@ class Worker:
         return self.stats
 
 
+def _described(resources: dict[str, float], labels: dict[str, str]) -> str:
+    """``, resources gpu=1, labels zone=eu`` for the start-up line ("" when none)."""
+    text = ""
+    if resources:
+        text += ", resources " + ",".join(f"{k}={v:g}" for k, v in resources.items())
+    if labels:
+        text += ", labels " + ",".join(f"{k}={v}" for k, v in labels.items())
+    return text
+
+
 def _task_modules(modules: list[str]) -> list[str]:
-    """The task modules, each findable (checked before any job process imports them)."""
+    """The task modules, each a module name a claim can carry and findable (checked before
+    any job process imports them)."""
     if not modules:
         raise ValueError("a worker needs at least one --tasks module")
+    if len(modules) > MAX_MODULES:
+        raise ValueError(f"a worker takes at most {MAX_MODULES} --tasks modules, got {len(modules)}")
     for module in modules:
+        if len(module) > MODULE_MAX_CHARS or not MODULE_RE.fullmatch(module):
+            raise ValueError(f"--tasks {module[:80]!r} is not a module name (dotted Python "
+                             f"names of at most {MODULE_MAX_CHARS} characters)")
         try:
             found = importlib.util.find_spec(module)
         except ImportError:  # "a.b" where "a" is missing or not a package
