@@ -16,16 +16,12 @@ Rules that live here: a claim gets the first pending job its worker can run (its
 modules, free resources, labels and ``max_job``: :mod:`.match`), or parks; a RESULT may carry
 the next claim, answered together with it; a job too large for every worker heard from fails
 after TOO_LARGE_GRACE_S; a job no connected worker can run waits and is reported
-(:mod:`.waiting`); parked claims are served one identity after another, identities that can
+(:mod:`.fleet`); parked claims are served one identity after another, identities that can
 run none of the pending jobs keeping their turn; with CURVE a routing id belongs to the key
 that first used it; bad messages are answered ERR (at most ERR_REPLIES_PER_S a second), a
 message of another protocol version in that version's framing.
 
-What a worker can run is known per routing id, from its latest claim (:attr:`OfferEngine.caps`);
-a job handed to it with resources takes them from that view until its next claim says what is
-free, so its other parked claims are not offered what it no longer has. (Claims to several
-producers can still race: the worker DECLINEs a JOB whose resources are gone, saying what is
-free.) When the producer is durable,
+What a worker can run is known per routing id, from its latest claim (:class:`~.fleet.Fleet`). When the producer is durable,
 the answer to a RESULT (ACK, or the JOB that acknowledges it) waits until the result is
 journaled (:meth:`OfferEngine.journaled`): a worker drops a result once it is acknowledged, so
 acknowledged must mean written.
@@ -46,7 +42,7 @@ from .ledger import Expired, JobState, Ledger
 from .match import Capabilities, Needs
 from .parked import ParkedClaims
 from .text import clean, worker_label
-from .waiting import WAITING_IN_STATUS, WAITING_WARN_S, Waiting, unrunnable
+from .fleet import WAITING_IN_STATUS, Fleet, Waiting
 
 log = logging.getLogger("freelance_rz.producer")
 
@@ -56,7 +52,6 @@ PROGRESS_IN_STATUS = 100  # running jobs whose progress STATUS lists, at most
 WORKERS_IN_STATUS = 200  # workers STATUS lists (the most recently heard), at most
 PROGRESS_MESSAGE_CHARS = 200  # characters kept of a progress message
 ERR_REPLIES_PER_S = 1000  # ERR answers a second, at most; further bad messages are dropped
-NO_WORKER_WARN_S = 10.0  # jobs waiting this long with no word from any worker: say so, once
 TOO_LARGE_GRACE_S = 5.0  # a job too large for every connected worker this long fails
 
 
@@ -109,19 +104,12 @@ class OfferEngine:
         self.parked = ParkedClaims()
         self.throughput = RecentCount(60)  # results taken in the last minute
         self.workers_seen: dict[bytes, float] = {}
-        # per worker identity (kept as long as workers_seen keeps it): what it can run (from
-        # its latest claim), the most of each resource it ever had free, and with CURVE the
-        # key its routing id is bound to
-        self.caps: dict[bytes, Capabilities] = {}
-        self.capacity: dict[bytes, dict[str, float]] = {}
+        # per worker identity (kept as long as workers_seen keeps it): what it can run, and
+        # with CURVE the key its routing id is bound to
+        self.fleet = Fleet(now)
         self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.dispatch_due = True  # jobs became pending: offer them to the parked claims
         self.unjournaled: list[tuple[bytes, w.Result]] = []  # RESULTs answered once journaled
-        self.last_worker_at = now  # when any worker last sent anything
-        self.idle_warned = False
-        self.unrunnable_since: dict[Needs, float] = {}  # signatures no worker can run, since
-        self.waiting_warned: set[Needs] = set()  # ... that were logged
-        self.waiting_check_at = now
         self.forget_at = now + WORKER_FORGET_S  # next time silent workers leave the tables
         self.linger_until = 0.0  # a cancelled running job's worker has heard by then
         self.started_at = now
@@ -167,7 +155,7 @@ class OfferEngine:
             return
         if not isinstance(msg, w.Status):  # freelance-status is no worker
             self.workers_seen[identity] = now
-            self.last_worker_at = now
+            self.fleet.last_heard = now
         self._handle(identity, msg, now)
 
     def _bind_key(self, identity: bytes, key: str, now: float) -> bool:
@@ -221,7 +209,7 @@ class OfferEngine:
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Bye):
             self.parked.drop_worker(identity)
-            self.caps.pop(identity, None)  # it runs nothing more: not counted as connected
+            self.fleet.forget(identity)  # it runs nothing more: not counted as connected
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Status):
             self._send(identity, w.StatusReply(rid=msg.rid, info=self.status(now)))
@@ -231,7 +219,8 @@ class OfferEngine:
     def _claim(self, identity: bytes, claim: w.Claim, now: float, ack: int | None = None) -> None:
         """Answer a claim with a job now, or park it. ``ack``: rid of the RESULT that carried
         the claim, acknowledged by the JOB, or by an ACK when the claim is parked."""
-        self._learn(identity, claim)
+        if self.fleet.learn(identity, claim) and self.parked.has(identity):
+            self.dispatch_due = True  # its parked claims may run other jobs now
         if self._offer(identity, claim.rid, now, ack):
             return
         if ack is not None:
@@ -243,30 +232,10 @@ class OfferEngine:
         if shed is not None:
             self._send(shed[0], w.NoJob(rid=shed[1]))
 
-    def _learn(self, identity: bytes, claim: w.Claim) -> None:
-        """What the claiming worker can run now (a worker that does not say its ``max_job``
-        takes what its MAXMSGSIZE lets through). When that changed while it has claims
-        parked, they are offered the pending jobs again."""
-        before = self.caps.get(identity)
-        max_job = w.DEFAULT_MAX_PAYLOAD if claim.max_job is None else claim.max_job
-        free, labels = claim.resources or {}, claim.labels or {}
-        if (before is not None and before.max_job == max_job and before.free == free
-                and before.labels == labels and before.modules.issuperset(claim.tasks)
-                and len(before.modules) == len(claim.tasks)):
-            return  # the same as its last claim (the common case: nothing to build)
-        caps = self.caps[identity] = Capabilities(frozenset(claim.tasks), free, labels, max_job)
-        if free:
-            most = self.capacity.setdefault(identity, {})
-            for name, amount in free.items():
-                if amount > most.get(name, -1.0):
-                    most[name] = amount
-        if before is not None and before != caps and self.parked.has(identity):
-            self.dispatch_due = True
-
     def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
         """Lease the next job the worker can run to a claim; False when there is none (or
         the worker is gone: then its parked claims are dropped too)."""
-        caps = self.caps.get(identity)
+        caps = self.fleet.caps.get(identity)
         if caps is None:  # forgotten meanwhile (it cannot be: its claims go with it)
             return False
         if caps.max_job < self.max_payload and self.ledger.too_large(caps.max_job):
@@ -284,8 +253,7 @@ class OfferEngine:
                 timeout_ms=lease.timeout_ms, max_result=self.max_result,
                 resources=dict(lease.resources) if lease.resources else None,
             )
-            if lease.resources:  # its other claims are not offered what it no longer has
-                self.caps[identity] = caps.holding(lease.resources)
+            self.fleet.handed(identity, lease.resources)
             if self._send(identity, job):
                 return True
             self._release(identity, lease.job_id, lease.lease_id)
@@ -295,11 +263,7 @@ class OfferEngine:
         """A JOB the worker will not run goes back to the head of its queue. A DECLINE that
         says why (too large; resources not free) corrects what the producer knows of the
         worker, so the job is not offered to it again for that reason."""
-        caps = self.caps.get(identity)
-        if caps is not None and msg.resources is not None:
-            caps = self.caps[identity] = caps.with_free(msg.resources)
-        if caps is not None and msg.max_job is not None:
-            self.caps[identity] = caps.with_max_job(msg.max_job)
+        self.fleet.declined(identity, msg)
         self._release(identity, msg.job_id, msg.lease_id)
         self._send(identity, w.Ack(rid=msg.rid))
         if msg.max_job is not None:  # over the worker's limit: a claim that did not say it
@@ -310,7 +274,7 @@ class OfferEngine:
         been too large for every worker heard from for TOO_LARGE_GRACE_S: no worker would
         ever take them. (Jobs some worker can take wait for it; the grace lets the workers of
         a fleet that is starting connect; the check costs nothing when the head job fits.)"""
-        largest = max((caps.max_job for caps in self.caps.values()), default=limit)
+        largest = self.fleet.largest_job(limit)
         for job_id in self.ledger.too_large(largest) if largest < self.max_payload else ():
             job = self.ledger.job(job_id)
             assert job is not None
@@ -343,13 +307,9 @@ class OfferEngine:
             return
         self.dispatch_due = False
         took_nothing: set[Capabilities] = set()
-        caps = self.caps
-
-        def skip(identity: bytes) -> bool:
-            return caps.get(identity) in took_nothing
-
+        caps = self.fleet.caps
         while self.parked and self.ledger.pending:
-            found = self.parked.next_claim(skip if took_nothing else _never)
+            found = self.parked.next_claim(lambda identity: caps.get(identity) in took_nothing)
             if found is None:
                 return
             identity, rid = found
@@ -418,10 +378,9 @@ class OfferEngine:
             for identity in [k for k, t in self.workers_seen.items() if now - t > WORKER_FORGET_S]:
                 self._forget_worker(identity)
             self.keys_of = {k: v for k, v in self.keys_of.items() if now - v[1] <= WORKER_FORGET_S}
-        self._warn_if_unserved(now)
-        if now >= self.waiting_check_at:
-            self.waiting_check_at = now + 1.0
-            self._warn_unrunnable(now)
+        self.fleet.warn_unserved(now, self.ledger.pending, self.facts)
+        self.fleet.warn(now, self.ledger.waiting() if self.ledger.pending else [],
+                        self.facts.get("producer_id"))
         self._dispatch(now)
 
     def next_wakeup(self) -> float | None:
@@ -443,48 +402,10 @@ class OfferEngine:
         for identity, rid in self.parked.keys():
             self._send(identity, w.NoJob(rid=rid))
 
-    def _warn_if_unserved(self, now: float) -> None:
-        """Say once (until a worker speaks again) that jobs wait and no worker has said
-        anything for NO_WORKER_WARN_S: a wrong group, or no worker started."""
-        if not self.ledger.pending or now - self.last_worker_at < NO_WORKER_WARN_S:
-            self.idle_warned = False
-            return
-        if self.idle_warned:
-            return
-        self.idle_warned = True
-        group, endpoints = self.facts.get("group"), self.facts.get("endpoints") or ["ENDPOINT"]
-        log.warning(
-            "%d job(s) waiting and no worker has spoken to producer %s (group %r) for %.0f s: "
-            "start workers of this group, e.g. `freelance-worker --discover --group %s "
-            "--tasks MODULE`, or `--connect %s`", self.ledger.pending,
-            self.facts.get("producer_id"), group, now - self.last_worker_at, group, endpoints[0],
-        )
-
     def waiting(self) -> list[Waiting]:
         """The requirement signatures of pending jobs that no connected worker (one whose
-        claims the producer heard and has not forgotten) can run, each worker taken at the
-        most it ever had free."""
-        if not self.ledger.pending:
-            return []
-        fleet = [Capabilities(caps.modules, self.capacity.get(identity, caps.free), caps.labels,
-                              caps.max_job) for identity, caps in self.caps.items()]
-        return unrunnable(self.ledger.waiting(), fleet)
-
-    def _warn_unrunnable(self, now: float) -> None:
-        """Log, once per requirement signature, jobs that no connected worker could run for
-        WAITING_WARN_S (while no worker speaks at all, :meth:`_warn_if_unserved` says so)."""
-        if not self.caps or not self.ledger.pending:
-            self.unrunnable_since.clear()
-            return
-        found = {waiting.needs: waiting for waiting in self.waiting()}
-        since = {needs: self.unrunnable_since.get(needs, now) for needs in found}
-        self.unrunnable_since = since
-        self.waiting_warned.intersection_update(found)
-        for needs, waiting in found.items():
-            if needs not in self.waiting_warned and now - since[needs] >= WAITING_WARN_S:
-                self.waiting_warned.add(needs)
-                log.warning("%s; waiting until such a worker claims (producer %s)",
-                            clean(waiting.message, 400), self.facts.get("producer_id"))
+        claims the producer heard and has not forgotten) can run, with their counts."""
+        return self.fleet.waiting(self.ledger.waiting()) if self.ledger.pending else []
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -496,8 +417,7 @@ class OfferEngine:
 
     def _forget_worker(self, identity: bytes) -> None:
         self.workers_seen.pop(identity, None)
-        self.caps.pop(identity, None)
-        self.capacity.pop(identity, None)
+        self.fleet.forget(identity)
         self.parked.drop_worker(identity)
 
     # --- status -----------------------------------------------------------------------------
@@ -538,10 +458,6 @@ class OfferEngine:
             "bad_messages": self.bad_messages,
             **extra,
         }
-
-
-def _never(identity: bytes) -> bool:
-    return False
 
 
 class RecentCount:
