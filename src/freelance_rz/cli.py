@@ -234,11 +234,22 @@ def _read_rows(rows: list[dict[str, Any]]) -> list[_ReadRow]:
 
 
 def _status_view(rows: list[dict[str, Any]]) -> Group:
-    """The producers' table, and below it the running jobs that reported progress."""
+    """The producers' table, below it the jobs no connected worker can run, and the running
+    jobs that reported progress."""
     read = _read_rows(rows)
+    tables: list[Table] = [_status_table(read)]
+    waiting = [(info, entry) for _, info, _ in read if info is not None for entry in info.waiting]
+    if waiting:
+        table = Table(title="waiting: jobs no connected worker can run")
+        table.add_column("producer")
+        table.add_column("jobs", justify="right")
+        table.add_column("why", style="yellow")
+        for info, entry in waiting:
+            table.add_row(_cell(info.producer_id), str(entry.jobs), _cell(entry.message, "yellow"))
+        tables.append(table)
     jobs = [(info, job) for _, info, _ in read if info is not None for job in info.progress]
     if not jobs:
-        return Group(_status_table(read))
+        return Group(*tables)
     table = Table(title=f"running jobs with progress ({len(jobs)})")
     for column in ("producer", "job", "worker", "done", "message"):
         table.add_column(column)
@@ -246,7 +257,7 @@ def _status_view(rows: list[dict[str, Any]]) -> Group:
         done = f"{job.done:g}" + ("" if job.total is None else f" / {job.total:g}")
         table.add_row(_cell(info.producer_id), str(job.job_id), _cell(job.worker), done,
                       _cell(job.message))
-    return Group(_status_table(read), table)
+    return Group(*tables, table)
 
 
 _COUNT_COLUMNS = frozenset({"pending", "leased", "done", "failed", "dead", "workers", "done/min", "up"})

@@ -370,7 +370,11 @@ class Producer(Executor):
         ``done``, ``failed``, ``dead``, ``cancelled`` (since this start); ``workers`` heard from
         in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs);
         ``finished_last_min``; ``parked_claims``; ``uptime_s`` (seconds); ``bad_messages``;
-        ``producer_id``, ``group``, ``endpoints``, ``version``.
+        ``producer_id``, ``group``, ``endpoints``, ``version``; ``waiting``: the pending jobs
+        that no connected worker can run, one map per requirement signature (``task``,
+        ``resources``, ``labels``, ``jobs``: how many, ``missing``: what no connected worker
+        offers, ``message``: e.g. ``"12 jobs of myapp.tasks:render need gpu=1: no connected
+        worker offers gpu=1"``), most jobs first, at most 50.
 
         Args:
             timeout_s: seconds to wait for the I/O thread's answer (None: no limit).
