@@ -18,7 +18,7 @@ wording of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,7 @@ class Fleet:
     def __init__(self, now: float) -> None:
         self.caps: dict[bytes, Capabilities] = {}
         self.capacity: dict[bytes, dict[str, float]] = {}
+        self._said: dict[bytes, w.Claim] = {}  # the claim its caps are (while nothing changed them)
         self._unrunnable_since: dict[Needs, float] = {}
         self._warned: set[Needs] = set()  # signatures logged (until they can run again)
         self._check_at = now
@@ -118,13 +119,15 @@ class Fleet:
     def learn(self, identity: bytes, claim: w.Claim) -> bool:
         """What the claiming worker can run now (one that does not say its ``max_job``
         takes what its MAXMSGSIZE lets through). True when it changed from what was known."""
+        said = self._said.get(identity)
+        if (said is not None and said.tasks is claim.tasks and said.max_job == claim.max_job
+                and said.resources == claim.resources and said.labels == claim.labels):
+            return False  # as its last claim said (the common case; the codec returns one
+            # tuple for equal lists of modules)
+        self._said[identity] = claim
         before = self.caps.get(identity)
         max_job = w.DEFAULT_MAX_PAYLOAD if claim.max_job is None else claim.max_job
         free, labels = claim.resources or {}, claim.labels or {}
-        if (before is not None and before.max_job == max_job and before.free == free
-                and before.labels == labels and before.modules.issuperset(claim.tasks)
-                and len(before.modules) == len(claim.tasks)):
-            return False  # the same as its last claim (the common case: nothing to build)
         caps = self.caps[identity] = Capabilities(frozenset(claim.tasks), free, labels, max_job)
         if free:
             most = self.capacity.setdefault(identity, {})
@@ -138,6 +141,7 @@ class Fleet:
         caps = self.caps.get(identity)
         if caps is not None and resources:
             self.caps[identity] = caps.holding(resources)
+            self._said.pop(identity, None)
 
     def declined(self, identity: bytes, msg: w.Decline) -> None:
         """The worker declined a JOB, saying what it has free or the largest job it takes."""
@@ -146,10 +150,12 @@ class Fleet:
             caps = self.caps[identity] = caps.with_free(msg.resources)
         if caps is not None and msg.max_job is not None:
             self.caps[identity] = caps.with_max_job(msg.max_job)
+        self._said.pop(identity, None)
 
     def forget(self, identity: bytes) -> None:
         self.caps.pop(identity, None)
         self.capacity.pop(identity, None)
+        self._said.pop(identity, None)
 
     def largest_job(self, default: int) -> int:
         """The largest job payload any known worker takes, in bytes (``default``: none known)."""
@@ -180,14 +186,16 @@ class Fleet:
             now - self.last_heard, group, endpoints[0],
         )
 
-    def warn(self, now: float, signatures: list[tuple[Needs, int]], producer_id: object) -> None:
+    def warn(self, now: float, pending: Callable[[], list[tuple[Needs, int]]],
+             producer_id: object) -> None:
         """Once a second: log, once per requirement signature, jobs that no known worker
-        could run for WAITING_WARN_S (while no worker claims at all, the producer says that
-        instead)."""
+        could run for WAITING_WARN_S (``pending()``: the signatures of pending jobs and their
+        counts). While no worker claims at all, the producer says that instead."""
         if now < self._check_at:
             return
         self._check_at = now + 1.0
-        if not self.caps or not signatures:
+        signatures = pending() if self.caps else []
+        if not signatures:
             self._unrunnable_since.clear()
             return
         found = {waiting.needs: waiting for waiting in self.waiting(signatures)}

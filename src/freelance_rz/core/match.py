@@ -180,15 +180,30 @@ def fits(resources: Iterable[tuple[str, float]], free: Mapping[str, float]) -> b
 # --- the limits, as the wire checks them (a msgpack value from a peer) ----------------------
 
 
+_CHECKED_MODULES: dict[tuple[Any, ...], tuple[str, ...]] = {}  # lists of modules seen valid
+
+
 def wire_modules(value: Any) -> tuple[str, ...]:
-    """A CLAIM's ``tasks``: 1 to MAX_MODULES module names. Raises ValueError."""
+    """A CLAIM's ``tasks``: 1 to MAX_MODULES module names. Raises ValueError. (A worker
+    sends the same list in every claim: lists found valid are remembered, up to 256, and the
+    same tuple is returned for them.)"""
     if type(value) is not list or not 1 <= len(value) <= MAX_MODULES:
         raise ValueError(f"must be an array of 1 to {MAX_MODULES} module names")
-    for module in value:
+    key = tuple(value)
+    try:  # only strs equal strs: a tuple found here holds the same, valid, names
+        checked = _CHECKED_MODULES.get(key)
+    except TypeError:  # an unhashable element (an array, a map)
+        checked = None
+    if checked is not None:
+        return checked
+    for module in key:
         if type(module) is not str or len(module) > MODULE_MAX_CHARS or not MODULE_RE.fullmatch(module):
             raise ValueError(f"must hold module names (dotted Python names of at most "
                              f"{MODULE_MAX_CHARS} characters)")
-    return tuple(value)
+    if len(_CHECKED_MODULES) >= 256:
+        _CHECKED_MODULES.clear()
+    _CHECKED_MODULES[key] = key
+    return key
 
 
 def _wire_names(value: Any, most: int, what: str) -> dict[str, Any]:

@@ -379,8 +379,7 @@ class OfferEngine:
                 self._forget_worker(identity)
             self.keys_of = {k: v for k, v in self.keys_of.items() if now - v[1] <= WORKER_FORGET_S}
         self.fleet.warn_unserved(now, self.ledger.pending, self.facts)
-        self.fleet.warn(now, self.ledger.waiting() if self.ledger.pending else [],
-                        self.facts.get("producer_id"))
+        self.fleet.warn(now, self.ledger.waiting, self.facts.get("producer_id"))
         self._dispatch(now)
 
     def next_wakeup(self) -> float | None:

@@ -12,24 +12,29 @@ decreasing one, so comparing sequence numbers across queues gives the order a si
 would have. A claim is offered the best head, by priority then sequence, among the queues
 whose signature its worker can run (:meth:`PendingIndex.take`): the cost of a claim grows
 with the number of signatures it can run (a few), never with the number of pending jobs.
+Which signatures a worker can run is remembered per capabilities until a signature comes or
+goes, so a claim like the last one does not check them again.
 Jobs that stop being pending while queued (cancelled, resolved by a late result, refused)
 are skipped when they reach a head; a signature with no pending job left is dropped, so
 memory is bounded by pending jobs and live signatures.
 
 :meth:`PendingIndex._candidates` is the one place that decides which pending jobs may be
 offered to a claim. A rule of *when* a job may run (a due time, dependencies, a task's
-concurrency or rate limit: DESIGN §9) joins there, by keeping a signature out of the
-candidates, or keeps a job out of the index until it may run.
+concurrency or rate limit: DESIGN §9) joins there, by filtering the signatures a worker can
+run (that list is cached; a gate that changes with time must be applied after it), or keeps
+a job out of the index until it may run.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Protocol
 
 from .match import Capabilities, Needs
+
+RUNS_CACHED = 256  # capabilities whose runnable signatures are remembered, at most
 
 
 class Entry(Protocol):
@@ -84,6 +89,9 @@ class PendingIndex:
     def __init__(self) -> None:
         self._queues: dict[Needs, _Queue] = {}
         self._by_module: dict[str, dict[Needs, _Queue]] = {}  # module -> its signatures
+        # capabilities -> the queues of the signatures they can run; cleared when one comes
+        # or goes (a fleet has few kinds of workers; bounded by RUNS_CACHED all the same)
+        self._runs: dict[Capabilities, list[_Queue]] = {}
         self._tail = 0  # sequence of the last job added at a tail
         self._head = 0  # sequence of the last job put back at a head
 
@@ -99,6 +107,7 @@ class PendingIndex:
         if queue is None:
             queue = self._queues[job.needs] = _Queue(job.needs)
             self._by_module.setdefault(job.needs.module, {})[job.needs] = queue
+            self._runs.clear()
         job.needs = queue.needs
         level = queue.level(job.priority)
         if head:
@@ -130,28 +139,33 @@ class PendingIndex:
         self.leave(job)
 
     def _drop(self, queue: _Queue) -> None:
+        self._runs.clear()
         del self._queues[queue.needs]
         module = self._by_module[queue.needs.module]
         del module[queue.needs]
         if not module:
             del self._by_module[queue.needs.module]
 
-    def _candidates(self, caps: Capabilities | None) -> Iterator[_Queue]:
+    def _candidates(self, caps: Capabilities | None) -> Iterable[_Queue]:
         """The queues whose jobs may be offered to a claim of a worker with ``caps`` (None:
         any job, for tools and tests): those of the signatures it can run. The one place
         that decides it (see the module docstring)."""
         if caps is None:
-            yield from self._queues.values()
-            return
+            return self._queues.values()
+        runs = self._runs.get(caps)
+        if runs is None:
+            if len(self._runs) >= RUNS_CACHED:
+                self._runs.clear()
+            runs = self._runs[caps] = self._runnable(caps)
+        return runs
+
+    def _runnable(self, caps: Capabilities) -> list[_Queue]:
         by_module, modules = self._by_module, caps.modules
         if len(modules) <= len(by_module):
             found = [by_module[module] for module in modules if module in by_module]
         else:
             found = [queues for module, queues in by_module.items() if module in modules]
-        for queues in found:
-            for needs, queue in queues.items():
-                if caps.fits(needs):
-                    yield queue
+        return [queue for queues in found for needs, queue in queues.items() if caps.fits(needs)]
 
     def take(self, caps: Capabilities | None) -> Entry | None:
         """Remove and return the pending job a claim of a worker with ``caps`` is offered:

@@ -317,6 +317,9 @@ _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {
     cls: dataclasses.fields(cls) for cls in _VERB_OF
 }
 _NAMES: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields) for cls, fields in _FIELDS.items()}
+_OPTIONAL: dict[type, frozenset[str]] = {  # fields that may be absent (their default is None)
+    cls: frozenset(f.name for f in fields if f.default is None) for cls, fields in _FIELDS.items()
+}
 
 
 def _build(cls: type, body: dict[str, Any]) -> Any:
@@ -340,12 +343,16 @@ def _build(cls: type, body: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def _wire_value(value: Any) -> Any:
-    if isinstance(value, Claim):
-        return {name: _wire_value(getattr(value, name)) for name in _NAMES[Claim]}
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+def _body(msg: Any) -> dict[str, Any]:
+    """A message's fields as a body: OPTIONAL fields that are unset (None) are left out;
+    tuples go as msgpack arrays; a carried claim as a map."""
+    body = {}
+    for name in _NAMES[type(msg)]:
+        value = getattr(msg, name)
+        if value is None and name in _OPTIONAL[type(msg)]:
+            continue
+        body[name] = _body(value) if type(value) is Claim else value
+    return body
 
 
 def encode(msg: Message) -> list[bytes]:
@@ -354,12 +361,10 @@ def encode(msg: Message) -> list[bytes]:
     Raises:
         KeyError: ``msg`` is not one of this module's message classes.
     """
-    if isinstance(msg, VersionErr):
+    if type(msg) is VersionErr:
         body = {"rid": None, "code": E_VERSION, "message": msg.message}
         return [msg.signature, b"ERR", msgpack.packb(body, use_bin_type=True)]
-    verb = _VERB_OF[type(msg)]
-    body = {name: _wire_value(getattr(msg, name)) for name in _NAMES[type(msg)]}
-    return [SIGNATURE, verb, msgpack.packb(body, use_bin_type=True)]
+    return [SIGNATURE, _VERB_OF[type(msg)], msgpack.packb(_body(msg), use_bin_type=True)]
 
 
 # --- limits on what a body may cost before and while it is decoded ------------------------
