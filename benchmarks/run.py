@@ -697,8 +697,9 @@ def _s7_fleet(run: Run, tag: str, workers: dict) -> dict:
     t0 = time.perf_counter()
     for i in range(S7_PER_KIND):
         for kind in S7_KINDS:
+            n = len(futures)
             f = (gpu if kind == "kind_gpu" else prod).submit(f"{kind}:job", f"{kind}{i}", S7_DUR)
-            f.add_done_callback(lambda _f, n=len(futures): done.__setitem__(n, time.perf_counter()))
+            f.add_done_callback(lambda _f, n=n: done.__setitem__(n, time.perf_counter()))
             futures.append(f)
     wait(futures, timeout=60)
     errors = [f.exception(0) if f.done() else TimeoutError() for f in futures]

@@ -327,3 +327,65 @@ def test_job_requirement_options_are_checked_at_options(make_producer):
             producer.options(**kwargs)
     options = producer.options(resources={"gpu": 0.5, "mem_gb": 0}, labels={"zone": "eu"})
     assert (options.resources, options.labels) == ({"gpu": 0.5, "mem_gb": 0}, {"zone": "eu"})
+
+
+def test_the_tutorial_routing_section_runs_as_written(tmp_path):
+    """docs/tutorial.md section 10: its files, its three worker commands (the third started
+    once the app says it waits), and the output it shows."""
+    import os
+    import re
+    import signal
+
+    from conftest import GROUP
+
+    text = (TESTS_DIR.parent / "docs" / "tutorial.md").read_text()
+    tutorial = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    files = dict(re.findall(r"<!-- routing-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    assert set(files) == {"render.py", "routing.py"}
+    group = f"{GROUP}-routing"
+    (tmp_path / "tasks.py").write_text(tutorial["tasks.py"])
+    (tmp_path / "render.py").write_text(files["render.py"])
+    (tmp_path / "routing.py").write_text(
+        files["routing.py"].replace('group="tutorial"', f"group={group!r}"))
+    section = text[text.index("## 10. Routing"):text.index("## Next")]
+    commands = re.findall(r"^(freelance-worker .*)$", section, re.M)
+    assert len(commands) == 2
+    shown = re.search(r"It prints:\n\n```text\n(.*?)```", section, re.S)[1].splitlines()
+    assert "`eu: 144`" in section
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    started = []
+
+    def start(args: list[str], name: str) -> subprocess.Popen:
+        args = [a if a != "tutorial" else group for a in args]
+        log = open(tmp_path / f"{name}.log", "wb")
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        started.append(proc)
+        return proc
+
+    worker = [sys.executable, "-m", "freelance_rz.cli"]
+    plain = "freelance-worker --discover --tasks tasks --group tutorial --slots 2".split()
+    try:
+        start(worker + plain[1:], "plain")
+        start(worker + commands[0].split()[1:], "gpu")
+        app = subprocess.Popen([sys.executable, "routing.py"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+        started.append(app)
+        out = []
+        for line in app.stdout:
+            out.append(line.rstrip("\n"))
+            if line.startswith("waiting for a worker"):
+                break
+        assert out == shown, (out, app.stderr.read() if app.poll() is not None else "")
+        start(worker + commands[1].split()[1:], "eu")
+        rest, err = app.communicate(timeout=60)
+        assert app.returncode == 0, err
+        assert rest.strip() == "eu: 144"
+    finally:
+        for proc in started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
