@@ -361,3 +361,22 @@ def test_a_message_of_another_version_is_answered_in_its_own_framing():
     e.submit("m:f")
     e.tick()
     assert e.jobs() == [(b"new", 1)]  # and it keeps serving
+
+
+@pytest.mark.timeout(20)
+def test_a_claim_from_a_worker_that_vanished_is_not_parked_and_dispatch_ends():
+    """A CLAIM whose JOB cannot be sent (its worker vanished right after sending it): the
+    worker is forgotten, its claim is not parked, and later dispatches end (found by the
+    lab's chaos run: a producer's I/O thread spun in _dispatch)."""
+    e = Engine()
+    gone = {b"ghost"}
+    e.engine._send_reply = lambda identity, msg: identity not in gone and e.sent.append((identity, msg)) is None
+    e.submit("m:f")
+    e.claim(b"ghost", "m")  # its JOB cannot be sent: the job goes back, the ghost is forgotten
+    assert not e.engine.parked.has(b"ghost") and b"ghost" not in e.engine.fleet.caps
+    e.claim(b"live", "n")  # parked: it cannot run m
+    e.submit("m:g")
+    e.tick()  # must end
+    e.claim(b"runner", "m")
+    e.claim(b"runner", "m")
+    assert [job for _, job in e.jobs()] == [1, 2]  # the one given back first, at the head

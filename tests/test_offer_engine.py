@@ -276,6 +276,16 @@ class OfferMachine(RuleBasedStateMachine):
             self.receive(identity, w.CancelClaim(rid=self.rid(), claim_rid=rid))
         self.settle()
 
+    @rule(identity=st.sampled_from(WORKERS), wait_ms=st.sampled_from([0, 5000]))
+    def claim_and_die(self, identity, wait_ms):
+        """A worker's last claim: it dies before the answer, so the JOB cannot be sent."""
+        worker = self.workers[identity]
+        if not worker.alive or len(worker.claims) >= worker.free:
+            return
+        worker.alive = False
+        self.receive(identity, worker.claim(self.rid(), wait_ms))
+        self.settle()
+
     @rule(identity=st.sampled_from(WORKERS))
     def crash(self, identity):
         """A worker dies: it answers nothing more; sends to it fail (its claims are dropped

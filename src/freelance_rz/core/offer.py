@@ -223,6 +223,8 @@ class OfferEngine:
             self.dispatch_due = True  # its parked claims may run other jobs now
         if self._offer(identity, claim.rid, now, ack):
             return
+        if identity not in self.fleet.caps:  # a JOB to it could not be sent: it is gone,
+            return  # and nothing is parked for it
         if ack is not None:
             self._send(identity, w.Ack(rid=ack))
         expires_at = now + min(claim.wait_ms, MAX_WAIT_MS) / 1000
@@ -236,7 +238,8 @@ class OfferEngine:
         """Lease the next job the worker can run to a claim; False when there is none (or
         the worker is gone: then its parked claims are dropped too)."""
         caps = self.fleet.caps.get(identity)
-        if caps is None:  # forgotten meanwhile (it cannot be: its claims go with it)
+        if caps is None:  # forgotten (gone): whatever it has parked goes too
+            self.parked.drop_worker(identity)
             return False
         if caps.max_job < self.max_payload and self.ledger.too_large(caps.max_job):
             self._refuse_too_large(caps.max_job, now)
