@@ -157,6 +157,10 @@ def test_a_signature_with_no_pending_job_is_dropped():
     assert len(led.waiting()) == 2
     order(led, caps("m2", "m3", free={"gpu": 9}))
     assert led.waiting() == [] and len(led._pending) == 0
+    for job_id in range(10, 80):  # past EMPTY_KEPT signatures left empty, they are dropped
+        submit(led, job_id, f"x{job_id}:f")
+    assert order(led, caps(*(f"x{i}" for i in range(10, 80)))) == list(range(10, 80))
+    assert len(led._pending._queues) <= 64
 
 
 def test_claim_cost_follows_signatures_not_jobs():
@@ -179,7 +183,7 @@ def test_claim_cost_follows_signatures_not_jobs():
         assert led.claim(b"w", 0.0, caps("m", "big")) is None  # no GPU
     finally:
         type(led._pending)._candidates = real
-    assert visited == [Needs.of("m:f")]
+    assert visited == [Needs.of("m:f")] * 2  # (its queue, emptied, is kept for the next job)
 
 
 # --- the offer engine -----------------------------------------------------------------------

@@ -389,3 +389,17 @@ def test_the_tutorial_routing_section_runs_as_written(tmp_path):
             except ProcessLookupError:
                 pass
             proc.wait(10)
+
+
+def test_a_worker_says_when_it_ignores_a_producer_of_another_version(start_worker, tmp_path):
+    """An announced producer of the worker's group that speaks protocol version 1 is not
+    used, and the worker says so (it used to skip it in silence, at DEBUG)."""
+    from conftest import GROUP
+    from hostile.hostile_kit import MdnsForger, txt
+
+    props = dict(txt("oldproducer1", GROUP, "tcp://127.0.0.1:9"), v="1")
+    with MdnsForger(tmp_path, announce=[("oldproducer1", props)]):
+        worker = start_worker("w1")
+        wait_until(lambda: "speaks protocol version 1" in worker.log(), 30, "no warning")
+    assert "this side version 2" in worker.log()
+    assert "oldproducer1 at tcp://" not in worker.log()  # never used

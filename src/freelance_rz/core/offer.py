@@ -19,12 +19,12 @@ after TOO_LARGE_GRACE_S; a job no connected worker can run waits and is reported
 (:mod:`.fleet`); parked claims are served one identity after another, identities that can
 run none of the pending jobs keeping their turn; with CURVE a routing id belongs to the key
 that first used it; bad messages are answered ERR (at most ERR_REPLIES_PER_S a second), a
-message of another protocol version in that version's framing.
+message of another protocol version in that version's framing. What a worker can run is
+known per routing id, from its latest claim (:class:`~.fleet.Fleet`).
 
-What a worker can run is known per routing id, from its latest claim (:class:`~.fleet.Fleet`). When the producer is durable,
-the answer to a RESULT (ACK, or the JOB that acknowledges it) waits until the result is
-journaled (:meth:`OfferEngine.journaled`): a worker drops a result once it is acknowledged, so
-acknowledged must mean written.
+When the producer is durable, the answer to a RESULT (ACK, or the JOB that acknowledges it)
+waits until the result is journaled (:meth:`OfferEngine.journaled`): a worker drops a result
+once it is acknowledged, so acknowledged must mean written.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from typing import Any
 from ..errors import ProtocolError
 from . import payload as pl
 from . import wire as w
+from .fleet import WAITING_IN_STATUS, Fleet, Waiting
 from .ledger import Expired, JobState, Ledger
 from .match import Capabilities, Needs
 from .parked import ParkedClaims
 from .text import clean, worker_label
-from .fleet import WAITING_IN_STATUS, Fleet, Waiting
 
 log = logging.getLogger("freelance_rz.producer")
 

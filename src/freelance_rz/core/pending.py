@@ -15,8 +15,10 @@ with the number of signatures it can run (a few), never with the number of pendi
 Which signatures a worker can run is remembered per capabilities until a signature comes or
 goes, so a claim like the last one does not check them again.
 Jobs that stop being pending while queued (cancelled, resolved by a late result, refused)
-are skipped when they reach a head; a signature with no pending job left is dropped, so
-memory is bounded by pending jobs and live signatures.
+are skipped when they reach a head. A signature with no pending job left is emptied and kept
+for its next job (a producer that hands out jobs as they come empties and refills its queue
+for every job); once more than EMPTY_KEPT are empty, they are dropped. So memory is bounded by
+pending jobs, live signatures and EMPTY_KEPT.
 
 :meth:`PendingIndex._candidates` is the one place that decides which pending jobs may be
 offered to a claim. A rule of *when* a job may run (a due time, dependencies, a task's
@@ -35,6 +37,7 @@ from typing import Protocol
 from .match import Capabilities, Needs
 
 RUNS_CACHED = 256  # capabilities whose runnable signatures are remembered, at most
+EMPTY_KEPT = 64  # signatures with no pending job kept for their next job, at most
 
 
 class Entry(Protocol):
@@ -94,10 +97,11 @@ class PendingIndex:
         self._runs: dict[Capabilities, list[_Queue]] = {}
         self._tail = 0  # sequence of the last job added at a tail
         self._head = 0  # sequence of the last job put back at a head
+        self._empty = 0  # queues kept with no pending job
 
     def __len__(self) -> int:
         """Number of signatures with pending jobs."""
-        return len(self._queues)
+        return len(self._queues) - self._empty
 
     def push(self, job: Entry, head: bool = False) -> None:
         """Queue a pending job: at the tail of its signature's and priority's FIFO, or at the
@@ -108,6 +112,8 @@ class PendingIndex:
             queue = self._queues[job.needs] = _Queue(job.needs)
             self._by_module.setdefault(job.needs.module, {})[job.needs] = queue
             self._runs.clear()
+        elif not queue.live:
+            self._empty -= 1
         job.needs = queue.needs
         level = queue.level(job.priority)
         if head:
@@ -123,10 +129,7 @@ class PendingIndex:
     def leave(self, job: Entry) -> None:
         """A queued job stopped being pending other than by :meth:`take` (cancelled,
         resolved, refused): its entry is skipped when it reaches a head."""
-        queue = self._queues[job.needs]
-        queue.live -= 1
-        if not queue.live:
-            self._drop(queue)
+        self._taken(self._queues[job.needs])
 
     def remove(self, job: Entry) -> None:
         """Take a queued job out now (it is leased without a claim: a restored lease was
@@ -137,6 +140,17 @@ class PendingIndex:
                 del level[index]
                 break
         self.leave(job)
+
+    def _emptied(self, queue: _Queue) -> None:
+        """``queue`` has no pending job left: its entries (all stale) go; it is kept for its
+        signature's next job, or, past EMPTY_KEPT empty queues, they are all dropped."""
+        queue.levels.clear()
+        queue.priorities.clear()
+        self._empty += 1
+        if self._empty > EMPTY_KEPT:
+            for empty in [q for q in self._queues.values() if not q.live]:
+                self._drop(empty)
+            self._empty = 0
 
     def _drop(self, queue: _Queue) -> None:
         self._runs.clear()
@@ -214,7 +228,7 @@ class PendingIndex:
     def _taken(self, queue: _Queue) -> None:
         queue.live -= 1
         if not queue.live:
-            self._drop(queue)
+            self._emptied(queue)
 
     def too_large(self, max_payload: int, limit: int = 100) -> list[Entry]:
         """Pending jobs larger than ``max_payload`` bytes at the head of each signature's and
@@ -234,7 +248,7 @@ class PendingIndex:
 
     def signatures(self) -> list[tuple[Needs, int]]:
         """Every signature with pending jobs, and how many."""
-        return [(needs, queue.live) for needs, queue in self._queues.items()]
+        return [(needs, queue.live) for needs, queue in self._queues.items() if queue.live]
 
 
 def _first_fitting(level: deque[Entry], max_payload: int) -> int | None:

@@ -320,22 +320,30 @@ _NAMES: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields) for cl
 _OPTIONAL: dict[type, frozenset[str]] = {  # fields that may be absent (their default is None)
     cls: frozenset(f.name for f in fields if f.default is None) for cls, fields in _FIELDS.items()
 }
+# per class, each field as the decoder reads it: (name, required, nil allowed, check)
+_SPECS: dict[type, tuple[tuple[str, bool, bool, Any], ...]] = {
+    cls: tuple(
+        (f.name, f.default is dataclasses.MISSING,
+         f.default is None or (cls is Err and f.name == "rid"), _FIELD_CHECKS[f.name])
+        for f in fields
+    )
+    for cls, fields in _FIELDS.items()
+}
 
 
 def _build(cls: type, body: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
-    for field in _FIELDS[cls]:
-        name = field.name
+    for name, required, nil_ok, check in _SPECS[cls]:
         if name not in body:
-            if field.default is not dataclasses.MISSING:
+            if not required:
                 continue
             raise ProtocolError(E_INVALID, f"{_VERB_OF[cls].decode()}: missing field {name!r}")
         value = body[name]
-        if value is None and (field.default is None or (cls is Err and name == "rid")):
+        if value is None and nil_ok:
             kwargs[name] = None  # an optional field sent as nil
             continue
         try:
-            kwargs[name] = _FIELD_CHECKS[name](value)
+            kwargs[name] = check(value)
         except ValueError as exc:
             raise ProtocolError(
                 E_INVALID, f"{_VERB_OF[cls].decode()}: field {name!r} {exc}"
@@ -346,12 +354,17 @@ def _build(cls: type, body: dict[str, Any]) -> Any:
 def _body(msg: Any) -> dict[str, Any]:
     """A message's fields as a body: OPTIONAL fields that are unset (None) are left out;
     tuples go as msgpack arrays; a carried claim as a map."""
+    cls = type(msg)
+    optional = _OPTIONAL[cls]
     body = {}
-    for name in _NAMES[type(msg)]:
+    for name in _NAMES[cls]:
         value = getattr(msg, name)
-        if value is None and name in _OPTIONAL[type(msg)]:
-            continue
-        body[name] = _body(value) if type(value) is Claim else value
+        if value is None:
+            if name in optional:
+                continue
+        elif type(value) is Claim:
+            value = _body(value)
+        body[name] = value
     return body
 
 
