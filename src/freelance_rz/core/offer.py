@@ -38,7 +38,7 @@ from typing import Any
 from ..errors import ProtocolError
 from . import payload as pl
 from . import wire as w
-from .fleet import WAITING_IN_STATUS, Fleet, Waiting
+from .fleet import WAITING_IN_STATUS, Fleet
 from .ledger import Expired, JobState, Ledger
 from .match import Capabilities, Needs
 from .parked import ParkedClaims
@@ -404,11 +404,6 @@ class OfferEngine:
         for identity, rid in self.parked.keys():
             self._send(identity, w.NoJob(rid=rid))
 
-    def waiting(self) -> list[Waiting]:
-        """The requirement signatures of pending jobs that no connected worker (one whose
-        claims the producer heard and has not forgotten) can run, with their counts."""
-        return self.fleet.waiting(self.ledger.waiting()) if self.ledger.pending else []
-
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, identity: bytes, msg: w.Answer) -> bool:
@@ -455,7 +450,9 @@ class OfferEngine:
                 if job.progress is not None and job.worker is not None
             ],
             "parked_claims": len(self.parked),
-            "waiting": [waiting.as_status() for waiting in self.waiting()[:WAITING_IN_STATUS]],
+            # pending jobs no connected worker (one heard from, not forgotten) can run
+            "waiting": [entry.as_status() for entry in
+                        self.fleet.waiting(self.ledger.waiting())[:WAITING_IN_STATUS]],
             "uptime_s": round(now - self.started_at, 3),
             "bad_messages": self.bad_messages,
             **extra,
