@@ -44,10 +44,12 @@ def spawn(args: list[str], log_path: Path, **env: str) -> subprocess.Popen:
 
 
 def start_worker(name: str, group: str, logdir: Path, *, slots: int = 1,
-                 exec_log: Path | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+                 exec_log: Path | None = None, extra: tuple[str, ...] = (),
+                 tasks: tuple[str, ...] = ("benchtasks",)) -> subprocess.Popen:
+    modules = [arg for module in tasks for arg in ("--tasks", module)]
     args = [
         sys.executable, "-m", "freelance_rz.cli", "--discover", "--interface", LOOPBACK,
-        "--tasks", "benchtasks", "--group", group, "--slots", str(slots), "--name", name,
+        *modules, "--group", group, "--slots", str(slots), "--name", name,
         "--log-level", "INFO", *extra,
     ]
     env = {"RZ_WORKER": name}

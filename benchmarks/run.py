@@ -3,13 +3,15 @@
 
     python benchmarks/run.py [--scenarios S1,S2,...] [--repeat N] [--json PATH]
 
-Scenarios: S1-S6 (DESIGN §6), M1 (1,000,000 pending jobs: memory per job, claim rate at 10^6
-vs 10^3 pending), P20 (one worker polling 20 producers, S6 latency), W50 (50 worker processes
-on one producer, S6 latency; ~20 s), MX (S1 and S6 with Prometheus metrics on ÷ off, same
-run: producer and workers serving /metrics, scraped every 0.25 s). All run by default (about
-4 minutes with --repeat 1). S8 (fleet scale: one producer with 500 simulated parked workers,
-one worker polling 100 producers, each against its 10x smaller run; benchmarks/fleet.py;
-about 2 minutes) runs when named: --scenarios S8.
+Scenarios: S1-S7 (DESIGN §6), M1 (1,000,000 pending jobs of 10 task kinds with mixed
+requirements: memory per job, claim rate at 10^6 vs 10^3 pending), P20 (one worker polling 20
+producers, S6 latency), W50 (50 worker processes on one producer, S6 latency; ~20 s), MX (S1
+and S6 with Prometheus metrics on ÷ off, same run: producer and workers serving /metrics,
+scraped every 0.25 s). All run by default (about 4 minutes with --repeat 1). S7's comparison
+column is the same jobs on a uniform fleet (every worker runs every kind), not the PUSH/PULL
+baseline. S8 (fleet scale: one producer with 500 simulated parked workers, one worker polling
+100 producers, each against its 10x smaller run; benchmarks/fleet.py; about 2 minutes) runs
+when named: --scenarios S8.
 
 The baseline is what freelance_rz replaces: a PUSH socket spreading jobs round-robin into
 worker processes' mailboxes (PULL), results back over PUSH/PULL, tasks run inline; plus raw
@@ -57,7 +59,7 @@ from freelance_rz import Producer  # noqa: E402
 
 LOOP = ["127.0.0.1"]
 PY = sys.executable
-DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "M1", "P20", "W50", "MX"]
+DEFAULT_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "M1", "P20", "W50", "MX"]
 ALL_SCENARIOS = [*DEFAULT_SCENARIOS, "S8"]
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 
@@ -752,6 +754,79 @@ def w50(root: Path) -> list[Row]:
     ]
 
 
+# --- S7: mixed fleet -------------------------------------------------------------------------
+
+S7_PER_KIND, S7_DUR = 100, 0.020
+S7_KINDS = ("kind_a", "kind_b", "kind_gpu")  # kind_gpu's jobs need gpu=1
+S7_IDEAL = S7_PER_KIND * S7_DUR  # 2.0 s: 300 jobs of 20 ms on 3 one-slot workers, 100 each
+S7_MIXED = {  # worker -> (--tasks, extra arguments): each CPU worker runs one kind
+    "wa": (("kind_a",), ()),
+    "wb": (("kind_b",), ()),
+    "wg": (S7_KINDS, ("--resources", "gpu=1")),
+}
+S7_UNIFORM = {name: (S7_KINDS, ("--resources", "gpu=1")) for name in ("u1", "u2", "u3")}
+
+
+def _s7_warm_up(prod: Producer, names: list[str], timeout: float = 60.0) -> None:
+    """Run warm-up jobs of every kind until each named worker has run one."""
+    gpu = prod.options(resources={"gpu": 1})
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not set(names) <= seen:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers {sorted(set(names) - seen)} never took a job")
+        futures = [(gpu if kind == "kind_gpu" else prod).submit(f"{kind}:whoami", 0.05)
+                   for kind in S7_KINDS]
+        seen.update(f.result(timeout=max(1.0, deadline - time.monotonic())) for f in futures)
+
+
+def _s7_fleet(run: Run, tag: str, workers: dict) -> dict:
+    """S7_PER_KIND jobs of each kind, interleaved, on ``workers``: makespan, failures."""
+    group = new_group(tag)
+    prod = run.producer(group)
+    for name, (tasks, extra) in workers.items():
+        run.worker(name, group, exec_log=run.dir / f"{tag}-exec.log", tasks=tasks, extra=extra)
+    prod.start()
+    _s7_warm_up(prod, list(workers))
+    gpu = prod.options(resources={"gpu": 1})
+    done: list[float | None] = [None] * (3 * S7_PER_KIND)
+    futures = []
+    t0 = time.perf_counter()
+    for i in range(S7_PER_KIND):
+        for kind in S7_KINDS:
+            n = len(futures)
+            f = (gpu if kind == "kind_gpu" else prod).submit(f"{kind}:job", f"{kind}{i}", S7_DUR)
+            f.add_done_callback(lambda _f, n=n: done.__setitem__(n, time.perf_counter()))
+            futures.append(f)
+    wait(futures, timeout=60)
+    errors = [f.exception(0) if f.done() else TimeoutError() for f in futures]
+    mismatch = sum(1 for e in errors if getattr(e, "remote_type", None) == "TaskNotAllowed")
+    gpu_jobs = [f.result(0) for f, e in zip(futures[2::3], errors[2::3], strict=True) if e is None]
+    prod.close(timeout_s=5)
+    return {"makespan": max(d for d in done if d is not None) - t0, "mismatch": mismatch,
+            "failed": sum(e is not None for e in errors), "gpu_on": gpu_jobs}
+
+
+def s7(root: Path) -> list[Row]:
+    run = Run(root, "S7")
+    try:
+        mixed = _s7_fleet(run, "s7m", S7_MIXED)
+        uniform = _s7_fleet(run, "s7u", S7_UNIFORM)
+    finally:
+        run.close()
+    return [
+        Row("S7", "jobs failed for a capability mismatch (of 300; base col.: uniform fleet)",
+            mixed["mismatch"], uniform["mismatch"], "= 0", ("frz", "==", 0)),
+        Row("S7", "jobs failed, any reason (of 300)", mixed["failed"], uniform["failed"],
+            "= 0", ("frz", "==", 0)),
+        Row("S7", "makespan ÷ ideal (2.0 s); base col.: the same jobs, uniform fleet",
+            mixed["makespan"] / S7_IDEAL, uniform["makespan"] / S7_IDEAL),
+        Row("S7", "makespan (s)", mixed["makespan"], uniform["makespan"]),
+        Row("S7", "GPU jobs run by the GPU worker wg (of 100)",
+            sum(1 for worker in mixed["gpu_on"] if worker == "wg"), None),
+    ]
+
+
 # --- M1: a million pending jobs -------------------------------------------------------------
 
 
@@ -782,7 +857,8 @@ def m1(root: Path) -> list[Row]:
         Row("SCALE", "10^6 pending: bytes per job (Producer: Future + ledger)",
             prod["bytes_per_job"], None, "≤ 1024", ("frz", "<=", 1024)),
         Row("SCALE", "10^6 pending: bytes per job (Ledger alone)", led["bytes_per_job"], None),
-        Row("SCALE", "claims/s at 10^6 pending ÷ at 10^3 (Producer, raw DEALER)",
+        Row("SCALE", "claims/s at 10^6 pending ÷ at 10^3 (Producer, raw DEALER; 10 task "
+            "kinds, mixed requirements)",
             prod["claims_per_s_1e6"] / prod["claims_per_s_1e3"], None, "≥ 0.80",
             ("frz", ">=", 0.8)),
         Row("SCALE", "claims/s at 10^6 pending (Producer, pipelined CLAIMs)",
@@ -878,7 +954,7 @@ def s8(root: Path) -> list[Row]:
     ]
 
 
-SCENARIOS = {"S1": s1, "S2": s2, "S3": s3, "S4": s4, "S5": s5, "S6": s6, "M1": m1,
+SCENARIOS = {"S1": s1, "S2": s2, "S3": s3, "S4": s4, "S5": s5, "S6": s6, "S7": s7, "M1": m1,
              "P20": p20, "W50": w50, "S8": s8, "MX": mx}
 
 

@@ -107,6 +107,15 @@ def worker_parser() -> argparse.ArgumentParser:
         help="largest job taken, as the producers' max_payload_bytes (default: %(default)s)",
     )
     parser.add_argument(
+        "--resources", metavar="NAME=AMOUNT[,...]", action="append", default=[],
+        help="what this worker's jobs share, e.g. gpu=1,mem_gb=64 (repeatable): a job that "
+        "needs some (producer.options(resources=...)) holds them while it runs",
+    )
+    parser.add_argument(
+        "--label", metavar="NAME=VALUE", action="append", default=[],
+        help="a label jobs may ask for, e.g. zone=eu (repeatable; producer.options(labels=...))",
+    )
+    parser.add_argument(
         "--give-up-s", type=float, default=GIVE_UP_S, metavar="SECONDS",
         help="abort the running jobs of a producer unreachable this long, and forget it if it "
         "was discovered (default: %(default)s)",
@@ -132,6 +141,40 @@ def worker_parser() -> argparse.ArgumentParser:
         "needs the metrics extra)",
     )
     return parser
+
+
+def _pairs(texts: Sequence[str], option: str, example: str) -> dict[str, str]:
+    """``NAME=VALUE`` items (comma-separated within one text when ``option`` is
+    --resources) into a dict. Raises ValueError naming the option."""
+    out: dict[str, str] = {}
+    for text in texts:
+        for item in text.split(",") if option == "--resources" else [text]:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{option} {item!r}: expected NAME=VALUE, e.g. {option} {example}")
+            if name.strip() in out:
+                raise ValueError(f"{option}: {name.strip()!r} is given twice")
+            out[name.strip()] = value.strip()
+    return out
+
+
+def parse_resources(texts: Sequence[str]) -> dict[str, float]:
+    """``--resources gpu=1,mem_gb=64`` (repeatable) as ``{"gpu": 1.0, "mem_gb": 64.0}``
+    (checked by :class:`Worker`). Raises ValueError on a malformed item or amount."""
+    out = {}
+    for name, value in _pairs(texts, "--resources", "gpu=1,mem_gb=64").items():
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--resources {name}={value!r}: the amount must be a number, "
+                             "e.g. --resources gpu=1,mem_gb=64") from None
+    return out
+
+
+def parse_labels(texts: Sequence[str]) -> dict[str, str]:
+    """``--label zone=eu --label pool=batch`` as ``{"zone": "eu", "pool": "batch"}``.
+    Raises ValueError on a malformed item."""
+    return _pairs(texts, "--label", "zone=eu")
 
 
 def _raise_open_file_limit() -> None:
@@ -176,6 +219,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             discover_dns=args.discover_dns or (), connect_file=args.connect_file,
             resolve_every_s=args.resolve_every_s, health_file=args.health_file,
             metrics_port=metrics_port, metrics_host=metrics_host,
+            resources=parse_resources(args.resources), labels=parse_labels(args.label),
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
@@ -271,11 +315,22 @@ def _read_rows(rows: list[dict[str, Any]]) -> list[_ReadRow]:
 
 
 def _status_view(rows: list[dict[str, Any]]) -> Group:
-    """The producers' table, and below it the running jobs that reported progress."""
+    """The producers' table, below it the jobs no connected worker can run, and the running
+    jobs that reported progress."""
     read = _read_rows(rows)
+    tables: list[Table] = [_status_table(read)]
+    waiting = [(info, entry) for _, info, _ in read if info is not None for entry in info.waiting]
+    if waiting:
+        table = Table(title="waiting: jobs no connected worker can run")
+        table.add_column("producer")
+        table.add_column("jobs", justify="right")
+        table.add_column("why", style="yellow")
+        for info, entry in waiting:
+            table.add_row(_cell(info.producer_id), str(entry.jobs), _cell(entry.message, "yellow"))
+        tables.append(table)
     jobs = [(info, job) for _, info, _ in read if info is not None for job in info.progress]
     if not jobs:
-        return Group(_status_table(read))
+        return Group(*tables)
     table = Table(title=f"running jobs with progress ({len(jobs)})")
     for column in ("producer", "job", "worker", "done", "message"):
         table.add_column(column)
@@ -283,7 +338,7 @@ def _status_view(rows: list[dict[str, Any]]) -> Group:
         done = f"{job.done:g}" + ("" if job.total is None else f" / {job.total:g}")
         table.add_row(_cell(info.producer_id), str(job.job_id), _cell(job.worker), done,
                       _cell(job.message))
-    return Group(_status_table(read), table)
+    return Group(*tables, table)
 
 
 _COUNT_COLUMNS = frozenset({"pending", "leased", "done", "failed", "dead", "workers", "done/min", "up"})

@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 
 from ..errors import ProtocolError
+from .match import LABEL_VALUE_MAX_CHARS, MAX_LABELS, MAX_RESOURCES, NAME_RE, valid_amount
 from .wire import E_INVALID
 
 
@@ -55,10 +56,11 @@ def pack_call(
     task: str,
     args: tuple[Any, ...] | list[Any],
     kwargs: dict[str, Any],
-    options: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> bytes:
     """Encode a call ``[task, args, kwargs]``, or ``[task, args, kwargs, options]`` when the
-    job has options (``timeout_ms``, ``priority``: ints), kept with the job so that a durable
+    job has options (``timeout_ms``, ``priority``: ints; ``resources``: a map of names to
+    numbers; ``labels``: a map of names to strings), kept with the job so that a durable
     producer restores them.
 
     Raises:
@@ -69,7 +71,7 @@ def pack_call(
     return _pack_checked(call, "job arguments")
 
 
-def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, int]]:
+def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
     """Decode a call payload into ``(task, args, kwargs, options)``.
 
     Raises:
@@ -92,7 +94,7 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[st
     ):
         raise ProtocolError(
             E_INVALID,
-            "job payload must be [task: str, args: array, kwargs: map (, options: map of int)]",
+            "job payload must be [task: str, args: array, kwargs: map (, options: map)]",
         )
     return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
 
@@ -122,9 +124,9 @@ def peek_task(payload: bytes) -> str:
     return name
 
 
-def job_options(payload: bytes) -> dict[str, int]:
-    """The options a job's call carries (``timeout_ms``, ``priority``), or ``{}`` for a call
-    without options or one that cannot be read."""
+def job_options(payload: bytes) -> dict[str, Any]:
+    """The options a job's call carries (``timeout_ms``, ``priority``, ``resources``,
+    ``labels``), or ``{}`` for a call without options or one that cannot be read."""
     try:
         return unpack_call(payload)[3]
     except ProtocolError:
@@ -132,8 +134,24 @@ def job_options(payload: bytes) -> dict[str, int]:
 
 
 def _valid_options(options: Any) -> bool:
-    return type(options) is dict and all(
-        type(k) is str and type(v) is int for k, v in options.items()
+    """Options: a map with str keys; the known ones of their types (``timeout_ms`` and
+    ``priority`` ints, ``resources`` a map of names to amounts, ``labels`` a map of names to
+    strings); others are ignored (a later version's)."""
+    if type(options) is not dict or not all(type(k) is str for k in options):
+        return False
+    if any(type(options.get(key, 0)) is not int for key in ("timeout_ms", "priority")):
+        return False
+    resources, labels = options.get("resources", {}), options.get("labels", {})
+    return (
+        _named(resources, MAX_RESOURCES) and all(valid_amount(v) for v in resources.values())
+        and _named(labels, MAX_LABELS)
+        and all(type(v) is str and len(v) <= LABEL_VALUE_MAX_CHARS for v in labels.values())
+    )
+
+
+def _named(value: Any, most: int) -> bool:
+    return type(value) is dict and len(value) <= most and all(
+        type(k) is str and NAME_RE.fullmatch(k) for k in value
     )
 
 

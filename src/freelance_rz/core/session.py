@@ -57,13 +57,15 @@ class Effect:
     """What a reply asks of the worker. ``job``: a JOB to run (``solicited``: it answers a
     claim the worker holds; if not, it must be declined); ``void``: leases to abort;
     ``refused``: the verb and message of an ERR; ``dropped``: a result the producer refused
-    (its job id), which is not sent again."""
+    (its job id), which is not sent again; ``abandon``: the producer speaks another protocol
+    version (ERR 2, its message): stop using it."""
 
     job: w.Job | None = None
     solicited: bool = False
     void: tuple[int, ...] = ()
     refused: tuple[str | None, str] | None = None
     dropped: int | None = None
+    abandon: str | None = None
 
 
 @dataclass(eq=False)
@@ -80,6 +82,7 @@ class Session:
     inflight: dict[int, Expected] = field(default_factory=dict)  # rid -> what is expected
     unacked: dict[int, tuple[int, Outcome]] = field(default_factory=dict)  # job_id -> (lease, result)
     leases: dict[int, int] = field(default_factory=dict)  # lease_id -> slot running it
+    claimed_free: dict[str, float] | None = None  # the free resources its latest claim said
     backoff_s: float = BACKOFF_MIN_S
     retry_at: float = 0.0
     next_beat_at: float = 0.0
@@ -113,6 +116,7 @@ class Session:
         if isinstance(msg, w.Claim):
             timeout = msg.wait_ms / 1000 + CLAIM_GRACE_S
             self.claims.add(msg.rid)
+            self.claimed_free = msg.resources
         elif isinstance(msg, w.Result):  # a large result takes a while to cross the link
             timeout += len(msg.payload) / MIN_TRANSFER_RATE
             if msg.claim is not None:
@@ -166,6 +170,8 @@ class Session:
         elif isinstance(msg, w.BeatAck):
             return Effect(void=tuple(lease for lease in msg.void if lease in self.leases))
         elif isinstance(msg, w.Err):
+            if msg.code == w.E_VERSION:
+                return Effect(abandon=msg.message)
             verb = None if expected is None else expected.verb
             dropped = None
             if verb == "CLAIM":

@@ -11,6 +11,13 @@ producer's queue), so a worker never holds more jobs than slots. When a job ends
 carries the next claim to the same producer, so a busy worker spends one round trip per job.
 Nothing is ever queued on the worker side (C1).
 
+A claim says what the worker can run (:mod:`freelance_rz.core.match`): its task modules, its
+labels and its resources free now (what it declared, less what its running jobs hold). Slots
+and resources both bound what runs: a JOB whose resources are not free (claims to several
+producers raced) is DECLINEd, saying what is free, and goes back to the head of its queue;
+when the free resources change, one parked claim at each producer is renewed, so every
+producer knows what is free now.
+
 Liveness is judged by the conversation (see :mod:`freelance_rz.core.session`): a producer
 that misses a reply deadline is unreachable, its link is closed and retried with backoff, its
 unacknowledged results are sent again once it answers; one unreachable for ``give_up_s`` has
@@ -31,6 +38,7 @@ import zmq
 
 from ..core import payload as pl
 from ..core import wire as w
+from ..core.match import fits, free_resources
 from ..core.session import Effect, Outcome, Session
 from ..core.text import clean
 from ..discovery import choose_endpoint
@@ -73,6 +81,33 @@ def _fields(job: RunningJob, session: Session | None) -> dict[str, Any]:
             "producer": job.endpoint if session is None else session.label}
 
 
+def _running_job(session: Session, job: w.Job, held: tuple[tuple[str, float], ...],
+                 now: float) -> RunningJob:
+    """What a slot keeps of a JOB it runs (``held``: the resources it holds)."""
+    running = RunningJob(
+        session.endpoint, job.job_id, job.lease_id, job.lease_ms,
+        max_result=w.DEFAULT_MAX_PAYLOAD if job.max_result is None else job.max_result,
+        task=pl.peek_task(job.payload), traceparent=job.traceparent, resources=held,
+    )
+    if job.timeout_ms:
+        running.deadline = now + job.timeout_ms / 1000
+        running.timeout_ms = job.timeout_ms
+    return running
+
+
+def _health_info(loop: WorkerLoop) -> dict[str, Any]:
+    """What the health file says (see :mod:`freelance_rz.worker.health`)."""
+    links = loop.peers.links
+    return {
+        "name": loop.name, "pid": os.getpid(), "slots": len(loop.slots),
+        "busy": sum(slot.job is not None for slot in loop.slots), "producers": len(links),
+        "answering": sum(1 for s in loop.peers.sessions.values()
+                         if s.endpoint in links and s.answered and s.unreachable_since is None),
+        "jobs_run": loop.stats.jobs_run, "jobs_failed": loop.stats.jobs_failed,
+        "stopping": loop.stopping,
+    }
+
+
 class WorkerLoop:
     """The running state of a :class:`~freelance_rz.Worker` (see the module docstring).
 
@@ -87,14 +122,21 @@ class WorkerLoop:
         stats: the worker's counts, kept up to date.
         clock: the monotonic clock, seconds.
         health: the health file to keep fresh (``--health-file``), or None.
+        tasks, resources, labels: what it can run (its task modules; resource name ->
+            amount, shared by its running jobs; label name -> value), said in every claim.
     """
 
     def __init__(
         self, *, name: str, slots: list[Slot], peers: Peers, wait_ms: int,
         interfaces: list[str] | None, wake_r: int, events: queue.SimpleQueue[tuple[str, Any]],
-        stats: WorkerStats, clock: Callable[[], float], health: HealthFile | None = None,
+        stats: WorkerStats, clock: Callable[[], float], tasks: tuple[str, ...],
+        resources: dict[str, float] | None = None, labels: dict[str, str] | None = None,
+        health: HealthFile | None = None,
     ) -> None:
         self.name = name
+        self.tasks = tasks
+        self.resources = resources or None
+        self.labels = labels or None
         self.slots = slots
         self.peers = peers
         self.wait_ms = wait_ms
@@ -147,7 +189,7 @@ class WorkerLoop:
                     self.peers.check(session, now)
                 self.peers.probe_dormant(now)
                 if self.health is not None and self.health.due(now):
-                    self.health.write(now, self._health_info())
+                    self.health.write(now, _health_info(self))
                 check_at = self._soonest_timer(now)
             self._reconcile_claims(now)
             if self.stopping and self._finished(now):
@@ -173,18 +215,6 @@ class WorkerLoop:
         if self.health is not None:
             soonest = min(soonest, self.health.next_at)
         return soonest
-
-    def _health_info(self) -> dict[str, Any]:
-        """What the health file says (see :mod:`freelance_rz.worker.health`)."""
-        links = self.peers.links
-        return {
-            "name": self.name, "pid": os.getpid(), "slots": len(self.slots),
-            "busy": sum(slot.job is not None for slot in self.slots), "producers": len(links),
-            "answering": sum(1 for s in self.peers.sessions.values()
-                             if s.endpoint in links and s.answered and s.unreachable_since is None),
-            "jobs_run": self.stats.jobs_run, "jobs_failed": self.stats.jobs_failed,
-            "stopping": self.stopping,
-        }
 
     def _finished(self, now: float) -> bool:
         if any(slot.job is not None for slot in self.slots):
@@ -264,7 +294,15 @@ class WorkerLoop:
         link.send(msg)
 
     def _claim(self) -> w.Claim:
-        return w.Claim(rid=next(self.rids), wait_ms=self.wait_ms, max_job=self.peers.max_payload)
+        return w.Claim(rid=next(self.rids), wait_ms=self.wait_ms, tasks=self.tasks,
+                       max_job=self.peers.max_payload, resources=self._free_resources(),
+                       labels=self.labels)
+
+    def _free_resources(self) -> dict[str, float] | None:
+        """The declared resources less what the running jobs hold (None: none declared)."""
+        if self.resources is None:
+            return None
+        return free_resources(self.resources, (s.job.resources for s in self.slots if s.job))
 
     def _free(self) -> int:
         return sum(1 for slot in self.slots if slot.free)
@@ -292,6 +330,20 @@ class WorkerLoop:
                 for rid in session.surplus_claims(free):
                     session.withdraw(rid)
                     self._request(session, w.CancelClaim(rid=next(self.rids), claim_rid=rid), now)
+            if self.resources is not None and session.claims:
+                self._renew_claim(session, now)
+
+    def _renew_claim(self, session: Session, now: float) -> None:
+        """When the free resources changed since the producer's last claim from this worker,
+        withdraw one parked claim and send a new one: the producer keeps what the worker's
+        latest claim said, for all of its claims."""
+        free = self._free_resources()
+        if session.claimed_free == free:
+            return
+        rid = min(session.claims)
+        session.withdraw(rid)
+        self._request(session, w.CancelClaim(rid=next(self.rids), claim_rid=rid), now)
+        self._request(session, self._claim(), now)
 
     # --- replies ----------------------------------------------------------------------------
 
@@ -330,31 +382,34 @@ class WorkerLoop:
             log.error("producer %s refused %s: %s", session.label, verb, clean(message))
         if effect.dropped is not None:
             log.error("result of job %d was refused and is dropped", effect.dropped)
+        if effect.abandon is not None:
+            log.error("producer %s at %s speaks another protocol version; not using it (this "
+                      "worker speaks FRZ%d): %s", session.label, clean(session.endpoint),
+                      w.VERSION, clean(effect.abandon))
+            self.peers.abandon(session, now)
 
     def _run_job(self, session: Session, job: w.Job, solicited: bool, now: float) -> None:
         """Run a JOB in a free slot, or DECLINE it: no slot free, stopping, an answer to a
-        claim this worker does not have outstanding (withdrawn, or never sent), or a payload
-        over this worker's limit (the DECLINE says the limit)."""
+        claim this worker does not have outstanding (withdrawn, or never sent), a payload
+        over this worker's limit (the DECLINE says the limit), or resources that are not
+        free (claims to several producers raced; the DECLINE says what is free)."""
         slot = next((slot for slot in self.slots if slot.free), None)
         limit = self.peers.max_payload
         too_large = len(job.payload) > limit
-        if slot is None or self.stopping or not solicited or too_large:
+        held = tuple(job.resources.items()) if job.resources else ()
+        free = self._free_resources() if held else None
+        busy = bool(held) and not fits(held, free or {})
+        if slot is None or self.stopping or not solicited or too_large or busy:
             if too_large:
                 log.warning("job %d of producer %s takes %d bytes, over this worker's limit of %d "
                             "(--max-payload-bytes); declined", job.job_id, session.label,
                             len(job.payload), limit)
-            self._request(session, w.Decline(rid=next(self.rids), job_id=job.job_id,
-                                             lease_id=job.lease_id, max_job=limit if too_large else None), now)
+            self._request(session, w.Decline(
+                rid=next(self.rids), job_id=job.job_id, lease_id=job.lease_id,
+                max_job=limit if too_large else None, resources=(free or {}) if busy else None,
+            ), now)
             return
-        running = RunningJob(
-            session.endpoint, job.job_id, job.lease_id, job.lease_ms,
-            max_result=w.DEFAULT_MAX_PAYLOAD if job.max_result is None else job.max_result,
-            task=pl.peek_task(job.payload), traceparent=job.traceparent,
-        )
-        if job.timeout_ms:
-            running.deadline = now + job.timeout_ms / 1000
-            running.timeout_ms = job.timeout_ms
-        slot.run(running, job.payload)
+        slot.run(_running_job(session, job, held, now), job.payload)
         self.filled_at = now
         if not session.leases:
             session.next_beat_at = now + max(job.lease_ms / 4000, 0.02)

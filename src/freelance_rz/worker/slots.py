@@ -279,7 +279,8 @@ class JobProcess:
 class RunningJob:
     """A job a slot runs: the producer's session it came from (its endpoint), the lease, and
     what the JOB said. ``deadline``: its time limit (monotonic seconds), if it has one;
-    ``progress``: reported since the last BEAT, not yet sent."""
+    ``progress``: reported since the last BEAT, not yet sent; ``resources``: what it holds
+    of the worker's resources until it ends."""
 
     endpoint: str
     job_id: int
@@ -291,6 +292,7 @@ class RunningJob:
     progress: tuple[float, float | None, str] | None = None
     task: str = "?"  # its task's name (for metrics and logs)
     traceparent: str | None = None  # the W3C trace context the JOB carried
+    resources: tuple[tuple[str, float], ...] = ()  # what it holds while it runs (its JOB's)
 
 
 class Slot:

@@ -17,13 +17,14 @@ import resource
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
 
 from ..core import check as _check
 from ..core import wire as w
+from ..core.match import MAX_MODULES, MODULE_MAX_CHARS, MODULE_RE
 from ..core.session import DEFAULT_WAIT_MS, Session
 from ..discovery import Browser, resolve_interfaces
 from ..dnssd import DnsSdSource, check_service
@@ -89,12 +90,24 @@ class Worker:
         metrics_port, metrics_host: serve Prometheus metrics at
             ``http://metrics_host:metrics_port/metrics`` while :meth:`run` runs (the
             ``metrics`` extra; docs/operations.md lists them). None: no endpoint.
+        resources: what the worker has for its jobs to share, name -> amount, e.g.
+            ``{"gpu": 1, "mem_gb": 64}`` (``--resources gpu=1,mem_gb=64``): a job that needs
+            some (``producer.options(resources={"gpu": 1})``) holds them while it runs, so
+            slots and resources both bound what runs at once. Claims say what is free.
+        labels: labels jobs may ask for, name -> value, e.g. ``{"zone": "eu"}``
+            (``--label zone=eu``).
+
+    Claims say what this worker can run (its ``tasks`` modules, free ``resources`` and
+    ``labels``), and producers hand it only such jobs (DESIGN §8).
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
     A module named twice in ``tasks`` is taken once. Ranges: ``slots`` >= 1, ``wait_ms`` >= 1,
     ``give_up_s`` > 0 (``float("inf")``: never), ``group`` 1 to 63 characters, ``name`` at most
-    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62, ``resolve_every_s`` 0.1 to 3600.
+    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62, ``resolve_every_s`` 0.1 to 3600;
+    at most 256 ``tasks`` modules; at most 32 ``resources`` and 32 ``labels``, names of 1 to
+    64 of ``A-Z a-z 0-9 _ . -`` (starting with a letter or ``_``), amounts finite numbers
+    from 0 to 1e15, label values at most 128 characters.
 
     Raises:
         TypeError: an argument of the wrong type, e.g. ``tasks="myapp.tasks"`` (a str, not a
@@ -131,6 +144,7 @@ class Worker:
         health_file: str | os.PathLike[str] | None = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -155,6 +169,7 @@ class Worker:
         self._metrics_at = _check.metrics_address(metrics_port, metrics_host)
         self.metrics_url: str | None = None  # set by run() when serving metrics
         self._slots, self._peers = [], None  # run()'s, for metrics_snapshot()
+        self.resources, self.labels = _capabilities(resources, labels)
         if not (self.discover or endpoints or services or self.connect_file is not None):
             raise ValueError("a worker needs --discover, --discover-dns, --connect or --connect-file")
         self.tasks = _task_modules(tasks)  # each module once, in the order given
@@ -169,9 +184,7 @@ class Worker:
         self.identity = f"{self.name[:200]}-{secrets.token_hex(16)}".encode()
         self.stats = WorkerStats()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = _wake_pipe()
 
     # --- control from other threads / signal handlers --------------------------------------
 
@@ -210,7 +223,8 @@ class Worker:
         loop = WorkerLoop(
             name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
             interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
-            stats=self.stats, clock=time.monotonic, health=health,
+            stats=self.stats, clock=time.monotonic, tasks=tuple(self.tasks),
+            resources=self.resources, labels=self.labels, health=health,
         )
         try:
             reaper.start()
@@ -225,8 +239,9 @@ class Worker:
                 slot.proc.wait_ready()
             if self._metrics_at is not None:
                 metrics = self._serve_metrics(*self._metrics_at)
-            log.info("worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
-                     ", ".join(self.tasks), self._source_text())
+            log.info("worker %s started: %d slot(s), tasks %s%s, %s", self.name, self.slots,
+                     ", ".join(self.tasks), _described(self.resources, self.labels),
+                     self._source_text())
             loop.run()
         finally:
             if metrics is not None:
@@ -321,11 +336,43 @@ class Worker:
         )
 
 
+def _described(resources: dict[str, float], labels: dict[str, str]) -> str:
+    """``, resources gpu=1, labels zone=eu`` for the start-up line ("" when none)."""
+    text = ""
+    if resources:
+        text += ", resources " + ",".join(f"{k}={v:g}" for k, v in resources.items())
+    if labels:
+        text += ", labels " + ",".join(f"{k}={v}" for k, v in labels.items())
+    return text
+
+
+def _capabilities(
+    resources: Mapping[str, float] | None, labels: Mapping[str, str] | None,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """A worker's ``resources`` and ``labels``, checked (empty when not given).
+    Raises TypeError or ValueError (:func:`freelance_rz.core.check.resources`)."""
+    return _check.resources("resources", resources) or {}, _check.labels("labels", labels) or {}
+
+
+def _wake_pipe() -> tuple[int, int]:
+    """A non-blocking pipe ``(read end, write end)``: a byte written wakes the loop."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
+
+
 def _task_modules(modules: list[str]) -> list[str]:
-    """The task modules, each findable (checked before any job process imports them)."""
+    """The task modules, each a module name a claim can carry and findable (checked before
+    any job process imports them)."""
     if not modules:
         raise ValueError("a worker needs at least one --tasks module")
+    if len(modules) > MAX_MODULES:
+        raise ValueError(f"a worker takes at most {MAX_MODULES} --tasks modules, got {len(modules)}")
     for module in modules:
+        if len(module) > MODULE_MAX_CHARS or not MODULE_RE.fullmatch(module):
+            raise ValueError(f"--tasks {module[:80]!r} is not a module name (dotted Python "
+                             f"names of at most {MODULE_MAX_CHARS} characters)")
         try:
             found = importlib.util.find_spec(module)
         except ImportError:  # "a.b" where "a" is missing or not a package
