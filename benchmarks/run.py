@@ -189,31 +189,51 @@ def reqrep_rate(run: Run, n: int = 10000) -> float:
         sock.close(0)
 
 
-def _s1_frz(run: Run, tag: str, **producer_kw) -> float:
-    """S1 on freelance_rz: jobs/s over S1_JOBS trivial jobs, two warmed-up workers."""
+CPU_ROLES = ("producer", "worker", "job process")
+
+
+@dataclass
+class S1Result:
+    """An S1 run: jobs/s, and per job the CPU (µs) and wake-ups of each role's processes."""
+
+    rate: float
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    wakeups: dict[str, float] = field(default_factory=dict)
+
+
+def _s1_frz(run: Run, tag: str, **producer_kw) -> S1Result:
+    """S1 on freelance_rz: jobs/s over S1_JOBS trivial jobs, two warmed-up workers; CPU and
+    wake-ups per job of the producer's process, the workers and their job processes."""
     group = new_group(tag)
     prod = run.producer(group, **producer_kw)
-    run.worker(f"{tag}-w1", group)
-    run.worker(f"{tag}-w2", group)
+    workers = [run.worker(f"{tag}-w1", group), run.worker(f"{tag}-w2", group)]
     prod.start()
     warm_up(prod, [f"{tag}-w1", f"{tag}-w2"])
     for f in [prod.submit("benchtasks:inc", i) for i in range(200)]:
         f.result(10)
+    roles = common.role_pids(workers)
+    before = common.cpu_by_role(roles)
     t0 = time.perf_counter()
     futures = [prod.submit("benchtasks:inc", i) for i in range(S1_JOBS)]
     wait(futures, timeout=60)
     t1 = time.perf_counter()
+    after = common.cpu_by_role(roles)
     assert all(f.result(0) == i + 1 for i, f in enumerate(futures))
     prod.close(timeout_s=5)
-    return S1_JOBS / (t1 - t0)
+    return S1Result(
+        S1_JOBS / (t1 - t0),
+        {r: 1e6 * (after[r][0] - before[r][0]) / S1_JOBS for r in CPU_ROLES},
+        {r: (after[r][1] - before[r][1]) / S1_JOBS for r in CPU_ROLES},
+    )
 
 
 def s1(root: Path) -> list[Row]:
     run = Run(root, "S1")
     try:
         rt = reqrep_rate(run)
-        frz = _s1_frz(run, "s1")
-        durable = _s1_frz(run, "s1d", store=run.dir / "s1-jobs.sqlite")
+        measured = _s1_frz(run, "s1")
+        frz = measured.rate
+        durable = _s1_frz(run, "s1d", store=run.dir / "s1-jobs.sqlite").rate
         # baseline PUSH/PULL
         bp = run.bproducer()
         run.bworker("bw1", [bp.jobs_ep], [bp.results_ep])
@@ -237,6 +257,11 @@ def s1(root: Path) -> list[Row]:
             "ratio ≥ 0.50", ("ratio", ">=", 0.5)),
         Row("S1", "with store= (sqlite WAL) ÷ in memory (baseline col.)", durable, frz,
             "ratio ≥ 0.50", ("ratio", ">=", 0.5)),
+        *[Row("S1", f"CPU per job: {role} (µs, its threads included)", measured.cpu_us[role], None)
+          for role in CPU_ROLES],
+        Row("S1", "CPU per job: all (µs)", sum(measured.cpu_us.values()), None),
+        *[Row("S1", f"wake-ups per job: {role}", measured.wakeups[role], None)
+          for role in CPU_ROLES],
     ]
 
 
