@@ -24,6 +24,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from .core.payload import POOLS
 from .core.text import clean
 from .core.wire import DEFAULT_MAX_PAYLOAD
 from .status import ProducerInfo, read_info
@@ -87,6 +88,26 @@ def worker_parser() -> argparse.ArgumentParser:
         "was discovered (default: %(default)s)",
     )
     parser.add_argument(
+        "--pool", default=POOLS[0], choices=POOLS,
+        help="how jobs run: a job process per slot (process), threads in one job process "
+        "(thread), or async def tasks on one event loop in one job process (asyncio) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--init", metavar="MODULE:FUNCTION",
+        help="function run once in each job process before its first job (e.g. to load a "
+        "model); a failure stops the worker",
+    )
+    parser.add_argument(
+        "--max-jobs-per-process", type=int, metavar="N",
+        help="replace a job process after it has run N jobs (default: never)",
+    )
+    parser.add_argument(
+        "--max-memory-per-process", type=float, metavar="MiB",
+        help="replace a job process whose resident memory is over MiB after a job "
+        "(default: never)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
     )
@@ -121,6 +142,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             args.tasks, discover=args.discover, connect=args.connect or (), group=args.group,
             slots=args.slots, interfaces=args.interface, name=args.name, give_up_s=args.give_up_s,
             key=args.key, trust=args.trust, max_payload_bytes=args.max_payload_bytes,
+            pool=args.pool, init=args.init, max_jobs_per_process=args.max_jobs_per_process,
+            max_memory_per_process_mib=args.max_memory_per_process,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)

@@ -1,65 +1,155 @@
-"""The main of a job process (the child side of a worker's slot) and
-:func:`report_progress`, which tasks call inside it.
+"""The main of a job process (the child side of a worker's pool) and :func:`report_progress`,
+which tasks call inside it.
 
-A job process leads a process group of its own and keeps the default signal dispositions
-(see :mod:`freelance_rz.worker.slots`), imports the worker's task modules once, then runs one
-job at a time: it reads ``[job_id, payload]`` from its pipe, runs the call, and writes the
-outcome back, in the pipe codec of :mod:`freelance_rz.core.payload`.
+A job process is started by its worker as ``python -c ENTRY FD`` (FD: its end of the pipe),
+leads a process group of its own and keeps the default signal dispositions (see
+:mod:`freelance_rz.worker.slots`). It reads its set-up (the first frame: task modules,
+``--init``, pool, slots, the worker's ``sys.path``), imports the task modules, runs the
+``--init`` function once, says it is ready, then runs jobs as its pool does
+(:mod:`freelance_rz.worker.runners`) until the pipe closes. Everything on the pipe is in the
+pipe codec of :mod:`freelance_rz.core.payload`.
+
+Only the standard library, msgpack and the project's pure core are imported here before the
+task modules, so a job process is ready soon after its interpreter starts.
 """
 
 from __future__ import annotations
 
+import contextvars
+import importlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
-from multiprocessing.connection import Connection
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from ..core import check as _check
 from ..core import payload as pl
 
 _PR_SET_PDEATHSIG = 1
-# Blocked in the worker while it spawns a job process, unblocked by the job process once it has
+# Blocked in the worker while it starts a job process, unblocked by the job process once it has
 # a process group of its own: a Ctrl-C to the worker's group in between never reaches it.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-JOB_PROCESS_NAME = "freelance-job"
-# A job process exits with this code when importing the main script started a worker again
-# (no ``if __name__ == "__main__":``); the worker that spawned it explains.
-UNGUARDED_MAIN_EXIT = 86
+# What a job process runs (python -c ENTRY FD).
+ENTRY = "from freelance_rz.worker.jobprocess import main; main()"
+
+PROGRESS_EVERY_S = 0.1  # a job sends progress at most this often (but always the last)
+_pipe: Pipe | None = None  # set in a job process
+_run_id: contextvars.ContextVar[int] = contextvars.ContextVar("freelance_rz_run", default=0)
+_progress_at: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "freelance_rz_progress_at", default=0.0
+)
 
 
-def main(conn: Connection, modules: list[str]) -> None:
-    """Body of a job process: import the task modules, then run jobs until the pipe closes."""
+class Pipe:
+    """The job process's end of its pipe: whole frames read by one thread at a time
+    (:meth:`read` blocks, :meth:`read_available` does one read for a caller that knows the
+    descriptor is readable), whole frames written from any thread (:meth:`write`).
+
+    Raises (from :meth:`write`):
+        OSError: the worker has gone (the job process then exits).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._reader = pl.FrameReader()
+        self._bodies: deque[bytes] = deque()
+        self._write_lock = threading.Lock()
+
+    def _read_some(self) -> list[bytes] | None:
+        try:
+            data = os.read(self.fd, max(65536, self._reader.wanted))
+        except OSError:
+            return None
+        return self._reader.feed(data) if data else None
+
+    def read(self) -> bytes | None:
+        """The next frame's body (blocking), or None when the worker closed the pipe."""
+        while not self._bodies:
+            bodies = self._read_some()
+            if bodies is None:
+                return None
+            self._bodies.extend(bodies)
+        return self._bodies.popleft()
+
+    def read_available(self) -> list[bytes] | None:
+        """One read: the frame bodies it completed (maybe none), or None at end of file."""
+        return self._read_some()
+
+    def write(self, frame: bytes) -> None:
+        """Write one whole frame (frames from several threads never interleave)."""
+        with self._write_lock:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.fd, view):]
+
+
+def main() -> None:
+    """Body of a job process: set up, then run jobs until the worker closes the pipe."""
     _die_with_parent()
     _own_process_group()
-    from ..tasks import Allowlist
+    pipe = Pipe(int(sys.argv[1]))
+    body = pipe.read()
+    if body is None:
+        return
+    setup = pl.decode_to_job_process(body)
+    assert isinstance(setup, pl.Setup)
+    sys.path[:] = setup.path
+    from . import runners
 
     try:
-        allowlist = Allowlist(modules)
+        runner = runners.make(setup.pool, pipe, setup.modules, setup.slots)
+        init = init_function(setup.init)
     except BaseException as exc:  # noqa: BLE001 - reported to the worker, which stops
-        conn.send_bytes(pl.encode_from_job_process(pl.StartFailed(f"{type(exc).__name__}: {exc}")))
-        return
-    conn.send_bytes(pl.encode_from_job_process(pl.Ready()))
-    global _progress_pipe
-    _progress_pipe = conn
-    while True:
-        try:
-            _, payload = pl.decode_run(conn.recv_bytes())
-        except EOFError:
-            return
-        try:
-            task, args, kwargs, _ = pl.unpack_call(payload)
-            fn = allowlist.resolve(task)
-            done = pl.Finished(True, pl.pack_value(fn(*args, **kwargs)))
-        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            done = pl.Finished(False, pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc()))
-        conn.send_bytes(pl.encode_from_job_process(done))
+        return _start_failed(pipe, f"{type(exc).__name__}: {exc}")
+    try:
+        runner.start(init)
+    except BaseException:  # noqa: BLE001 - reported to the worker, which stops
+        return _start_failed(pipe, f"--init {setup.init} raised:\n{traceback.format_exc().strip()}")
+    global _pipe
+    _pipe = pipe
+    pipe.write(pl.encode_from_job_process(pl.Ready()))
+    try:
+        runner.serve()
+    except OSError:  # the worker has gone
+        pass
 
 
-_progress_pipe: Connection | None = None  # set in a job process
-_progress_sent_at = 0.0
-PROGRESS_EVERY_S = 0.1  # a job process sends progress at most this often (but always the last)
+def _start_failed(pipe: Pipe, message: str) -> None:
+    try:
+        pipe.write(pl.encode_from_job_process(pl.StartFailed(message)))
+    except OSError:
+        pass
+
+
+def init_function(spec: str | None) -> Callable[[], Any] | None:
+    """The ``--init`` function named by ``"module:function"`` (imported here), or None.
+
+    Raises:
+        LookupError: the module has no such callable.
+        ImportError: the module cannot be imported (or raises while imported).
+    """
+    if spec is None:
+        return None
+    module_name, _, name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"--init {spec}: cannot import {module_name}: {exc}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise LookupError(f"--init {spec}: module {module_name} has no function {name!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def begin_run(run_id: int) -> None:
+    """The current thread or asyncio task runs ``run_id`` (for :func:`report_progress`)."""
+    _run_id.set(run_id)
+    _progress_at.set(0.0)
 
 
 def report_progress(done: float, total: float | None = None, message: str = "") -> None:
@@ -67,6 +157,7 @@ def report_progress(done: float, total: float | None = None, message: str = "") 
     "resizing")``. It reaches the producer with the worker's next heartbeat (within a quarter
     of the lease), where :meth:`Producer.progress` and ``freelance-status`` show it. Calls more
     often than every 0.1 s are coalesced; outside a worker's job process it does nothing.
+    In the thread and asyncio pools it reports the job of the calling thread or task.
 
     Args:
         done: how much is done, a number >= 0 (an int or a float).
@@ -78,23 +169,23 @@ def report_progress(done: float, total: float | None = None, message: str = "") 
             is not a str.
         ValueError: ``done`` or ``total`` is negative, NaN, infinite or above 2**63 - 1.
     """
-    global _progress_sent_at
     done = _check.number("done", done, min_=0, max_=_check.INT64_MAX)
     total = _check.number("total", total, min_=0, max_=_check.INT64_MAX, allow_none=True)
     message = _check.string("message", message)
+    run_id = _run_id.get()
     now = time.monotonic()
     finished = total is not None and done >= total
-    if _progress_pipe is None or (now - _progress_sent_at < PROGRESS_EVERY_S and not finished):
+    if _pipe is None or not run_id or (now - _progress_at.get() < PROGRESS_EVERY_S and not finished):
         return
-    _progress_sent_at = now
-    _progress_pipe.send_bytes(pl.encode_from_job_process(pl.Progress(done, total, message[:200])))
+    _progress_at.set(now)
+    _pipe.write(pl.encode_from_job_process(pl.Progress(run_id, done, total, message[:200])))
 
 
 def _own_process_group() -> None:
     """Lead a process group of its own, then restore the default signal dispositions.
 
     The worker decides when jobs stop (C6): a Ctrl-C in its terminal goes to the worker's
-    process group, which this process has just left. The worker spawned it with SIGINT and
+    process group, which this process has just left. The worker started it with SIGINT and
     SIGTERM blocked, so one sent to that group in between is pending here: it is discarded
     (ignoring a pending signal drops it) before they are unblocked. Nothing stays ignored or
     blocked, so programs a task starts get the defaults too (they are inherited across exec).

@@ -36,7 +36,8 @@ from ..core.text import clean
 from ..discovery import choose_endpoint
 from ..errors import ProtocolError
 from .peers import Peers
-from .slots import RunningJob, Slot
+from .pool import Pool
+from .slots import JobProcess, RunningJob, Slot
 
 log = logging.getLogger("freelance_rz.worker")
 
@@ -59,7 +60,7 @@ class WorkerLoop:
 
     Args:
         name: the worker's name, for logs.
-        slots: its slots (job processes started).
+        pool: its slots and job processes (started).
         peers: its table of producers (links made in it are polled here).
         wait_ms: the claim long-poll, milliseconds.
         interfaces: the IPv4 addresses mDNS runs on (to choose announced endpoints), or None.
@@ -70,12 +71,13 @@ class WorkerLoop:
     """
 
     def __init__(
-        self, *, name: str, slots: list[Slot], peers: Peers, wait_ms: int,
+        self, *, name: str, pool: Pool, peers: Peers, wait_ms: int,
         interfaces: list[str] | None, wake_r: int, events: queue.SimpleQueue[tuple[str, Any]],
         stats: WorkerStats, clock: Callable[[], float],
     ) -> None:
         self.name = name
-        self.slots = slots
+        self.pool = pool
+        self.announced = False  # "worker started" was logged (once the pool was first ready)
         self.peers = peers
         self.wait_ms = wait_ms
         self.interfaces = interfaces
@@ -96,28 +98,30 @@ class WorkerLoop:
     def run(self) -> None:
         """Serve until a stop has finished (running jobs done, their results delivered)."""
         watched: tuple[Any, ...] = ()
+        endpoints: dict[Any, str] = {}  # a link's socket -> its producer's endpoint
         check_at = 0.0  # next time to look at deadlines, heartbeats and reconnects
+        pool = self.pool
         while True:
             # the poller is rebuilt only when links or job processes came or went
-            fds = {slot.proc.fileno(): slot for slot in self.slots}
-            links = list(self.peers.links.items())
-            now_watched = (*fds, *(link.sock for _, link in links))
+            now_watched = (pool.generation, *self.peers.links.values())
             if now_watched != watched:
                 watched = now_watched
                 poller = zmq.Poller()
                 poller.register(self.wake_r, zmq.POLLIN)
-                for item in watched:
-                    poller.register(item, zmq.POLLIN)
-            events = dict(poller.poll(max(0, int((check_at - self.clock()) * 1000) + 1)))
+                for fd in pool.procs:
+                    poller.register(fd, zmq.POLLIN)
+                endpoints = {link.sock: ep for ep, link in self.peers.links.items()}
+                for sock in endpoints:
+                    poller.register(sock, zmq.POLLIN)
+            events = poller.poll(max(0, int((check_at - self.clock()) * 1000) + 1))
             now = self.clock()
-            if self.wake_r in events:
-                self._drain_events(now)
-            for fd, slot in fds.items():
-                if fd in events:
-                    self._from_slot(slot, now)
-            for endpoint, link in links:
-                if link.sock in events:
-                    self._drain_link(endpoint, now)
+            for item, _ in events:
+                if item == self.wake_r:
+                    self._drain_events(now)
+                elif (proc := pool.procs.get(item)) is not None:
+                    self._from_process(proc, now)
+                elif item in endpoints:
+                    self._drain_link(endpoints[item], now)
             if events:  # handling may have set new timers: look within TIMER_SLACK_S
                 check_at = min(check_at, now + TIMER_SLACK_S)
             if now >= check_at:  # timers: not on every message; idle, sleep until the next
@@ -144,13 +148,14 @@ class WorkerLoop:
             deadline = session.soonest()
             if deadline is not None:
                 soonest = min(soonest, deadline)
-        for slot in self.slots:
+        for slot in self.pool.slots:
             if slot.job is not None and slot.job.deadline is not None:
                 soonest = min(soonest, slot.job.deadline)
-        return soonest
+        stuck = self.pool.next_deadline()
+        return soonest if stuck is None else min(soonest, stuck)
 
     def _finished(self, now: float) -> bool:
-        if any(slot.job is not None for slot in self.slots):
+        if any(slot.job is not None for slot in self.pool.slots):
             return False
         undelivered = sum(len(s.unacked) for s in self.peers.sessions.values())
         if not undelivered:
@@ -173,7 +178,7 @@ class WorkerLoop:
                 return
             if kind == "stop":
                 if not self.stopping:
-                    running = sum(slot.job is not None for slot in self.slots)
+                    running = sum(slot.job is not None for slot in self.pool.slots)
                     log.info("worker %s stopping: finishing %d running job(s)", self.name, running)
                 self.stopping = True
                 self.stop_deadline = now + STOP_DELIVERY_S
@@ -190,7 +195,7 @@ class WorkerLoop:
         the progress the running jobs reported since the last one."""
         progress = []
         for lease_id, index in session.leases.items():
-            job = self._job(self.slots[index])
+            job = self._job(self.pool.slots[index])
             if job.progress is not None:
                 progress.append((lease_id, *job.progress))
                 job.progress = None
@@ -206,17 +211,17 @@ class WorkerLoop:
     def abort_jobs(self, session: Session) -> None:
         """Abort the jobs the worker runs for the producer."""
         for index in list(session.leases.values()):
-            self._abort(self.slots[index])
+            self._abort(self.pool.slots[index])
 
     def move_jobs(self, old: Session, new: Session) -> None:
         """The running jobs of ``old`` now belong to ``new`` (a restarted producer)."""
-        for slot in self.slots:
+        for slot in self.pool.slots:
             if slot.job is not None and slot.job.endpoint == old.endpoint:
                 slot.job.endpoint = new.endpoint
 
     def beat_lease_ms(self, session: Session) -> int:
         """The shortest lease the worker holds from the producer, in milliseconds."""
-        return min(self._job(self.slots[index]).lease_ms for index in session.leases.values())
+        return min(self._job(self.pool.slots[index]).lease_ms for index in session.leases.values())
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -230,7 +235,7 @@ class WorkerLoop:
         return w.Claim(rid=next(self.rids), wait_ms=self.wait_ms, max_job=self.peers.max_payload)
 
     def _free(self) -> int:
-        return sum(1 for slot in self.slots if slot.free)
+        return self.pool.free_count()
 
     def _reconcile_claims(self, now: float) -> None:
         """Keep as many parked claims at each live producer as there are free slots.
@@ -283,7 +288,7 @@ class WorkerLoop:
         if effect.job is not None:
             self._run_job(session, effect.job, effect.solicited, now)
         for lease_id in effect.void:
-            slot = self.slots[session.leases[lease_id]]
+            slot = self.pool.slots[session.leases[lease_id]]
             log.warning("job %d was cancelled by its producer (or re-offered to another worker); "
                         "aborting it", self._job(slot).job_id)
             self._abort(slot)
@@ -297,7 +302,7 @@ class WorkerLoop:
         """Run a JOB in a free slot, or DECLINE it: no slot free, stopping, an answer to a
         claim this worker does not have outstanding (withdrawn, or never sent), or a payload
         over this worker's limit (the DECLINE says the limit)."""
-        slot = next((slot for slot in self.slots if slot.free), None)
+        slot = self.pool.free_slot()
         limit = self.peers.max_payload
         too_large = len(job.payload) > limit
         if slot is None or self.stopping or not solicited or too_large:
@@ -315,7 +320,7 @@ class WorkerLoop:
         if job.timeout_ms:
             running.deadline = now + job.timeout_ms / 1000
             running.timeout_ms = job.timeout_ms
-        slot.run(running, job.payload)
+        self.pool.run(slot, running, job.payload)
         self.filled_at = now
         if not session.leases:
             session.next_beat_at = now + max(job.lease_ms / 4000, 0.02)
@@ -329,31 +334,57 @@ class WorkerLoop:
         return slot.job
 
     def _abort(self, slot: Slot) -> None:
-        """Kill the job running in ``slot`` (it gets a fresh process) and forget its lease;
+        """Stop the job running in ``slot`` (see :meth:`Pool.abort`) and forget its lease;
         its result, if any, is not sent."""
-        job = slot.abort()
+        job = self.pool.abort(slot, self.clock())
         if job is not None:
             session = self.peers.sessions.get(job.endpoint)
             if session is not None:
                 session.leases.pop(job.lease_id, None)
 
+    def _release(self, job: RunningJob, now: float) -> None:
+        """Give a job back to its producer (DECLINE: offered again at once, same attempt):
+        its process was replaced because another job in it ignored cancellation. A producer
+        not reachable now re-offers it when the lease expires."""
+        session = self.peers.sessions.get(job.endpoint)
+        if session is None or session.leases.pop(job.lease_id, None) is None:
+            return
+        if job.endpoint in self.peers.links:
+            self._request(session, w.Decline(rid=next(self.rids), job_id=job.job_id,
+                                             lease_id=job.lease_id), now)
+
     def _enforce_time_limits(self, now: float) -> None:
-        """Kill the process of a job past its time limit (C8) and report it as JobTimeout."""
-        for slot in self.slots:
+        """Stop a job past its time limit (C8) and report it as JobTimeout; replace the
+        processes of cancelled jobs that did not stop (their other jobs are released)."""
+        for slot in self.pool.slots:
             job = slot.job
             if job is not None and job.deadline is not None and now >= job.deadline:
                 limit_s = job.timeout_ms / 1000
-                log.warning("job %d ran past its time limit of %g s; killed", job.job_id, limit_s)
+                how = "killed" if self.pool.kind == "process" else "cancelled"
+                log.warning("job %d ran past its time limit of %g s; %s", job.job_id, limit_s, how)
                 self._abort(slot)
-                message = f"the job ran past its time limit of {limit_s:g} s and was killed"
+                message = f"the job ran past its time limit of {limit_s:g} s and was {how}"
                 error = pl.pack_error("JobTimeout", message, "")
                 self._finished_job(job, Outcome(job.job_id, False, error), now)
+        for job in self.pool.expire(now):
+            self._release(job, now)
 
-    def _from_slot(self, slot: Slot, now: float) -> None:
-        taken = slot.take()
-        if taken is None:
-            return
-        job, outcome = taken
+    def _from_process(self, proc: JobProcess, now: float) -> None:
+        taken = self.pool.readable(proc)
+        for job, outcome in taken.finished:
+            self._job_ended(job, outcome, now)
+        for job in taken.released:
+            self._release(job, now)
+        if self.pool.fatal is not None and not self.stopping:
+            log.error("worker %s stopping: %s", self.name, self.pool.fatal)
+            self.stopping = True
+            self.stop_deadline = now + STOP_DELIVERY_S
+        elif not self.announced and self.pool.ready:
+            self.announced = True
+            log.info("worker %s ready: %d slot(s) in the %s pool", self.name,
+                     len(self.pool.slots), self.pool.kind)
+
+    def _job_ended(self, job: RunningJob, outcome: Outcome, now: float) -> None:
         session = self.peers.sessions.get(job.endpoint)
         if session is not None:
             session.leases.pop(job.lease_id, None)

@@ -13,9 +13,11 @@ import importlib.util
 import logging
 import os
 import queue
+import re
 import resource
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,22 +26,25 @@ import zmq
 
 from ..core import check as _check
 from ..core import wire as w
+from ..core.payload import POOLS, Setup
 from ..core.session import DEFAULT_WAIT_MS, Session
 from ..discovery import Browser, resolve_interfaces
 from ..security import KeyPair, check_pair, load_keypair, load_public_keys
 from .loop import WorkerLoop, WorkerStats
 from .peers import FDS_PER_PRODUCER, MAX_PRODUCERS, Peers
-from .slots import Reaper, Slot, refuse_unguarded_main
+from .pool import Pool
+from .slots import Reaper
 
 log = logging.getLogger("freelance_rz.worker")
 
 GIVE_UP_S = 60.0  # a producer unreachable this long: abort its jobs, forget it if discovered
 NAME_MAX_BYTES = 200  # a worker's name, in UTF-8: it is part of its routing id (255 bytes at most)
+_IDENTIFIERS = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 MAX_PAYLOAD_LIMIT = 2**62  # bytes: the largest max_payload_bytes (MAXMSGSIZE is an int64)
 
 
 class Worker:
-    """Pulls jobs from producers and runs them in one child process per slot.
+    """Pulls jobs from producers and runs them in its job processes (``pool``).
 
     Args:
         tasks: importable module names whose public functions may run (the allowlist).
@@ -61,12 +66,25 @@ class Worker:
             producers' ``max_payload_bytes``): claims say it, so producers never hand this
             worker a larger job (one larger than every worker takes fails with
             :class:`~freelance_rz.JobTooLarge`).
+        pool: how jobs run (:mod:`freelance_rz.worker.pool`): ``"process"`` (default: a job
+            process per slot, one job at a time each), ``"thread"`` (one job process, a
+            thread per slot) or ``"asyncio"`` (one job process, ``async def`` tasks
+            concurrently on one event loop, plain functions in its threads). ``async def``
+            tasks run in every pool.
+        init: ``"module:function"`` called once in each job process before its first job
+            (load a model, open a connection); it may be ``async def``. A failure stops the
+            worker with the error.
+        max_jobs_per_process: replace a job process once it was handed this many jobs
+            (after the last one ends; None: never).
+        max_memory_per_process_mib: replace a job process whose resident memory is over
+            this many MiB after a job (Linux; None: never). Neither limit stops a running job.
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
     A module named twice in ``tasks`` is taken once. Ranges: ``slots`` >= 1, ``wait_ms`` >= 1,
     ``give_up_s`` > 0 (``float("inf")``: never), ``group`` 1 to 63 characters, ``name`` at most
-    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62.
+    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62, ``max_jobs_per_process`` >= 1,
+    ``max_memory_per_process_mib`` > 0.
 
     Raises:
         TypeError: an argument of the wrong type, e.g. ``tasks="myapp.tasks"`` (a str, not a
@@ -74,8 +92,9 @@ class Worker:
             what it must be and the value given.
         ValueError: an argument out of its range; no producer source, no task module, bad
             interfaces; only one of ``key`` and ``trust``, an unreadable key, or ``trust``
-            without public keys.
-        ModuleNotFoundError: a ``tasks`` module cannot be found.
+            without public keys; an unknown ``pool``; an ``init`` not of the form
+            ``module:function``.
+        ModuleNotFoundError: a ``tasks`` module or the ``init`` module cannot be found.
     """
 
     def __init__(
@@ -93,6 +112,10 @@ class Worker:
         key: str | os.PathLike[str] | None = None,
         trust: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = w.DEFAULT_MAX_PAYLOAD,
+        pool: str = POOLS[0],
+        init: str | None = None,
+        max_jobs_per_process: int | None = None,
+        max_memory_per_process_mib: float | None = None,
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -106,6 +129,15 @@ class Worker:
         key, trust = _check.path("key", key), _check.path("trust", trust)
         self.max_payload_bytes = _check.integer(
             "max_payload_bytes", max_payload_bytes, min_=1, max_=MAX_PAYLOAD_LIMIT, unit="bytes"
+        )
+        self.pool = _pool(pool)
+        self.init = _init(_check.string("init", init, allow_none=True))
+        self.max_jobs_per_process = _check.integer(
+            "max_jobs_per_process", max_jobs_per_process, min_=1, allow_none=True
+        )
+        self.max_memory_per_process_mib = _check.number(
+            "max_memory_per_process_mib", max_memory_per_process_mib, above=0, unit="MiB",
+            allow_none=True,
         )
         if not self.discover and not endpoints:
             raise ValueError("a worker needs --discover or at least one --connect endpoint")
@@ -144,25 +176,30 @@ class Worker:
         """Serve until stopped. Returns the :class:`WorkerStats`.
 
         Raises:
-            RuntimeError: a job process could not import the task modules, or the main script
-                starts this worker when imported (no ``if __name__ == "__main__":``).
+            RuntimeError: a job process could not be set up (a task module or the ``init``
+                function failed); the worker stopped first (running jobs finished, their
+                results delivered).
         """
-        refuse_unguarded_main()
         peers = Peers(zmq.Context.instance(), self.identity, self.max_payload_bytes, self._keys,
                       self._trusted, self.give_up_s, self.stats)
         peers.max_producers = _max_producers()
         browser = None
         reaper = Reaper()
-        slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
+        memory = self.max_memory_per_process_mib
+        pool = Pool(
+            self.pool, self.slots,
+            Setup(self.tasks, self.init, self.pool, self.slots, list(sys.path)),
+            max_jobs=self.max_jobs_per_process,
+            max_memory_bytes=None if memory is None else int(memory * 2**20), reaper=reaper,
+        )
         loop = WorkerLoop(
-            name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
+            name=self.name, pool=pool, peers=peers, wait_ms=self.wait_ms,
             interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
             stats=self.stats, clock=time.monotonic,
         )
         try:
             reaper.start()
-            for slot in slots:
-                slot.proc.start()
+            pool.start()
             if self.discover:
                 browser = Browser(
                     self.group, self.interfaces,
@@ -173,11 +210,9 @@ class Worker:
             server_key = next(iter(self._trusted), None)
             for endpoint in self.connect:
                 peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
-            for slot in slots:
-                slot.proc.wait_ready()
             log.info(
-                "worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
-                ", ".join(self.tasks),
+                "worker %s starting: %d slot(s) (%s pool), tasks %s, %s", self.name, self.slots,
+                self.pool, ", ".join(self.tasks),
                 f"discovering group {self.group!r}" if self.discover else "static producers",
             )
             loop.run()
@@ -185,11 +220,12 @@ class Worker:
             if browser is not None:
                 browser.close()
             peers.close()
-            for slot in slots:
-                slot.proc.close()
+            pool.close()
             reaper.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+        if pool.fatal is not None:
+            raise RuntimeError(pool.fatal)
         log.info(
             "worker %s stopped: %d producer(s) found, %d job(s) run, %d failed",
             self.name, self.stats.producers_found, self.stats.jobs_run, self.stats.jobs_failed,
@@ -202,13 +238,39 @@ def _task_modules(modules: list[str]) -> list[str]:
     if not modules:
         raise ValueError("a worker needs at least one --tasks module")
     for module in modules:
-        try:
-            found = importlib.util.find_spec(module)
-        except ImportError:  # "a.b" where "a" is missing or not a package
-            found = None
-        if found is None:
-            raise ModuleNotFoundError(f"--tasks module {module!r} not found", name=module)
+        _findable(module, "--tasks")
     return modules
+
+
+def _pool(pool: str) -> str:
+    """The ``pool`` argument, checked."""
+    pool = _check.string("pool", pool)
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}")
+    return pool
+
+
+def _init(init: str | None) -> str | None:
+    """The ``init`` function's name, checked: ``module:function``, the module findable."""
+    if init is None:
+        return None
+    module, sep, func = init.partition(":")
+    if not sep or not _IDENTIFIERS.fullmatch(module) or not func.isidentifier():
+        raise ValueError(f"--init {init!r} must be module:function, e.g. myapp.setup:load_model")
+    _findable(module, "--init")
+    return init
+
+
+def _findable(module: str, option: str) -> None:
+    """Raise ModuleNotFoundError when ``module`` cannot be found (nothing is imported)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # "a.b" where "a" is missing or not a package
+        found = False
+    except ValueError:  # an imported module whose __spec__ is None: it exists
+        found = True
+    if not found:
+        raise ModuleNotFoundError(f"{option} module {module!r} not found", name=module)
 
 
 def _endpoints(endpoints: list[str]) -> list[str]:
