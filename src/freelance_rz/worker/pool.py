@@ -19,9 +19,13 @@ is asked to cancel it (see :mod:`freelance_rz.worker.runners`), and the slot sta
 until the job has stopped; a job still running CANCEL_GRACE_S later (a thread that ignores
 cancellation: one blocked in C, one that swallows the exception) gets its whole process
 replaced, and the other jobs that process ran are *released*: the worker DECLINEs them, so
-their producers offer them again at once, with the same attempt. A process that dies ends
-all of its jobs as crashed (each a lost attempt at its producer, offered again up to its
-``max_attempts``): which of its threads killed it cannot be told.
+their producers offer them again at once, with the same attempt.
+
+A process that dies running one job ends it as crashed (a lost attempt at its producer,
+offered again up to its ``max_attempts``). One that dies running several cannot say which of
+them killed it: they are all released (offered again at once, same attempt), and the pool
+runs its next jobs one at a time (:attr:`Pool.solo`, as many as died together), so the job
+that kills a process is soon caught alone and charged, and the others never are.
 
 A process that cannot set itself up (a task module or ``--init`` fails) makes the pool
 :attr:`Pool.fatal`: the worker stops and reports the error.
@@ -87,6 +91,7 @@ class Pool:
         self.procs: dict[int, JobProcess] = {}  # pipe descriptor -> process, every live one
         self._run_ids = itertools.count(1)
         self._free: int | None = None  # free slots, cached until something changes
+        self.solo = 0  # jobs still to run one at a time (after a process died running several)
 
     # --- processes -------------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class Pool:
         self._close_if_idle(proc)
 
     def _close_if_idle(self, proc: JobProcess) -> None:
+        if self.procs.get(proc.fd) is not proc:  # closed already
+            return
         lane = self._lane_of(proc)
         if proc in lane.retiring and not proc.running:
             lane.retiring.remove(proc)
@@ -174,8 +181,11 @@ class Pool:
         return self._free
 
     def _is_free(self, slot: Slot) -> bool:
-        active = self.lanes[slot.lane].active
-        return slot.job is None and slot.stuck is None and active is not None and active.ready
+        lane = self.lanes[slot.lane]
+        active = lane.active
+        if slot.job is not None or slot.stuck is not None or active is None or not active.ready:
+            return False
+        return not self.solo or not any(s.job is not None or s.stuck is not None for s in lane.slots)
 
     def free_slot(self) -> Slot | None:
         """A slot that could take a job now, or None."""
@@ -251,7 +261,7 @@ class Pool:
                 self._free = None
             elif isinstance(msg, pl.StartFailed):
                 self._failed(proc, f"job process could not start: {msg.message}")
-        if msgs and self.procs.get(proc.fd) is proc:
+        if msgs:
             self._after_jobs(proc)
         return taken
 
@@ -263,12 +273,15 @@ class Pool:
         job = slot.job
         if job is not None and job.run_id == msg.run_id:
             slot.job = None
+            self.solo = max(0, self.solo - 1)
             taken.finished.append((job, Outcome(job.job_id, msg.ok, msg.payload)))
         elif slot.stuck is not None and slot.stuck.run_id == msg.run_id:
             slot.stuck = None  # the cancelled run has stopped: the slot is free again
 
     def _after_jobs(self, proc: JobProcess) -> None:
         """Recycle ``proc`` when over its memory limit; close it when retired and idle."""
+        if self.procs.get(proc.fd) is not proc:  # closed already
+            return
         lane = self._lane_of(proc)
         if lane.active is proc and self.max_memory_bytes is not None and proc.ready:
             rss = proc.rss_bytes()
@@ -288,11 +301,18 @@ class Pool:
             lane.active = None if self.fatal else self._spawn()
         else:
             lane.retiring.remove(proc)
-        for job in self._forget_runs(proc):
-            log.warning("job %d: job process %s; replaced", job.job_id, died.how)
+        jobs = self._forget_runs(proc)
+        if len(jobs) > 1:  # which one killed it cannot be told
+            log.warning("job process %s running %d jobs; replaced: they are offered again, and "
+                        "the next %d jobs run one at a time", died.how, len(jobs), len(jobs))
+            self.solo = max(self.solo, len(jobs))
+            taken.released += jobs
+        elif jobs:
+            log.warning("job %d: job process %s; replaced", jobs[0].job_id, died.how)
+            self.solo = max(0, self.solo - 1)
             error = pl.pack_error("JobProcessDied", f"the job's process {died.how}", "")
-            taken.finished.append((job, Outcome(job.job_id, False, error, crashed=True)))
-        if not taken.finished:
+            taken.finished.append((jobs[0], Outcome(jobs[0].job_id, False, error, crashed=True)))
+        else:
             log.warning("idle job process %s; replaced", died.how)
 
     def _failed(self, proc: JobProcess, message: str) -> None:

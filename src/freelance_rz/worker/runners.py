@@ -5,7 +5,8 @@
   A cancel is never sent: the worker kills the process instead.
 - ``thread`` (:class:`ThreadRunner`): up to ``slots`` jobs at once, one per thread. The
   threads take turns reading the pipe (leader/followers: the thread that reads a job runs it
-  while the next idle thread reads), so a job starts without a hand-off between threads.
+  while the next idle thread reads), so a job starts without a hand-off between threads;
+  there is one thread more than slots, so a cancel is read even while every slot is busy.
   An ``async def`` task runs on its thread's own event loop.
 - ``asyncio`` (:class:`AsyncioRunner`): one event loop on the main thread reads the pipe;
   ``async def`` tasks run on it concurrently, up to ``slots`` at once; plain functions run in
@@ -220,7 +221,8 @@ class ThreadRunner(Runner):
         self._local = threading.local()
 
     def serve(self) -> None:
-        for index in range(1, self.slots):
+        # slots + 1 threads: while every slot runs a job, one more still reads cancels
+        for index in range(1, self.slots + 1):
             threading.Thread(target=self._follow, name=f"freelance-slot-{index}", daemon=True).start()
         self._follow()
 
