@@ -151,8 +151,11 @@ def test_init_runs_once_per_job_process_before_its_first_job(
     start_worker("w1", "--tasks", "rzpools", "--pool", pool, "--slots", "2", "--init", init)
     seen = [producer.submit(rzpools.inits).result(timeout=30) for _ in range(6)]
     assert {s["inits"] for s in seen} == {1}  # every job ran after its process's one init
+    processes = 2 if pool == "process" else 1
+    wait_until(lambda: len(lines(tmp_path / "inits")) >= processes, 30, "a process never set up")
+    time.sleep(0.5)  # (an init run twice would show by now)
     init_pids = [int(p) for p in lines(tmp_path / "inits")]
-    assert len(init_pids) == (2 if pool == "process" else 1) == len(set(init_pids))
+    assert len(init_pids) == processes == len(set(init_pids))
     assert {s["pid"] for s in seen} <= set(init_pids)
 
 

@@ -17,7 +17,7 @@ from .errors import (
     TaskNotAllowed,
 )
 from .producer.api import JobEvent, JobFuture, JobOptions, JobProgress, Producer
-from .worker.jobprocess import report_progress
+from .worker.pipe import report_progress
 from .worker.worker import Worker, WorkerStats
 
 __version__ = _version.__version__

@@ -1,5 +1,4 @@
-"""The main of a job process (the child side of a worker's pool) and :func:`report_progress`,
-which tasks call inside it.
+"""The main of a job process (the child side of a worker's pool).
 
 A job process is started by its worker as ``python -c ENTRY FD`` (FD: its end of the pipe),
 leads a process group of its own and keeps the default signal dispositions (see
@@ -15,20 +14,16 @@ task modules, so a job process is ready soon after its interpreter starts.
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import os
 import signal
 import sys
-import threading
-import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..core import check as _check
 from ..core import payload as pl
+from .pipe import Pipe, attach
 
 _PR_SET_PDEATHSIG = 1
 # Blocked in the worker while it starts a job process, unblocked by the job process once it has
@@ -37,55 +32,6 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # What a job process runs (python -c ENTRY FD).
 ENTRY = "from freelance_rz.worker.jobprocess import main; main()"
 
-PROGRESS_EVERY_S = 0.1  # a job sends progress at most this often (but always the last)
-_pipe: Pipe | None = None  # set in a job process
-_run_id: contextvars.ContextVar[int] = contextvars.ContextVar("freelance_rz_run", default=0)
-_progress_at: contextvars.ContextVar[float] = contextvars.ContextVar(
-    "freelance_rz_progress_at", default=0.0
-)
-
-
-class Pipe:
-    """The job process's end of its pipe: whole frames read by one thread at a time
-    (:meth:`read` blocks, :meth:`read_available` does one read for a caller that knows the
-    descriptor is readable), whole frames written from any thread (:meth:`write`).
-
-    Raises (from :meth:`write`):
-        OSError: the worker has gone (the job process then exits).
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._reader = pl.FrameReader()
-        self._bodies: deque[bytes] = deque()
-        self._write_lock = threading.Lock()
-
-    def _read_some(self) -> list[bytes] | None:
-        try:
-            data = os.read(self.fd, max(65536, self._reader.wanted))
-        except OSError:
-            return None
-        return self._reader.feed(data) if data else None
-
-    def read(self) -> bytes | None:
-        """The next frame's body (blocking), or None when the worker closed the pipe."""
-        while not self._bodies:
-            bodies = self._read_some()
-            if bodies is None:
-                return None
-            self._bodies.extend(bodies)
-        return self._bodies.popleft()
-
-    def read_available(self) -> list[bytes] | None:
-        """One read: the frame bodies it completed (maybe none), or None at end of file."""
-        return self._read_some()
-
-    def write(self, frame: bytes) -> None:
-        """Write one whole frame (frames from several threads never interleave)."""
-        with self._write_lock:
-            view = memoryview(frame)
-            while view:
-                view = view[os.write(self.fd, view):]
 
 
 def main() -> None:
@@ -110,8 +56,7 @@ def main() -> None:
         runner.start(init)
     except BaseException:  # noqa: BLE001 - reported to the worker, which stops
         return _start_failed(pipe, f"--init {setup.init} raised:\n{traceback.format_exc().strip()}")
-    global _pipe
-    _pipe = pipe
+    attach(pipe)
     pipe.write(pl.encode_from_job_process(pl.Ready()))
     try:
         runner.serve()
@@ -144,41 +89,6 @@ def init_function(spec: str | None) -> Callable[[], Any] | None:
     if not callable(fn):
         raise LookupError(f"--init {spec}: module {module_name} has no function {name!r}")
     return fn  # type: ignore[no-any-return]
-
-
-def begin_run(run_id: int) -> None:
-    """The current thread or asyncio task runs ``run_id`` (for :func:`report_progress`)."""
-    _run_id.set(run_id)
-    _progress_at.set(0.0)
-
-
-def report_progress(done: float, total: float | None = None, message: str = "") -> None:
-    """Report the running job's progress, from inside a task: e.g. ``report_progress(3, 10,
-    "resizing")``. It reaches the producer with the worker's next heartbeat (within a quarter
-    of the lease), where :meth:`Producer.progress` and ``freelance-status`` show it. Calls more
-    often than every 0.1 s are coalesced; outside a worker's job process it does nothing.
-    In the thread and asyncio pools it reports the job of the calling thread or task.
-
-    Args:
-        done: how much is done, a number >= 0 (an int or a float).
-        total: how much there is to do, a number >= 0, or None when unknown.
-        message: a short text (cut at 200 characters).
-
-    Raises:
-        TypeError: ``done`` or ``total`` is not a number (bools are refused), or ``message``
-            is not a str.
-        ValueError: ``done`` or ``total`` is negative, NaN, infinite or above 2**63 - 1.
-    """
-    done = _check.number("done", done, min_=0, max_=_check.INT64_MAX)
-    total = _check.number("total", total, min_=0, max_=_check.INT64_MAX, allow_none=True)
-    message = _check.string("message", message)
-    run_id = _run_id.get()
-    now = time.monotonic()
-    finished = total is not None and done >= total
-    if _pipe is None or not run_id or (now - _progress_at.get() < PROGRESS_EVERY_S and not finished):
-        return
-    _progress_at.set(now)
-    _pipe.write(pl.encode_from_job_process(pl.Progress(run_id, done, total, message[:200])))
 
 
 def _own_process_group() -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..core import payload as pl
 from ..tasks import Allowlist
-from .jobprocess import Pipe, begin_run
+from .pipe import Pipe, begin_run
 
 
 class JobCancelled(BaseException):
