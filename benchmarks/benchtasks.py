@@ -40,3 +40,11 @@ def whoami(seconds=0.0):
     """Warm-up: which worker runs this (no execution record)."""
     time.sleep(seconds)
     return os.environ.get("RZ_WORKER", "?")
+
+
+async def asleep(seconds):
+    """IO: an I/O-bound job (an ``async def`` task)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return seconds

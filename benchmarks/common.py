@@ -146,6 +146,15 @@ def process_cpu(pid: int) -> tuple[float, int]:
     return cpu_ns / 1e9, wakeups
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def children_of(pid: int) -> list[int]:
     """The live child processes of ``pid``."""
     out = []

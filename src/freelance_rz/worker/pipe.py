@@ -19,8 +19,9 @@ from ..core import payload as pl
 PROGRESS_EVERY_S = 0.1  # a job sends progress at most this often (but always the last)
 _pipe: Pipe | None = None  # set in a job process
 _run_id: contextvars.ContextVar[int] = contextvars.ContextVar("freelance_rz_run", default=0)
-_progress_at: contextvars.ContextVar[float] = contextvars.ContextVar(
-    "freelance_rz_progress_at", default=0.0
+# (run id, when it last sent progress): a run id not the current one means never
+_progress_at: contextvars.ContextVar[tuple[int, float]] = contextvars.ContextVar(
+    "freelance_rz_progress_at", default=(0, 0.0)
 )
 
 
@@ -62,9 +63,11 @@ class Pipe:
     def write(self, frame: bytes) -> None:
         """Write one whole frame (frames from several threads never interleave)."""
         with self._write_lock:
-            view = memoryview(frame)
-            while view:
-                view = view[os.write(self.fd, view):]
+            written = os.write(self.fd, frame)
+            if written < len(frame):  # a large frame: the rest, as the worker reads
+                view = memoryview(frame)[written:]
+                while view:
+                    view = view[os.write(self.fd, view):]
 
 
 def attach(pipe: Pipe) -> None:
@@ -76,7 +79,6 @@ def attach(pipe: Pipe) -> None:
 def begin_run(run_id: int) -> None:
     """The current thread or asyncio task runs ``run_id`` (for :func:`report_progress`)."""
     _run_id.set(run_id)
-    _progress_at.set(0.0)
 
 
 def report_progress(done: float, total: float | None = None, message: str = "") -> None:
@@ -102,7 +104,10 @@ def report_progress(done: float, total: float | None = None, message: str = "") 
     run_id = _run_id.get()
     now = time.monotonic()
     finished = total is not None and done >= total
-    if _pipe is None or not run_id or (now - _progress_at.get() < PROGRESS_EVERY_S and not finished):
+    last_run, last_at = _progress_at.get()
+    if last_run != run_id:
+        last_at = float("-inf")
+    if _pipe is None or not run_id or (now - last_at < PROGRESS_EVERY_S and not finished):
         return
-    _progress_at.set(now)
+    _progress_at.set((run_id, now))
     _pipe.write(pl.encode_from_job_process(pl.Progress(run_id, done, total, message[:200])))

@@ -44,6 +44,9 @@ class JobCancelled(BaseException):
     in a task does not swallow it, ``finally`` blocks run."""
 
 
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), list, dict})  # never awaitable
+
+
 def _error(exc: BaseException) -> bytes:
     """The error payload of ``exc`` (call inside its ``except`` block: the traceback)."""
     return pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc())
@@ -103,12 +106,10 @@ class SerialRunner(Runner):
     """The ``process`` pool: one job at a time on the main thread."""
 
     def serve(self) -> None:
-        pipe = self.pipe
+        pipe, run = self.pipe, self.run
         while (body := pipe.read()) is not None:
-            if body[:1] == b"J":  # a cancel: the worker kills this process instead
-                msg = pl.decode_to_job_process(body)
-                assert isinstance(msg, pl.Run)
-                pipe.write(self.run(msg.run_id, msg.payload))
+            if body[:1] == b"J":  # not a cancel: the worker kills this process instead
+                pipe.write(run(*pl.decode_run(body)))
 
     def run(self, run_id: int, payload: bytes) -> bytes:
         """Run one job; its outcome's frame."""
@@ -116,7 +117,7 @@ class SerialRunner(Runner):
         try:
             fn, args, kwargs = self.call(payload)
             value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
+            if type(value) not in _PLAIN and inspect.isawaitable(value):
                 value = self.loop().run_until_complete(value)
             return pl.encode_finished(run_id, True, pl.pack_value(value))
         except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
@@ -254,7 +255,7 @@ class ThreadRunner(Runner):
         try:
             fn, args, kwargs = self.call(payload)
             value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
+            if type(value) not in _PLAIN and inspect.isawaitable(value):
                 value = self._await(run_id, value)
             return pl.encode_finished(run_id, True, pl.pack_value(value))
         except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
