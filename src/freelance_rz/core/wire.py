@@ -292,20 +292,37 @@ _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {
 }
 
 
+# Per message class, made on first use: (name, required, nil taken, check) per field, and
+# the field names; so decoding and encoding look nothing up per field but the values.
+_SPECS: dict[type, tuple[tuple[str, bool, bool, Any], ...]] = {}
+_NAMES: dict[type, tuple[str, ...]] = {}
+_ABSENT = object()
+
+
+def _spec(cls: type) -> tuple[tuple[str, bool, bool, Any], ...]:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = _SPECS[cls] = tuple(
+            (f.name, f.default is dataclasses.MISSING,
+             f.default is None or (cls is Err and f.name == "rid"), _FIELD_CHECKS[f.name])
+            for f in _FIELDS[cls]
+        )
+    return spec
+
+
 def _build(cls: type, body: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
-    for field in _FIELDS[cls]:
-        name = field.name
-        if name not in body:
-            if field.default is not dataclasses.MISSING:
+    for name, required, nil_taken, check in _spec(cls):
+        value = body.get(name, _ABSENT)
+        if value is _ABSENT:
+            if not required:
                 continue
             raise ProtocolError(E_INVALID, f"{_VERB_OF[cls].decode()}: missing field {name!r}")
-        value = body[name]
-        if value is None and (field.default is None or (cls is Err and name == "rid")):
+        if value is None and nil_taken:
             kwargs[name] = None  # an optional field sent as nil
             continue
         try:
-            kwargs[name] = _FIELD_CHECKS[name](value)
+            kwargs[name] = check(value)
         except ValueError as exc:
             raise ProtocolError(
                 E_INVALID, f"{_VERB_OF[cls].decode()}: field {name!r} {exc}"
@@ -327,9 +344,19 @@ def encode(msg: Message) -> list[bytes]:
     Raises:
         KeyError: ``msg`` is not one of this module's message classes.
     """
-    verb = _VERB_OF[type(msg)]
-    body = {field.name: _wire_value(getattr(msg, field.name)) for field in _FIELDS[type(msg)]}
+    cls = type(msg)
+    verb = _VERB_OF[cls]
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(field.name for field in _FIELDS[cls])
+    body = {}
+    for name in names:
+        value = getattr(msg, name)
+        body[name] = value if type(value) in _PLAIN else _wire_value(value)
     return [SIGNATURE, verb, msgpack.packb(body, use_bin_type=True)]
+
+
+_PLAIN = frozenset({int, bytes, str, bool, type(None), float, dict, list})  # sent as they are
 
 
 # --- limits on what a body may cost before and while it is decoded ------------------------
@@ -392,11 +419,13 @@ def _decode(frames: list[bytes], table: dict[bytes, type], max_payload: int) -> 
         raise ProtocolError(
             E_MALFORMED, f"{verb[:32]!r} body of {len(raw)} bytes is over its limit of {limit}"
         )
-    budget = _Budget(STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS)
+    containers = STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS
+    # every map and array takes at least a byte: a body no longer than the budget needs no count
+    hooks = {} if len(raw) <= containers else dict.fromkeys(("object_hook", "list_hook"), _Budget(containers))
     try:
         body = msgpack.unpackb(
             raw, raw=False, strict_map_key=True, max_ext_len=0, max_array_len=BODY_MAX_ARRAY,
-            max_map_len=BODY_MAX_MAP, object_hook=budget, list_hook=budget,
+            max_map_len=BODY_MAX_MAP, **hooks,
         )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(E_MALFORMED, f"body is not msgpack: {exc.__class__.__name__}") from None
