@@ -97,11 +97,12 @@ class Pool:
 
     def start(self) -> None:
         """Start every lane's job process (it is ready later). Raises OSError."""
-        for lane in self.lanes:
-            lane.active = self._spawn()
+        for index, lane in enumerate(self.lanes):
+            lane.active = self._spawn(index)
 
-    def _spawn(self) -> JobProcess:
+    def _spawn(self, lane: int) -> JobProcess:
         proc = JobProcess(self.setup, self._reaper)
+        proc.lane = lane
         proc.start()
         self.procs[proc.fd] = proc
         self._changed()
@@ -117,7 +118,7 @@ class Pool:
         return proc.close()
 
     def _lane_of(self, proc: JobProcess) -> _Lane:
-        return next(lane for lane in self.lanes if lane.active is proc or proc in lane.retiring)
+        return self.lanes[proc.lane]
 
     def _retire(self, proc: JobProcess, why: str) -> None:
         """Replace ``proc`` as its lane's active process; close it once its jobs ended."""
@@ -126,7 +127,7 @@ class Pool:
             return
         log.info("job process %d %s; replaced", proc.pid, why)
         lane.retiring.append(proc)
-        lane.active = None if self.fatal else self._spawn()
+        lane.active = None if self.fatal else self._spawn(proc.lane)
         self._close_if_idle(proc)
 
     def _close_if_idle(self, proc: JobProcess) -> None:
@@ -143,7 +144,7 @@ class Pool:
         lane = self._lane_of(proc)
         self._close(proc)
         if lane.active is proc:
-            lane.active = None if self.fatal else self._spawn()
+            lane.active = None if self.fatal else self._spawn(proc.lane)
         else:
             lane.retiring.remove(proc)
         return self._forget_runs(proc)
@@ -280,9 +281,11 @@ class Pool:
 
     def _after_jobs(self, proc: JobProcess) -> None:
         """Recycle ``proc`` when over its memory limit; close it when retired and idle."""
+        lane = self._lane_of(proc)
+        if lane.active is proc and self.max_memory_bytes is None:
+            return  # the common case: nothing to check
         if self.procs.get(proc.fd) is not proc:  # closed already
             return
-        lane = self._lane_of(proc)
         if lane.active is proc and self.max_memory_bytes is not None and proc.ready:
             rss = proc.rss_bytes()
             if rss is not None and rss > self.max_memory_bytes:
@@ -298,7 +301,7 @@ class Pool:
         self.procs.pop(proc.fd, None)
         self._changed()
         if lane.active is proc:
-            lane.active = None if self.fatal else self._spawn()
+            lane.active = None if self.fatal else self._spawn(proc.lane)
         else:
             lane.retiring.remove(proc)
         jobs = self._forget_runs(proc)

@@ -123,8 +123,9 @@ class JobProcess:
     Raises (from :meth:`start`):
         OSError: the child could not be started.
 
-    ``running`` maps the run ids the child runs to their slots (:mod:`~freelance_rz.worker.pool`
-    keeps it); ``jobs`` counts the jobs it was handed.
+    ``running`` maps the run ids the child runs to their slots and ``lane`` is the lane of the
+    pool it serves (:mod:`~freelance_rz.worker.pool` keeps both); ``jobs`` counts the jobs it
+    was handed.
     """
 
     def __init__(self, setup: pl.Setup, reaper: Reaper | None = None) -> None:
@@ -133,6 +134,7 @@ class JobProcess:
         self.ready = False  # the child has set itself up
         self.running: dict[int, Any] = {}  # run id -> Slot
         self.jobs = 0
+        self.lane = 0  # the pool's lane it serves
         self.fd = -1
         self._sock: socket.socket | None = None
         self._popen: subprocess.Popen[bytes] | None = None
