@@ -36,7 +36,8 @@ def mark(name): open(os.path.join(out, name), "w").close()
 def until(name):
     while not os.path.exists(os.path.join(out, name)): time.sleep(0.05)
 with Producer("callgrind", interfaces=["127.0.0.1"], announce=False) as p:
-    open(os.path.join(out, "endpoint"), "w").write(p.endpoint)
+    open(os.path.join(out, "endpoint.tmp"), "w").write(p.endpoint)
+    os.rename(os.path.join(out, "endpoint.tmp"), os.path.join(out, "endpoint"))
     for i in range(50): p.submit("benchtasks:inc", i).result(600)
     mark("warm"); until("measure")
     for i in range(jobs): p.submit("benchtasks:inc", i).result(600)
@@ -67,11 +68,13 @@ def totals(out: Path, name: str) -> dict[int, int]:
     return found
 
 
-def wait_file(path: Path, timeout: float) -> None:
+def wait_file(path: Path, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {path.name} after {timeout} s")
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError(f"a process exited before {path.name}")
         time.sleep(0.1)
 
 
@@ -91,17 +94,17 @@ def main() -> None:
         procs.append(subprocess.Popen(
             [*valgrind(out, "producer"), sys.executable, "-c", PRODUCER, str(out), str(args.jobs)],
             cwd=BENCH_DIR, env=env, start_new_session=True))
-        wait_file(out / "endpoint", 300)
+        wait_file(out / "endpoint", 300, procs)
         pool = ["--pool", args.pool] if args.pool else []
         procs.append(subprocess.Popen(
             [*valgrind(out, "worker"), sys.executable, "-m", "freelance_rz.cli", "--connect",
              (out / "endpoint").read_text(), "--tasks", "benchtasks", "--slots", "1", *pool,
              "--log-level", "WARNING"], cwd=BENCH_DIR, env=env, start_new_session=True))
-        wait_file(out / "warm", 900)
+        wait_file(out / "warm", 900, procs)
         time.sleep(2)
         control("-z")
         (out / "measure").touch()
-        wait_file(out / "done", 3600)
+        wait_file(out / "done", 3600, procs)
         control("-d")
         time.sleep(3)
         (out / "exit").touch()
