@@ -17,21 +17,20 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
-
-import zmq
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from .core.payload import POOLS
 from .core.text import clean
 from .core.wire import DEFAULT_MAX_PAYLOAD
-from .status import ProducerInfo, read_info
 from .worker.worker import GIVE_UP_S, Worker
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: a worker starts without rich or the status tool
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
+
     from .security import KeyPair
+    from .status import ProducerInfo
 
 
 def _add_producer_source(parser: argparse.ArgumentParser) -> None:
@@ -190,11 +189,13 @@ def status_parser() -> argparse.ArgumentParser:
 
 def _cell(value: object, style: str = "") -> Text:
     """A table cell of peer-provided text: cleaned (no control characters, cut), never markup."""
+    from rich.text import Text
+
     return Text(clean(value), style=style)
 
 
 # a STATUS row as received, its checked info (None when it has a problem), and the problem
-_ReadRow = tuple[dict[str, Any], ProducerInfo | None, str]
+_ReadRow: TypeAlias = "tuple[dict[str, Any], ProducerInfo | None, str]"
 
 
 def _read_rows(rows: list[dict[str, Any]]) -> list[_ReadRow]:
@@ -206,14 +207,23 @@ def _read_rows(rows: list[dict[str, Any]]) -> list[_ReadRow]:
             read.append((row, None, str(row["error"])))
             continue
         try:
-            read.append((row, read_info(row), ""))
+            read.append((row, _read_info(row), ""))
         except ValueError as exc:
             read.append((row, None, f"malformed reply: {exc}"))
     return read
 
 
+def _read_info(row: dict[str, Any]) -> ProducerInfo:
+    from .status import read_info
+
+    return read_info(row)
+
+
 def _status_view(rows: list[dict[str, Any]]) -> Group:
     """The producers' table, and below it the running jobs that reported progress."""
+    from rich.console import Group
+    from rich.table import Table
+
     read = _read_rows(rows)
     jobs = [(info, job) for _, info, _ in read if info is not None for job in info.progress]
     if not jobs:
@@ -247,6 +257,8 @@ def _status_title(read: list[_ReadRow]) -> str:
 def _status_table(read: list[_ReadRow]) -> Table:
     """One row per producer; the ones that gave no usable answer say why in a ``problem``
     column of their own (shown only when there is one), with their counts left empty."""
+    from rich.table import Table
+
     table = Table(title=_status_title(read))
     problems = any(problem for _, _, problem in read)
     for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
@@ -376,6 +388,9 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     """Run ``freelance-status``. Returns the exit code: 0 when every producer answered with
     a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
     ``--json`` too) or ``--discover`` found none, 2 on bad arguments or key files."""
+    import zmq
+    from rich.console import Console
+
     args = status_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in pipes
