@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -38,21 +37,13 @@ from ..errors import ProtocolError
 from .peers import Peers
 from .pool import Pool
 from .slots import JobProcess, RunningJob, Slot
+from .stats import WorkerStats
 
 log = logging.getLogger("freelance_rz.worker")
 
 STOP_DELIVERY_S = 10.0  # on stop, how long to keep trying to deliver finished results
 TIMER_SLACK_S = 0.02  # after activity, timers are looked at within this many seconds
 SURPLUS_GRACE_S = 0.05  # a claim a filled slot no longer needs is withdrawn after this
-
-
-@dataclass
-class WorkerStats:
-    """What a worker did: counts of jobs and producers."""
-
-    jobs_run: int = 0
-    jobs_failed: int = 0
-    producers_found: int = 0
 
 
 class WorkerLoop:

@@ -22,18 +22,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import zmq
+from typing import TYPE_CHECKING
 
 from ..core import check as _check
 from ..core import wire as w
 from ..core.payload import POOLS, Setup
 from ..core.session import DEFAULT_WAIT_MS, Session
 from ..discovery import Browser, resolve_interfaces
-from ..security import KeyPair, check_pair, load_keypair, load_public_keys
-from .loop import WorkerLoop, WorkerStats
-from .peers import FDS_PER_PRODUCER, MAX_PRODUCERS, Peers
 from .pool import Pool
 from .slots import Reaper
+from .stats import WorkerStats
+
+if TYPE_CHECKING:
+    from ..security import KeyPair
 
 log = logging.getLogger("freelance_rz.worker")
 
@@ -180,9 +181,6 @@ class Worker:
                 function failed); the worker stopped first (running jobs finished, their
                 results delivered).
         """
-        peers = Peers(zmq.Context.instance(), self.identity, self.max_payload_bytes, self._keys,
-                      self._trusted, self.give_up_s, self.stats)
-        peers.max_producers = _max_producers()
         browser = None
         reaper = Reaper()
         memory = self.max_memory_per_process_mib
@@ -192,12 +190,10 @@ class Worker:
             max_jobs=self.max_jobs_per_process,
             max_memory_bytes=None if memory is None else int(memory * 2**20), reaper=reaper,
         )
-        loop = WorkerLoop(
-            name=self.name, pool=pool, peers=peers, wait_ms=self.wait_ms,
-            interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
-            stats=self.stats, clock=time.monotonic,
-        )
+        peers = None
         try:
+            # Start-up order: the job processes and the mDNS browser start first, so they set
+            # themselves up and find producers while ZeroMQ and the poll loop are imported.
             reaper.start()
             pool.start()
             if self.discover:
@@ -207,6 +203,19 @@ class Worker:
                     on_gone=lambda name: self._post("gone", name),
                 )
                 browser.start()
+            import zmq
+
+            from .loop import WorkerLoop
+            from .peers import Peers
+
+            peers = Peers(zmq.Context.instance(), self.identity, self.max_payload_bytes,
+                          self._keys, self._trusted, self.give_up_s, self.stats)
+            peers.max_producers = _max_producers()
+            loop = WorkerLoop(
+                name=self.name, pool=pool, peers=peers, wait_ms=self.wait_ms,
+                interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
+                stats=self.stats, clock=time.monotonic,
+            )
             server_key = next(iter(self._trusted), None)
             for endpoint in self.connect:
                 peers.add(Session(endpoint, discovered=False, server_key=server_key), time.monotonic())
@@ -219,7 +228,8 @@ class Worker:
         finally:
             if browser is not None:
                 browser.close()
-            peers.close()
+            if peers is not None:
+                peers.close()
             pool.close()
             reaper.close()
             os.close(self._wake_r)
@@ -287,9 +297,12 @@ def _curve_keys(
     key: str | os.PathLike[str] | None, trust: str | os.PathLike[str] | None, connect: bool
 ) -> tuple[KeyPair | None, frozenset[bytes]]:
     """This worker's CURVE key pair and the producer keys it trusts (both or neither)."""
-    check_pair(key, trust, ("--key", "--trust"))
-    if key is None or trust is None:
+    if key is None and trust is None:
         return None, frozenset()
+    from ..security import check_pair, load_keypair, load_public_keys  # ZeroMQ: only with CURVE
+
+    check_pair(key, trust, ("--key", "--trust"))
+    assert key is not None and trust is not None
     keys, trusted = load_keypair(key), load_public_keys(trust)
     if connect and len(trusted) != 1:
         raise ValueError(
@@ -302,6 +315,8 @@ def _curve_keys(
 
 def _max_producers() -> int:
     """How many discovered producers the open-file limit allows (up to MAX_PRODUCERS)."""
+    from .peers import FDS_PER_PRODUCER, MAX_PRODUCERS
+
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:  # up to 5 file descriptors a producer, 128 spare
         return MAX_PRODUCERS
