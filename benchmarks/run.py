@@ -3,9 +3,11 @@
 
     python benchmarks/run.py [--scenarios S1,S2,...] [--repeat N] [--json PATH]
 
-Scenarios: S1-S6 (DESIGN §6), M1 (1,000,000 pending jobs: memory per job, claim rate at 10^6
-vs 10^3 pending), P20 (one worker polling 20 producers, S6 latency), W50 (50 worker processes
-on one producer, S6 latency; ~20 s). All run by default (about 3 minutes with --repeat 1).
+Scenarios: S1-S6 (DESIGN §6; S1 and S6 also for the thread and asyncio pools), M1 (1,000,000
+pending jobs: memory per job, claim rate at 10^6 vs 10^3 pending), P20 (one worker polling 20
+producers, S6 latency), W50 (50 worker processes on one producer, S6 latency; ~20 s), IO
+(1,000 jobs of ``await asyncio.sleep(0.1)`` on one worker with 200 slots, asyncio pool beside
+process pool). All run by default (about 4 minutes with --repeat 1).
 
 The baseline is what freelance_rz replaces: a PUSH socket spreading jobs round-robin into
 worker processes' mailboxes (PULL), results back over PUSH/PULL, tasks run inline; plus raw
@@ -21,6 +23,7 @@ Worker logs and task execution logs are kept in a temporary directory printed at
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import math
 import operator
@@ -866,6 +869,11 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # An installed package has its bytecode compiled (pip does it); this checkout is an editable
+    # install and PYTHONDONTWRITEBYTECODE may be set, so every process started would compile
+    # the package again: compile it once, as an installed one is.
+    compileall.compile_dir(str(BENCH_DIR.parent / "src" / "freelance_rz"), quiet=1)
+    compileall.compile_file(str(BENCH_DIR / "benchtasks.py"), quiet=1)
     console = Console(width=None if sys.stdout.isatty() else 150)
     root = Path(tempfile.mkdtemp(prefix="frz-bench-"))
     started = time.perf_counter()
