@@ -159,6 +159,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    worker._fork_first = True  # this process runs no thread yet and imported no task module
     try:
         worker.run()
     except KeyboardInterrupt:

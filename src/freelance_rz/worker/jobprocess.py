@@ -1,7 +1,8 @@
 """The main of a job process (the child side of a worker's pool).
 
 A job process is started by its worker as ``python -c ENTRY FD`` (FD: its end of the pipe),
-leads a process group of its own and keeps the default signal dispositions (see
+or forked from a worker that has not started any thread yet (its first job processes, see
+:meth:`freelance_rz.worker.slots.JobProcess.start`), leads a process group of its own and keeps the default signal dispositions (see
 :mod:`freelance_rz.worker.slots`). It reads its set-up (the first frame: task modules,
 ``--init``, pool, slots, the worker's ``sys.path``), imports the task modules, runs the
 ``--init`` function once, says it is ready, then runs jobs as its pool does
@@ -34,11 +35,12 @@ ENTRY = "from freelance_rz.worker.jobprocess import main; main()"
 
 
 
-def main() -> None:
-    """Body of a job process: set up, then run jobs until the worker closes the pipe."""
+def main(fd: int | None = None) -> None:
+    """Body of a job process: set up, then run jobs until the worker closes the pipe
+    (``fd``, its end of the pipe: by default the first command-line argument)."""
     _die_with_parent()
     _own_process_group()
-    pipe = Pipe(int(sys.argv[1]))
+    pipe = Pipe(int(sys.argv[1]) if fd is None else fd)
     body = pipe.read()
     if body is None:
         return

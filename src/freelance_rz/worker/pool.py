@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 
 from ..core import payload as pl
@@ -95,15 +97,18 @@ class Pool:
 
     # --- processes -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start every lane's job process (it is ready later). Raises OSError."""
+    def start(self, fork: bool = False) -> None:
+        """Start every lane's job process (it is ready later). ``fork``: fork them from this
+        process (see :meth:`JobProcess.start`; only while it runs a single thread, checked
+        here); their replacements are always fresh interpreters. Raises OSError."""
+        fork = fork and hasattr(os, "fork") and threading.active_count() == 1
         for index, lane in enumerate(self.lanes):
-            lane.active = self._spawn(index)
+            lane.active = self._spawn(index, fork)
 
-    def _spawn(self, lane: int) -> JobProcess:
+    def _spawn(self, lane: int, fork: bool = False) -> JobProcess:
         proc = JobProcess(self.setup, self._reaper)
         proc.lane = lane
-        proc.start()
+        proc.start(fork)
         self.procs[proc.fd] = proc
         self._changed()
         return proc

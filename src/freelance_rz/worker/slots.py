@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,18 +138,25 @@ class JobProcess:
         self.lane = 0  # the pool's lane it serves
         self.fd = -1
         self._sock: socket.socket | None = None
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: subprocess.Popen[bytes] | _Forked | None = None
         self._reader = pl.FrameReader()
 
-    def start(self) -> None:
-        """Start the child and send it its set-up; it is :attr:`ready` once it has answered."""
+    def start(self, fork: bool = False) -> None:
+        """Start the child and send it its set-up; it is :attr:`ready` once it has answered.
+
+        ``fork``: fork this process instead of starting a fresh interpreter, which saves the
+        interpreter's start and the imports (a job process is ready sooner). Only safe while
+        this process runs no other thread; the caller checks (the worker does it for its
+        first job processes, before it starts any thread; replacements are always fresh)."""
         parent, child = socket.socketpair()
-        args = [sys.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
-                "-c", ENTRY, str(child.fileno())]
         # Blocked until the child has left the worker's process group (it unblocks them).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            self._popen = subprocess.Popen(args, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+            self._popen = _fork(child.fileno(), parent.fileno()) if fork else subprocess.Popen(
+                [sys.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+                 "-c", ENTRY, str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            )
         except BaseException:
             parent.close()
             raise
@@ -237,6 +245,54 @@ class JobProcess:
         if code < 0:
             return f"was killed by signal {signal.Signals(-code).name}"
         return f"exited with code {code}"
+
+
+class _Forked:
+    """A forked job process, with the part of ``Popen``'s interface the worker uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"job process {self.pid}", timeout)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+
+def _fork(child_fd: int, parent_fd: int) -> _Forked:
+    """Fork a job process running :func:`jobprocess.main` on ``child_fd``; it keeps no other
+    descriptor of the worker's but standard input, output and error (stdin: /dev/null)."""
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    try:  # the child: never returns into the worker's code
+        os.close(parent_fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.closerange(3, child_fd)
+        os.closerange(child_fd + 1, max(child_fd + 1, os.sysconf("SC_OPEN_MAX")))
+        logging.root.handlers.clear()  # as in a fresh interpreter: tasks' logging unconfigured
+        logging.root.setLevel(logging.WARNING)
+        from . import jobprocess
+
+        jobprocess.main(child_fd)
+    finally:
+        os._exit(0)
 
 
 @dataclass(slots=True)

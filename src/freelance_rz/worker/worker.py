@@ -98,6 +98,10 @@ class Worker:
         ModuleNotFoundError: a ``tasks`` module or the ``init`` module cannot be found.
     """
 
+    # freelance-worker's process has imported no task module and started no thread when it
+    # runs a worker: its first job processes may be forked from it (ready sooner).
+    _fork_first = False
+
     def __init__(
         self,
         tasks: Sequence[str],
@@ -195,7 +199,7 @@ class Worker:
             # Start-up order: the job processes and the mDNS browser start first, so they set
             # themselves up and find producers while ZeroMQ and the poll loop are imported.
             reaper.start()
-            pool.start()
+            pool.start(fork=self._fork_first)
             if self.discover:
                 browser = Browser(
                     self.group, self.interfaces,
