@@ -48,3 +48,9 @@ async def asleep(seconds):
 
     await asyncio.sleep(seconds)
     return seconds
+
+
+async def ainc(x):
+    """S1 / S6 on the asyncio pool: the trivial job as a coroutine (a plain function there
+    runs in the pool's threads, one hand-off more each way)."""
+    return x + 1

@@ -204,6 +204,11 @@ class S1Result:
     wakeups: dict[str, float] = field(default_factory=dict)
 
 
+def _trivial(pool: str) -> str:
+    """The trivial job (x -> x + 1) for ``pool``: a coroutine on the asyncio pool."""
+    return "benchtasks:ainc" if pool == "asyncio" else "benchtasks:inc"
+
+
 def _s1_frz(run: Run, tag: str, pool: str = "process", **producer_kw) -> S1Result:
     """S1 on freelance_rz: jobs/s over S1_JOBS trivial jobs, two warmed-up workers (of
     ``pool``); CPU and wake-ups per job of the producer's process, the workers and their job
@@ -214,12 +219,13 @@ def _s1_frz(run: Run, tag: str, pool: str = "process", **producer_kw) -> S1Resul
     workers = [run.worker(f"{tag}-w1", group, extra=extra), run.worker(f"{tag}-w2", group, extra=extra)]
     prod.start()
     warm_up(prod, [f"{tag}-w1", f"{tag}-w2"])
-    for f in [prod.submit("benchtasks:inc", i) for i in range(200)]:
+    task = _trivial(pool)
+    for f in [prod.submit(task, i) for i in range(200)]:
         f.result(10)
     roles = common.role_pids(workers)
     before = common.cpu_by_role(roles)
     t0 = time.perf_counter()
-    futures = [prod.submit("benchtasks:inc", i) for i in range(S1_JOBS)]
+    futures = [prod.submit(task, i) for i in range(S1_JOBS)]
     wait(futures, timeout=60)
     t1 = time.perf_counter()
     after = common.cpu_by_role(roles)
@@ -536,15 +542,15 @@ def s5(root: Path) -> list[Row]:
 S6_SAMPLES, S6_GAP_S, CPU_WINDOW_S = 300, 0.005, 3.0
 
 
-def frz_latencies(prod: Producer, n: int = S6_SAMPLES) -> list[float]:
+def frz_latencies(prod: Producer, n: int = S6_SAMPLES, task: str = "benchtasks:inc") -> list[float]:
     """Submit one trivial job at a time to a parked idle worker; seconds submit → result."""
     for i in range(30):
-        prod.submit("benchtasks:inc", i).result(5)
+        prod.submit(task, i).result(5)
     out = []
     for i in range(n):
         time.sleep(S6_GAP_S)  # the worker is idle and parked again before each job
         t = time.perf_counter()
-        prod.submit("benchtasks:inc", i).result(5)
+        prod.submit(task, i).result(5)
         out.append(time.perf_counter() - t)
     return out
 
@@ -639,7 +645,7 @@ def _s6_pool(run: Run, pool: str) -> list[float]:
     prod.start()
     warm_up(prod, [f"{pool}-w1"])
     try:
-        return frz_latencies(prod)
+        return frz_latencies(prod, task=_trivial(pool))
     finally:
         prod.close(timeout_s=5)
 
