@@ -774,7 +774,7 @@ def _io_makespan(run: Run, pool: str) -> tuple[float, float, float]:
     prod = run.producer(group)
     worker = run.worker(f"io-{pool}", group, slots=IO_SLOTS, extra=("--pool", pool))
     prod.start()
-    wait_for(lambda: any(" ready: " in line for line in common.log_lines(worker)), 300,
+    wait_for(lambda: any(" started: " in line for line in common.log_lines(worker)), 300,
              f"the {pool} pool's {IO_SLOTS} slots")
     ready_s = time.time() - worker.launched_at
     warm_up(prod, [f"io-{pool}"])

@@ -372,7 +372,7 @@ class WorkerLoop:
             self.stop_deadline = now + STOP_DELIVERY_S
         elif not self.announced and self.pool.ready:
             self.announced = True
-            log.info("worker %s ready: %d slot(s) in the %s pool", self.name,
+            log.info("worker %s started: %d slot(s) in the %s pool, ready", self.name,
                      len(self.pool.slots), self.pool.kind)
 
     def _job_ended(self, job: RunningJob, outcome: Outcome, now: float) -> None:

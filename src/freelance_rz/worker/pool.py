@@ -183,21 +183,27 @@ class Pool:
     def free_count(self) -> int:
         """How many slots could take a job now."""
         if self._free is None:
-            self._free = sum(1 for slot in self.slots if self._is_free(slot))
+            self._free = sum(self._lane_free(lane) for lane in self.lanes)
         return self._free
 
-    def _is_free(self, slot: Slot) -> bool:
-        lane = self.lanes[slot.lane]
-        active = lane.active
-        if slot.job is not None or slot.stuck is not None or active is None or not active.ready:
-            return False
-        return not self.solo or not any(s.job is not None or s.stuck is not None for s in lane.slots)
+    def _lane_free(self, lane: _Lane) -> int:
+        """Free slots of ``lane``: idle slots while its active process is ready; while the
+        pool runs jobs one at a time (:attr:`solo`), one when the whole lane is idle."""
+        if lane.active is None or not lane.active.ready:
+            return 0
+        idle = sum(1 for slot in lane.slots if slot.job is None and slot.stuck is None)
+        if self.solo:
+            return 1 if idle == len(lane.slots) else 0
+        return idle
 
     def free_slot(self) -> Slot | None:
         """A slot that could take a job now, or None."""
         if self.free_count() == 0:
             return None
-        return next((slot for slot in self.slots if self._is_free(slot)), None)
+        for lane in self.lanes:
+            if self._lane_free(lane):
+                return next(slot for slot in lane.slots if slot.job is None and slot.stuck is None)
+        return None
 
     def run(self, slot: Slot, job: RunningJob, payload: bytes) -> None:
         """Start ``job`` (call payload ``payload``) in the free ``slot``."""
@@ -275,14 +281,22 @@ class Pool:
         slot = proc.running.pop(msg.run_id, None)
         if slot is None:
             return
-        self._free = None
         job = slot.job
         if job is not None and job.run_id == msg.run_id:
             slot.job = None
-            self.solo = max(0, self.solo - 1)
+            if self.solo:
+                self.solo -= 1
+                self._free = None  # what is free changes with it
             taken.finished.append((job, Outcome(job.job_id, msg.ok, msg.payload)))
         elif slot.stuck is not None and slot.stuck.run_id == msg.run_id:
             slot.stuck = None  # the cancelled run has stopped: the slot is free again
+        else:
+            return
+        active = self.lanes[slot.lane].active
+        if self._free is not None and not self.solo and active is not None and active.ready:
+            self._free += 1  # the slot is free again (counted without a scan of the slots)
+        else:
+            self._free = None
 
     def _after_jobs(self, proc: JobProcess) -> None:
         """Recycle ``proc`` when over its memory limit; close it when retired and idle."""
