@@ -2,7 +2,7 @@
 """Instructions per job on each hop, counted by valgrind's callgrind: a figure the other
 engineers' load on this machine does not move (CPU time does), for comparing two versions.
 
-    python benchmarks/callgrind_s1.py [--src DIR] [--pool process|thread|asyncio] [--jobs N]
+    python benchmarks/callgrind_s1.py [--src DIR] [--pool process|thread|asyncio] [--jobs N] [--task T]
 
 One producer process (an embedded Producer, submitting ``--jobs`` trivial jobs one after the
 other) and one worker (``--connect``, ``--slots 1``) with its job process run under
@@ -31,16 +31,16 @@ PRODUCER = r"""
 import os, sys, time
 from concurrent.futures import wait
 from freelance_rz import Producer
-out, jobs = sys.argv[1], int(sys.argv[2])
+out, jobs, task = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def mark(name): open(os.path.join(out, name), "w").close()
 def until(name):
     while not os.path.exists(os.path.join(out, name)): time.sleep(0.05)
 with Producer("callgrind", interfaces=["127.0.0.1"], announce=False) as p:
     open(os.path.join(out, "endpoint.tmp"), "w").write(p.endpoint)
     os.rename(os.path.join(out, "endpoint.tmp"), os.path.join(out, "endpoint"))
-    for i in range(50): p.submit("benchtasks:inc", i).result(600)
+    for i in range(50): p.submit(task, i).result(600)
     mark("warm"); until("measure")
-    for i in range(jobs): p.submit("benchtasks:inc", i).result(600)
+    for i in range(jobs): p.submit(task, i).result(600)
     mark("done"); until("exit")
 """
 
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--src", default=str(BENCH_DIR.parent / "src"))
     ap.add_argument("--pool", default=None, help="worker --pool (omit for versions without it)")
     ap.add_argument("--jobs", type=int, default=500)
+    ap.add_argument("--task", default="benchtasks:inc", help="the trivial job (asyncio pool: benchtasks:ainc)")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed")
@@ -92,7 +93,8 @@ def main() -> None:
     procs = []
     try:
         procs.append(subprocess.Popen(
-            [*valgrind(out, "producer"), sys.executable, "-c", PRODUCER, str(out), str(args.jobs)],
+            [*valgrind(out, "producer"), sys.executable, "-c", PRODUCER, str(out), str(args.jobs),
+             args.task],
             cwd=BENCH_DIR, env=env, start_new_session=True))
         wait_file(out / "endpoint", 300, procs)
         pool = ["--pool", args.pool] if args.pool else []
