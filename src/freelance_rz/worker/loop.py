@@ -121,7 +121,6 @@ class WorkerLoop:
                     self.peers.check(session, now)
                 self.peers.probe_dormant(now)
                 check_at = self._soonest_timer(now)
-            self.pool.flush()  # the jobs handed out this turn, one write per job process
             self._reconcile_claims(now)
             if self.stopping and self._finished(now):
                 return

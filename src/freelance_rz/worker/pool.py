@@ -94,7 +94,6 @@ class Pool:
         self._run_ids = itertools.count(1)
         self._free: int | None = None  # free slots, cached until something changes
         self.solo = 0  # jobs still to run one at a time (after a process died running several)
-        self._unsent: list[JobProcess] = []  # processes with frames to send at the next flush
 
     # --- processes -------------------------------------------------------------------------
 
@@ -213,8 +212,6 @@ class Pool:
         job.run_id, job.proc = next(self._run_ids), proc
         slot.job = job
         proc.running[job.run_id] = slot
-        if not proc.outbox:
-            self._unsent.append(proc)
         proc.run(job.run_id, payload)
         if self._free:
             self._free -= 1
@@ -232,17 +229,8 @@ class Pool:
             self._kill(job.proc)
         else:
             slot.stuck = Stuck(job.run_id, job.proc, now + CANCEL_GRACE_S)
-            if not job.proc.outbox:
-                self._unsent.append(job.proc)
             job.proc.cancel(job.run_id)
         return job
-
-    def flush(self) -> None:
-        """Send the jobs and cancels handed out since the last flush (one write per job
-        process; a closed process drops them)."""
-        unsent, self._unsent = self._unsent, []
-        for proc in unsent:
-            proc.flush()
 
     def expire(self, now: float) -> list[RunningJob]:
         """Replace the processes of cancelled jobs still running past their grace: the

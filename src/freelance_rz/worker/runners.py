@@ -285,18 +285,6 @@ class AsyncioRunner(Runner):
         super().__init__(pipe, modules, slots)
         self.registry = _Registry()
         self._tasks: dict[int, Any] = {}  # run id -> the asyncio task of an async def job
-        self._outbox: list[bytes] = []  # outcomes of this loop turn, written together
-
-    def _send(self, frame: bytes) -> None:
-        """Write ``frame`` at the end of this loop turn, with the other outcomes of the turn:
-        jobs that end together cost one write and one wake-up of the worker."""
-        if not self._outbox:
-            self.loop().call_soon(self._flush)
-        self._outbox.append(frame)
-
-    def _flush(self) -> None:
-        frames, self._outbox = self._outbox, []
-        self.pipe.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def serve(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -329,7 +317,7 @@ class AsyncioRunner(Runner):
         try:
             fn, args, kwargs = self.call(payload)
         except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            self._send(pl.encode_finished(run_id, False, _error(exc)))
+            self.pipe.write(pl.encode_finished(run_id, False, _error(exc)))
             return
         if inspect.iscoroutinefunction(fn):
             self._tasks[run_id] = self.loop().create_task(self._coroutine(run_id, fn, args, kwargs))
@@ -344,7 +332,7 @@ class AsyncioRunner(Runner):
         except BaseException as exc:  # noqa: BLE001 - CancelledError too: the job is over
             outcome = pl.encode_finished(run_id, False, _error(exc))
         del self._tasks[run_id]
-        self._send(outcome)
+        self.pipe.write(outcome)
 
     async def _in_thread(self, run_id: int, fn: Callable[..., Any], args: list[Any],
                          kwargs: dict[str, Any]) -> None:
@@ -359,7 +347,7 @@ class AsyncioRunner(Runner):
                 outcome = pl.encode_finished(run_id, True, pl.pack_value(await awaitable))
             except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
                 outcome = pl.encode_finished(run_id, False, _error(exc))
-        self._send(outcome)
+        self.pipe.write(outcome)
 
     def _thread_call(self, run_id: int, fn: Callable[..., Any], args: list[Any],
                      kwargs: dict[str, Any]) -> tuple[bytes | None, Any]:

@@ -136,7 +136,6 @@ class JobProcess:
         self.running: dict[int, Any] = {}  # run id -> Slot
         self.jobs = 0
         self.lane = 0  # the pool's lane it serves
-        self.outbox: list[bytes] = []  # frames to send at the next flush()
         self.fd = -1
         self._sock: socket.socket | None = None
         self._popen: subprocess.Popen[bytes] | _Forked | None = None
@@ -183,21 +182,13 @@ class JobProcess:
             pass  # the child is dead: take() reports it when the pipe shows EOF
 
     def run(self, run_id: int, payload: bytes) -> None:
-        """Hand the child a job (call only when it is ready and has a free thread); it is
-        sent by :meth:`flush`."""
+        """Hand the child a job (call only when it is ready and has a free thread)."""
         self.jobs += 1
-        self.outbox.append(pl.encode_run(run_id, payload))
+        self._send(pl.encode_run(run_id, payload))
 
     def cancel(self, run_id: int) -> None:
-        """Ask the child to stop run ``run_id`` (thread and asyncio pools); sent by :meth:`flush`."""
-        self.outbox.append(pl.encode_to_job_process(pl.Cancel(run_id)))
-
-    def flush(self) -> None:
-        """Send what :meth:`run` and :meth:`cancel` queued, in one write: the worker calls
-        it once a turn, so jobs that arrived together cost the child one wake-up."""
-        if self.outbox and self._sock is not None:
-            frames, self.outbox = self.outbox, []
-            self._send(frames[0] if len(frames) == 1 else b"".join(frames))
+        """Ask the child to stop run ``run_id`` (thread and asyncio pools)."""
+        self._send(pl.encode_to_job_process(pl.Cancel(run_id)))
 
     def take(self) -> list[pl.FromJobProcess] | Died:
         """Read what the child sent (call when :attr:`fd` is readable): its messages, maybe
