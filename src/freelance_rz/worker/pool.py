@@ -50,11 +50,16 @@ CANCEL_GRACE_S = 1.0  # a cancelled job on a thread must stop within this, or it
 
 @dataclass
 class _Lane:
-    """Slots served by one active job process at a time; retired ones finish their jobs."""
+    """Slots served by one active job process at a time; retired ones finish their jobs.
+    ``idle``: its slots that run nothing (in order; kept by :meth:`Pool._settle`)."""
 
     slots: list[Slot]
     active: JobProcess | None = None
     retiring: list[JobProcess] = field(default_factory=list)
+    idle: dict[Slot, None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.idle = dict.fromkeys(self.slots)
 
 
 @dataclass
@@ -162,6 +167,7 @@ class Pool:
                 slot.job = None
             if slot.stuck is not None and slot.stuck.proc is proc:
                 slot.stuck = None
+            self._settle(slot)
         proc.running.clear()
         self._free = None
         return jobs
@@ -191,10 +197,9 @@ class Pool:
         pool runs jobs one at a time (:attr:`solo`), one when the whole lane is idle."""
         if lane.active is None or not lane.active.ready:
             return 0
-        idle = sum(1 for slot in lane.slots if slot.job is None and slot.stuck is None)
         if self.solo:
-            return 1 if idle == len(lane.slots) else 0
-        return idle
+            return 1 if len(lane.idle) == len(lane.slots) else 0
+        return len(lane.idle)
 
     def free_slot(self) -> Slot | None:
         """A slot that could take a job now, or None."""
@@ -202,8 +207,16 @@ class Pool:
             return None
         for lane in self.lanes:
             if self._lane_free(lane):
-                return next(slot for slot in lane.slots if slot.job is None and slot.stuck is None)
+                return next(iter(lane.idle))
         return None
+
+    def _settle(self, slot: Slot) -> None:
+        """Book whether ``slot`` is idle, after its job or stuck run changed."""
+        idle = self.lanes[slot.lane].idle
+        if slot.job is None and slot.stuck is None:
+            idle[slot] = None
+        else:
+            idle.pop(slot, None)
 
     def run(self, slot: Slot, job: RunningJob, payload: bytes) -> None:
         """Start ``job`` (call payload ``payload``) in the free ``slot``."""
@@ -211,6 +224,7 @@ class Pool:
         assert proc is not None and slot.job is None
         job.run_id, job.proc = next(self._run_ids), proc
         slot.job = job
+        self._settle(slot)
         proc.running[job.run_id] = slot
         proc.run(job.run_id, payload)
         if self._free:
@@ -222,6 +236,7 @@ class Pool:
         """Stop the job ``slot`` runs (its outcome will be dropped). Returns that job."""
         job, slot.job = slot.job, None
         if job is None or job.proc is None:
+            self._settle(slot)
             return job
         self._free = None
         if self.kind == "process":  # one job per process: kill it
@@ -230,6 +245,7 @@ class Pool:
         else:
             slot.stuck = Stuck(job.run_id, job.proc, now + CANCEL_GRACE_S)
             job.proc.cancel(job.run_id)
+        self._settle(slot)
         return job
 
     def expire(self, now: float) -> list[RunningJob]:
@@ -292,6 +308,7 @@ class Pool:
             slot.stuck = None  # the cancelled run has stopped: the slot is free again
         else:
             return
+        self._settle(slot)
         active = self.lanes[slot.lane].active
         if self._free is not None and not self.solo and active is not None and active.ready:
             self._free += 1  # the slot is free again (counted without a scan of the slots)
