@@ -216,7 +216,7 @@ def _s1_frz(run: Run, tag: str, pool: str = "process", **producer_kw) -> S1Resul
     processes."""
     group = new_group(tag)
     prod = run.producer(group, **producer_kw)
-    extra = ("--pool", pool)
+    extra = ("--pool", pool) if pool != "process" else ()  # the default (older versions: none)
     workers = [run.worker(f"{tag}-w1", group, extra=extra), run.worker(f"{tag}-w2", group, extra=extra)]
     prod.start()
     warm_up(prod, [f"{tag}-w1", f"{tag}-w2"])
