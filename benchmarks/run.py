@@ -774,7 +774,9 @@ def _io_makespan(run: Run, pool: str) -> tuple[float, float, float]:
     prod.start()
     wait_for(lambda: any(" started: " in line for line in common.log_lines(worker)), 300,
              f"the {pool} pool's {IO_SLOTS} slots")
-    ready_s = time.time() - worker.launched_at
+    # the started line's own time (prod.start() above takes a while: not counted)
+    started = next(line for line in common.log_lines(worker) if " started: " in line)
+    ready_s = (common.log_time(started) or time.time()) - worker.launched_at
     warm_up(prod, [f"io-{pool}"])
     rss = sum(common.rss_mib(pid) for pid in [worker.pid, *common.children_of(worker.pid)])
     t0 = time.perf_counter()
