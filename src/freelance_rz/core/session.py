@@ -31,6 +31,10 @@ BACKOFF_MAX_S = 10.0
 EARLY_NOJOB_PAUSE_S = 0.5  # a NOJOB long before wait_ms (a producer shedding claims): pause
 
 
+_VERB = {cls: cls.__name__.upper() for cls in (w.Claim, w.Result, w.Beat, w.Decline, w.CancelClaim,
+                                                w.Bye, w.Status, w.Admin)}  # a request's verb, for logs
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A finished job: ``ok`` and its payload (msgpack value, or error map when not ok).
@@ -121,7 +125,7 @@ class Session:
             timeout += len(msg.payload) / MIN_TRANSFER_RATE
             if msg.claim is not None:
                 self.expect(msg.claim, now)
-        self.inflight[msg.rid] = Expected(type(msg).__name__.upper(), now + timeout, job_id)
+        self.inflight[msg.rid] = Expected(_VERB[type(msg)], now + timeout, job_id)
 
     def withdraw(self, rid: int) -> None:
         """Forget a claim withdrawn (CANCEL_CLAIM, BYE): no answer will come to it."""

@@ -364,14 +364,17 @@ _SPECS: dict[type, tuple[tuple[str, bool, bool, Any], ...]] = {
 }
 
 
+_ABSENT = object()
+
+
 def _build(cls: type, body: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
     for name, required, nil_ok, check in _SPECS[cls]:
-        if name not in body:
+        value = body.get(name, _ABSENT)
+        if value is _ABSENT:
             if not required:
                 continue
             raise ProtocolError(E_INVALID, f"{_VERB_OF[cls].decode()}: missing field {name!r}")
-        value = body[name]
         if value is None and nil_ok:
             kwargs[name] = None  # an optional field sent as nil
             continue
@@ -472,11 +475,13 @@ def _decode(frames: list[bytes], table: dict[bytes, type], max_payload: int) -> 
         raise ProtocolError(
             E_MALFORMED, f"{verb[:32]!r} body of {len(raw)} bytes is over its limit of {limit}"
         )
-    budget = _Budget(STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS)
+    containers = STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS
+    # every map and array takes at least a byte: a body no longer than the budget needs no count
+    hooks = {} if len(raw) <= containers else dict.fromkeys(("object_hook", "list_hook"), _Budget(containers))
     try:
         body = msgpack.unpackb(
             raw, raw=False, strict_map_key=True, max_ext_len=0, max_array_len=BODY_MAX_ARRAY,
-            max_map_len=BODY_MAX_MAP, object_hook=budget, list_hook=budget,
+            max_map_len=BODY_MAX_MAP, **hooks,
         )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(E_MALFORMED, f"body is not msgpack: {exc.__class__.__name__}") from None

@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from .._sockets import send_frames, set_keepalive
+from .._sockets import recv_frames, send_frames, set_keepalive
 from .._version import __version__
 from ..core import wire as w
 from ..core.ledger import JobState, Ledger
@@ -513,15 +513,18 @@ class _Loop:
 
     def _drain_socket(self, now: float) -> None:
         for _ in range(RECV_BATCH):
-            try:
-                if self.secure:
+            if self.secure:
+                try:
                     parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    self.engine.receive([part.bytes for part in parts], now,
-                                        key=str(parts[-1].get("User-Id")))
-                else:
-                    self.engine.receive(self.sock.recv_multipart(zmq.NOBLOCK, copy=True), now)
-            except zmq.Again:
+                except zmq.Again:
+                    return
+                self.engine.receive([part.bytes for part in parts], now,
+                                    key=str(parts[-1].get("User-Id")))
+                continue
+            frames = recv_frames(self.sock)  # no exception raised when none is left
+            if frames is None:
                 return
+            self.engine.receive(frames, now)
 
     def _send(self, identity: bytes, msg: w.Answer) -> bool:
         try:
