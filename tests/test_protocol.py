@@ -22,6 +22,7 @@ from freelance_rz.core.wire import (
     MAX_UINT,
     SIGNATURE,
     Ack,
+    Admin,
     Beat,
     BeatAck,
     Bye,
@@ -50,9 +51,13 @@ REQUESTS = [
     CancelClaim(rid=8, claim_rid=1),
     Bye(rid=9),
     Status(rid=0),
+    Status(rid=1, detail=True),
+    Admin(rid=10, token="t" * 256, action="cancel", job_id=MAX_UINT),
 ]
 REPLIES = [
     Job(rid=1, job_id=2, lease_id=3, attempt=1, lease_ms=1000, payload=b"\x93\xa1a\x90\x80"),
+    Job(rid=1, job_id=2, lease_id=3, attempt=1, lease_ms=1000, payload=b"",
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01", resources={"gpu": 1.0}),
     NoJob(rid=2),
     Ack(rid=3),
     BeatAck(rid=4, void=(5, 6)),
@@ -64,11 +69,11 @@ REPLIES = [
     Err(rid=None, code=E_MALFORMED, message=""),
     Err(rid=MAX_UINT, code=0, message="ünïcødé ✓"),
 ]
-REQUEST_VERBS = [b"CLAIM", b"RESULT", b"BEAT", b"DECLINE", b"CANCEL_CLAIM", b"BYE", b"STATUS"]
+REQUEST_VERBS = [b"CLAIM", b"RESULT", b"BEAT", b"DECLINE", b"CANCEL_CLAIM", b"BYE", b"STATUS", b"ADMIN"]
 REPLY_VERBS = [b"JOB", b"NOJOB", b"ACK", b"BEAT_ACK", b"STATUS_REPLY", b"ERR"]
 
 # A valid body for each verb, used to build frames by hand.
-OPTIONAL_FIELDS = {"claim", "resources", "labels"}  # of these bodies: may be absent
+OPTIONAL_FIELDS = {"claim", "resources", "labels", "detail", "traceparent"}  # may be absent
 VALID_BODIES: dict[bytes, dict] = {
     b"CLAIM": {"rid": 11, "wait_ms": 100, "tasks": ["m", "pkg.sub_2"], "resources": {"gpu": 1},
                "labels": {"zone": "eu"}},
@@ -78,9 +83,10 @@ VALID_BODIES: dict[bytes, dict] = {
     b"DECLINE": {"rid": 11, "job_id": 1, "lease_id": 2, "resources": {"gpu": 0.5, "mem_gb": 0}},
     b"CANCEL_CLAIM": {"rid": 11, "claim_rid": 3},
     b"BYE": {"rid": 11},
-    b"STATUS": {"rid": 11},
+    b"STATUS": {"rid": 11, "detail": True},
+    b"ADMIN": {"rid": 11, "token": "secret", "action": "retry", "job_id": 3},
     b"JOB": {"rid": 11, "job_id": 1, "lease_id": 2, "attempt": 1, "lease_ms": 1000,
-             "payload": b"x", "resources": {"gpu": 1}},
+             "payload": b"x", "resources": {"gpu": 1}, "traceparent": "00-ab-cd-01"},
     b"NOJOB": {"rid": 11},
     b"ACK": {"rid": 11},
     b"BEAT_ACK": {"rid": 11, "void": [3]},
@@ -108,7 +114,7 @@ def decode_error(fn, frame_list) -> ProtocolError:
 
 
 def test_verb_tables_cover_every_message_class():
-    assert {type(m) for m in REQUESTS} == {Claim, Result, Beat, Decline, CancelClaim, Bye, Status}
+    assert {type(m) for m in REQUESTS} == {Claim, Result, Beat, Decline, CancelClaim, Bye, Status, Admin}
     assert {type(m) for m in REPLIES} == {Job, NoJob, Ack, BeatAck, StatusReply, Err}
 
 
@@ -131,7 +137,7 @@ def test_reply_round_trip(msg):
       payload=b""), b"RESULT"), (Beat(rid=0, leases=()), b"BEAT"),
      (Decline(rid=0, job_id=0, lease_id=0), b"DECLINE"),
      (CancelClaim(rid=0, claim_rid=0), b"CANCEL_CLAIM"), (Bye(rid=0), b"BYE"),
-     (Status(rid=0), b"STATUS"), (Job(rid=0, job_id=0, lease_id=0, attempt=1, lease_ms=0,
+     (Status(rid=0), b"STATUS"), (Admin(rid=0, token="", action="", job_id=0), b"ADMIN"), (Job(rid=0, job_id=0, lease_id=0, attempt=1, lease_ms=0,
       payload=b""), b"JOB"), (NoJob(rid=0), b"NOJOB"), (Ack(rid=0), b"ACK"),
      (BeatAck(rid=0, void=()), b"BEAT_ACK"), (StatusReply(rid=0, info={}), b"STATUS_REPLY"),
      (Err(rid=0, code=1, message=""), b"ERR")],
@@ -322,6 +328,11 @@ BAD_VALUES: dict[str, list] = {
                {b"zone": "eu"}],
 }
 BAD_VALUES["void"] = BAD_VALUES["leases"]
+# issue 17's fields: bounded strings (token 256, action 16, traceparent 128 characters), a bool
+BAD_VALUES["token"] = [None, 1, b"secret", ["t"], "t" * 257, True]
+BAD_VALUES["action"] = [None, 1, b"cancel", "x" * 17, {"a": 1}]
+BAD_VALUES["traceparent"] = [1, b"00-ab", "0" * 129, ["00"], True]
+BAD_VALUES["detail"] = [1, 0, "true", b"\x01", [True]]
 FIELD_CASES = []
 for _verb, _body in VALID_BODIES.items():
     for _field in _body:
