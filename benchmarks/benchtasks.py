@@ -40,3 +40,17 @@ def whoami(seconds=0.0):
     """Warm-up: which worker runs this (no execution record)."""
     time.sleep(seconds)
     return os.environ.get("RZ_WORKER", "?")
+
+
+async def asleep(seconds):
+    """IO: an I/O-bound job (an ``async def`` task)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+async def ainc(x):
+    """S1 / S6 on the asyncio pool: the trivial job as a coroutine (a plain function there
+    runs in the pool's threads, one hand-off more each way)."""
+    return x + 1

@@ -44,10 +44,12 @@ def spawn(args: list[str], log_path: Path, **env: str) -> subprocess.Popen:
 
 
 def start_worker(name: str, group: str, logdir: Path, *, slots: int = 1,
-                 exec_log: Path | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+                 exec_log: Path | None = None, extra: tuple[str, ...] = (),
+                 tasks: tuple[str, ...] = ("benchtasks",)) -> subprocess.Popen:
+    modules = [arg for module in tasks for arg in ("--tasks", module)]
     args = [
         sys.executable, "-m", "freelance_rz.cli", "--discover", "--interface", LOOPBACK,
-        "--tasks", "benchtasks", "--group", group, "--slots", str(slots), "--name", name,
+        *modules, "--group", group, "--slots", str(slots), "--name", name,
         "--log-level", "INFO", *extra,
     ]
     env = {"RZ_WORKER": name}
@@ -117,6 +119,87 @@ def session_cpu_s(sid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
     return total / 1e9
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read().decode()
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def process_cpu(pid: int) -> tuple[float, int]:
+    """On-CPU seconds (schedstat, ns resolution) and wake-ups (voluntary context switches:
+    each is a sleep the process woke from) summed over every thread of process ``pid``;
+    (0, 0) once it is gone."""
+    cpu_ns = wakeups = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    cpu_ns += int(f.read().split()[0])
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            wakeups += int(line.split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    except OSError:
+        pass
+    return cpu_ns / 1e9, wakeups
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat_fields(int(entry))[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def role_pids(workers: list[subprocess.Popen]) -> dict[str, list[int]]:
+    """The processes of a run by role: ``producer`` (this process: the app thread, the
+    producer's I/O thread and libzmq's threads), ``worker`` (each worker's main process),
+    ``job process`` (their job processes; not the reaper or multiprocessing's resource
+    tracker, which sleep)."""
+    roles: dict[str, list[int]] = {"producer": [os.getpid()], "worker": [], "job process": []}
+    for proc in workers:
+        roles["worker"].append(proc.pid)
+        for child in children_of(proc.pid):
+            cmd = _cmdline(child)
+            if "reaper" not in cmd and "resource_tracker" not in cmd:
+                roles["job process"].append(child)
+    return roles
+
+
+def cpu_by_role(roles: dict[str, list[int]]) -> dict[str, tuple[float, int]]:
+    """(CPU seconds, wake-ups) summed over each role's processes (see :func:`role_pids`)."""
+    out = {}
+    for role, pids in roles.items():
+        samples = [process_cpu(pid) for pid in pids]
+        out[role] = (sum(c for c, _ in samples), sum(w for _, w in samples))
+    return out
 
 
 def idle_cpu_percent(proc: subprocess.Popen, seconds: float) -> float:

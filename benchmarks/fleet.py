@@ -123,7 +123,7 @@ class Sim:
         return self.rid
 
     def claim(self) -> w.Claim:
-        return w.Claim(rid=self._rid(), wait_ms=WAIT_MS, max_job=w.DEFAULT_MAX_PAYLOAD)
+        return w.Claim(rid=self._rid(), wait_ms=WAIT_MS, tasks=("fleet",), max_job=w.DEFAULT_MAX_PAYLOAD)
 
     def send(self, msg: w.Request) -> None:
         self.sock.send_multipart(w.encode(msg))

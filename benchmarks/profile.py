@@ -1,7 +1,7 @@
 """Profile the hot paths with py-spy (``pip install py-spy``): S1-style throughput or
 S6-style idle latency, sampling the producer's process and one worker (with its job process).
 
-    python benchmarks/profile.py [s1|s6] [--seconds 8] [--out DIR]
+    python benchmarks/profile.py [s1|s6] [--pool process|thread|asyncio] [--seconds 8] [--out DIR]
 
 Samples only threads holding the GIL (``--gil``: Python CPU, not waiting). Writes collapsed stacks (``*.txt``, py-spy ``--format raw``) per process and prints the
 functions with the most samples (self and inclusive) for each.
@@ -60,6 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["s1", "s6"], nargs="?", default="s1")
     ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--pool", default="process", choices=["process", "thread", "asyncio"])
     ap.add_argument("--out")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="frz-profile-"))
@@ -69,7 +70,7 @@ def main() -> None:
     procs = []
     try:
         names = ["w1", "w2"] if args.mode == "s1" else ["w1"]
-        workers = [common.start_worker(n, group, out) for n in names]
+        workers = [common.start_worker(n, group, out, extra=("--pool", args.pool)) for n in names]
         procs += workers
         producer.start()
         common.warm_up(producer, names)

@@ -1,6 +1,11 @@
 """Scale check M1, run in a process of its own (fresh heap, exact RSS): memory per pending job
 with 1,000,000 small jobs pending, and claim rate with 10^6 vs 10^3 pending.
 
+The jobs are of 10 task kinds (modules ``kind0`` to ``kind9``) with mixed requirements: a
+third need ``gpu=1``, the kinds 0 and 5 the label ``zone=eu`` (20 requirement signatures);
+every claim says it runs all 10 kinds with a GPU free and that label, so it can take any job
+and the claim rate measures matching across the signatures.
+
 ``scale_pending.py producer OUT``: a real Producer (announce=False, loopback), jobs submitted
 through ``Producer.submit`` (so a Future each), claims by a raw DEALER speaking the protocol:
 rounds of 500 pipelined CLAIMs (timed) each followed by 500 DECLINEs (untimed, jobs go back to
@@ -23,11 +28,21 @@ from freelance_rz import Producer
 from freelance_rz.core import wire as p
 from freelance_rz.core import payload as pl
 from freelance_rz.core.ledger import Ledger
+from freelance_rz.core.match import Capabilities, Needs
 
 N_BIG = 1_000_000
 N_SMALL = 1_000
 ROUNDS = 10
 BATCH = 500
+KINDS = [f"kind{k}" for k in range(10)]
+CAPS = {"tasks": tuple(KINDS), "resources": {"gpu": 1}, "labels": {"zone": "eu"}}
+
+
+def requirements(i: int) -> tuple[str, dict | None, dict | None]:
+    """Job ``i``'s task and requirements (resources, labels)."""
+    kind = i % 10
+    return (f"kind{kind}:inc", {"gpu": 1} if i % 3 == 0 else None,
+            {"zone": "eu"} if kind % 5 == 0 else None)
 
 
 def rss() -> int:
@@ -37,15 +52,18 @@ def rss() -> int:
 
 def ledger_mode() -> dict:
     ledger = Ledger(lease_s=600, max_attempts=3)
-    payloads = [pl.pack_call("benchtasks:inc", (i,), {}) for i in range(N_BIG)]  # not counted
+    jobs = []  # not counted: payloads and requirements as a producer's submit makes them
+    for i in range(N_BIG):
+        task, resources, labels = requirements(i)
+        jobs.append((pl.pack_call(task, (i,), {}), Needs.of(task, resources, labels)))
     gc.collect()
     before = rss()
     for i in range(N_SMALL):
-        ledger.submit(i, payloads[i])
+        ledger.submit(i, jobs[i][0], needs=jobs[i][1])
     rate_small = ledger_claim_rate(ledger)
     t = time.perf_counter()
     for i in range(N_SMALL, N_BIG):
-        ledger.submit(i, payloads[i])
+        ledger.submit(i, jobs[i][0], needs=jobs[i][1])
     submit_rate = (N_BIG - N_SMALL) / (time.perf_counter() - t)
     gc.collect()
     after = rss()
@@ -57,9 +75,10 @@ def ledger_mode() -> dict:
 def ledger_claim_rate(ledger: Ledger) -> float:
     claimed = 0
     elapsed = 0.0
+    caps = Capabilities(frozenset(KINDS), CAPS["resources"], CAPS["labels"], 2**26)
     for r in range(ROUNDS + 1):  # round 0 warms up, untimed
         t = time.perf_counter()
-        leases = [ledger.claim(b"w", t) for _ in range(BATCH)]
+        leases = [ledger.claim(b"w", t, caps) for _ in range(BATCH)]
         elapsed += time.perf_counter() - t
         for lease in leases:
             ledger.release(b"w", lease.job_id, lease.lease_id)
@@ -100,7 +119,7 @@ class Dealer:
         for r in range(ROUNDS + 1):  # round 0 warms up, untimed
             t = time.perf_counter()
             for _ in range(BATCH):
-                self.send(p.Claim(rid=self.next_rid(), wait_ms=0))
+                self.send(p.Claim(rid=self.next_rid(), wait_ms=0, **CAPS))
             jobs = [self.recv() for _ in range(BATCH)]
             elapsed += time.perf_counter() - t
             assert all(isinstance(j, p.Job) for j in jobs), jobs[:3]
@@ -132,15 +151,25 @@ def producer_mode() -> dict:
     producer = Producer("bench-scale", interfaces=["127.0.0.1"], announce=False, lease_s=600).start()
     dealer = Dealer(producer.endpoint)
     futures = []
+    options = {}  # one JobOptions per kind of requirements, made once
+    submits = []
+    for i in range(N_BIG):
+        task, resources, labels = requirements(i)
+        key = (resources is not None, labels is not None)
+        if key not in options:
+            options[key] = producer.options(resources=resources, labels=labels)
+        submits.append((options[key].submit, task))
     for i in range(N_SMALL):
-        futures.append(producer.submit("benchtasks:inc", i))
+        submit, task = submits[i]
+        futures.append(submit(task, i))
     wait_pending(dealer, N_SMALL)
     rate_small = dealer.claim_rate()
     gc.collect()
     before = rss()
     t = time.perf_counter()
     for i in range(N_SMALL, N_BIG):
-        futures.append(producer.submit("benchtasks:inc", i))
+        submit, task = submits[i]
+        futures.append(submit(task, i))
     wait_pending(dealer, N_BIG)
     submit_rate = (N_BIG - N_SMALL) / (time.perf_counter() - t)
     gc.collect()

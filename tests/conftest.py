@@ -69,16 +69,19 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(tmp_path):
-    """Start a worker: ``start_worker("w1", "--slots", "2")``; discovery on loopback by
-    default, ``connect=ENDPOINT`` or ``source=[ARGS]`` (e.g. ``["--connect-file", PATH]``).
-    Every worker's process group is SIGKILLed at teardown; logs go to tmp_path."""
+    """Start a worker: ``start_worker("w1", "--slots", "2")`` (``tasks``: its --tasks modules,
+    rztasks by default); discovery on loopback by default, ``connect=ENDPOINT`` or
+    ``source=[ARGS]`` (e.g. ``["--connect-file", PATH]``). Every worker's process group is
+    SIGKILLed at teardown; logs go to tmp_path."""
     started: list[WorkerProcess] = []
 
     def start(label: str, *extra: str, connect: str | None = None,
-              source: list[str] | None = None) -> WorkerProcess:
+              source: list[str] | None = None,
+              tasks: tuple[str, ...] = ("rztasks",)) -> WorkerProcess:
         if source is None:
             source = ["--connect", connect] if connect else ["--discover", "--interface", "127.0.0.1"]
-        args = [*source, "--tasks", "rztasks", "--group", GROUP, "--name", label, *extra]
+        modules = [arg for module in tasks for arg in ("--tasks", module)]
+        args = [*source, *modules, "--group", GROUP, "--name", label, *extra]
         worker = WorkerProcess(args, label, tmp_path / f"{label}.log")
         started.append(worker)
         return worker

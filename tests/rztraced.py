@@ -3,6 +3,8 @@ that imports it, records the spans there in memory, and hands them back from ``s
 
 from __future__ import annotations
 
+import asyncio
+
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,6 +19,13 @@ trace.set_tracer_provider(_provider)
 def work(x):
     """Doubles ``x`` inside a span of its own (it must nest under the worker's run span)."""
     with trace.get_tracer("rztraced").start_as_current_span("inside work"):
+        return x * 2
+
+
+async def awork(x):
+    """:func:`work` as a coroutine: its span must nest under the run span too."""
+    with trace.get_tracer("rztraced").start_as_current_span("inside awork"):
+        await asyncio.sleep(0)
         return x * 2
 
 

@@ -2,6 +2,7 @@
 chromium-driver): ``freelance-status --discover --serve`` watches two producers and a worker;
 the page shows the numbers ``Producer.status()`` gives, a failing job's traceback and a
 running job's progress; a job is cancelled and a failure retried from the page (the token);
+a job no connected worker can run is listed with what it needs and why;
 a producer SIGKILLed mid-test turns "down" while the page keeps updating; and the time from
 each poll's answer to the screen is measured. The screenshot goes to the test's directory
 (and to $FREELANCE_RZ_DASHBOARD_PNG when set: docs/dashboard.png was made so)."""
@@ -196,6 +197,14 @@ def test_dashboard_in_a_browser(make_producer, start_worker, processes, browser,
     wait_for(lambda: producer.status(detail=True)["failed"] == 3, 30, "the retried failure failing again")
     fail_task = next(t for t in producer.status(detail=True)["tasks"] if t["task"] == "rztasks:fail")
     assert fail_task["submitted"] == 3
+
+    # a job no connected worker can run (a label nobody carries) is shown, with why
+    stuck = producer.options(labels={"zone": "nowhere"}).submit("rztasks:add", 1, 2)
+    waiting = f'tr[data-waiting="{pid}/rztasks:add"]'
+    wait_for(lambda: browser.cell(f'{waiting} td[data-field="jobs"]') == "1", 30, "the waiting job on the page")
+    assert browser.cell(f'{waiting} td[data-field="needs"]') == "zone=nowhere"
+    assert "carries label zone=nowhere" in browser.cell(f'{waiting} td[data-field="why"]')
+    assert not stuck.done()
 
     # a producer killed mid-test turns "down"; the page keeps updating
     other_id = wait_for(lambda: next((p["id"] for p in browser.state()["producers"]

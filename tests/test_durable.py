@@ -151,7 +151,7 @@ def test_job_options_survive_a_restart(tmp_path):
     sock.setsockopt(zmq.RCVTIMEO, 5000)
     sock.connect(again.endpoint)
     try:
-        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=1000)))
+        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=1000, tasks=("rztasks",))))
         job = p.decode_reply(sock.recv_multipart())
         assert (job.job_id, job.timeout_ms) == (urgent.job_id, 2500)  # priority kept, limit too
     finally:
@@ -209,7 +209,7 @@ def test_an_acknowledged_result_is_in_the_store(tmp_path):
             time.sleep(0.05)
         endpoint = (tmp_path / "crashy.log").read_text().split("endpoint ", 1)[1].split()[0]
         sock.connect(endpoint)
-        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000)))
+        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000, tasks=("rztasks",))))
         assert sock.poll(10_000), "no JOB"
         job = w.decode_reply(sock.recv_multipart())
         assert isinstance(job, w.Job)

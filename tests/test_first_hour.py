@@ -15,7 +15,7 @@ import pytest
 import rztasks
 from conftest import GROUP, TESTS_DIR
 from freelance_rz import JobTooLarge, ProducerClosed
-from freelance_rz.core import offer as offer_module
+from freelance_rz.core import fleet as fleet_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +44,7 @@ def test_an_exception_in_a_with_block_without_workers_surfaces(tmp_path):
 
 def test_jobs_waiting_with_no_worker_are_reported_once(make_producer, caplog, monkeypatch):
     """Item 1: a producer whose jobs no worker polled for a long time logged nothing, ever."""
-    monkeypatch.setattr(offer_module, "NO_WORKER_WARN_S", 1.0)
+    monkeypatch.setattr(fleet_module, "NO_WORKER_WARN_S", 1.0)
     caplog.set_level(logging.WARNING, logger="freelance_rz.producer")
     producer = make_producer(group=f"{GROUP}-empty")
     producer.submit(rztasks.add, 1, 1)

@@ -68,16 +68,35 @@ def test_malformed_replies_never_break_the_page():
         {"endpoint": "tcp://a:1", "producer_id": 7},  # a wrong type: down, says why
         reply("tcp://b:1", "pb", tasks=[{"task": b"\xff", "done": "x"}, 3, None],
               running=[{"job_id": "1"}], failures=[{"message": "m" * 10_000, "traceback": None}],
-              waiting=[{"requirement": "gpu=1", "jobs": 12}], worker_list="nope"),
+              waiting=[{"task": "m:render", "jobs": 12, "message": "12 jobs of m:render need gpu=1",
+                        "resources": {"gpu": 1.0, 7: "x"}, "labels": "nope"}],
+              worker_list="nope"),
+        reply("tcp://c:1", "pc", waiting=[{"requirement": "gpu=1", "jobs": 12}]),  # no task
     ], 0.0)
     snapshot = fleet.snapshot(0.0)
     json.dumps(snapshot)
     producers = {p["endpoint"]: p for p in snapshot["producers"]}
     assert not producers["tcp://a:1"]["up"] and "producer_id" in producers["tcp://a:1"]["error"]
     assert producers["tcp://b:1"]["up"]
+    assert not producers["tcp://c:1"]["up"] and "waiting[0].task" in producers["tcp://c:1"]["error"]
     assert snapshot["tasks"][0]["done"] is None and len(snapshot["failures"][0]["message"]) == 500
-    assert snapshot["waiting"] == [{"producer": "pb", "key": "waiting",
-                                    "value": [{"requirement": "gpu=1", "jobs": 12}]}]
+    assert snapshot["waiting"] == [{"producer": "pb", "key": "waiting", "value": [
+        {"task": "m:render", "jobs": 12, "needs": "gpu=1 7=x", "why": "12 jobs of m:render need gpu=1"},
+    ]}]
+
+
+def test_jobs_no_worker_can_run_are_shown_by_task_needs_and_why():
+    """A matching producer's ``waiting`` entries (core/fleet.py's own) as the page's rows."""
+    from freelance_rz.core.fleet import Waiting
+    from freelance_rz.core.match import Needs
+
+    entry = Waiting(Needs.of("m:render", {"gpu": 1}, {"zone": "eu"}), 12,
+                    "no connected worker offers gpu=1").as_status()
+    fleet = Fleet()
+    fleet.update([reply("tcp://b:1", "pb", waiting=[entry])], 0.0)
+    assert fleet.snapshot(0.0)["waiting"] == [{"producer": "pb", "key": "waiting", "value": [
+        {"task": "m:render", "jobs": 12, "needs": "gpu=1 zone=eu", "why": "no connected worker offers gpu=1"},
+    ]}]
 
 
 def test_quantile_is_linear_within_its_bucket():

@@ -33,10 +33,10 @@ def rss_kib(pid: int) -> int:
 def valid_samples(rng: random.Random) -> list[p.Message]:
     big = rng.getrandbits(63)
     return [
-        p.Claim(rid=rng.getrandbits(63), wait_ms=rng.choice([0, 1, 10, 2**40])),
+        p.Claim(rid=rng.getrandbits(63), wait_ms=rng.choice([0, 1, 10, 2**40]), tasks=("rztasks",)),
         p.Result(rid=1, job_id=rng.randint(0, 50), lease_id=big, ok=rng.random() < 0.5,
                  payload=rng.randbytes(rng.randint(0, 40)),
-                 claim=p.Claim(rid=2, wait_ms=5) if rng.random() < 0.3 else None),
+                 claim=p.Claim(rid=2, wait_ms=5, tasks=("rztasks",)) if rng.random() < 0.3 else None),
         p.Beat(rid=3, leases=tuple(rng.getrandbits(63) for _ in range(rng.randint(0, 300)))),
         p.Decline(rid=4, job_id=rng.randint(0, 50), lease_id=big),
         p.CancelClaim(rid=5, claim_rid=big),
@@ -174,7 +174,7 @@ def test_a_claim_flood_from_one_identity_is_capped_and_starves_no_one(make_produ
     flood.connect(producer.endpoint)
     try:
         for rid in range(1, 3001):
-            flood.send_multipart(p.encode(p.Claim(rid=rid, wait_ms=60_000)))
+            flood.send_multipart(p.encode(p.Claim(rid=rid, wait_ms=60_000, tasks=("rztasks",))))
         nojob = sum(isinstance(p.decode_reply(flood.recv_multipart()), p.NoJob)
                     for _ in range(3000 - MAX_PARKED_PER_WORKER))
         assert nojob == 3000 - MAX_PARKED_PER_WORKER  # refused at once, not parked

@@ -5,7 +5,12 @@ step: no job leased to two workers at once, every claim answered at most once an
 it is outstanding, no worker handed more jobs than it claimed, every job either live or
 resolved exactly once, the counts adding up, and the per-task tally (fed by the ledger's
 journal, as on a producer) agreeing with the ledger. Operators' ADMIN cancels, with the right
-token or a wrong one, are among the steps."""
+token or a wrong one, are among the steps.
+
+Matching (DESIGN §8): the workers differ in task modules, GPUs and labels, the jobs in their
+task and requirements. A worker is never handed a job it cannot run (its module, its labels,
+its GPUs free when the JOB arrives), and once the engine has dispatched, no pending job that a
+parked claim's worker can run is left waiting."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from freelance_rz.core import payload as pl
 from freelance_rz.core import wire as w
 from freelance_rz.core.ledger import JobState, Ledger
+from freelance_rz.core.match import Needs
 from freelance_rz.core.offer import OfferEngine, Outcome
 from freelance_rz.core.tally import Tally
 from freelance_rz.producer.journal import TallyTap
@@ -27,7 +33,7 @@ WORKERS = [f"w{i}".encode() for i in range(4)]
 LEASE_S = 1.0
 MAX_ATTEMPTS = 2
 TOKEN = "admin-token-0123456789"
-TASKS = ["m:f", "m:g"]
+MODULES = ["m", "n", "o"]
 
 
 def frames(identity: bytes, msg: w.Message) -> list[bytes]:
@@ -35,23 +41,55 @@ def frames(identity: bytes, msg: w.Message) -> list[bytes]:
 
 
 class SimWorker:
-    """What a well-behaved worker knows: its outstanding claims and the leases it holds."""
+    """What a well-behaved worker knows: its outstanding claims and the leases it holds, and
+    what it can run: task modules, GPUs (shared by its running jobs) and labels."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, modules: list[str], gpus: int, zone: str | None) -> None:
         self.slots = slots
+        self.modules = modules
+        self.gpus = gpus
+        self.labels = {"zone": zone} if zone else None
         self.claims: set[int] = set()  # outstanding (sent, not answered, not withdrawn)
         self.withdrawn: set[int] = set()  # withdrawn: a reply may still cross on the wire
         self.leases: dict[int, int] = {}  # lease_id -> job_id
+        self.held: dict[int, float] = {}  # lease_id -> GPUs its job holds
+        self.claimed_free: dict | None = None  # what its latest claim said was free
         self.alive = True
 
     @property
     def free(self) -> int:
         return self.slots - len(self.leases)
 
+    def free_resources(self) -> dict | None:
+        return {"gpu": self.gpus - sum(self.held.values())} if self.gpus else None
+
+    def can_run(self, needs: Needs) -> bool:
+        gpu = dict(needs.resources).get("gpu", 0)
+        free = (self.free_resources() or {}).get("gpu", 0)
+        return (needs.module in self.modules and gpu <= free
+                and all((self.labels or {}).get(k) == v for k, v in needs.labels))
+
+    def claim(self, rid: int, wait_ms: int) -> w.Claim:
+        self.claimed_free = self.free_resources()
+        return w.Claim(rid=rid, wait_ms=wait_ms, tasks=tuple(self.modules),
+                       resources=self.claimed_free, labels=self.labels)
+
+    def drop(self, lease_id: int) -> int:
+        self.held.pop(lease_id, None)
+        return self.leases.pop(lease_id)
+
+
+worker_kinds = st.tuples(
+    st.integers(1, 3),  # slots
+    st.lists(st.sampled_from(MODULES), min_size=1, max_size=3, unique=True),  # --tasks
+    st.sampled_from([0, 0, 1, 2]),  # GPUs
+    st.sampled_from([None, None, "a", "b"]),  # label zone
+)
+
 
 class OfferMachine(RuleBasedStateMachine):
-    @initialize(slots=st.lists(st.integers(1, 3), min_size=len(WORKERS), max_size=len(WORKERS)))
-    def start(self, slots):
+    @initialize(kinds=st.lists(worker_kinds, min_size=len(WORKERS), max_size=len(WORKERS)))
+    def start(self, kinds):
         self.now = 0.0
         self.replies: list[tuple[bytes, w.Reply]] = []
         self.outcomes: Counter[int] = Counter()
@@ -67,7 +105,8 @@ class OfferMachine(RuleBasedStateMachine):
             admin_token=TOKEN,
         )
         self.tasks: dict[int, str] = {}
-        self.workers = {identity: SimWorker(n) for identity, n in zip(WORKERS, slots, strict=True)}
+        self.workers = {identity: SimWorker(*kind) for identity, kind in zip(WORKERS, kinds, strict=True)}
+        self.needs: dict[int, Needs] = {}
         self.next_job = 1
         self.next_rid = 1
         self.answered: set[tuple[bytes, int]] = set()
@@ -102,10 +141,30 @@ class OfferMachine(RuleBasedStateMachine):
                 worker.claims.discard(msg.rid)
                 if isinstance(msg, w.Job):
                     assert worker.free > 0, "a worker was handed more jobs than it claimed"
+                    needs = self.needs[msg.job_id]
+                    assert worker.can_run(needs), f"{identity} cannot run {needs}"
+                    assert (msg.resources or {}) == dict(needs.resources)
                     worker.leases[msg.lease_id] = msg.job_id
+                    worker.held[msg.lease_id] = dict(needs.resources).get("gpu", 0)
 
     def receive(self, identity, msg):
         self.engine.receive(frames(identity, msg), self.now)
+
+    def settle(self):
+        """What the producer's loop does after each message, and what a worker does when its
+        free GPUs changed while it has claims parked (it renews one: the producer keeps
+        what its latest claim said)."""
+        for identity, worker in self.workers.items():
+            if worker.alive and worker.claims and worker.claimed_free != worker.free_resources():
+                rid = min(worker.claims)
+                worker.claims.discard(rid)
+                worker.withdrawn.add(rid)
+                self.receive(identity, w.CancelClaim(rid=self.rid(), claim_rid=rid))
+                claim = worker.claim(self.rid(), 5000)
+                worker.claims.add(claim.rid)
+                self.receive(identity, claim)
+        self.engine.tick(self.now)
+        self.deliver()
 
     def rid(self):
         self.next_rid += 1
@@ -113,12 +172,26 @@ class OfferMachine(RuleBasedStateMachine):
 
     # --- the application --------------------------------------------------------------------
 
-    @rule(priority=st.integers(-1, 1), task=st.sampled_from(TASKS))
-    def submit(self, priority, task):
-        job_id, self.next_job = self.next_job, self.next_job + 1
-        self.tasks[job_id] = task
-        self.engine.submit(job_id, pl.pack_call(task, [job_id], {}), max_attempts=None,
-                           priority=priority, timeout_ms=None)
+    @rule(jobs=st.lists(st.tuples(
+        st.integers(-1, 1), st.sampled_from(MODULES), st.sampled_from([0, 0, 1, 2]),
+        st.sampled_from([None, None, "a"]), st.booleans(),
+    ), min_size=1, max_size=3))
+    def submit(self, jobs):
+        """Jobs (priority, module, GPUs, zone, requirements told or read from the payload)
+        submitted in one turn of the producer's loop."""
+        for priority, module, gpu, zone, told in jobs:
+            job_id, self.next_job = self.next_job, self.next_job + 1
+            options = {"resources": {"gpu": gpu}} if gpu else {}
+            if zone:
+                options["labels"] = {"zone": zone}
+            task = f"{module}:f"
+            needs = Needs.of(task, options.get("resources"), options.get("labels"))
+            self.tasks[job_id] = task
+            self.needs[job_id] = needs
+            self.engine.submit(job_id, pl.pack_call(task, [job_id], {}, options or None),
+                               max_attempts=None, priority=priority, timeout_ms=None,
+                               needs=needs if told else None)
+        self.settle()
 
     @precondition(lambda self: self.next_job > 1)
     @rule(data=st.data(), good_token=st.booleans())
@@ -139,8 +212,7 @@ class OfferMachine(RuleBasedStateMachine):
             assert isinstance(reply, w.Err) and reply.code == (w.E_INVALID if good_token else w.E_DENIED)
             assert (job_id in self.ledger) == live
         self.deliver()
-        self.engine.tick(self.now)
-        self.deliver()
+        self.settle()
 
     @precondition(lambda self: len(self.ledger))
     @rule(data=st.data())
@@ -159,8 +231,8 @@ class OfferMachine(RuleBasedStateMachine):
             return
         rid = self.rid()
         worker.claims.add(rid)
-        self.receive(identity, w.Claim(rid=rid, wait_ms=wait_ms))
-        self.deliver()
+        self.receive(identity, worker.claim(rid, wait_ms))
+        self.settle()
 
     @rule(identity=st.sampled_from(WORKERS), ok=st.booleans(), carry=st.booleans(),
           crashed=st.booleans(), data=st.data())
@@ -169,16 +241,16 @@ class OfferMachine(RuleBasedStateMachine):
         if not worker.alive or not worker.leases:
             return
         lease_id = data.draw(st.sampled_from(sorted(worker.leases)))
-        job_id = worker.leases.pop(lease_id)
+        job_id = worker.drop(lease_id)
         claim = None
         if carry and len(worker.claims) < worker.free:
-            claim = w.Claim(rid=self.rid(), wait_ms=500)
+            claim = worker.claim(self.rid(), 500)
             worker.claims.add(claim.rid)
         payload = pl.pack_value(job_id) if ok and not crashed else pl.pack_error("E", "x", "")
         self.receive(identity, w.Result(rid=self.rid(), job_id=job_id, lease_id=lease_id,
                                         ok=ok and not crashed, payload=payload, claim=claim,
                                         crashed=True if crashed else None))
-        self.deliver()
+        self.settle()
 
     @rule(identity=st.sampled_from(WORKERS), data=st.data())
     def forge(self, identity, data):
@@ -203,18 +275,21 @@ class OfferMachine(RuleBasedStateMachine):
         self.receive(identity, w.Beat(rid=self.rid(), leases=tuple(worker.leases)))
         for msg in [m for i, m in self.replies if i == identity and isinstance(m, w.BeatAck)]:
             for lease_id in msg.void:  # cancelled or re-offered: the worker aborts it
-                worker.leases.pop(lease_id, None)
-        self.deliver()
+                if lease_id in worker.leases:
+                    worker.drop(lease_id)
+        self.settle()
 
-    @rule(identity=st.sampled_from(WORKERS), data=st.data())
-    def decline(self, identity, data):
+    @rule(identity=st.sampled_from(WORKERS), data=st.data(), say_free=st.booleans())
+    def decline(self, identity, data, say_free):
         worker = self.workers[identity]
         if not worker.alive or not worker.leases:
             return
         lease_id = data.draw(st.sampled_from(sorted(worker.leases)))
-        job_id = worker.leases.pop(lease_id)
-        self.receive(identity, w.Decline(rid=self.rid(), job_id=job_id, lease_id=lease_id))
-        self.deliver()
+        job_id = worker.drop(lease_id)
+        free = worker.free_resources() if say_free else None
+        self.receive(identity, w.Decline(rid=self.rid(), job_id=job_id, lease_id=lease_id,
+                                         resources=free))
+        self.settle()
 
     @rule(identity=st.sampled_from(WORKERS), all_of_them=st.booleans())
     def withdraw(self, identity, all_of_them):
@@ -230,7 +305,17 @@ class OfferMachine(RuleBasedStateMachine):
             worker.claims.discard(rid)
             worker.withdrawn.add(rid)
             self.receive(identity, w.CancelClaim(rid=self.rid(), claim_rid=rid))
-        self.deliver()
+        self.settle()
+
+    @rule(identity=st.sampled_from(WORKERS), wait_ms=st.sampled_from([0, 5000]))
+    def claim_and_die(self, identity, wait_ms):
+        """A worker's last claim: it dies before the answer, so the JOB cannot be sent."""
+        worker = self.workers[identity]
+        if not worker.alive or len(worker.claims) >= worker.free:
+            return
+        worker.alive = False
+        self.receive(identity, worker.claim(self.rid(), wait_ms))
+        self.settle()
 
     @rule(identity=st.sampled_from(WORKERS))
     def crash(self, identity):
@@ -289,6 +374,20 @@ class OfferMachine(RuleBasedStateMachine):
         leased = {job.job_id for job in self.ledger._jobs.values() if job.state is JobState.LEASED}
         assert set(self.tally.running) == leased
         assert set(self.tally.live) == set(self.ledger._jobs)
+
+    @invariant()
+    def no_runnable_job_starves(self):
+        """Once dispatched, no parked claim's worker can run a pending job (a dead worker's
+        claims are dropped when a send to it fails)."""
+        if self.engine.dispatch_due:
+            return
+        pending = [job for job in self.ledger._jobs.values() if job.state is JobState.PENDING]
+        for identity, _ in self.engine.parked.keys():
+            worker = self.workers[identity]
+            if not worker.alive:
+                continue
+            runnable = [job.job_id for job in pending if worker.can_run(job.needs)]
+            assert not runnable, f"{identity} is parked while it can run jobs {runnable}"
 
     @invariant()
     def parked_claims_are_outstanding(self):

@@ -22,6 +22,7 @@ from freelance_rz.core.wire import (
     MAX_UINT,
     SIGNATURE,
     Ack,
+    Admin,
     Beat,
     BeatAck,
     Bye,
@@ -34,24 +35,29 @@ from freelance_rz.core.wire import (
     Result,
     Status,
     StatusReply,
+    VersionErr,
     decode_reply,
     decode_request,
     encode,
 )
 
 REQUESTS = [
-    Claim(rid=1, wait_ms=5000),
+    Claim(rid=1, wait_ms=5000, tasks=("m",)),
     Result(rid=2, job_id=10, lease_id=2**63 - 1, ok=True, payload=b"\x01"),
-    Result(rid=3, job_id=10, lease_id=7, ok=False, payload=b"", claim=Claim(rid=4, wait_ms=0)),
+    Result(rid=3, job_id=10, lease_id=7, ok=False, payload=b"", claim=Claim(rid=4, wait_ms=0, tasks=("m",))),
     Beat(rid=5, leases=(1, 2, MAX_UINT)),
     Beat(rid=6, leases=()),
     Decline(rid=7, job_id=1, lease_id=2),
     CancelClaim(rid=8, claim_rid=1),
     Bye(rid=9),
     Status(rid=0),
+    Status(rid=1, detail=True),
+    Admin(rid=10, token="t" * 256, action="cancel", job_id=MAX_UINT),
 ]
 REPLIES = [
     Job(rid=1, job_id=2, lease_id=3, attempt=1, lease_ms=1000, payload=b"\x93\xa1a\x90\x80"),
+    Job(rid=1, job_id=2, lease_id=3, attempt=1, lease_ms=1000, payload=b"",
+        traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01", resources={"gpu": 1.0}),
     NoJob(rid=2),
     Ack(rid=3),
     BeatAck(rid=4, void=(5, 6)),
@@ -63,21 +69,24 @@ REPLIES = [
     Err(rid=None, code=E_MALFORMED, message=""),
     Err(rid=MAX_UINT, code=0, message="ünïcødé ✓"),
 ]
-REQUEST_VERBS = [b"CLAIM", b"RESULT", b"BEAT", b"DECLINE", b"CANCEL_CLAIM", b"BYE", b"STATUS"]
+REQUEST_VERBS = [b"CLAIM", b"RESULT", b"BEAT", b"DECLINE", b"CANCEL_CLAIM", b"BYE", b"STATUS", b"ADMIN"]
 REPLY_VERBS = [b"JOB", b"NOJOB", b"ACK", b"BEAT_ACK", b"STATUS_REPLY", b"ERR"]
 
 # A valid body for each verb, used to build frames by hand.
+OPTIONAL_FIELDS = {"claim", "resources", "labels", "detail", "traceparent"}  # may be absent
 VALID_BODIES: dict[bytes, dict] = {
-    b"CLAIM": {"rid": 11, "wait_ms": 100},
+    b"CLAIM": {"rid": 11, "wait_ms": 100, "tasks": ["m", "pkg.sub_2"], "resources": {"gpu": 1},
+               "labels": {"zone": "eu"}},
     b"RESULT": {"rid": 11, "job_id": 1, "lease_id": 2, "ok": True, "payload": b"x",
-                "claim": {"rid": 12, "wait_ms": 0}},
+                "claim": {"rid": 12, "wait_ms": 0, "tasks": ["m"]}},
     b"BEAT": {"rid": 11, "leases": [1, 2]},
-    b"DECLINE": {"rid": 11, "job_id": 1, "lease_id": 2},
+    b"DECLINE": {"rid": 11, "job_id": 1, "lease_id": 2, "resources": {"gpu": 0.5, "mem_gb": 0}},
     b"CANCEL_CLAIM": {"rid": 11, "claim_rid": 3},
     b"BYE": {"rid": 11},
-    b"STATUS": {"rid": 11},
+    b"STATUS": {"rid": 11, "detail": True},
+    b"ADMIN": {"rid": 11, "token": "secret", "action": "retry", "job_id": 3},
     b"JOB": {"rid": 11, "job_id": 1, "lease_id": 2, "attempt": 1, "lease_ms": 1000,
-             "payload": b"x"},
+             "payload": b"x", "resources": {"gpu": 1}, "traceparent": "00-ab-cd-01"},
     b"NOJOB": {"rid": 11},
     b"ACK": {"rid": 11},
     b"BEAT_ACK": {"rid": 11, "void": [3]},
@@ -105,7 +114,7 @@ def decode_error(fn, frame_list) -> ProtocolError:
 
 
 def test_verb_tables_cover_every_message_class():
-    assert {type(m) for m in REQUESTS} == {Claim, Result, Beat, Decline, CancelClaim, Bye, Status}
+    assert {type(m) for m in REQUESTS} == {Claim, Result, Beat, Decline, CancelClaim, Bye, Status, Admin}
     assert {type(m) for m in REPLIES} == {Job, NoJob, Ack, BeatAck, StatusReply, Err}
 
 
@@ -124,11 +133,11 @@ def test_reply_round_trip(msg):
 
 @pytest.mark.parametrize(
     "msg, verb",
-    [(Claim(rid=0, wait_ms=0), b"CLAIM"), (Result(rid=0, job_id=0, lease_id=0, ok=True,
+    [(Claim(rid=0, wait_ms=0, tasks=("m",)), b"CLAIM"), (Result(rid=0, job_id=0, lease_id=0, ok=True,
       payload=b""), b"RESULT"), (Beat(rid=0, leases=()), b"BEAT"),
      (Decline(rid=0, job_id=0, lease_id=0), b"DECLINE"),
      (CancelClaim(rid=0, claim_rid=0), b"CANCEL_CLAIM"), (Bye(rid=0), b"BYE"),
-     (Status(rid=0), b"STATUS"), (Job(rid=0, job_id=0, lease_id=0, attempt=1, lease_ms=0,
+     (Status(rid=0), b"STATUS"), (Admin(rid=0, token="", action="", job_id=0), b"ADMIN"), (Job(rid=0, job_id=0, lease_id=0, attempt=1, lease_ms=0,
       payload=b""), b"JOB"), (NoJob(rid=0), b"NOJOB"), (Ack(rid=0), b"ACK"),
      (BeatAck(rid=0, void=()), b"BEAT_ACK"), (StatusReply(rid=0, info={}), b"STATUS_REPLY"),
      (Err(rid=0, code=1, message=""), b"ERR")],
@@ -148,7 +157,7 @@ def test_result_without_claim_decodes_with_claim_none():
 
 def test_result_with_claim_carries_it():
     msg = decode_request(frames(b"RESULT", VALID_BODIES[b"RESULT"]))
-    assert msg.claim == Claim(rid=12, wait_ms=0)
+    assert msg.claim == Claim(rid=12, wait_ms=0, tasks=("m",))
 
 
 def test_encode_rejects_foreign_objects():
@@ -213,11 +222,27 @@ def test_bad_signature(decode, signature):
     assert exc.code == E_MALFORMED
 
 
-@pytest.mark.parametrize("signature", [b"FRZ2", b"FRZ0", b"FRZ9"])
+@pytest.mark.parametrize("signature", [b"FRZ1", b"FRZ0", b"FRZ9", b"FRZ\xff"])
 @pytest.mark.parametrize("decode", [decode_request, decode_reply])
 def test_other_version(decode, signature):
     exc = decode_error(decode, frames(b"STATUS", {"rid": 1}, signature=signature))
     assert exc.code == E_VERSION
+    assert exc.rid is None
+    # the error names both versions
+    assert f"version {signature[3:].decode('ascii', 'backslashreplace')}" in exc.message
+    assert "version 2 (FRZ2)" in exc.message
+
+
+def test_version_error_is_framed_in_the_peers_version():
+    """A version error goes out in the asker's framing (every version keeps the ERR layout),
+    and an ERR of another version is the one reply of it that is read."""
+    frames_out = encode(VersionErr(signature=b"FRZ1", message="speaks FRZ2"))
+    assert frames_out[:2] == [b"FRZ1", b"ERR"]
+    assert msgpack.unpackb(frames_out[2]) == {"rid": None, "code": E_VERSION, "message": "speaks FRZ2"}
+    assert decode_reply(frames_out) == Err(rid=None, code=E_VERSION, message="speaks FRZ2")
+    assert decode_reply([b"FRZ9", b"ERR", frames_out[2]]).code == E_VERSION
+    assert decode_error(decode_reply, [b"FRZ1", b"NOJOB", msgpack.packb({"rid": 1})]).code == E_VERSION
+    assert decode_error(decode_request, [b"FRZ1", b"ERR", frames_out[2]]).code == E_VERSION
 
 
 @pytest.mark.parametrize(
@@ -261,7 +286,7 @@ def test_body_that_is_not_a_map(decode, body):
 @pytest.mark.parametrize(
     "verb, field",
     [(verb, field) for verb, body in VALID_BODIES.items() for field in body
-     if field != "claim"],  # RESULT's claim is optional
+     if field not in OPTIONAL_FIELDS],
 )
 def test_missing_field(verb, field):
     body = dict(VALID_BODIES[verb])
@@ -288,9 +313,26 @@ BAD_VALUES: dict[str, list] = {
                [[1]]],
     "info": [[1], "x", b"x", None, 1, True],
     "claim": ["x", 1, [1, 2], True, b"", {"rid": 1}, {"wait_ms": 1},
-              {"rid": 1, "wait_ms": -1}, {"rid": 1, "wait_ms": True}, {"rid": "1", "wait_ms": 1}],
+              {"rid": 1, "wait_ms": -1}, {"rid": 1, "wait_ms": True}, {"rid": "1", "wait_ms": 1},
+              {"rid": 1, "wait_ms": 1}, {"rid": 1, "wait_ms": 1, "tasks": "m"},
+              {"rid": 1, "wait_ms": 1, "tasks": ["m"], "resources": {"gpu": -1}}],
+    # what a worker can run (FRZ2): bounded counts, lengths and amounts, never NaN or inf
+    "tasks": ["m", None, [], ["m"] * 257, [1], [""], ["a b"], ["m:f"], ["x" * 201], {"m": 1},
+              [b"m"], [["m"]], [None]],
+    "resources": [[], "gpu=1", 1, {"gpu": -1}, {"gpu": -0.001}, {"gpu": math.nan},
+                  {"gpu": math.inf}, {"gpu": -math.inf}, {"gpu": "1"}, {"gpu": True},
+                  {"gpu": None}, {"gpu": [1]}, {"": 1}, {"1x": 1}, {"a b": 1}, {"x" * 65: 1},
+                  {f"r{i}": 1 for i in range(33)}, {"gpu": 1e16}, {b"gpu": 1}],
+    "labels": [[], "zone=eu", 1, {"zone": 1}, {"zone": None}, {"zone": b"eu"},
+               {"zone": "x" * 129}, {"": "a"}, {"9": "a"}, {f"l{i}": "a" for i in range(33)},
+               {b"zone": "eu"}],
 }
 BAD_VALUES["void"] = BAD_VALUES["leases"]
+# issue 17's fields: bounded strings (token 256, action 16, traceparent 128 characters), a bool
+BAD_VALUES["token"] = [None, 1, b"secret", ["t"], "t" * 257, True]
+BAD_VALUES["action"] = [None, 1, b"cancel", "x" * 17, {"a": 1}]
+BAD_VALUES["traceparent"] = [1, b"00-ab", "0" * 129, ["00"], True]
+BAD_VALUES["detail"] = [1, 0, "true", b"\x01", [True]]
 FIELD_CASES = []
 for _verb, _body in VALID_BODIES.items():
     for _field in _body:
@@ -346,8 +388,8 @@ def test_extra_fields_are_ignored(verb):
 
 
 def test_extra_fields_inside_a_carried_claim_are_ignored():
-    body = dict(VALID_BODIES[b"RESULT"], claim={"rid": 12, "wait_ms": 0, "tasks": ["a:b"]})
-    assert decode_request(frames(b"RESULT", body)).claim == Claim(rid=12, wait_ms=0)
+    body = dict(VALID_BODIES[b"RESULT"], claim={"rid": 12, "wait_ms": 0, "tasks": ["m"], "x": [1]})
+    assert decode_request(frames(b"RESULT", body)).claim == Claim(rid=12, wait_ms=0, tasks=("m",))
 
 
 def test_bytes_keys_are_tolerated_but_do_not_name_fields():
@@ -375,20 +417,28 @@ info_values = st.recursive(
     | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=10,
 )
-claims = st.builds(Claim, rid=uints, wait_ms=uints)
+names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,10}", fullmatch=True)
+modules = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(\.[A-Za-z_][A-Za-z0-9_]{0,8}){0,2}", fullmatch=True)
+amounts = st.integers(0, 10**6) | st.floats(0, 1e15, allow_nan=False)
+resource_maps = st.none() | st.dictionaries(names, amounts, max_size=4)
+claims = st.builds(
+    Claim, rid=uints, wait_ms=uints, tasks=st.lists(modules, min_size=1, max_size=4).map(tuple),
+    max_job=st.none() | uints, resources=resource_maps,
+    labels=st.none() | st.dictionaries(names, st.text(max_size=20), max_size=4),
+)
 requests = st.one_of(
     claims,
     st.builds(Result, rid=uints, job_id=uints, lease_id=uints, ok=st.booleans(),
               payload=st.binary(max_size=32), claim=st.none() | claims),
     st.builds(Beat, rid=uints, leases=uint_tuples),
-    st.builds(Decline, rid=uints, job_id=uints, lease_id=uints),
+    st.builds(Decline, rid=uints, job_id=uints, lease_id=uints, resources=resource_maps),
     st.builds(CancelClaim, rid=uints, claim_rid=uints),
     st.builds(Bye, rid=uints),
     st.builds(Status, rid=uints),
 )
 replies = st.one_of(
     st.builds(Job, rid=uints, job_id=uints, lease_id=uints, attempt=uints, lease_ms=uints,
-              payload=st.binary(max_size=32)),
+              payload=st.binary(max_size=32), resources=resource_maps),
     st.builds(NoJob, rid=uints),
     st.builds(Ack, rid=uints),
     st.builds(BeatAck, rid=uints, void=uint_tuples),

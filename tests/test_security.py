@@ -154,7 +154,7 @@ def test_plain_client_gets_nothing_from_a_secure_producer(make_producer, keys):
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(producer.endpoint)
-        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=100)))
+        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=100, tasks=("rztasks",))))
         assert sock.poll(1500) == 0  # no handshake, no message
     finally:
         sock.close()

@@ -43,13 +43,13 @@ class SessionMachine(RuleBasedStateMachine):
 
     @rule()
     def claim(self):
-        self.send(w.Claim(rid=self.next_rid(), wait_ms=WAIT_MS))
+        self.send(w.Claim(rid=self.next_rid(), wait_ms=WAIT_MS, tasks=("m",)))
 
     @rule(carry=st.booleans())
     def result(self, carry):
         job_id, self.next_job = self.next_job, self.next_job + 1
         outcome = Outcome(job_id, True, b"\xc0")
-        claim = w.Claim(rid=self.next_rid(), wait_ms=WAIT_MS) if carry else None
+        claim = w.Claim(rid=self.next_rid(), wait_ms=WAIT_MS, tasks=("m",)) if carry else None
         msg = w.Result(rid=self.next_rid(), job_id=job_id, lease_id=7, ok=True, payload=b"\xc0", claim=claim)
         self.session.unacked[job_id] = (7, outcome)
         self.unacked_model[job_id] = msg.rid

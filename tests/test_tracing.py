@@ -1,6 +1,8 @@
 """Trace context across real processes: an application (its own process, the OpenTelemetry
 SDK with an in-memory exporter) submits jobs inside a span; the worker's job process (the SDK
-set up by its task module) records its spans and hands them back. The producer's span of each
+set up by its task module) records its spans and hands them back, in each pool (a plain and an
+``async def`` task: the run span is current on the main thread, a slot's thread, an asyncio
+task or the asyncio pool's executor thread). The producer's span of each
 job is a child of the submitting span, the worker's run span a child of the producer's (the
 JOB carried its traceparent), and the task's own span a child of the run span; a failing job
 marks both spans as errors. Without an active tracer provider a JOB carries no trace
@@ -21,13 +23,14 @@ pytest.importorskip("opentelemetry.sdk")
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_spans_link_submitter_producer_worker_and_task(start_worker):
+@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
+def test_spans_link_submitter_producer_worker_and_task(start_worker, pool):
     app = subprocess.Popen([sys.executable, "rztraceapp.py", GROUP], cwd=TESTS_DIR, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         endpoint = app.stdout.readline().strip()
         assert endpoint.startswith("tcp://"), app.stderr.read()
-        start_worker("traced", "--tasks", "rztraced", "--slots", "1", connect=endpoint)
+        start_worker("traced", "--tasks", "rztraced", "--slots", "1", "--pool", pool, connect=endpoint)
         out, err = app.communicate(timeout=90)
         assert app.returncode == 0, err
     finally:
@@ -35,11 +38,11 @@ def test_spans_link_submitter_producer_worker_and_task(start_worker):
             app.kill()
             app.wait()
     report = json.loads(out.strip().splitlines()[-1])
-    assert report["doubled"] == 42 and report["error"] == "ValueError"
+    assert report["doubled"] == report["adoubled"] == 42 and report["error"] == "ValueError"
     producer = {span["name"]: span for span in report["producer"]}
     worker = {span["name"]: span for span in report["worker"]}
     request = producer.get("request") or pytest.fail(json.dumps(report, indent=1))
-    for task, status in (("rztraced:work", "UNSET"), ("rztraced:boom", "ERROR")):
+    for task, status in (("rztraced:work", "UNSET"), ("rztraced:awork", "UNSET"), ("rztraced:boom", "ERROR")):
         submit, run = producer[f"submit {task}"], worker[f"run {task}"]
         assert submit["kind"] == "PRODUCER" and run["kind"] == "CONSUMER"
         assert submit["trace_id"] == run["trace_id"] == request["trace_id"]
@@ -49,6 +52,7 @@ def test_spans_link_submitter_producer_worker_and_task(start_worker):
         assert run["attributes"]["freelance_rz.task"] == task
         assert run["attributes"]["messaging.message.id"] == submit["attributes"]["messaging.message.id"]
     assert worker["inside work"]["parent"] == worker["run rztraced:work"]["span_id"]
+    assert worker["inside awork"]["parent"] == worker["run rztraced:awork"]["span_id"]
     assert producer["submit rztraced:spans"]["trace_id"] != request["trace_id"]  # a trace of its own
 
 
@@ -66,7 +70,7 @@ def test_no_trace_context_without_a_tracer_provider(make_producer):
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(producer.endpoint)
-        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000)))
+        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000, tasks=("rztasks",))))
         assert sock.poll(10_000)
         job = w.decode_reply(sock.recv_multipart())
         assert isinstance(job, w.Job) and job.traceparent is None

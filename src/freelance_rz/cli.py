@@ -2,13 +2,12 @@
 
 ``freelance-worker`` is a thin argparse shell over :class:`freelance_rz.worker.worker.Worker` (the
 shape of arq's ``cli.py``); ``freelance-status`` over :mod:`freelance_rz.status`, rendered with
-rich.
+rich by :mod:`freelance_rz.statusview`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -19,22 +18,19 @@ from contextlib import ExitStack
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import zmq
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
-
 from .core.check import address
-from .core.text import clean
+from .core.payload import POOLS
 from .logfmt import add_fixed_fields
 from .logfmt import configure as configure_logging
 from .core.wire import DEFAULT_MAX_PAYLOAD
-from .status import ProducerInfo, read_info
 from .sources import RESOLVE_EVERY_S
+from .statusview import json_rows, read_rows, status_view
 from .worker.health import DEFAULT_MAX_AGE_S
 from .worker.worker import GIVE_UP_S, Worker
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: a worker starts without rich or the status tool
+    from rich.console import Console
+
     from .security import KeyPair
 
 
@@ -83,6 +79,30 @@ def _add_log_format(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """--pool, --init, --max-jobs-per-process, --max-memory-per-process: how jobs run."""
+    parser.add_argument(
+        "--pool", default=POOLS[0], choices=POOLS,
+        help="how jobs run: a job process per slot (process), threads in one job process "
+        "(thread), or async def tasks on one event loop in one job process (asyncio) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--init", metavar="MODULE:FUNCTION",
+        help="function run once in each job process before its first job (e.g. to load a "
+        "model); a failure stops the worker",
+    )
+    parser.add_argument(
+        "--max-jobs-per-process", type=int, metavar="N",
+        help="replace a job process after it has run N jobs (default: never)",
+    )
+    parser.add_argument(
+        "--max-memory-per-process", type=float, metavar="MiB",
+        help="replace a job process whose resident memory is over MiB after a job "
+        "(default: never)",
+    )
+
+
 def worker_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freelance-worker",
@@ -107,6 +127,15 @@ def worker_parser() -> argparse.ArgumentParser:
         help="largest job taken, as the producers' max_payload_bytes (default: %(default)s)",
     )
     parser.add_argument(
+        "--resources", metavar="NAME=AMOUNT[,...]", action="append", default=[],
+        help="what this worker's jobs share, e.g. gpu=1,mem_gb=64 (repeatable): a job that "
+        "needs some (producer.options(resources=...)) holds them while it runs",
+    )
+    parser.add_argument(
+        "--label", metavar="NAME=VALUE", action="append", default=[],
+        help="a label jobs may ask for, e.g. zone=eu (repeatable; producer.options(labels=...))",
+    )
+    parser.add_argument(
         "--give-up-s", type=float, default=GIVE_UP_S, metavar="SECONDS",
         help="abort the running jobs of a producer unreachable this long, and forget it if it "
         "was discovered (default: %(default)s)",
@@ -121,6 +150,7 @@ def worker_parser() -> argparse.ArgumentParser:
         help="keep PATH fresh (rewritten every second) for container probes: "
         "freelance-status --check --health-file PATH",
     )
+    _add_pool_options(parser)
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper, help="default: %(default)s",
@@ -132,6 +162,40 @@ def worker_parser() -> argparse.ArgumentParser:
         "needs the metrics extra)",
     )
     return parser
+
+
+def _pairs(texts: Sequence[str], option: str, example: str) -> dict[str, str]:
+    """``NAME=VALUE`` items (comma-separated within one text when ``option`` is
+    --resources) into a dict. Raises ValueError naming the option."""
+    out: dict[str, str] = {}
+    for text in texts:
+        for item in text.split(",") if option == "--resources" else [text]:
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{option} {item!r}: expected NAME=VALUE, e.g. {option} {example}")
+            if name.strip() in out:
+                raise ValueError(f"{option}: {name.strip()!r} is given twice")
+            out[name.strip()] = value.strip()
+    return out
+
+
+def parse_resources(texts: Sequence[str]) -> dict[str, float]:
+    """``--resources gpu=1,mem_gb=64`` (repeatable) as ``{"gpu": 1.0, "mem_gb": 64.0}``
+    (checked by :class:`Worker`). Raises ValueError on a malformed item or amount."""
+    out = {}
+    for name, value in _pairs(texts, "--resources", "gpu=1,mem_gb=64").items():
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--resources {name}={value!r}: the amount must be a number, "
+                             "e.g. --resources gpu=1,mem_gb=64") from None
+    return out
+
+
+def parse_labels(texts: Sequence[str]) -> dict[str, str]:
+    """``--label zone=eu --label pool=batch`` as ``{"zone": "eu", "pool": "batch"}``.
+    Raises ValueError on a malformed item."""
+    return _pairs(texts, "--label", "zone=eu")
 
 
 def _raise_open_file_limit() -> None:
@@ -176,6 +240,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             discover_dns=args.discover_dns or (), connect_file=args.connect_file,
             resolve_every_s=args.resolve_every_s, health_file=args.health_file,
             metrics_port=metrics_port, metrics_host=metrics_host,
+            resources=parse_resources(args.resources), labels=parse_labels(args.label),
+            pool=args.pool, init=args.init, max_jobs_per_process=args.max_jobs_per_process,
+            max_memory_per_process_mib=args.max_memory_per_process,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
@@ -193,6 +260,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    worker._fork_first = True  # this process runs no thread yet and imported no task module
     try:
         worker.run()
     except KeyboardInterrupt:
@@ -244,118 +312,6 @@ def status_parser() -> argparse.ArgumentParser:
     )
     _add_log_format(parser)
     return parser
-
-
-def _cell(value: object, style: str = "") -> Text:
-    """A table cell of peer-provided text: cleaned (no control characters, cut), never markup."""
-    return Text(clean(value), style=style)
-
-
-# a STATUS row as received, its checked info (None when it has a problem), and the problem
-_ReadRow = tuple[dict[str, Any], ProducerInfo | None, str]
-
-
-def _read_rows(rows: list[dict[str, Any]]) -> list[_ReadRow]:
-    """Each row with its checked info, or None and the problem: the error of a producer that
-    did not answer, or ``malformed reply: ...`` for one whose reply has wrong types."""
-    read: list[_ReadRow] = []
-    for row in rows:
-        if "error" in row:
-            read.append((row, None, str(row["error"])))
-            continue
-        try:
-            read.append((row, read_info(row), ""))
-        except ValueError as exc:
-            read.append((row, None, f"malformed reply: {exc}"))
-    return read
-
-
-def _status_view(rows: list[dict[str, Any]]) -> Group:
-    """The producers' table, and below it the running jobs that reported progress."""
-    read = _read_rows(rows)
-    jobs = [(info, job) for _, info, _ in read if info is not None for job in info.progress]
-    if not jobs:
-        return Group(_status_table(read))
-    table = Table(title=f"running jobs with progress ({len(jobs)})")
-    for column in ("producer", "job", "worker", "done", "message"):
-        table.add_column(column)
-    for info, job in jobs:
-        done = f"{job.done:g}" + ("" if job.total is None else f" / {job.total:g}")
-        table.add_row(_cell(info.producer_id), str(job.job_id), _cell(job.worker), done,
-                      _cell(job.message))
-    return Group(_status_table(read), table)
-
-
-_COUNT_COLUMNS = frozenset({"pending", "leased", "done", "failed", "dead", "workers", "done/min", "up"})
-
-
-def _status_title(read: list[_ReadRow]) -> str:
-    """E.g. ``freelance_rz producers: 2 answered, 1 malformed, 1 unreachable``: only the
-    producers that answered count as answered."""
-    answered = sum(1 for _, info, _ in read if info is not None)
-    malformed = sum(1 for _, _, problem in read if problem.startswith("malformed reply"))
-    parts = [f"{answered} answered"]
-    if malformed:
-        parts.append(f"{malformed} malformed")
-    if len(read) - answered - malformed:
-        parts.append(f"{len(read) - answered - malformed} unreachable")
-    return "freelance_rz producers: " + ", ".join(parts)
-
-
-def _status_table(read: list[_ReadRow]) -> Table:
-    """One row per producer; the ones that gave no usable answer say why in a ``problem``
-    column of their own (shown only when there is one), with their counts left empty."""
-    table = Table(title=_status_title(read))
-    problems = any(problem for _, _, problem in read)
-    for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
-                   "dead", "workers", "done/min", "up", *(("problem",) if problems else ())):
-        table.add_column(column, justify="right" if column in _COUNT_COLUMNS else "left")
-    for row, info, problem in read:
-        endpoint = _cell(row.get("endpoint", "?"))
-        if info is None:
-            producer_id = row.get("producer_id")
-            table.add_row(_cell(producer_id) if isinstance(producer_id, str) else "?", "",
-                          endpoint, *[""] * 8, _cell(problem, "red"))
-            continue
-        table.add_row(
-            _cell(info.producer_id), _cell(info.group or ""), endpoint,
-            *("" if info.counts[key] is None else str(info.counts[key])
-              for key in ("pending", "leased", "done", "failed", "dead", "workers",
-                          "finished_last_min")),
-            "" if info.uptime_s is None else f"{info.uptime_s:.0f} s",
-            *(("",) if problems else ()),
-        )
-    return table
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` (a decoded msgpack value) as JSON can hold it: bytes as text (invalid
-    UTF-8 replaced), map keys as strings, anything else unknown as its ``str``. JSON escapes
-    every control character, so what a producer sent is printed as it was, safely."""
-    if isinstance(value, dict):
-        return {
-            (k if isinstance(k, str) else clean(k, 10_000) if isinstance(k, bytes) else str(k)):
-            _jsonable(v) for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _json_rows(rows: list[dict[str, Any]]) -> str:
-    """The rows as one JSON line; a row too deeply nested to convert becomes an error row."""
-    out = []
-    for row in rows:
-        try:
-            out.append(_jsonable(row))
-        except RecursionError:
-            out.append({"endpoint": _jsonable(row.get("endpoint")),
-                        "error": "malformed reply: nested too deeply"})
-    return json.dumps(out)
 
 
 def _status_keys(args: argparse.Namespace) -> tuple[KeyPair | None, dict[bytes, str] | None]:
@@ -427,14 +383,14 @@ def _watch_status(
 
     live = None
     if not args.json and console.is_terminal:
-        live = stack.enter_context(Live(_status_view(rows), console=console))
+        live = stack.enter_context(Live(status_view(rows), console=console))
     while True:
         if live is not None:
-            live.update(_status_view(rows))
+            live.update(status_view(rows))
         elif args.json:
-            print(_json_rows(rows), flush=True)
+            print(json_rows(rows), flush=True)
         else:
-            console.print(_status_view(rows))
+            console.print(status_view(rows))
             sys.stdout.flush()
         time.sleep(args.interval)
         rows = snapshot()
@@ -445,6 +401,9 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     a well-formed STATUS_REPLY, 1 when one did not answer or answered a malformed one (with
     ``--json`` too) or the sources found none, 2 on bad arguments or key files. With
     ``--check``: one line, and 0 healthy or 1 not."""
+    import zmq
+    from rich.console import Console
+
     parser = status_parser()
     args = parser.parse_args(argv)
     if not _has_source(args) and not (args.check and args.health_file):
@@ -473,10 +432,10 @@ def status_main(argv: Sequence[str] | None = None) -> int:
             if args.watch:
                 _watch_status(args, console, stack, rows, snapshot)
             if args.json:
-                print(_json_rows(rows))
+                print(json_rows(rows))
             else:
-                console.print(_status_view(rows))
-            return 1 if none_found or any(problem for _, _, problem in _read_rows(rows)) else 0
+                console.print(status_view(rows))
+            return 1 if none_found or any(problem for _, _, problem in read_rows(rows)) else 0
     except KeyboardInterrupt:
         return 0
     except (ValueError, ImportError, OSError, zmq.ZMQError) as exc:  # bad keys; sockets

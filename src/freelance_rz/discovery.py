@@ -233,6 +233,7 @@ class Browser:
         # name -> (failures so far, monotonic time before which it is not tried again)
         self._failed: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._warned_at = 0.0
+        self._version_warned_at = -3600.0
         self._inflight: concurrent.futures.Future[bool] | None = None  # the resolver's request
 
     def start(self) -> None:
@@ -353,13 +354,18 @@ class Browser:
             if now - self._warned_at > 10.0:  # one line per 10 s under a flood
                 self._warned_at = now
                 log.warning("mDNS: ignoring malformed announcement %s", clean(name))
-        elif announcement.version != VERSION:
-            log.debug(
-                "mDNS: ignoring %s: protocol version %d, this side speaks %d",
-                clean(name), announcement.version, VERSION,
-            )
         elif announcement.group != self.group:
             log.debug("mDNS: skipping %s of group %r", clean(name), clean(announcement.group))
+        elif announcement.version != VERSION:
+            # said at most once a minute: a fleet half upgraded otherwise waits in silence
+            level = logging.WARNING if now - self._version_warned_at > 60.0 else logging.DEBUG
+            if level == logging.WARNING:
+                self._version_warned_at = now
+            log.log(
+                level, "mDNS: ignoring producer %s: it speaks protocol version %d, this side "
+                "version %d; run one freelance_rz protocol version on producers and workers",
+                clean(name), announcement.version, VERSION,
+            )
         else:
             self._on_found(announcement)
 

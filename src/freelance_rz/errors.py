@@ -57,8 +57,9 @@ class JobFailed(FreelanceError):
 
 
 class JobTimeout(JobFailed, TimeoutError):
-    """The job ran past its time limit (``timeout_s``); the worker killed its process. Not
-    retried. Also a ``TimeoutError``, so ``except TimeoutError`` catches it."""
+    """The job ran past its time limit (``timeout_s``); the worker stopped it (killed its
+    process, or cancelled it in the thread and asyncio pools). Not retried. Also a
+    ``TimeoutError``, so ``except TimeoutError`` catches it."""
 
 
 class JobTooLarge(JobFailed):

@@ -7,7 +7,7 @@ the totals per state from the ledger, the per-task counts and histograms from it
 (:mod:`freelance_rz.core.tally`), so a scrape shows exactly what ``status()`` says. The
 dashboard (``freelance-status --serve``) turns the STATUS replies of every producer it
 watches into the same metrics, labelled by ``producer``. A worker's metrics read its slots
-and its :class:`~freelance_rz.worker.loop.WorkerStats`. The costs are paid at scrape time,
+and its :class:`~freelance_rz.worker.stats.WorkerStats`. The costs are paid at scrape time,
 on the scraping thread, never on the producer's or the worker's hot path.
 
 :func:`serve` exposes a collector over HTTP (``prometheus_client``'s threaded server);
@@ -172,8 +172,8 @@ class WorkerCollector(Collector):
             jobs.add_metric([task, outcome], count)
         yield jobs
         yield CounterMetricFamily(PREFIX + "worker_job_process_restarts", "Job processes started "
-                                  "again (after a crash, a time limit, a cancel or a lost "
-                                  "producer).", value=snap.restarts)
+                                  "after the first ones (after a crash, a time limit, a cancel, "
+                                  "a lost producer, or recycling).", value=snap.restarts)
         yield GaugeMetricFamily(PREFIX + "worker_producers", "Producers this worker has a "
                                 "connection to.", value=snap.producers)
 

@@ -64,6 +64,23 @@ class RunningJob:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WaitingJobs:
+    """One entry of a STATUS_REPLY's ``waiting`` list: pending jobs of one requirement
+    signature that no connected worker can run, type-checked. Strings are raw.
+
+    Attributes:
+        task: their task, ``"module:function"``.
+        jobs: how many.
+        message: the producer's sentence, e.g. ``12 jobs of myapp.tasks:render need gpu=1:
+            no connected worker offers gpu=1``.
+    """
+
+    task: str
+    jobs: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProducerInfo:
     """The fields of a STATUS_REPLY ``info`` map that are shown, type-checked (see
     :func:`read_info`). Strings are the peer's raw text; fields the reply lacks are None.
@@ -74,6 +91,7 @@ class ProducerInfo:
         counts: :data:`COUNT_FIELDS` name -> int >= 0 or None.
         uptime_s: seconds since it started.
         progress: the running jobs that reported progress.
+        waiting: the pending jobs no connected worker can run, by requirements.
     """
 
     producer_id: str
@@ -81,6 +99,7 @@ class ProducerInfo:
     counts: Mapping[str, int | None]
     uptime_s: float | None
     progress: tuple[RunningJob, ...]
+    waiting: tuple[WaitingJobs, ...] = ()
 
 
 def _text(info: Mapping[str, Any], key: str) -> str:
@@ -138,7 +157,8 @@ def read_info(info: Mapping[str, Any]) -> ProducerInfo:
             string), ``group`` (string), the :data:`COUNT_FIELDS` (ints >= 0), ``uptime_s``
             (finite number), ``progress`` (a list of maps, each with ``job_id`` int >= 0,
             ``worker`` string, ``done`` finite number, ``total`` finite number or nil,
-            ``message`` string or nil). The message names the field.
+            ``message`` string or nil), ``waiting`` (a list of maps, each with ``task`` and
+            ``message`` strings and ``jobs`` int >= 0). The message names the field.
     """
     if not isinstance(info, Mapping):
         raise ValueError(f"info must be a map, got {_kind(info)}")
@@ -167,7 +187,27 @@ def read_info(info: Mapping[str, Any]) -> ProducerInfo:
         counts={key: _count(info, key) for key in COUNT_FIELDS},
         uptime_s=_optional_finite(info, "uptime_s"),
         progress=tuple(progress),
+        waiting=_waiting(info.get("waiting", [])),
     )
+
+
+def _waiting(raw: Any) -> tuple[WaitingJobs, ...]:
+    """A STATUS_REPLY's ``waiting`` list, checked. Raises ValueError naming the entry."""
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"waiting must be a list, got {_kind(raw)}")
+    out = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"waiting[{i}] must be a map, got {_kind(entry)}")
+        try:
+            jobs = _count(entry, "jobs")
+            if jobs is None:
+                raise ValueError("jobs is missing")
+            out.append(WaitingJobs(task=_text(entry, "task"), jobs=jobs,
+                                   message=_text(entry, "message")))
+        except ValueError as exc:
+            raise ValueError(f"waiting[{i}].{exc}") from None
+    return tuple(out)
 
 
 def query_status(
@@ -228,6 +268,8 @@ def query_status(
                 poller.unregister(sock)
                 try:
                     reply = p.decode_reply(sock.recv_multipart())
+                    if isinstance(reply, p.Err):  # e.g. it speaks another protocol version
+                        raise ProtocolError(reply.code, f"refused: {reply.message}")
                     if not isinstance(reply, p.StatusReply):
                         raise ProtocolError(p.E_UNKNOWN_VERB, f"unexpected {type(reply).__name__}")
                     answers[i] = dict(reply.info)

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
+from .core.match import MODULE_RE
 from .errors import TaskNotAllowed
 
-_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_MODULE_RE = MODULE_RE  # one rule for module names (claims carry them too)
 _FUNC_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 

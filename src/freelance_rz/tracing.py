@@ -6,8 +6,10 @@ On the producer, :func:`start_job_span` opens a span per job in the submitting t
 PRODUCER, a child of the span current there) and gives its W3C ``traceparent``; the JOB
 carries it (docs/protocol.md). The span ends when the job's Future resolves
 (:func:`end_job_span`): it covers submit to result, retries included. In the worker's job
-process, :func:`traced_run` runs the job inside a span (kind CONSUMER) whose parent is that
-``traceparent``, and current while the task runs, so the task's own spans nest under it.
+process, :func:`job_span` runs the job inside a span (kind CONSUMER) whose parent is that
+``traceparent``, and current while the task runs (in every pool: on the job process's main
+thread, on a slot's thread, or in the job's asyncio task), so the task's own spans nest under
+it.
 Spans are exported by whatever the application (and, in job processes, the task modules or
 ``opentelemetry-instrument``) configured; see docs/operations.md. The shape follows the
 OpenTelemetry messaging conventions (a producer span, a consumer span, linked by context).
@@ -15,11 +17,10 @@ OpenTelemetry messaging conventions (a producer span, a consumer span, linked by
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-R = TypeVar("R")
+from collections.abc import Callable, Iterator
+from typing import Any
 
 try:
     from opentelemetry import trace
@@ -77,12 +78,16 @@ def end_job_span(span: Any, outcome: str, error: str | None = None) -> None:
     span.end()
 
 
-def traced_run(traceparent: str, task: str, job_id: int, run: Callable[[], tuple[R, str | None]]) -> R:
-    """Run a job in the worker's span of it (child of ``traceparent``, current while it runs).
-    ``run()`` runs the job and returns its outcome and, when it failed, what failed (e.g.
-    ``"ValueError: bad input"``; None when it succeeded); returns that outcome."""
+@contextlib.contextmanager
+def job_span(traceparent: str, task: str, job_id: int) -> Iterator[Callable[[str | None], None]]:
+    """The worker's span of a job (kind CONSUMER, a child of ``traceparent``), current inside
+    the ``with`` block: in a thread, or in an asyncio task (the context is per task). Yields
+    ``done(error)``, to call with the job's outcome: None when it succeeded, what failed when
+    it did (e.g. ``"ValueError: bad input"``, which marks the span as an error). Without the
+    API installed it records nothing."""
     if not ENABLED:
-        return run()[0]
+        yield _ignore
+        return
     parent = _PROPAGATOR.extract({"traceparent": traceparent})
     tracer = trace.get_tracer(SYSTEM)
     with tracer.start_as_current_span(f"run {task}", context=parent, kind=trace.SpanKind.CONSUMER,
@@ -93,8 +98,14 @@ def traced_run(traceparent: str, task: str, job_id: int, run: Callable[[], tuple
                                           "messaging.message.id": str(job_id),
                                           "freelance_rz.task": task, "freelance_rz.job_id": job_id,
                                       }) as span:
-        outcome, error = run()
-        span.set_attribute("freelance_rz.outcome", "done" if error is None else "failed")
-        if error is not None:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, error))
-        return outcome
+
+        def done(error: str | None) -> None:
+            span.set_attribute("freelance_rz.outcome", "done" if error is None else "failed")
+            if error is not None:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+
+        yield done
+
+
+def _ignore(error: str | None) -> None:
+    """``done`` of a span that records nothing."""

@@ -89,7 +89,7 @@ def test_an_authorised_key_cannot_take_another_workers_routing_id(make_producer,
         thief = curve_dealer(keys, "ops", server_public, worker.identity, producer.endpoint)
         try:
             time.sleep(0.5)  # the thief's connection is up (or refused)
-            thief.send_multipart(p.encode(p.Claim(rid=1, wait_ms=3000)))
+            thief.send_multipart(p.encode(p.Claim(rid=1, wait_ms=3000, tasks=("rztasks",))))
             futures = [producer.submit(rztasks.add, i, i) for i in range(5)]
             assert [f.result(timeout=30) for f in futures] == [0, 2, 4, 6, 8]
             assert not thief.poll(1000), "the thief got a reply meant for the victim"
@@ -98,7 +98,7 @@ def test_an_authorised_key_cannot_take_another_workers_routing_id(make_producer,
     # the victim has left: its id is still bound to its key
     thief = curve_dealer(keys, "ops", server_public, worker.identity, producer.endpoint)
     try:
-        thief.send_multipart(p.encode(p.Claim(rid=2, wait_ms=0)))
+        thief.send_multipart(p.encode(p.Claim(rid=2, wait_ms=0, tasks=("rztasks",))))
         assert thief.poll(5000), "no answer"
         err = p.decode_reply(thief.recv_multipart())
         assert isinstance(err, p.Err) and "belongs to another client key" in err.message

@@ -118,7 +118,7 @@ def test_extension_types_are_refused_at_submit_and_in_results(make_producer):
     sock = dealer(producer.endpoint, b"rogue-1")
     try:
         future = producer.submit(rztasks.add, 1, 2)
-        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=5000)))
+        sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=5000, tasks=("rztasks",))))
         job = reply(sock)
         assert isinstance(job, p.Job)
         sneaky = msgpack.packb({"t": msgpack.Timestamp(1, 2)})

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+
+from .match import LABEL_VALUE_MAX_CHARS, MAX_AMOUNT, MAX_LABELS, MAX_RESOURCES, NAME_RE
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -256,3 +258,53 @@ def metrics_address(port: Any, host: Any) -> tuple[str, int] | None:
     port = integer("metrics_port", port, min_=0, max_=65535, allow_none=True)
     host = string("metrics_host", host, min_chars=1)
     return None if port is None else (host, port)
+
+
+def _names(name: str, value: Any, most: int, example: str) -> dict[Any, Any]:
+    """A mapping of at most ``most`` entries with resource or label names for keys."""
+    expected = f"a dict of at most {most} names to values, e.g. {example}"
+    if not isinstance(value, Mapping):
+        raise _fail(TypeError, name, expected, value, True)
+    if len(value) > most:
+        raise _fail(ValueError, name, expected, value, True)
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"{name} must have str names, got the name {_shown(key)} "
+                            f"({type(key).__name__})")
+        if not NAME_RE.fullmatch(key):
+            raise ValueError(f"{name}: the name {_shown(key)} must be 1 to 64 of A-Z a-z 0-9 "
+                             "_ . -, starting with a letter or _")
+    return dict(value)
+
+
+def resources(name: str, value: Any) -> dict[str, float] | None:
+    """Resources (a worker's, or what a job holds while it runs): None, or a dict of at
+    most 32 names (1 to 64 of ``A-Z a-z 0-9 _ . -``, starting with a letter or ``_``) to
+    numbers from 0 to 1e15 (NaN and infinity refused), returned as a dict.
+
+    Raises:
+        TypeError: not a dict, a name not a str, an amount not a number.
+        ValueError: more than 32, a malformed name, an amount out of range.
+    """
+    if value is None:
+        return None
+    checked = _names(name, value, MAX_RESOURCES, "{'gpu': 1, 'mem_gb': 16}")
+    for key, amount in checked.items():
+        checked[key] = number(f"{name}[{key!r}]", amount, min_=0, max_=MAX_AMOUNT)
+    return checked
+
+
+def labels(name: str, value: Any) -> dict[str, str] | None:
+    """Labels (a worker's, or what a job's worker must carry): None, or a dict of at most 32
+    names (as for :func:`resources`) to str values of at most 128 characters.
+
+    Raises:
+        TypeError: not a dict, a name or a value not a str.
+        ValueError: more than 32, a malformed name, a value too long.
+    """
+    if value is None:
+        return None
+    checked = _names(name, value, MAX_LABELS, "{'zone': 'eu'}")
+    for key, text in checked.items():
+        string(f"{name}[{key!r}]", text, max_chars=LABEL_VALUE_MAX_CHARS)
+    return checked

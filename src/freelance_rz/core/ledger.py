@@ -22,29 +22,34 @@ resolves the job; every later or unknown result is "stale": acknowledged and dro
 caller. Terminal jobs (DONE, FAILED, DEAD, CANCELLED) leave the table at once, so memory is
 bounded by live jobs; per-state counters keep the totals.
 
-Pending jobs wait in one FIFO per priority (deques, higher priorities first; cancelled
-entries are skipped lazily) and lease deadlines in a heap (extended deadlines are re-pushed
-lazily when popped), so every operation is O(1) or O(log n) in the number of live jobs. The
-clock is passed in as ``now`` (monotonic seconds); nothing here reads it.
+Pending jobs wait in a :class:`~.pending.PendingIndex`: one queue per requirement signature
+(task, resources, labels), each one FIFO per priority; a claim is offered the best job its
+worker can run (:meth:`Ledger.claim`, DESIGN §8) at a cost that grows with the signatures,
+never with the jobs. Lease deadlines wait in a heap (extended deadlines are re-pushed lazily
+when popped), so every operation is O(1) or O(log n) in the number of live jobs. The clock is
+passed in as ``now`` (monotonic seconds); nothing here reads it.
 
 This is the one place a job's state lives on the producer: besides its state, attempt and
-leases, a job carries its options (time limit, priority), its latest progress report and,
-for a job too large for every worker, since when. Every transition is told to a
+leases, a job carries its options (time limit, priority), its requirements (:class:`~.match.Needs`),
+its latest progress report and, for a job too large for every worker, since when. Every transition is told to a
 :class:`Journal` as it happens (a durable producer's store writes it down; it never decides
 anything itself), so the journal cannot drift from the ledger.
 """
 
 from __future__ import annotations
 
-import bisect
 import enum
 import heapq
 import random
 import secrets
-from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from ..errors import ProtocolError
+from .match import Capabilities, Needs
+from .payload import unpack_call
+from .pending import PendingIndex
 
 
 class LedgerError(Exception):
@@ -52,6 +57,10 @@ class LedgerError(Exception):
 
 
 class JobState(enum.Enum):
+    # Members are singletons compared by identity: hash them so too. Enum's own hash
+    # (of the name, in Python) ran ~15 times a job on the producer's hot path.
+    __hash__ = object.__hash__
+
     PENDING = "pending"
     LEASED = "leased"
     DONE = "done"
@@ -129,9 +138,11 @@ class _Job:
     job_id: int
     payload: bytes
     max_attempts: int
+    needs: Needs  # its requirements (one object per signature, interned by the index)
     priority: int = 0
     timeout_ms: int | None = None  # its time limit on a worker
     state: JobState | None = None
+    seq: int = 0  # its place in the pending index, while pending
     attempt: int = 1
     lease_id: int | None = None  # current lease
     worker: Hashable = None  # holder of the current lease
@@ -141,10 +152,15 @@ class _Job:
     progress: tuple[float, float | None, str] | None = None  # its latest report_progress()
     too_large_since: float | None = None  # when it was first too large for every worker
 
+    @property
+    def pending(self) -> bool:
+        return self.state is JobState.PENDING
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A job handed to a worker. ``deadline`` in monotonic seconds; ``attempt`` from 1."""
+    """A job handed to a worker. ``deadline`` in monotonic seconds; ``attempt`` from 1;
+    ``resources``: what the job holds on the worker while it runs (``(name, amount)``)."""
 
     job_id: int
     lease_id: int
@@ -152,6 +168,7 @@ class Lease:
     payload: bytes
     deadline: float
     timeout_ms: int | None = None
+    resources: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +207,7 @@ class Ledger:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self._jobs: dict[int, _Job] = {}
-        # pending jobs: one FIFO per priority, and the priorities that have one, highest first
-        self._queues: dict[int, deque[_Job]] = {}
-        self._priorities: list[int] = []  # negated, ascending
+        self._pending = PendingIndex()  # pending jobs by requirement signature, in order
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
         self._restored_leases: dict[int, int] = {}  # lease id issued before a restart -> job id
@@ -249,6 +264,8 @@ class Ledger:
         new = TRANSITIONS.get((job.state, event))
         if new is None:
             raise LedgerError(f"job {job.job_id}: event {event!r} not allowed in {job.state}")
+        if job.state is JobState.PENDING and event != "claim":
+            self._pending.leave(job)  # cancelled, resolved or refused while queued
         if job.state is not None:
             self.counts[job.state] -= 1
         self.counts[new] += 1
@@ -264,40 +281,34 @@ class Ledger:
             job.lease_id = None
             job.worker = None
 
-    def _queue(self, priority: int) -> deque[_Job]:
-        queue = self._queues.get(priority)
-        if queue is None:
-            queue = self._queues[priority] = deque()
-            bisect.insort(self._priorities, -priority)
-        return queue
-
     def submit(
         self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0,
-        timeout_ms: int | None = None,
+        timeout_ms: int | None = None, needs: Needs | None = None,
     ) -> None:
-        """Add a job at the tail of its priority's queue (higher priorities are claimed first,
-        FIFO within one). ``timeout_ms``: its time limit on a worker, if any (see
-        :func:`timeout_ms`).
+        """Add a job at the tail of its signature's and priority's queue (higher priorities
+        are claimed first, FIFO within one). ``timeout_ms``: its time limit on a worker, if
+        any (see :func:`timeout_ms`). ``needs``: its requirements (None: read from the
+        payload's call, see :func:`needs_of`).
 
         Raises:
             ValueError: ``job_id`` is already live, or ``max_attempts`` < 1.
         """
-        job = self._add(job_id, payload, max_attempts, priority, timeout_ms)
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs)
         self.journal.add(job_id, payload, job.max_attempts)
 
     def _add(
         self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
-        timeout_ms: int | None,
+        timeout_ms: int | None, needs: Needs | None,
     ) -> _Job:
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} is already in the ledger")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        job = _Job(job_id, payload, max_attempts or self.max_attempts, priority=priority,
-                   timeout_ms=timeout_ms)
+        job = _Job(job_id, payload, max_attempts or self.max_attempts, needs or needs_of(payload),
+                   priority=priority, timeout_ms=timeout_ms)
         self._jobs[job_id] = job
         self._move(job, "submit")
-        self._queue(priority).append(job)
+        self._pending.push(job)
         return job
 
     def restore(
@@ -310,6 +321,7 @@ class Ledger:
         leases: dict[int, Hashable],
         priority: int = 0,
         timeout_ms: int | None = None,
+        needs: Needs | None = None,
     ) -> None:
         """Re-add a pending job of an earlier run (a durable store's restart): at the tail,
         with its attempt number and the leases issued for it before, so a result that a
@@ -320,59 +332,31 @@ class Ledger:
         """
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt!r}")
-        job = self._add(job_id, payload, max_attempts, priority, timeout_ms)  # already journaled
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs)  # journaled
         job.attempt = attempt
         job.issued.update(leases)
         for lease_id in leases:
             self._restored_leases[lease_id] = job_id
 
     def claim(
-        self, worker: Hashable, now: float, max_payload: int | None = None
+        self, worker: Hashable, now: float, caps: Capabilities | None = None
     ) -> Lease | None:
-        """Lease the first pending job (by priority, then FIFO) to ``worker``, or None when none
-        is pending. ``max_payload``: the largest payload, in bytes, the worker takes; larger
-        jobs are passed over and keep their place (see :meth:`too_large`)."""
-        priorities, index = self._priorities, 0  # negated priorities, highest first
-        while index < len(priorities):
-            queue = self._queues[-priorities[index]]
-            while queue and queue[0].state is not JobState.PENDING:
-                queue.popleft()  # cancelled or resolved while queued
-            if not queue:
-                del self._queues[-priorities.pop(index)]
-                continue
-            job: _Job | None = queue[0]
-            if max_payload is not None and len(queue[0].payload) > max_payload:
-                job = self._first_fitting(queue, max_payload)
-            else:
-                queue.popleft()
-            if job is not None:
-                return self._lease(job, worker, now)
-            index += 1
-        return None
-
-    @staticmethod
-    def _first_fitting(queue: deque[_Job], max_payload: int) -> _Job | None:
-        """Take the first pending job of ``queue`` whose payload fits (O(position))."""
-        for index, job in enumerate(queue):
-            if job.state is JobState.PENDING and len(job.payload) <= max_payload:
-                del queue[index]
-                return job
-        return None
+        """Lease to ``worker`` the first pending job (by priority, then FIFO) that a worker
+        with ``caps`` can run (its task modules, free resources, labels and largest payload;
+        None: any job), or None when there is none. Jobs it passes over keep their place
+        (see :mod:`.pending` and :meth:`too_large`)."""
+        job = self._pending.take(caps)
+        return None if job is None else self._lease(job, worker, now)  # type: ignore[arg-type]
 
     def too_large(self, max_payload: int) -> list[int]:
         """Ids of pending jobs whose payload is over ``max_payload`` bytes, at the head of
-        each priority's queue (those a claim limited to it passed over), at most 100."""
-        out: list[int] = []
-        for priority in self._priorities:
-            for job in self._queues[-priority]:
-                if job.state is not JobState.PENDING:
-                    continue
-                if len(job.payload) <= max_payload:
-                    break
-                out.append(job.job_id)
-                if len(out) >= 100:
-                    return out
-        return out
+        each signature's and priority's queue (those a claim limited to it passed over), at
+        most 100."""
+        return [job.job_id for job in self._pending.too_large(max_payload)]
+
+    def waiting(self) -> list[tuple[Needs, int]]:
+        """Each requirement signature with pending jobs, and how many (O(signatures))."""
+        return self._pending.signatures()
 
     def _lease(self, job: _Job, worker: Hashable, now: float) -> Lease:
         self._move(job, "claim")
@@ -386,7 +370,8 @@ class Ledger:
         self._lease_job[lease_id] = job.job_id
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
         self.journal.lease(job.job_id, lease_id, worker, job.attempt)  # type: ignore[arg-type]
-        return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline, job.timeout_ms)
+        return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline, job.timeout_ms,
+                     job.needs.resources)
 
     def _live(self, worker: Hashable, lease_id: int) -> _Job | None:
         job_id = self._lease_job.get(lease_id)
@@ -423,7 +408,8 @@ class Ledger:
         if job is None or job.state is not JobState.PENDING or job.issued.get(lease_id) != worker:
             return None
         del self._restored_leases[lease_id]
-        self._move(job, "claim")  # its queue entry is skipped lazily, as for a cancelled job
+        self._pending.remove(job)
+        self._move(job, "claim")
         job.lease_id = lease_id
         job.worker = worker
         job.deadline = now + self.lease_s
@@ -446,7 +432,7 @@ class Ledger:
         del job.issued[lease_id]  # the job never ran under this lease
         self._end_lease(job)
         self._move(job, "release")
-        self._queue(job.priority).appendleft(job)
+        self._pending.push(job, head=True)
         self.journal.release(job_id, lease_id)
         return True
 
@@ -537,9 +523,20 @@ class Ledger:
             return Expired(job.job_id, lease_id, lost, dead=True)
         self._move(job, "expire")
         job.attempt = next_attempt
-        self._queue(job.priority).appendleft(job)
+        self._pending.push(job, head=True)
         self.journal.requeue(job.job_id, job.attempt)
         return Expired(job.job_id, lease_id, lost, dead=False)
 
 
 _NOBODY = object()
+
+
+def needs_of(payload: bytes) -> Needs:
+    """The requirements a job's call payload carries (its task, and the ``resources`` and
+    ``labels`` of its options); for a payload that cannot be read, those of a task named
+    ``"?"``, which no worker runs."""
+    try:
+        task, _, _, options = unpack_call(payload)
+    except ProtocolError:
+        return Needs.of("?")
+    return Needs.of(task, options.get("resources"), options.get("labels"))

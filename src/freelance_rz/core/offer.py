@@ -12,14 +12,19 @@ its jobs in the :class:`~.ledger.Ledger` and the claims that wait for one in
 that worker is gone). What becomes of each job (done, failed, dead, cancelled) and its progress
 go to ``on_outcome`` and ``on_progress``; the thread resolves Futures with them.
 
-Rules that live here: a claim gets the first pending job its worker can take (a worker's
-``max_job``), or parks; a RESULT may carry the next claim, answered together with it; a job too
-large for every worker heard from fails after TOO_LARGE_GRACE_S; parked claims are served one
-identity after another; with CURVE a routing id belongs to the key that first used it; bad
-messages are answered ERR (at most ERR_REPLIES_PER_S a second). When the producer is durable,
-the answer to a RESULT (ACK, or the JOB that acknowledges it) waits until the result is
-journaled (:meth:`OfferEngine.journaled`): a worker drops a result once it is acknowledged, so
-acknowledged must mean written.
+Rules that live here: a claim gets the first pending job its worker can run (its task
+modules, free resources, labels and ``max_job``: :mod:`.match`), or parks; a RESULT may carry
+the next claim, answered together with it; a job too large for every worker heard from fails
+after TOO_LARGE_GRACE_S; a job no connected worker can run waits and is reported
+(:mod:`.fleet`); parked claims are served one identity after another, identities that can
+run none of the pending jobs keeping their turn; with CURVE a routing id belongs to the key
+that first used it; bad messages are answered ERR (at most ERR_REPLIES_PER_S a second), a
+message of another protocol version in that version's framing. What a worker can run is
+known per routing id, from its latest claim (:class:`~.fleet.Fleet`).
+
+When the producer is durable, the answer to a RESULT (ACK, or the JOB that acknowledges it)
+waits until the result is journaled (:meth:`OfferEngine.journaled`): a worker drops a result
+once it is acknowledged, so acknowledged must mean written.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from ..errors import ProtocolError
 from . import payload as pl
 from . import wire as w
 from .admin import AdminDesk
+from .fleet import WAITING_IN_STATUS, Fleet
 from .ledger import Expired, JobState, Ledger
+from .match import Capabilities, Needs
 from .parked import ParkedClaims
 from .text import clean, worker_label
 
@@ -46,7 +53,6 @@ PROGRESS_IN_STATUS = 100  # running jobs whose progress STATUS lists, at most
 WORKERS_IN_STATUS = 200  # workers STATUS lists (the most recently heard), at most
 PROGRESS_MESSAGE_CHARS = 200  # characters kept of a progress message
 ERR_REPLIES_PER_S = 1000  # ERR answers a second, at most; further bad messages are dropped
-NO_WORKER_WARN_S = 10.0  # jobs waiting this long with no word from any worker: say so, once
 TOO_LARGE_GRACE_S = 5.0  # a job too large for every connected worker this long fails
 
 
@@ -85,7 +91,7 @@ class OfferEngine:
     """
 
     def __init__(
-        self, ledger: Ledger, *, send: Callable[[bytes, w.Reply], bool],
+        self, ledger: Ledger, *, send: Callable[[bytes, w.Answer], bool],
         on_outcome: Callable[[int, Outcome], None],
         on_progress: Callable[[int, tuple[float, float | None, str]], None],
         max_payload: int, facts: dict[str, Any], durable: bool, wanted: Callable[[int], bool],
@@ -110,14 +116,12 @@ class OfferEngine:
         self.parked = ParkedClaims()
         self.throughput = RecentCount(60)  # results taken in the last minute
         self.workers_seen: dict[bytes, float] = {}
-        # per worker identity (kept as long as workers_seen keeps it): the largest job it
-        # takes (from its claims), and with CURVE the key its routing id is bound to
-        self.worker_limits: dict[bytes, int] = {}
+        # per worker identity (kept as long as workers_seen keeps it): what it can run, and
+        # with CURVE the key its routing id is bound to
+        self.fleet = Fleet(now)
         self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.dispatch_due = True  # jobs became pending: offer them to the parked claims
         self.unjournaled: list[tuple[bytes, w.Result]] = []  # RESULTs answered once journaled
-        self.last_worker_at = now  # when any worker last sent anything
-        self.idle_warned = False
         self.forget_at = now + WORKER_FORGET_S  # next time silent workers leave the tables
         self.linger_until = 0.0  # a cancelled running job's worker has heard by then
         self.started_at = now
@@ -128,10 +132,11 @@ class OfferEngine:
     # --- from the application ---------------------------------------------------------------
 
     def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None, priority: int,
-               timeout_ms: int | None) -> None:
-        """A new job, at the tail of its priority's queue."""
+               timeout_ms: int | None, needs: Needs | None = None) -> None:
+        """A new job, at the tail of its signature's and priority's queue (``needs``: its
+        requirements; None: read from the payload)."""
         self.ledger.submit(job_id, payload, max_attempts=max_attempts, priority=priority,
-                           timeout_ms=timeout_ms)
+                           timeout_ms=timeout_ms, needs=needs)
         self.dispatch_due = True
 
     def cancel(self, job_id: int, now: float) -> None:
@@ -158,11 +163,11 @@ class OfferEngine:
         try:
             msg = w.decode_request(frames[1:], self.max_payload)
         except ProtocolError as exc:
-            self._bad(identity, exc, now)
+            self._bad(identity, exc, now, frames[1])
             return
         if not isinstance(msg, (w.Status, w.Admin)):  # freelance-status is no worker
             self.workers_seen[identity] = now
-            self.last_worker_at = now
+            self.fleet.last_heard = now
         self._handle(identity, msg, now)
 
     def _bind_key(self, identity: bytes, key: str, now: float) -> bool:
@@ -177,7 +182,8 @@ class OfferEngine:
         ), now)
         return False
 
-    def _bad(self, identity: bytes | None, exc: ProtocolError, now: float) -> None:
+    def _bad(self, identity: bytes | None, exc: ProtocolError, now: float,
+             signature: bytes = w.SIGNATURE) -> None:
         self.bad_messages += 1
         if now - self._bad_logged_at > 1.0:  # at most one line a second under a flood
             self._bad_logged_at = now
@@ -190,7 +196,10 @@ class OfferEngine:
             self._err_window_end, self._err_left = now + 1.0, ERR_REPLIES_PER_S
         if identity is not None and self._err_left > 0:  # a flood of junk is dropped cheaply
             self._err_left -= 1
-            self._send(identity, w.Err(rid=exc.rid, code=exc.code, message=exc.message))
+            if exc.code == w.E_VERSION:  # in the peer's framing, so that it reads it
+                self._send(identity, w.VersionErr(signature=signature, message=exc.message))
+            else:
+                self._send(identity, w.Err(rid=exc.rid, code=exc.code, message=exc.message))
 
     def _handle(self, identity: bytes, msg: w.Request, now: float) -> None:
         if isinstance(msg, w.Claim):
@@ -206,16 +215,13 @@ class OfferEngine:
                 if job_id is not None:
                     self._on_progress(job_id, progress)
         elif isinstance(msg, w.Decline):
-            self._release(identity, msg.job_id, msg.lease_id)
-            self._send(identity, w.Ack(rid=msg.rid))
-            if msg.max_job is not None:  # over the worker's limit: a claim that did not say it
-                self.worker_limits[identity] = msg.max_job
-                self._refuse_too_large(msg.max_job, now)
+            self._decline(identity, msg, now)
         elif isinstance(msg, w.CancelClaim):
             self.parked.remove(identity, msg.claim_rid)
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Bye):
             self.parked.drop_worker(identity)
+            self.fleet.forget(identity)  # it runs nothing more: not counted as connected
             self._send(identity, w.Ack(rid=msg.rid))
         elif isinstance(msg, w.Status):
             self._send(identity, w.StatusReply(rid=msg.rid, info=self.status(now, bool(msg.detail))))
@@ -229,10 +235,12 @@ class OfferEngine:
     def _claim(self, identity: bytes, claim: w.Claim, now: float, ack: int | None = None) -> None:
         """Answer a claim with a job now, or park it. ``ack``: rid of the RESULT that carried
         the claim, acknowledged by the JOB, or by an ACK when the claim is parked."""
-        # a worker that does not say (an older one) takes what its MAXMSGSIZE lets through
-        self.worker_limits[identity] = w.DEFAULT_MAX_PAYLOAD if claim.max_job is None else claim.max_job
+        if self.fleet.learn(identity, claim) and self.parked.has(identity):
+            self.dispatch_due = True  # its parked claims may run other jobs now
         if self._offer(identity, claim.rid, now, ack):
             return
+        if identity not in self.fleet.caps:  # a JOB to it could not be sent: it is gone,
+            return  # and nothing is parked for it
         if ack is not None:
             self._send(identity, w.Ack(rid=ack))
         expires_at = now + min(claim.wait_ms, MAX_WAIT_MS) / 1000
@@ -243,13 +251,16 @@ class OfferEngine:
             self._send(shed[0], w.NoJob(rid=shed[1]))
 
     def _offer(self, identity: bytes, rid: int, now: float, ack: int | None = None) -> bool:
-        """Lease the next job the worker can take to a claim; False when there is none (or
+        """Lease the next job the worker can run to a claim; False when there is none (or
         the worker is gone: then its parked claims are dropped too)."""
-        limit = self.worker_limits.get(identity, w.DEFAULT_MAX_PAYLOAD)
-        if limit < self.max_payload and self.ledger.too_large(limit):
-            self._refuse_too_large(limit, now)
+        caps = self.fleet.caps.get(identity)
+        if caps is None:  # forgotten (gone): whatever it has parked goes too
+            self.parked.drop_worker(identity)
+            return False
+        if caps.max_job < self.max_payload and self.ledger.too_large(caps.max_job):
+            self._refuse_too_large(caps.max_job, now)
         while True:
-            lease = self.ledger.claim(identity, now, None if limit >= self.max_payload else limit)
+            lease = self.ledger.claim(identity, now, caps)
             if lease is None:
                 return False
             if not self._wanted(lease.job_id):
@@ -260,18 +271,30 @@ class OfferEngine:
                 lease_ms=self.lease_ms, payload=lease.payload, ack=ack,
                 timeout_ms=lease.timeout_ms, max_result=self.max_result,
                 traceparent=None if self._traceparent is None else self._traceparent(lease.job_id),
+                resources=dict(lease.resources) if lease.resources else None,
             )
+            self.fleet.handed(identity, lease.resources)
             if self._send(identity, job):
                 return True
             self._release(identity, lease.job_id, lease.lease_id)
             return False
+
+    def _decline(self, identity: bytes, msg: w.Decline, now: float) -> None:
+        """A JOB the worker will not run goes back to the head of its queue. A DECLINE that
+        says why (too large; resources not free) corrects what the producer knows of the
+        worker, so the job is not offered to it again for that reason."""
+        self.fleet.declined(identity, msg)
+        self._release(identity, msg.job_id, msg.lease_id)
+        self._send(identity, w.Ack(rid=msg.rid))
+        if msg.max_job is not None:  # over the worker's limit: a claim that did not say it
+            self._refuse_too_large(msg.max_job, now)
 
     def _refuse_too_large(self, limit: int, now: float) -> None:
         """Fail the pending jobs too large for a worker of ``limit`` bytes that have also
         been too large for every worker heard from for TOO_LARGE_GRACE_S: no worker would
         ever take them. (Jobs some worker can take wait for it; the grace lets the workers of
         a fleet that is starting connect; the check costs nothing when the head job fits.)"""
-        largest = max(self.worker_limits.values(), default=limit)
+        largest = self.fleet.largest_job(limit)
         for job_id in self.ledger.too_large(largest) if largest < self.max_payload else ():
             job = self.ledger.job(job_id)
             assert job is not None
@@ -296,20 +319,25 @@ class OfferEngine:
 
     def _dispatch(self, now: float) -> None:
         """Hand pending jobs to parked claims, one worker identity after another, when jobs
-        became pending since the last time; stops after a whole round of identities took
-        nothing (the pending jobs are too large for the workers that wait)."""
+        became pending (or a parked worker's capabilities changed) since the last time.
+        Workers that can run the same jobs form a class (equal :class:`~.match.Capabilities`):
+        once one of a class took nothing, the others are passed over, keeping their turn.
+        It stops when every parked identity was passed over."""
         if not self.dispatch_due:
             return
         self.dispatch_due = False
-        took_nothing: set[bytes] = set()
+        took_nothing: set[Capabilities] = set()
+        caps = self.fleet.caps
         while self.parked and self.ledger.pending:
-            identity, rid, expires_at = self.parked.pop_next()
-            if identity in took_nothing:
-                self.parked.park(identity, rid, expires_at)
+            found = self.parked.next_claim(lambda identity: caps.get(identity) in took_nothing)
+            if found is None:
                 return
-            if not self._offer(identity, rid, now) and identity in self.workers_seen:
-                self.parked.park(identity, rid, expires_at)  # nothing it can take: wait on
-                took_nothing.add(identity)
+            identity, rid = found
+            view = caps.get(identity)
+            if self._offer(identity, rid, now):
+                self.parked.served(identity, rid)
+            elif view is not None and identity in caps:  # it can run none of them (else it
+                took_nothing.add(view)  # is gone, and its claims with it)
 
     # --- results ----------------------------------------------------------------------------
 
@@ -372,11 +400,15 @@ class OfferEngine:
             for identity in [k for k, t in self.workers_seen.items() if now - t > WORKER_FORGET_S]:
                 self._forget_worker(identity)
             self.keys_of = {k: v for k, v in self.keys_of.items() if now - v[1] <= WORKER_FORGET_S}
-        self._warn_if_unserved(now)
+        self.fleet.warn_unserved(now, self.ledger.pending, self.facts)
+        self.fleet.warn(now, self.ledger.waiting, self.facts.get("producer_id"))
         self._dispatch(now)
 
     def next_wakeup(self) -> float | None:
-        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out)."""
+        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out;
+        0.0, at once, when pending jobs are to be offered to parked claims)."""
+        if self.dispatch_due and self.parked:
+            return 0.0
         deadline, expiry = self.ledger.next_deadline(), self.parked.next_expiry()
         if deadline is None or expiry is None:
             return deadline if expiry is None else expiry
@@ -391,26 +423,9 @@ class OfferEngine:
         for identity, rid in self.parked.keys():
             self._send(identity, w.NoJob(rid=rid))
 
-    def _warn_if_unserved(self, now: float) -> None:
-        """Say once (until a worker speaks again) that jobs wait and no worker has said
-        anything for NO_WORKER_WARN_S: a wrong group, or no worker started."""
-        if not self.ledger.pending or now - self.last_worker_at < NO_WORKER_WARN_S:
-            self.idle_warned = False
-            return
-        if self.idle_warned:
-            return
-        self.idle_warned = True
-        group, endpoints = self.facts.get("group"), self.facts.get("endpoints") or ["ENDPOINT"]
-        log.warning(
-            "%d job(s) waiting and no worker has spoken to producer %s (group %r) for %.0f s: "
-            "start workers of this group, e.g. `freelance-worker --discover --group %s "
-            "--tasks MODULE`, or `--connect %s`", self.ledger.pending,
-            self.facts.get("producer_id"), group, now - self.last_worker_at, group, endpoints[0],
-        )
-
     # --- sending ----------------------------------------------------------------------------
 
-    def _send(self, identity: bytes, msg: w.Reply) -> bool:
+    def _send(self, identity: bytes, msg: w.Answer) -> bool:
         if self._send_reply(identity, msg):
             return True
         self._forget_worker(identity)  # EHOSTUNREACH: the worker is gone
@@ -418,7 +433,7 @@ class OfferEngine:
 
     def _forget_worker(self, identity: bytes) -> None:
         self.workers_seen.pop(identity, None)
-        self.worker_limits.pop(identity, None)
+        self.fleet.forget(identity)
         self.parked.drop_worker(identity)
 
     # --- status -----------------------------------------------------------------------------
@@ -460,6 +475,9 @@ def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
             if job.progress is not None and job.worker is not None
         ],
         "parked_claims": len(engine.parked),
+        # pending jobs no connected worker (one heard from, not forgotten) can run
+        "waiting": [entry.as_status() for entry in
+                    engine.fleet.waiting(engine.ledger.waiting())[:WAITING_IN_STATUS]],
         "uptime_s": round(now - engine.started_at, 3),
         "bad_messages": engine.bad_messages,
         **({} if engine._report is None else engine._report(now, detail)),

@@ -1,14 +1,17 @@
 """Claims that wait for a job (long-polls), on the producer. Pure.
 
 A worker parks one claim per free slot; a claim waits until a job comes (the offer engine
-pops the next one) or its ``wait_ms`` passes (:meth:`ParkedClaims.expired`). Jobs go to the
-worker identities in turn (each one's oldest claim), so one busy client cannot starve the
-others, and memory is bounded: MAX_PARKED_PER_WORKER claims per identity and MAX_PARKED in all.
+takes the next one, :meth:`ParkedClaims.next_claim`) or its ``wait_ms`` passes
+(:meth:`ParkedClaims.expired`). Jobs go to the worker identities in turn (each one's oldest
+claim), so one busy client cannot starve the others; an identity passed over (it can run none
+of the pending jobs) keeps its turn. Memory is bounded: MAX_PARKED_PER_WORKER claims per
+identity and MAX_PARKED in all.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 MAX_PARKED_PER_WORKER = 1024  # parked claims per worker identity (a worker needs one a slot)
 MAX_PARKED = 16384  # parked claims in all; past it the identity with the most loses its oldest
@@ -76,17 +79,27 @@ class ParkedClaims:
         for rid in self._by_worker.pop(identity, ()):
             del self._order[(identity, rid)]
 
-    def pop_next(self) -> tuple[bytes, int, float]:
-        """Remove the oldest claim of the identity whose turn it is (call only when
-        non-empty), that identity going to the back of the line; returns the claim and
-        when it expires."""
-        identity, rids = next(iter(self._by_worker.items()))
-        rid = next(iter(rids))
-        expires_at = self._order[(identity, rid)]
-        self.remove(identity, rid)
-        if identity in self._by_worker:
+    def next_claim(self, skip: Callable[[bytes], bool]) -> tuple[bytes, int] | None:
+        """The oldest claim of the first identity in turn for which ``skip(identity)`` is
+        False, or None; it stays parked until :meth:`served`."""
+        for identity, rids in self._by_worker.items():
+            if not skip(identity):
+                return identity, next(iter(rids))
+        return None
+
+    def served(self, identity: bytes, rid: int) -> None:
+        """A parked claim was answered with a job: remove it; its identity goes to the back
+        of the line."""
+        if self.remove(identity, rid) and identity in self._by_worker:
             self._by_worker[identity] = self._by_worker.pop(identity)
-        return identity, rid, expires_at
+
+    def identities(self) -> int:
+        """Number of identities with parked claims."""
+        return len(self._by_worker)
+
+    def has(self, identity: bytes) -> bool:
+        """``identity`` has a claim parked."""
+        return identity in self._by_worker
 
     def expired(self, now: float) -> list[tuple[bytes, int]]:
         """Remove and return the claims whose wait is over."""

@@ -6,25 +6,40 @@ no tuple dict keys (msgpack writes them as arrays, which no Python peer can read
 nothing is ever unpickled. The producer encodes a call once at ``submit``; the worker passes
 it to a job process without decoding it; the job process decodes it and encodes the result.
 
-The job-process pipe carries one bytes message per event; its first byte says what it is::
+The job-process pipe (a stream socket between a worker and each of its job processes) carries
+frames: an 8-byte little-endian length, then the body, whose first byte says what it is.
+``RUN`` is a worker-local run id (8 bytes, little-endian), never the producer's job id: a
+worker runs jobs of several producers, whose job ids may collide::
 
-    worker -> job process   msgpack [job_id, payload(, traceparent)]   run this job (a call)
-    job process -> worker   b"R"                            ready: the task modules imported
-                            b"E" + UTF-8 text               could not import them (it exits)
-                            b"P" + msgpack [done, total, message]   report_progress()
-                            b"\x01" + value payload         the job returned
-                            b"\x00" + error payload         the job raised
+    worker -> job process   b"S" + msgpack {modules, init, pool, slots, path}   set-up (first frame)
+                            b"J" + RUN + call payload        run this job
+                            b"T" + RUN + JOB + n + traceparent + call payload   run it traced
+                            b"C" + RUN                       cancel it (thread and asyncio pools)
+    job process -> worker   b"R"                             ready: set up, waits for jobs
+                            b"E" + UTF-8 text                set-up failed (it exits)
+                            b"P" + RUN + msgpack [done, total, message]   report_progress()
+                            b"V" + RUN + value payload       the job returned
+                            b"X" + RUN + error payload       the job raised, or was cancelled
+
+``b"T"`` runs a job whose JOB carried a W3C ``traceparent`` (the ``tracing`` extra, see
+:mod:`freelance_rz.tracing`): ``JOB`` is the producer's job id (8 bytes, little-endian, for the
+span's attributes), ``n`` one byte, the length of the ASCII ``traceparent`` that follows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from ..errors import ProtocolError
+from .match import LABEL_VALUE_MAX_CHARS, MAX_LABELS, MAX_RESOURCES, NAME_RE, valid_amount
 from .wire import E_INVALID
+
+
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def _pack_checked(value: Any, what: str) -> bytes:
@@ -34,6 +49,8 @@ def _pack_checked(value: Any, what: str) -> bytes:
         packed: bytes = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} must be msgpack-encodable: {exc}") from None
+    if type(value) in _SCALARS:  # nothing in it that cannot decode again
+        return packed
     try:
         _unpack_payload(packed)
     except Exception:
@@ -55,10 +72,11 @@ def pack_call(
     task: str,
     args: tuple[Any, ...] | list[Any],
     kwargs: dict[str, Any],
-    options: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> bytes:
     """Encode a call ``[task, args, kwargs]``, or ``[task, args, kwargs, options]`` when the
-    job has options (``timeout_ms``, ``priority``: ints), kept with the job so that a durable
+    job has options (``timeout_ms``, ``priority``: ints; ``resources``: a map of names to
+    numbers; ``labels``: a map of names to strings), kept with the job so that a durable
     producer restores them.
 
     Raises:
@@ -69,7 +87,7 @@ def pack_call(
     return _pack_checked(call, "job arguments")
 
 
-def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, int]]:
+def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
     """Decode a call payload into ``(task, args, kwargs, options)``.
 
     Raises:
@@ -92,7 +110,7 @@ def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[st
     ):
         raise ProtocolError(
             E_INVALID,
-            "job payload must be [task: str, args: array, kwargs: map (, options: map of int)]",
+            "job payload must be [task: str, args: array, kwargs: map (, options: map)]",
         )
     return call[0], call[1], call[2], call[3] if len(call) == 4 else {}
 
@@ -122,9 +140,9 @@ def peek_task(payload: bytes) -> str:
     return name
 
 
-def job_options(payload: bytes) -> dict[str, int]:
-    """The options a job's call carries (``timeout_ms``, ``priority``), or ``{}`` for a call
-    without options or one that cannot be read."""
+def job_options(payload: bytes) -> dict[str, Any]:
+    """The options a job's call carries (``timeout_ms``, ``priority``, ``resources``,
+    ``labels``), or ``{}`` for a call without options or one that cannot be read."""
     try:
         return unpack_call(payload)[3]
     except ProtocolError:
@@ -132,8 +150,24 @@ def job_options(payload: bytes) -> dict[str, int]:
 
 
 def _valid_options(options: Any) -> bool:
-    return type(options) is dict and all(
-        type(k) is str and type(v) is int for k, v in options.items()
+    """Options: a map with str keys; the known ones of their types (``timeout_ms`` and
+    ``priority`` ints, ``resources`` a map of names to amounts, ``labels`` a map of names to
+    strings); others are ignored (a later version's)."""
+    if type(options) is not dict or not all(type(k) is str for k in options):
+        return False
+    if any(type(options.get(key, 0)) is not int for key in ("timeout_ms", "priority")):
+        return False
+    resources, labels = options.get("resources", {}), options.get("labels", {})
+    return (
+        _named(resources, MAX_RESOURCES) and all(valid_amount(v) for v in resources.values())
+        and _named(labels, MAX_LABELS)
+        and all(type(v) is str and len(v) <= LABEL_VALUE_MAX_CHARS for v in labels.values())
+    )
+
+
+def _named(value: Any, most: int) -> bool:
+    return type(value) is dict and len(value) <= most and all(
+        type(k) is str and NAME_RE.fullmatch(k) for k in value
     )
 
 
@@ -178,23 +212,62 @@ def unpack_error(payload: bytes) -> tuple[str, str, str]:
 
 # --- the job-process pipe ------------------------------------------------------------------
 
+_LENGTH = struct.Struct("<Q")  # a frame's length prefix
+_RUN = struct.Struct("<Q")  # a run id
+_TRACED = struct.Struct("<QQB")  # a traced run: run id, the producer's job id, traceparent length
+FRAME_HEADER = _LENGTH.size
+POOLS = ("process", "thread", "asyncio")  # the execution pools; the first is the default
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a job process needs before its first job: the task modules (the allowlist), the
+    ``--init`` function (``"module:function"`` or None), the pool (one of :data:`POOLS`), the
+    jobs it runs at once (``slots``) and the worker's ``sys.path``."""
+
+    modules: list[str]
+    init: str | None = None
+    pool: str = POOLS[0]
+    slots: int = 1
+    path: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Run the call ``payload`` (a call payload, as the producer encoded it) as run ``run_id``;
+    with a ``traceparent`` (the JOB carried one), in a span whose parent it is, ``job_id``
+    (the producer's) among its attributes."""
+
+    run_id: int
+    payload: bytes
+    traceparent: str | None = None
+    job_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop run ``run_id`` (its time limit passed, or its producer cancelled it)."""
+
+    run_id: int
+
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A job process imported the task modules and waits for jobs."""
+    """A job process is set up (task modules imported, ``--init`` run) and waits for jobs."""
 
 
 @dataclass(frozen=True, slots=True)
 class StartFailed:
-    """A job process could not import the task modules; ``message`` says why."""
+    """A job process could not be set up; ``message`` says why (it exits)."""
 
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """The running job's :func:`~freelance_rz.report_progress`."""
+    """Run ``run_id`` called :func:`~freelance_rz.report_progress`."""
 
+    run_id: int
     done: float
     total: float | None
     message: str
@@ -202,52 +275,138 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """The running job ended: ``ok`` with a value payload, else with an error payload."""
+    """Run ``run_id`` ended: ``ok`` with a value payload, else with an error payload."""
 
+    run_id: int
     ok: bool
     payload: bytes
 
 
+ToJobProcess = Setup | Run | Cancel
 FromJobProcess = Ready | StartFailed | Progress | Finished
 
 
-def encode_run(job_id: int, payload: bytes, traceparent: str | None = None) -> bytes:
-    """Worker -> job process: run the call ``payload`` as job ``job_id`` (in a span whose
-    parent is ``traceparent``, when the JOB carried one)."""
-    run = [job_id, payload] if traceparent is None else [job_id, payload, traceparent]
-    packed: bytes = msgpack.packb(run, use_bin_type=True)
-    return packed
+def frame(body: bytes) -> bytes:
+    """``body`` with its length prefix, as written to the pipe."""
+    return _LENGTH.pack(len(body)) + body
 
 
-def decode_run(data: bytes) -> tuple[int, bytes, str | None]:
-    """The job process's side of :func:`encode_run`: ``(job_id, payload, traceparent)``."""
-    run = msgpack.unpackb(data)
-    return run[0], run[1], run[2] if len(run) > 2 else None
+def encode_run(run_id: int, payload: bytes, traceparent: str | None = None, job_id: int = 0) -> bytes:
+    """The frame of :class:`Run` (the hot path: no dataclass made). With a ``traceparent``
+    (the JOB carried one; at most 255 ASCII characters), the job runs in a span whose parent
+    it is, with the producer's ``job_id`` among the span's attributes."""
+    if traceparent is None:
+        return _LENGTH.pack(len(payload) + 9) + b"J" + _RUN.pack(run_id) + payload
+    context = traceparent.encode("ascii", errors="replace")[:255]
+    return frame(b"T" + _TRACED.pack(run_id, job_id, len(context)) + context + payload)
+
+
+def encode_finished(run_id: int, ok: bool, payload: bytes) -> bytes:
+    """The frame of :class:`Finished` (the hot path: no dataclass made)."""
+    return _LENGTH.pack(len(payload) + 9) + (b"V" if ok else b"X") + _RUN.pack(run_id) + payload
+
+
+def decode_run(body: bytes) -> tuple[int, bytes]:
+    """The run id and call payload of a ``b"J"`` :class:`Run` frame's body (the hot path: no
+    dataclass made)."""
+    return _RUN.unpack_from(body, 1)[0], body[9:]
+
+
+def _decode_traced(body: bytes) -> Run:
+    run_id, job_id, size = _TRACED.unpack_from(body, 1)
+    start = 1 + _TRACED.size
+    return Run(run_id, body[start + size:], body[start:start + size].decode("ascii"), job_id)
+
+
+def encode_to_job_process(msg: ToJobProcess) -> bytes:
+    """Worker -> job process: the frame of ``msg``."""
+    if isinstance(msg, Run):
+        return encode_run(msg.run_id, msg.payload, msg.traceparent, msg.job_id)
+    if isinstance(msg, Cancel):
+        return frame(b"C" + _RUN.pack(msg.run_id))
+    packed: bytes = msgpack.packb(
+        {"modules": msg.modules, "init": msg.init, "pool": msg.pool, "slots": msg.slots,
+         "path": msg.path}, use_bin_type=True,
+    )
+    return frame(b"S" + packed)
+
+
+def decode_to_job_process(body: bytes) -> ToJobProcess:
+    """The job process's side of :func:`encode_to_job_process` (a frame's body). Its own
+    worker writes these, so a malformed one is a bug: ValueError."""
+    kind = body[:1]
+    if kind == b"J":
+        return Run(_RUN.unpack_from(body, 1)[0], body[9:])
+    if kind == b"T":
+        return _decode_traced(body)
+    if kind == b"C":
+        return Cancel(_RUN.unpack_from(body, 1)[0])
+    if kind == b"S":
+        setup = msgpack.unpackb(body[1:], raw=False)
+        return Setup(setup["modules"], setup["init"], setup["pool"], setup["slots"], setup["path"])
+    raise ValueError(f"unknown message to a job process {kind!r}")
 
 
 def encode_from_job_process(msg: FromJobProcess) -> bytes:
-    """Job process -> worker."""
+    """Job process -> worker: the frame of ``msg``."""
     if isinstance(msg, Finished):
-        return (b"\x01" if msg.ok else b"\x00") + msg.payload
+        return encode_finished(msg.run_id, msg.ok, msg.payload)
     if isinstance(msg, Progress):
         packed: bytes = msgpack.packb([msg.done, msg.total, msg.message])
-        return b"P" + packed
+        return frame(b"P" + _RUN.pack(msg.run_id) + packed)
     if isinstance(msg, StartFailed):
-        return b"E" + msg.message.encode()
-    return b"R"
+        return frame(b"E" + msg.message.encode(errors="replace"))
+    return frame(b"R")
 
 
-def decode_from_job_process(data: bytes) -> FromJobProcess:
-    """The worker's side of :func:`encode_from_job_process` (its own job processes write
-    these, so a malformed message is a bug: it raises ValueError)."""
-    kind, body = data[:1], data[1:]
-    if kind == b"\x01" or kind == b"\x00":
-        return Finished(kind == b"\x01", body)
+def decode_from_job_process(body: bytes) -> FromJobProcess:
+    """The worker's side of :func:`encode_from_job_process` (a frame's body). Its own job
+    processes write these, so a malformed one is a bug: ValueError."""
+    kind = body[:1]
+    if kind == b"V" or kind == b"X":
+        return Finished(_RUN.unpack_from(body, 1)[0], kind == b"V", body[9:])
     if kind == b"P":
-        done, total, message = msgpack.unpackb(body)
-        return Progress(done, total, message)
+        done, total, message = msgpack.unpackb(body[9:])
+        return Progress(_RUN.unpack_from(body, 1)[0], done, total, message)
     if kind == b"E":
-        return StartFailed(body.decode(errors="replace"))
+        return StartFailed(body[1:].decode(errors="replace"))
     if kind == b"R":
         return Ready()
     raise ValueError(f"unknown job-process message {kind!r}")
+
+
+class FrameReader:
+    """Splits the bytes read from a pipe into frame bodies, however the reads cut them.
+
+    ``feed(data)`` returns the bodies completed by ``data`` (usually exactly one, returned
+    without a copy when ``data`` is one whole frame); :attr:`wanted` is how many more bytes
+    the frame in progress needs (0 when none is), so a reader can ask for a large body in
+    one read.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def wanted(self) -> int:
+        buf = self._buf
+        if len(buf) < FRAME_HEADER:
+            return 0
+        return FRAME_HEADER + int(_LENGTH.unpack_from(buf)[0]) - len(buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        if not buf and len(data) >= FRAME_HEADER:  # the common case: one whole frame
+            if len(data) == FRAME_HEADER + _LENGTH.unpack_from(data)[0]:
+                return [data[FRAME_HEADER:]]
+        buf += data
+        bodies = []
+        while len(buf) >= FRAME_HEADER:
+            end = FRAME_HEADER + _LENGTH.unpack_from(buf)[0]
+            if len(buf) < end:
+                break
+            bodies.append(bytes(buf[FRAME_HEADER:end]))
+            del buf[:end]
+        return bodies

@@ -31,6 +31,10 @@ BACKOFF_MAX_S = 10.0
 EARLY_NOJOB_PAUSE_S = 0.5  # a NOJOB long before wait_ms (a producer shedding claims): pause
 
 
+_VERB = {cls: cls.__name__.upper() for cls in (w.Claim, w.Result, w.Beat, w.Decline, w.CancelClaim,
+                                                w.Bye, w.Status, w.Admin)}  # a request's verb, for logs
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A finished job: ``ok`` and its payload (msgpack value, or error map when not ok).
@@ -57,13 +61,15 @@ class Effect:
     """What a reply asks of the worker. ``job``: a JOB to run (``solicited``: it answers a
     claim the worker holds; if not, it must be declined); ``void``: leases to abort;
     ``refused``: the verb and message of an ERR; ``dropped``: a result the producer refused
-    (its job id), which is not sent again."""
+    (its job id), which is not sent again; ``abandon``: the producer speaks another protocol
+    version (ERR 2, its message): stop using it."""
 
     job: w.Job | None = None
     solicited: bool = False
     void: tuple[int, ...] = ()
     refused: tuple[str | None, str] | None = None
     dropped: int | None = None
+    abandon: str | None = None
 
 
 @dataclass(eq=False)
@@ -80,6 +86,7 @@ class Session:
     inflight: dict[int, Expected] = field(default_factory=dict)  # rid -> what is expected
     unacked: dict[int, tuple[int, Outcome]] = field(default_factory=dict)  # job_id -> (lease, result)
     leases: dict[int, int] = field(default_factory=dict)  # lease_id -> slot running it
+    claimed_free: dict[str, float] | None = None  # the free resources its latest claim said
     backoff_s: float = BACKOFF_MIN_S
     retry_at: float = 0.0
     next_beat_at: float = 0.0
@@ -113,11 +120,12 @@ class Session:
         if isinstance(msg, w.Claim):
             timeout = msg.wait_ms / 1000 + CLAIM_GRACE_S
             self.claims.add(msg.rid)
+            self.claimed_free = msg.resources
         elif isinstance(msg, w.Result):  # a large result takes a while to cross the link
             timeout += len(msg.payload) / MIN_TRANSFER_RATE
             if msg.claim is not None:
                 self.expect(msg.claim, now)
-        self.inflight[msg.rid] = Expected(type(msg).__name__.upper(), now + timeout, job_id)
+        self.inflight[msg.rid] = Expected(_VERB[type(msg)], now + timeout, job_id)
 
     def withdraw(self, rid: int) -> None:
         """Forget a claim withdrawn (CANCEL_CLAIM, BYE): no answer will come to it."""
@@ -166,6 +174,8 @@ class Session:
         elif isinstance(msg, w.BeatAck):
             return Effect(void=tuple(lease for lease in msg.void if lease in self.leases))
         elif isinstance(msg, w.Err):
+            if msg.code == w.E_VERSION:
+                return Effect(abandon=msg.message)
             verb = None if expected is None else expected.verb
             dropped = None
             if verb == "CLAIM":

@@ -5,7 +5,7 @@ Theory of operation
 A worker holds one DEALER socket per producer; a producer holds one ROUTER "offer" socket.
 Every message is three ZeroMQ frames (the ROUTER adds the peer's routing id in front)::
 
-    frame 0  signature  b"FRZ1"  ("FRZ" + protocol version as an ASCII digit)
+    frame 0  signature  b"FRZ2"  ("FRZ" + protocol version as an ASCII digit)
     frame 1  verb       ASCII, e.g. b"CLAIM"
     frame 2  body       a msgpack map with short string keys
 
@@ -18,8 +18,13 @@ hands them to its job process without decoding them.
 ``decode_request`` (producer side) and ``decode_reply`` (worker side) validate every field
 and raise :class:`ProtocolError` carrying an error code and, where it could be read, the rid
 so the receiver can answer with :class:`Err`. Unknown extra fields are ignored: a newer
-minor revision may add optional fields; anything else needs a new version digit.
-The full specification is docs/protocol.md.
+minor revision may add optional fields; anything else needs a new version digit. A message of
+another version is refused with ERR 2 in *that* version's framing (:class:`VersionErr`: the ERR
+layout never changes), so an older or newer peer reads why; of another version's replies only
+ERR is read. The full specification is docs/protocol.md.
+
+Version 2 (FRZ2) added what a worker can run to CLAIM (``tasks``, ``resources``, ``labels``;
+``tasks`` required) and what a job holds to JOB and DECLINE (``resources``): DESIGN §8.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from typing import Any
 import msgpack
 
 from ..errors import ProtocolError
+from .match import wire_labels, wire_modules, wire_resources
 
-VERSION = 1
-SIGNATURE = b"FRZ1"
+VERSION = 2
+SIGNATURE = b"FRZ2"
 
 #: Largest unsigned value accepted in integer fields (ids fit in a signed 64-bit int).
 MAX_UINT = 2**63 - 1
@@ -54,12 +60,17 @@ TOKEN_MAX = 256  #: characters of an ADMIN request's ``token``
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Claim:
     """Worker -> producer: give me one job for one free slot; park up to ``wait_ms`` ms.
-    ``max_job``: the largest job payload, in bytes, this worker takes (its
-    ``--max-payload-bytes``); the producer never hands it a larger job."""
+    What the worker can run: ``tasks``, its task modules (``--tasks``); ``resources``, what
+    it has free now (name -> amount; None: none declared); ``labels`` (name -> value); and
+    ``max_job``, the largest job payload it takes, in bytes (its ``--max-payload-bytes``).
+    The producer hands it only a job it can run (:mod:`.match`)."""
 
     rid: int
     wait_ms: int
+    tasks: tuple[str, ...]
     max_job: int | None = None
+    resources: dict[str, float] | None = None
+    labels: dict[str, str] | None = None
 
 
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024  # bytes of a job's or a result's payload, by default
@@ -82,6 +93,7 @@ class Job:
     timeout_ms: int | None = None  # the job's time limit on the worker, if it has one
     max_result: int | None = None  # largest result payload the producer takes, when not 64 MiB
     traceparent: str | None = None  # W3C trace context of the job's span on the producer
+    resources: dict[str, float] | None = None  # what the job holds on the worker while it runs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -135,12 +147,13 @@ class BeatAck:
 class Decline:
     """Worker -> producer: a JOB the worker cannot take now; it returns to the queue head.
     ``max_job``: set when the job's payload is larger than this worker takes (its limit, in
-    bytes)."""
+    bytes). ``resources``: set when the job's resources are not free (what is free now)."""
 
     rid: int
     job_id: int
     lease_id: int
     max_job: int | None = None
+    resources: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -196,9 +209,19 @@ class Err:
     message: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VersionErr:
+    """Producer -> a peer of another protocol version: ERR 2 (rid nil), framed in the
+    peer's own ``signature`` so that it can read it (every version keeps the ERR layout)."""
+
+    signature: bytes
+    message: str
+
+
 Request = Claim | Result | Beat | Decline | CancelClaim | Bye | Status | Admin
-Reply = Job | NoJob | Ack | BeatAck | StatusReply | Err
-Message = Request | Reply
+Reply = Job | NoJob | Ack | BeatAck | StatusReply | Err  # as a worker decodes them
+Answer = Reply | VersionErr  # what a producer sends
+Message = Request | Reply | VersionErr
 
 # verb <-> class; each class's fields are validated by the checks in _FIELD_CHECKS.
 _REQUESTS: dict[bytes, type] = {
@@ -312,6 +335,9 @@ _FIELD_CHECKS: dict[str, Any] = {
     "void": _uint_list,
     "claim_rid": _uint,
     "max_job": _uint,
+    "tasks": wire_modules,
+    "resources": wire_resources,
+    "labels": wire_labels,
     "info": _map,
     "detail": _bool,
     "traceparent": _short_str(TRACEPARENT_MAX),
@@ -323,22 +349,37 @@ _FIELD_CHECKS: dict[str, Any] = {
 _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {
     cls: dataclasses.fields(cls) for cls in _VERB_OF
 }
+_NAMES: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields) for cls, fields in _FIELDS.items()}
+_OPTIONAL: dict[type, frozenset[str]] = {  # fields that may be absent (their default is None)
+    cls: frozenset(f.name for f in fields if f.default is None) for cls, fields in _FIELDS.items()
+}
+# per class, each field as the decoder reads it: (name, required, nil allowed, check)
+_SPECS: dict[type, tuple[tuple[str, bool, bool, Any], ...]] = {
+    cls: tuple(
+        (f.name, f.default is dataclasses.MISSING,
+         f.default is None or (cls is Err and f.name == "rid"), _FIELD_CHECKS[f.name])
+        for f in fields
+    )
+    for cls, fields in _FIELDS.items()
+}
+
+
+_ABSENT = object()
 
 
 def _build(cls: type, body: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {}
-    for field in _FIELDS[cls]:
-        name = field.name
-        if name not in body:
-            if field.default is not dataclasses.MISSING:
+    for name, required, nil_ok, check in _SPECS[cls]:
+        value = body.get(name, _ABSENT)
+        if value is _ABSENT:
+            if not required:
                 continue
             raise ProtocolError(E_INVALID, f"{_VERB_OF[cls].decode()}: missing field {name!r}")
-        value = body[name]
-        if value is None and (field.default is None or (cls is Err and name == "rid")):
+        if value is None and nil_ok:
             kwargs[name] = None  # an optional field sent as nil
             continue
         try:
-            kwargs[name] = _FIELD_CHECKS[name](value)
+            kwargs[name] = check(value)
         except ValueError as exc:
             raise ProtocolError(
                 E_INVALID, f"{_VERB_OF[cls].decode()}: field {name!r} {exc}"
@@ -346,12 +387,21 @@ def _build(cls: type, body: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def _wire_value(value: Any) -> Any:
-    if isinstance(value, Claim):
-        return {field.name: getattr(value, field.name) for field in _FIELDS[Claim]}
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+def _body(msg: Any) -> dict[str, Any]:
+    """A message's fields as a body: OPTIONAL fields that are unset (None) are left out;
+    tuples go as msgpack arrays; a carried claim as a map."""
+    cls = type(msg)
+    optional = _OPTIONAL[cls]
+    body = {}
+    for name in _NAMES[cls]:
+        value = getattr(msg, name)
+        if value is None:
+            if name in optional:
+                continue
+        elif type(value) is Claim:
+            value = _body(value)
+        body[name] = value
+    return body
 
 
 def encode(msg: Message) -> list[bytes]:
@@ -360,9 +410,10 @@ def encode(msg: Message) -> list[bytes]:
     Raises:
         KeyError: ``msg`` is not one of this module's message classes.
     """
-    verb = _VERB_OF[type(msg)]
-    body = {field.name: _wire_value(getattr(msg, field.name)) for field in _FIELDS[type(msg)]}
-    return [SIGNATURE, verb, msgpack.packb(body, use_bin_type=True)]
+    if type(msg) is VersionErr:
+        body = {"rid": None, "code": E_VERSION, "message": msg.message}
+        return [msg.signature, b"ERR", msgpack.packb(body, use_bin_type=True)]
+    return [SIGNATURE, _VERB_OF[type(msg)], msgpack.packb(_body(msg), use_bin_type=True)]
 
 
 # --- limits on what a body may cost before and while it is decoded ------------------------
@@ -415,21 +466,22 @@ def _decode(frames: list[bytes], table: dict[bytes, type], max_payload: int) -> 
         raise ProtocolError(E_MALFORMED, f"expected 3 frames, got {len(frames)}")
     signature, verb, raw = frames
     if signature != SIGNATURE:
-        if signature[:3] == SIGNATURE[:3]:
-            raise ProtocolError(
-                E_VERSION, f"protocol version {signature[3:]!r} not spoken; this is {VERSION}"
-            )
-        raise ProtocolError(E_MALFORMED, "bad signature frame")
+        if len(signature) != 4 or signature[:3] != SIGNATURE[:3]:
+            raise ProtocolError(E_MALFORMED, "bad signature frame")
+        if table is not _REPLIES or verb != b"ERR":  # another version: only its ERR is read
+            raise version_error(signature)
     limit = _body_limit(verb, max_payload)
     if len(raw) > limit:
         raise ProtocolError(
             E_MALFORMED, f"{verb[:32]!r} body of {len(raw)} bytes is over its limit of {limit}"
         )
-    budget = _Budget(STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS)
+    containers = STATUS_MAX_CONTAINERS if verb == b"STATUS_REPLY" else BODY_MAX_CONTAINERS
+    # every map and array takes at least a byte: a body no longer than the budget needs no count
+    hooks = {} if len(raw) <= containers else dict.fromkeys(("object_hook", "list_hook"), _Budget(containers))
     try:
         body = msgpack.unpackb(
             raw, raw=False, strict_map_key=True, max_ext_len=0, max_array_len=BODY_MAX_ARRAY,
-            max_map_len=BODY_MAX_MAP, object_hook=budget, list_hook=budget,
+            max_map_len=BODY_MAX_MAP, **hooks,
         )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(E_MALFORMED, f"body is not msgpack: {exc.__class__.__name__}") from None
@@ -445,6 +497,23 @@ def _decode(frames: list[bytes], table: dict[bytes, type], max_payload: int) -> 
     except ProtocolError as exc:
         exc.rid = rid
         raise
+
+
+def version_error(signature: bytes) -> ProtocolError:
+    """The ERR 2 for a message framed in ``signature`` (``FRZ`` + another version), naming
+    both versions (answer it with :class:`VersionErr`, in the peer's framing)."""
+    return ProtocolError(
+        E_VERSION,
+        f"protocol version {clean_signature(signature[3:])} (signature "
+        f"{clean_signature(signature)}) is not spoken here; this side speaks version {VERSION} "
+        f"({SIGNATURE.decode()}): run the same freelance_rz protocol version on producers and "
+        "workers",
+    )
+
+
+def clean_signature(signature: bytes) -> str:
+    """A signature frame as printable ASCII (``FRZ1``; other bytes as ``\\xNN``)."""
+    return "".join(chr(b) if 32 < b < 127 else f"\\x{b:02x}" for b in signature[:8])
 
 
 def decode_request(frames: list[bytes], max_payload: int = DEFAULT_MAX_PAYLOAD) -> Request:

@@ -154,7 +154,7 @@ class Fleet:
                 (_failure_view(p, f) for p, info in live for f in _maps(info.get("failures"))),
                 key=lambda f: -(f["at"] or 0),
             )[:FAILURES_SHOWN],
-            "waiting": [{"producer": _pid(p), "key": key, "value": plain(info[key])}
+            "waiting": [{"producer": _pid(p), "key": key, "value": _waiting_view(key, info[key])}
                         for p, info in live for key in WAITING_KEYS if info.get(key)],
             "series": list(self.samples),
         }
@@ -175,6 +175,23 @@ class Fleet:
     def infos(self) -> list[tuple[str, dict[str, Any] | None, bool]]:
         """``(endpoint, last good info or None, up)`` per producer (for the metrics)."""
         return [(p.endpoint, p.info, p.up) for p in self.producers.values()]
+
+
+def _waiting_view(key: str, value: Any) -> Any:
+    """What the page shows of one ``WAITING_KEYS`` entry: ``waiting`` (the jobs no connected
+    worker can run, docs/protocol.md) as rows of ``task``, ``jobs``, ``needs`` (resources and
+    labels, e.g. ``gpu=1 zone=eu``) and ``why``; another key's value as it comes."""
+    if key != "waiting":
+        return plain(value)
+    rows = []
+    for entry in _maps(value):
+        needs = [f"{_text(name, 64)}={amount:g}" if _num(amount) is not None else
+                 f"{_text(name, 64)}={_text(amount, 128)}"
+                 for field in ("resources", "labels") if isinstance(entry.get(field), Mapping)
+                 for name, amount in entry[field].items()]
+        rows.append({"task": _text(entry.get("task")), "jobs": _num(entry.get("jobs")),
+                     "needs": " ".join(needs), "why": _text(entry.get("missing") or entry.get("message"))})
+    return rows
 
 
 def _pid(producer: _Producer) -> str:

@@ -16,7 +16,7 @@ import os
 import resource
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from ..core import check as _check
 from ..core import payload as pl
 from ..core import wire as w
 from ..core.ledger import Ledger, timeout_ms
+from ..core.match import Needs
 from ..discovery import resolve_interfaces
 from ..security import CurveServer, check_pair, load_keypair
 from ..tasks import task_name
@@ -288,10 +289,12 @@ class Producer(Executor):
         return self._submit(fn, args, kwargs, JobOptions.DEFAULT)
 
     def options(
-        self, *, timeout_s: float | None = None, max_attempts: int | None = None, priority: int = 0
+        self, *, timeout_s: float | None = None, max_attempts: int | None = None, priority: int = 0,
+        resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
     ) -> JobOptions:
         """Job options for the jobs submitted through the returned object, e.g.
-        ``producer.options(timeout_s=30, priority=5).submit(fn, x)``.
+        ``producer.options(timeout_s=30, priority=5).submit(fn, x)`` or
+        ``producer.options(resources={"gpu": 1}, labels={"zone": "eu"}).submit(render, scene)``.
 
         Args:
             timeout_s: seconds a job may run on a worker; past that its process is killed and
@@ -299,14 +302,29 @@ class Producer(Executor):
             max_attempts: leases the job may lose before it is dead-lettered (default: the
                 producer's).
             priority: higher is handed out first; FIFO within one priority (default 0).
+            resources: what the job holds on its worker while it runs, name -> amount (e.g.
+                ``{"gpu": 1, "mem_gb": 16}``): only a worker with that much free
+                (``--resources gpu=1,mem_gb=64``) is handed the job. Amounts are numbers >= 0
+                in units of your choosing.
+            labels: labels its worker must carry, name -> value (``{"zone": "eu"}``: a
+                worker started with ``--label zone=eu``).
+
+        The job's task is a requirement too: only a worker with the task's module in its
+        ``--tasks`` is handed it. A job that no connected worker can run waits (it is listed
+        in :meth:`status` ``waiting`` and logged) and runs when such a worker claims.
 
         Raises:
             TypeError: ``timeout_s`` not a number (or None), ``max_attempts`` or ``priority``
-                not an int (bools are refused).
+                not an int (bools are refused); ``resources`` or ``labels`` not a dict of str
+                to numbers or str.
             ValueError: ``timeout_s`` not in (0, 1e9] seconds, ``max_attempts`` < 1,
-                ``priority`` outside the signed 64-bit range (-2**63 to 2**63 - 1).
+                ``priority`` outside the signed 64-bit range (-2**63 to 2**63 - 1); more than
+                32 resources or labels, a name that is not 1 to 64 of ``A-Z a-z 0-9 _ . -``
+                (starting with a letter or ``_``), an amount that is not a finite number from
+                0 to 1e15, a label value over 128 characters.
         """
-        return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority)
+        return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority,
+                          resources=resources, labels=labels)
 
     def _submit(
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -329,6 +347,7 @@ class Producer(Executor):
             if self._shutdown or not self._io.put(Submit(
                 future, payload, options.max_attempts, options.priority,
                 None if options.wire is None else options.wire.get("timeout_ms"), recorded,
+                Needs.of(task, options.resources, options.labels),
             )):
                 raise RuntimeError("cannot submit after shutdown")
         if recorded is not None:
@@ -396,7 +415,11 @@ class Producer(Executor):
         in the last minute and ``worker_list`` (``id``, ``last_seen_s``, ``running`` jobs,
         ``parked`` claims); ``finished_last_min``; ``parked_claims``; ``connections``;
         ``uptime_s`` (seconds); ``bad_messages``; ``producer_id``, ``group``, ``endpoints``,
-        ``version``. With ``detail``, also ``tasks`` (per task: counts by state, wait and run
+        ``version``; ``waiting``: the pending jobs that no connected worker can run, one map
+        per requirement signature (``task``, ``resources``, ``labels``, ``jobs``: how many,
+        ``missing``: what no connected worker offers, ``message``: e.g. ``"12 jobs of
+        myapp.tasks:render need gpu=1: no connected worker offers gpu=1"``), most jobs first,
+        at most 50. With ``detail``, also ``tasks`` (per task: counts by state, wait and run
         time histograms over ``buckets_s``), ``running`` jobs and recent ``failures`` with
         their tracebacks (docs/protocol.md, STATUS_REPLY).
 
@@ -569,6 +592,8 @@ class JobOptions(Executor):
         timeout_s: float | None = None,
         max_attempts: int | None = None,
         priority: int = 0,
+        resources: Mapping[str, float] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         timeout_s = _check.number(
             "timeout_s", timeout_s, above=0, max_=_check.MAX_SECONDS, unit="seconds", allow_none=True
@@ -581,12 +606,18 @@ class JobOptions(Executor):
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.priority = priority
-        wire = {}  # kept in the job's payload, so a durable producer restores them
+        self.resources = _check.resources("resources", resources) or None
+        self.labels = _check.labels("labels", labels) or None
+        wire: dict[str, Any] = {}  # kept in the job's payload, so a durable producer restores them
         if timeout_s is not None:
             wire["timeout_ms"] = timeout_ms(timeout_s)
         if priority:
             wire["priority"] = priority
-        self.wire: dict[str, int] | None = wire or None
+        if self.resources:
+            wire["resources"] = self.resources
+        if self.labels:
+            wire["labels"] = self.labels
+        self.wire: dict[str, Any] | None = wire or None
 
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:
         """As :meth:`Producer.submit`, with these options."""

@@ -24,10 +24,11 @@ from typing import Any
 
 import zmq
 
-from .._sockets import send_frames, set_keepalive
+from .._sockets import recv_frames, send_frames, set_keepalive
 from .._version import __version__
 from ..core import wire as w
 from ..core.ledger import JobState, Ledger
+from ..core.match import Needs
 from ..core.offer import OfferEngine, Outcome
 from ..core.payload import job_options, peek_task
 from ..core.tally import Tally
@@ -55,7 +56,8 @@ LINGER_MS = 200  # on close, time given to the last replies to leave
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """A new job. ``recorded`` (durable producers): set once the job is in the store."""
+    """A new job and its requirements. ``recorded`` (durable producers): set once the job
+    is in the store."""
 
     future: JobFuture
     payload: bytes
@@ -63,6 +65,7 @@ class Submit:
     priority: int
     timeout_ms: int | None
     recorded: Future[None] | None
+    needs: Needs | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +482,8 @@ class _Loop:
             job_id = command.future.job_id
             self.futures[job_id] = command.future
             self.engine.submit(job_id, command.payload, max_attempts=command.max_attempts,
-                               priority=command.priority, timeout_ms=command.timeout_ms)
+                               priority=command.priority, timeout_ms=command.timeout_ms,
+                               needs=command.needs)
             if command.recorded is not None:
                 self.unrecorded.append((job_id, command.recorded))
         elif isinstance(command, Cancel):
@@ -509,17 +513,20 @@ class _Loop:
 
     def _drain_socket(self, now: float) -> None:
         for _ in range(RECV_BATCH):
-            try:
-                if self.secure:
+            if self.secure:
+                try:
                     parts = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    self.engine.receive([part.bytes for part in parts], now,
-                                        key=str(parts[-1].get("User-Id")))
-                else:
-                    self.engine.receive(self.sock.recv_multipart(zmq.NOBLOCK, copy=True), now)
-            except zmq.Again:
+                except zmq.Again:
+                    return
+                self.engine.receive([part.bytes for part in parts], now,
+                                    key=str(parts[-1].get("User-Id")))
+                continue
+            frames = recv_frames(self.sock)  # no exception raised when none is left
+            if frames is None:
                 return
+            self.engine.receive(frames, now)
 
-    def _send(self, identity: bytes, msg: w.Reply) -> bool:
+    def _send(self, identity: bytes, msg: w.Answer) -> bool:
         try:
             send_frames(self.sock, [identity, *w.encode(msg)])
             return True

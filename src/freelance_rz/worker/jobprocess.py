@@ -1,114 +1,103 @@
-"""The main of a job process (the child side of a worker's slot) and
-:func:`report_progress`, which tasks call inside it.
+"""The main of a job process (the child side of a worker's pool).
 
-A job process leads a process group of its own and keeps the default signal dispositions
-(see :mod:`freelance_rz.worker.slots`), imports the worker's task modules once, then runs one
-job at a time: it reads ``[job_id, payload]`` from its pipe, runs the call, and writes the
-outcome back, in the pipe codec of :mod:`freelance_rz.core.payload`.
+A job process is started by its worker as ``python -c ENTRY FD`` (FD: its end of the pipe),
+or forked from a worker that has not started any thread yet (its first job processes, see
+:meth:`freelance_rz.worker.slots.JobProcess.start`), leads a process group of its own and keeps the default signal dispositions (see
+:mod:`freelance_rz.worker.slots`). It reads its set-up (the first frame: task modules,
+``--init``, pool, slots, the worker's ``sys.path``), imports the task modules, runs the
+``--init`` function once, says it is ready, then runs jobs as its pool does
+(:mod:`freelance_rz.worker.runners`) until the pipe closes. Everything on the pipe is in the
+pipe codec of :mod:`freelance_rz.core.payload`.
+
+Only the standard library, msgpack and the project's pure core are imported here before the
+task modules, so a job process is ready soon after its interpreter starts.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import os
 import signal
 import sys
-import time
 import traceback
-from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
-from ..core import check as _check
 from ..core import payload as pl
+from .pipe import Pipe, attach
 
 _PR_SET_PDEATHSIG = 1
-# Blocked in the worker while it spawns a job process, unblocked by the job process once it has
+# Blocked in the worker while it starts a job process, unblocked by the job process once it has
 # a process group of its own: a Ctrl-C to the worker's group in between never reaches it.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-JOB_PROCESS_NAME = "freelance-job"
-# A job process exits with this code when importing the main script started a worker again
-# (no ``if __name__ == "__main__":``); the worker that spawned it explains.
-UNGUARDED_MAIN_EXIT = 86
+# What a job process runs (python -c ENTRY FD).
+ENTRY = "from freelance_rz.worker.jobprocess import main; main()"
 
 
-def main(conn: Connection, modules: list[str]) -> None:
-    """Body of a job process: import the task modules, then run jobs until the pipe closes."""
+
+def main(fd: int | None = None) -> None:
+    """Body of a job process: set up, then run jobs until the worker closes the pipe
+    (``fd``, its end of the pipe: by default the first command-line argument)."""
     _die_with_parent()
     _own_process_group()
-    from ..tasks import Allowlist
-
-    try:
-        allowlist = Allowlist(modules)
-    except BaseException as exc:  # noqa: BLE001 - reported to the worker, which stops
-        conn.send_bytes(pl.encode_from_job_process(pl.StartFailed(f"{type(exc).__name__}: {exc}")))
+    pipe = Pipe(int(sys.argv[1]) if fd is None else fd)
+    body = pipe.read()
+    if body is None:
         return
-    conn.send_bytes(pl.encode_from_job_process(pl.Ready()))
-    global _progress_pipe
-    _progress_pipe = conn
-    while True:
-        try:
-            job_id, payload, traceparent = pl.decode_run(conn.recv_bytes())
-        except EOFError:
-            return
-        if traceparent is None:
-            done = _run(allowlist, payload)[0]
-        else:  # in the worker's span of the job, a child of the producer's (the tracing extra)
-            from ..tracing import traced_run
+    setup = pl.decode_to_job_process(body)
+    assert isinstance(setup, pl.Setup)
+    sys.path[:] = setup.path
+    from . import runners
 
-            call = functools.partial(_run, allowlist, payload)
-            done = traced_run(traceparent, pl.peek_task(payload), job_id, call)
-        conn.send_bytes(pl.encode_from_job_process(done))
-
-
-def _run(allowlist: Any, payload: bytes) -> tuple[pl.Finished, str | None]:
-    """Run one call; returns its outcome and, when it failed, ``"Type: message"``."""
     try:
-        task, args, kwargs, _ = pl.unpack_call(payload)
-        fn = allowlist.resolve(task)
-        return pl.Finished(True, pl.pack_value(fn(*args, **kwargs))), None
-    except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-        error = pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc())
-        return pl.Finished(False, error), f"{type(exc).__name__}: {exc}"[:200]
+        runner = runners.make(setup.pool, pipe, setup.modules, setup.slots)
+        init = init_function(setup.init)
+    except BaseException as exc:  # noqa: BLE001 - reported to the worker, which stops
+        return _start_failed(pipe, f"{type(exc).__name__}: {exc}")
+    try:
+        runner.start(init)
+    except BaseException:  # noqa: BLE001 - reported to the worker, which stops
+        return _start_failed(pipe, f"--init {setup.init} raised:\n{traceback.format_exc().strip()}")
+    attach(pipe)
+    pipe.write(pl.encode_from_job_process(pl.Ready()))
+    try:
+        runner.serve()
+    except OSError:  # the worker has gone
+        pass
 
 
-_progress_pipe: Connection | None = None  # set in a job process
-_progress_sent_at = 0.0
-PROGRESS_EVERY_S = 0.1  # a job process sends progress at most this often (but always the last)
+def _start_failed(pipe: Pipe, message: str) -> None:
+    try:
+        pipe.write(pl.encode_from_job_process(pl.StartFailed(message)))
+    except OSError:
+        pass
 
 
-def report_progress(done: float, total: float | None = None, message: str = "") -> None:
-    """Report the running job's progress, from inside a task: e.g. ``report_progress(3, 10,
-    "resizing")``. It reaches the producer with the worker's next heartbeat (within a quarter
-    of the lease), where :meth:`Producer.progress` and ``freelance-status`` show it. Calls more
-    often than every 0.1 s are coalesced; outside a worker's job process it does nothing.
-
-    Args:
-        done: how much is done, a number >= 0 (an int or a float).
-        total: how much there is to do, a number >= 0, or None when unknown.
-        message: a short text (cut at 200 characters).
+def init_function(spec: str | None) -> Callable[[], Any] | None:
+    """The ``--init`` function named by ``"module:function"`` (imported here), or None.
 
     Raises:
-        TypeError: ``done`` or ``total`` is not a number (bools are refused), or ``message``
-            is not a str.
-        ValueError: ``done`` or ``total`` is negative, NaN, infinite or above 2**63 - 1.
+        LookupError: the module has no such callable.
+        ImportError: the module cannot be imported (or raises while imported).
     """
-    global _progress_sent_at
-    done = _check.number("done", done, min_=0, max_=_check.INT64_MAX)
-    total = _check.number("total", total, min_=0, max_=_check.INT64_MAX, allow_none=True)
-    message = _check.string("message", message)
-    now = time.monotonic()
-    finished = total is not None and done >= total
-    if _progress_pipe is None or (now - _progress_sent_at < PROGRESS_EVERY_S and not finished):
-        return
-    _progress_sent_at = now
-    _progress_pipe.send_bytes(pl.encode_from_job_process(pl.Progress(done, total, message[:200])))
+    if spec is None:
+        return None
+    module_name, _, name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"--init {spec}: cannot import {module_name}: {exc}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise LookupError(f"--init {spec}: module {module_name} has no function {name!r}")
+    return fn  # type: ignore[no-any-return]
 
 
 def _own_process_group() -> None:
     """Lead a process group of its own, then restore the default signal dispositions.
 
     The worker decides when jobs stop (C6): a Ctrl-C in its terminal goes to the worker's
-    process group, which this process has just left. The worker spawned it with SIGINT and
+    process group, which this process has just left. The worker started it with SIGINT and
     SIGTERM blocked, so one sent to that group in between is pending here: it is discarded
     (ignoring a pending signal drops it) before they are unblocked. Nothing stays ignored or
     blocked, so programs a task starts get the defaults too (they are inherited across exec).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zmq
 
-from .._sockets import send_frames, set_keepalive
+from .._sockets import recv_frames, send_frames, set_keepalive
 from ..core import wire as w
 from ..security import HANDSHAKE_EVENTS, KeyPair, handshake_failure, make_curve_client
 
@@ -62,10 +62,7 @@ class Link:
 
     def recv(self) -> list[bytes] | None:
         """The next message's frames, or None when none is waiting."""
-        try:
-            return self.sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
+        return recv_frames(self.sock)
 
     def handshake_failure(self, keys: KeyPair | None) -> str | None:
         """Why the last handshake failed, in words an operator can act on, or None."""

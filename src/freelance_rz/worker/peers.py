@@ -270,6 +270,12 @@ class Peers:
         while len(self.dormant) > MAX_DORMANT:
             self.dormant.popitem(last=False)
 
+    def abandon(self, session: Session, now: float) -> None:
+        """Stop using a producer that speaks another protocol version (it answered ERR 2):
+        it is asked again (a BEAT) after DORMANT_PROBE_S, growing, in case it was upgraded."""
+        self._give_up(session, "speaks another protocol version")
+        self.forget(session, "it speaks another protocol version", now, level=logging.INFO)
+
     def probe_dormant(self, now: float) -> None:
         """Ask forgotten producers whose time has come whether they are back (a BEAT)."""
         if now < self.dormant_due:

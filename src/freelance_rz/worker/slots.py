@@ -1,79 +1,46 @@
-"""How a job executes: one child process per slot, fed over a pipe, crash captured.
+"""How a job executes, seen from the worker: job processes fed over a pipe, crash captured.
 
-The worker's network loop never runs task code. Each slot owns a child process (started with
-``spawn``, so it shares no threads or sockets with the worker) that imports the worker's task
-modules once and then runs one job at a time. A job that hogs the GIL, hangs or kills its
-interpreter therefore cannot silence the worker's heartbeats; a dead child is reported as a
-``JobProcessDied`` outcome (``crashed``: the producer counts it as a lost attempt and offers
-the job again, up to its ``max_attempts``) and replaced.
+The worker's network loop never runs task code. Jobs run in job processes (started as fresh
+interpreters, ``python -c``, so they share no threads or sockets with the worker, and they
+do not import the worker's main script), which set themselves up once (task modules
+imported, ``--init`` run) and then run jobs: one at a time in the ``process`` pool (a process
+per slot), or up to ``--slots`` at once in one process in the ``thread`` and ``asyncio``
+pools (:mod:`freelance_rz.worker.pool` decides which process runs which slot). A job that
+hogs the GIL, hangs or kills its interpreter therefore cannot silence the worker's heartbeats;
+a dead process is reported as :class:`Died` and replaced.
 
 Signals: a job process keeps the default signal dispositions, for the task's code and for
 every program it starts (``Popen(...).terminate()`` works, ``kill`` works). The worker decides
 when a job stops by other means: each job process leads a process group of its own, so a
 Ctrl-C in the worker's terminal (sent to the worker's group) never reaches it, and the worker
 kills a job process's whole group when it aborts or replaces it (time limit, cancel, crash,
-stop), so a task's children die with it. A :class:`Reaper` kills those groups when the worker
-itself is killed.
+recycling, stop), so a task's children die with it. A :class:`Reaper` kills those groups when
+the worker itself is killed.
 
 Pipe messages are msgpack, never pickle, in the pipe codec of :mod:`freelance_rz.core.payload`;
-the child's side is :mod:`freelance_rz.worker.jobprocess`. A :class:`Slot` is one job process
-and the job it runs: the one place a running job's state lives on the worker (its lease is
-booked in the producer's :class:`~freelance_rz.core.session.Session`).
+the child's side is :mod:`freelance_rz.worker.jobprocess`. A :class:`Slot` holds the job it
+runs: the one place a running job's state lives on the worker (its lease is booked in the
+producer's :class:`~freelance_rz.core.session.Session`).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import multiprocessing.spawn
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ..core import payload as pl
-from ..core.session import Outcome
-from . import jobprocess
-from .jobprocess import JOB_PROCESS_NAME, STOP_SIGNALS, UNGUARDED_MAIN_EXIT, report_progress
+from .jobprocess import ENTRY, STOP_SIGNALS
 
 log = logging.getLogger("freelance_rz.runner")
 
-_SPAWN = multiprocessing.get_context("spawn")
-
-
-def refuse_unguarded_main() -> None:
-    """Refuse to start a worker while a spawned process imports the main script.
-
-    Job processes are started with multiprocessing's ``spawn``, which imports the main script
-    again in each one (as ``__mp_main__``). A script that starts a worker at module level,
-    not under ``if __name__ == "__main__":``, would start one in every job process. Called at
-    the start of :meth:`Worker.run`.
-
-    Raises:
-        SystemExit: in a worker's own job process (code ``UNGUARDED_MAIN_EXIT``; the worker
-            that started it raises the RuntimeError below, once).
-        RuntimeError: in any other spawned process, saying what to add.
-    """
-    process = multiprocessing.current_process()
-    if not getattr(process, "_inheriting", False):  # set by spawn while it imports the script
-        return
-    if process.name == JOB_PROCESS_NAME:
-        raise SystemExit(UNGUARDED_MAIN_EXIT)
-    raise RuntimeError(_unguarded_main_message())
-
-
-def _unguarded_main_message() -> str:
-    main = sys.modules.get("__main__")
-    script = getattr(main, "__file__", None) or "the main script"
-    return (
-        f"{script} starts a Worker when it is imported: a worker's job processes are started "
-        "with multiprocessing's 'spawn', which imports the main script again in each of them. "
-        'Start the worker under `if __name__ == "__main__":`, e.g.\n\n'
-        '    if __name__ == "__main__":\n        Worker(["myapp.tasks"], discover=True).run()\n'
-    )
+MAX_READ = 1 << 22  # bytes read from a job process's pipe at once, at most
 
 
 class Reaper:
@@ -96,7 +63,7 @@ class Reaper:
 
         try:
             self._proc = subprocess.Popen(
-                [multiprocessing.spawn.get_executable(), "-I", "-S", os.path.abspath(_reaper.__file__)],
+                [sys.executable, "-I", "-S", os.path.abspath(_reaper.__file__)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
             )
         except OSError as exc:
@@ -147,139 +114,196 @@ class Died:
 
 
 class JobProcess:
-    """A slot's child process and its pipe.
+    """A job process and the worker's end of its pipe (a stream socket pair).
 
     Args:
-        modules: the worker's task modules (the allowlist), imported by the child at start.
+        setup: what the child sets itself up with (task modules, ``--init``, pool, slots,
+            ``sys.path``); sent as its first frame.
         reaper: told the process group of each child started, and of each one killed.
 
     Raises (from :meth:`start`):
         OSError: the child could not be started.
+
+    ``running`` maps the run ids the child runs to their slots and ``lane`` is the lane of the
+    pool it serves (:mod:`~freelance_rz.worker.pool` keeps both); ``jobs`` counts the jobs it
+    was handed.
     """
 
-    def __init__(self, modules: list[str], reaper: Reaper | None = None) -> None:
-        self.modules = modules
+    def __init__(self, setup: pl.Setup, reaper: Reaper | None = None) -> None:
+        self.setup = setup
         self._reaper = reaper
-        self.ready = False  # the child has imported the task modules
-        self.restarts = 0  # children started after the first (a crash, a kill, an abort)
-        self._conn: Connection | None = None
-        self._process: Any = None
+        self.ready = False  # the child has set itself up
+        self.running: dict[int, Any] = {}  # run id -> Slot
+        self.jobs = 0
+        self.lane = 0  # the pool's lane it serves
+        self.fd = -1
+        self._sock: socket.socket | None = None
+        self._popen: subprocess.Popen[bytes] | _Forked | None = None
+        self._reader = pl.FrameReader()
 
-    def start(self) -> None:
-        """Start the child; it is :attr:`ready` once it has imported the task modules."""
-        parent, child = _SPAWN.Pipe(duplex=True)
-        process = _SPAWN.Process(
-            target=jobprocess.main, args=(child, self.modules), name=JOB_PROCESS_NAME, daemon=True
-        )
+    def start(self, fork: bool = False) -> None:
+        """Start the child and send it its set-up; it is :attr:`ready` once it has answered.
+
+        ``fork``: fork this process instead of starting a fresh interpreter, which saves the
+        interpreter's start and the imports (a job process is ready sooner). Only safe while
+        this process runs no other thread; the caller checks (the worker does it for its
+        first job processes, before it starts any thread; replacements are always fresh)."""
+        parent, child = socket.socketpair()
+        # Blocked until the child has left the worker's process group (it unblocks them).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            process.start()
+            self._popen = _fork(child.fileno(), parent.fileno()) if fork else subprocess.Popen(
+                [sys.executable, *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+                 "-c", ENTRY, str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
+            )
         except BaseException:
             parent.close()
             raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
-        if self._process is not None:
-            self.restarts += 1
-        self._process = process
-        if self._reaper is not None and process.pid is not None:
-            self._reaper.watch(process.pid)  # its group id, once it has called setpgid
-        self._conn = parent
-        self.ready = False
+        if self._reaper is not None:
+            self._reaper.watch(self._popen.pid)  # its group id, once it has called setpgid
+        self._sock = parent
+        self.fd = parent.fileno()
+        self._send(pl.encode_to_job_process(self.setup))
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until the child has imported the task modules.
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None
+        return self._popen.pid
 
-        Raises:
-            RuntimeError: the child failed to import them, died or did not answer in time.
-        """
-        assert self._conn is not None
-        if not self._conn.poll(timeout_s):
-            raise RuntimeError(f"job process not ready after {timeout_s} s")
-        self.take()
-
-    def fileno(self) -> int:
-        assert self._conn is not None
-        return self._conn.fileno()
-
-    def send(self, job_id: int, payload: bytes, traceparent: str | None = None) -> None:
-        """Hand the child a job (call only when ready and idle); ``traceparent``: the trace
-        context the JOB carried, if any."""
-        assert self._conn is not None and self.ready
+    def _send(self, frame: bytes) -> None:
+        assert self._sock is not None
         try:
-            self._conn.send_bytes(pl.encode_run(job_id, payload, traceparent))
+            self._sock.sendall(frame)
         except OSError:
             pass  # the child is dead: take() reports it when the pipe shows EOF
 
-    def take(self) -> pl.Progress | pl.Finished | Died | None:
-        """Read what the child sent (call when :meth:`fileno` is readable): a job's
-        progress or outcome, :class:`Died` (the child is replaced at once), or None (it is
-        ready).
+    def run(self, run_id: int, payload: bytes, traceparent: str | None = None, job_id: int = 0) -> None:
+        """Hand the child a job (call only when it is ready and has a free thread);
+        ``traceparent``: the trace context the JOB carried, if any (the job runs in a span,
+        ``job_id``, the producer's, among its attributes)."""
+        self.jobs += 1
+        self._send(pl.encode_run(run_id, payload, traceparent, job_id))
 
-        Raises:
-            RuntimeError: a starting child could not import the task modules, or died.
-        """
-        assert self._conn is not None
+    def cancel(self, run_id: int) -> None:
+        """Ask the child to stop run ``run_id`` (thread and asyncio pools)."""
+        self._send(pl.encode_to_job_process(pl.Cancel(run_id)))
+
+    def take(self) -> list[pl.FromJobProcess] | Died:
+        """Read what the child sent (call when :attr:`fd` is readable): its messages, maybe
+        none yet (a frame arrives in parts), or :class:`Died` (its pipe closed: the child is
+        reaped and its pipe closed)."""
+        assert self._sock is not None
         try:
-            data = self._conn.recv_bytes()
-        except (EOFError, OSError):
-            how = self._reap()
-            if not self.ready:
-                if self._process.exitcode == UNGUARDED_MAIN_EXIT:
-                    raise RuntimeError(_unguarded_main_message()) from None
-                raise RuntimeError(f"job process {how} while starting") from None
-            self.start()
-            return Died(how)
-        msg = pl.decode_from_job_process(data)
-        if isinstance(msg, pl.StartFailed):
-            raise RuntimeError(f"job process could not start: {msg.message}")
-        if isinstance(msg, pl.Ready):
-            self.ready = True
+            data = self._sock.recv(min(max(65536, self._reader.wanted), MAX_READ), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:  # e.g. ECONNRESET
+            data = b""
+        if not data:
+            return Died(self._reap())
+        return [pl.decode_from_job_process(body) for body in self._reader.feed(data)]
+
+    def rss_bytes(self) -> int | None:
+        """The child's resident memory, in bytes (Linux ``/proc``), or None when unknown."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
             return None
-        return msg
 
-    def abort(self) -> None:
-        """Kill the child (and what its task started) and start a fresh one."""
-        self._reap(kill=True)
-        self.start()
+    def close(self) -> str:
+        """Kill the child (and whatever its tasks started), reap it and close the pipe.
+        Returns how it ended. Safe to call twice."""
+        if self._popen is None:
+            return "was closed"
+        return self._reap()
 
-    def close(self) -> None:
-        """Kill the child. Safe to call twice."""
-        if self._process is not None:
-            self._reap(kill=True)
-            self._process = None
-
-    def _reap(self, kill: bool = False) -> str:
-        """Kill the child's process group (the child, when ``kill``, and whatever its tasks
-        started), join the child and close the pipe. Returns how the child ended."""
-        process = self._process
+    def _reap(self) -> str:
+        """Kill the child's process group, join the child and close the pipe. Returns how
+        the child ended."""
+        popen, self._popen = self._popen, None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        if popen is None:
+            return "was closed"
         # The group first, before the child is joined: until then its pid (the group's id)
         # cannot be reused. A child that has not made its group yet has no children either.
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            if kill and process.is_alive():
-                process.kill()
-        process.join(timeout=5)
-        if self._reaper is not None and process.exitcode is not None:
-            self._reaper.forget(process.pid)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        code = process.exitcode
-        if code is None:
+            if popen.poll() is None:
+                popen.kill()
+        try:
+            code = popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             return "did not exit"
+        if self._reaper is not None:
+            self._reaper.forget(popen.pid)
         if code < 0:
             return f"was killed by signal {signal.Signals(-code).name}"
         return f"exited with code {code}"
+
+
+class _Forked:
+    """A forked job process, with the part of ``Popen``'s interface the worker uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"job process {self.pid}", timeout)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+
+def _fork(child_fd: int, parent_fd: int) -> _Forked:
+    """Fork a job process running :func:`jobprocess.main` on ``child_fd``; it keeps no other
+    descriptor of the worker's but standard input, output and error (stdin: /dev/null)."""
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    try:  # the child: never returns into the worker's code
+        os.close(parent_fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.closerange(3, child_fd)
+        os.closerange(child_fd + 1, max(child_fd + 1, os.sysconf("SC_OPEN_MAX")))
+        logging.root.handlers.clear()  # as in a fresh interpreter: tasks' logging unconfigured
+        logging.root.setLevel(logging.WARNING)
+        from . import jobprocess
+
+        jobprocess.main(child_fd)
+    finally:
+        os._exit(0)
 
 
 @dataclass(slots=True)
 class RunningJob:
     """A job a slot runs: the producer's session it came from (its endpoint), the lease, and
     what the JOB said. ``deadline``: its time limit (monotonic seconds), if it has one;
-    ``progress``: reported since the last BEAT, not yet sent."""
+    ``progress``: reported since the last BEAT, not yet sent; ``resources``: what it holds
+    of the worker's resources until it ends (or, cancelled, until its run has stopped);
+    ``run_id``: its worker-local id on the pipe; ``proc``: the job process running it."""
 
     endpoint: str
     job_id: int
@@ -291,57 +315,33 @@ class RunningJob:
     progress: tuple[float, float | None, str] | None = None
     task: str = "?"  # its task's name (for metrics and logs)
     traceparent: str | None = None  # the W3C trace context the JOB carried
+    resources: tuple[tuple[str, float], ...] = ()  # what it holds while it runs (its JOB's)
+    run_id: int = 0
+    proc: JobProcess | None = None
+
+
+@dataclass(slots=True)
+class Stuck:
+    """A cancelled run whose thread has not stopped yet: the slot stays busy until it does,
+    or until ``deadline`` (monotonic seconds), when its process is replaced. It still holds
+    ``resources`` (its job's) until then."""
+
+    run_id: int
+    proc: JobProcess
+    deadline: float
+    resources: tuple[tuple[str, float], ...] = ()
 
 
 class Slot:
-    """One slot of a worker: a job process and the job it runs (None when idle)."""
+    """One slot of a worker: the job it runs (None when idle), in lane ``lane`` of its pool."""
 
-    def __init__(self, index: int, modules: list[str], reaper: Reaper | None) -> None:
+    __slots__ = ("index", "lane", "job", "stuck")
+
+    def __init__(self, index: int, lane: int) -> None:
         self.index = index
-        self.proc = JobProcess(modules, reaper)
+        self.lane = lane
         self.job: RunningJob | None = None
-
-    @property
-    def free(self) -> bool:
-        return self.proc.ready and self.job is None
-
-    def run(self, job: RunningJob, payload: bytes) -> None:
-        """Start ``job`` (the slot must be free)."""
-        assert self.free
-        self.job = job
-        self.proc.send(job.job_id, payload, job.traceparent)
-
-    def take(self) -> tuple[RunningJob, Outcome] | None:
-        """Read what the job process sent: a finished job and its outcome (a died process
-        gives a ``crashed`` ``JobProcessDied`` outcome), or None (progress, which is kept on
-        the running job, or the process is ready)."""
-        msg = self.proc.take()
-        if msg is None:
-            return None
-        if isinstance(msg, pl.Progress):
-            if self.job is not None:
-                self.job.progress = (msg.done, msg.total, msg.message)
-            return None
-        job, self.job = self.job, None
-        if job is None:
-            if isinstance(msg, Died):
-                log.warning("idle job process %s; replaced", msg.how)
-            else:  # cannot happen with a well-behaved child
-                log.error("job process sent an outcome while idle; dropped")
-            return None
-        if isinstance(msg, Died):
-            log.warning("job %d: job process %s; replaced", job.job_id, msg.how,
-                        extra={"job_id": job.job_id, "task": job.task})
-            error = pl.pack_error("JobProcessDied", f"the job's process {msg.how}", "")
-            return job, Outcome(job.job_id, False, error, crashed=True)
-        return job, Outcome(job.job_id, msg.ok, msg.payload)
-
-    def abort(self) -> RunningJob | None:
-        """Kill the running job (its outcome is dropped) and give the slot a fresh process.
-        Returns the job it ran."""
-        job, self.job = self.job, None
-        self.proc.abort()
-        return job
+        self.stuck: Stuck | None = None
 
 
-__all__ = ["Reaper", "RunningJob", "Slot", "refuse_unguarded_main", "report_progress"]
+__all__ = ["Died", "JobProcess", "Reaper", "RunningJob", "Slot", "Stuck"]

@@ -13,17 +13,21 @@ import importlib.util
 import logging
 import os
 import queue
+import re
 import resource
 import secrets
 import socket
+import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ..core import check as _check
 from ..core import wire as w
+from ..core.match import MAX_MODULES, MODULE_MAX_CHARS, MODULE_RE
+from ..core.payload import POOLS, Setup
 from ..core.session import DEFAULT_WAIT_MS, Session
 from ..discovery import Browser, resolve_interfaces
 from ..dnssd import DnsSdSource, check_service
@@ -38,19 +42,23 @@ from ..sources import (
     is_address,
 )
 from .health import HealthFile
-from .loop import WorkerLoop, WorkerStats
-from .peers import FDS_PER_PRODUCER, MAX_PRODUCERS, Peers
-from .slots import Reaper, Slot, refuse_unguarded_main
+from .pool import Pool
+from .slots import Reaper
+from .stats import WorkerStats
+
+if TYPE_CHECKING:
+    from .peers import Peers
 
 log = logging.getLogger("freelance_rz.worker")
 
 GIVE_UP_S = 60.0  # a producer unreachable this long: abort its jobs, forget it if discovered
 NAME_MAX_BYTES = 200  # a worker's name, in UTF-8: it is part of its routing id (255 bytes at most)
+_IDENTIFIERS = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 MAX_PAYLOAD_LIMIT = 2**62  # bytes: the largest max_payload_bytes (MAXMSGSIZE is an int64)
 
 
 class Worker:
-    """Pulls jobs from producers and runs them in one child process per slot.
+    """Pulls jobs from producers and runs them in its job processes (``pool``).
 
     Args:
         tasks: importable module names whose public functions may run (the allowlist).
@@ -89,12 +97,38 @@ class Worker:
         metrics_port, metrics_host: serve Prometheus metrics at
             ``http://metrics_host:metrics_port/metrics`` while :meth:`run` runs (the
             ``metrics`` extra; docs/operations.md lists them). None: no endpoint.
+        resources: what the worker has for its jobs to share, name -> amount, e.g.
+            ``{"gpu": 1, "mem_gb": 64}`` (``--resources gpu=1,mem_gb=64``): a job that needs
+            some (``producer.options(resources={"gpu": 1})``) holds them while it runs, so
+            slots and resources both bound what runs at once. Claims say what is free.
+        labels: labels jobs may ask for, name -> value, e.g. ``{"zone": "eu"}``
+            (``--label zone=eu``).
+        pool: how jobs run (:mod:`freelance_rz.worker.pool`): ``"process"`` (default: a job
+            process per slot, one job at a time each), ``"thread"`` (one job process, a
+            thread per slot) or ``"asyncio"`` (one job process, ``async def`` tasks
+            concurrently on one event loop, plain functions in its threads). ``async def``
+            tasks run in every pool.
+        init: ``"module:function"`` called once in each job process before its first job
+            (load a model, open a connection); it may be ``async def``. A failure stops the
+            worker with the error.
+        max_jobs_per_process: replace a job process once it was handed this many jobs
+            (after the last one ends; None: never).
+        max_memory_per_process_mib: replace a job process whose resident memory is over
+            this many MiB after a job (Linux; None: never). Neither limit stops a running job.
+
+    Claims say what this worker can run (its ``tasks`` modules, free ``resources`` and
+    ``labels``), and producers hand it only such jobs (DESIGN §8). A job cancelled in the
+    thread or asyncio pool holds its resources until its run has stopped.
 
     :meth:`run` blocks until :meth:`stop` (callable from any thread or a signal handler).
 
     A module named twice in ``tasks`` is taken once. Ranges: ``slots`` >= 1, ``wait_ms`` >= 1,
     ``give_up_s`` > 0 (``float("inf")``: never), ``group`` 1 to 63 characters, ``name`` at most
-    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62, ``resolve_every_s`` 0.1 to 3600.
+    200 bytes in UTF-8, ``max_payload_bytes`` 1 to 2**62, ``resolve_every_s`` 0.1 to 3600;
+    at most 256 ``tasks`` modules; at most 32 ``resources`` and 32 ``labels``, names of 1 to
+    64 of ``A-Z a-z 0-9 _ . -`` (starting with a letter or ``_``), amounts finite numbers
+    from 0 to 1e15, label values at most 128 characters; ``max_jobs_per_process`` >= 1,
+    ``max_memory_per_process_mib`` > 0.
 
     Raises:
         TypeError: an argument of the wrong type, e.g. ``tasks="myapp.tasks"`` (a str, not a
@@ -102,13 +136,17 @@ class Worker:
             what it must be and the value given.
         ValueError: an argument out of its range; no producer source, no task module, bad
             interfaces; only one of ``key`` and ``trust``, an unreadable key, or ``trust``
-            without public keys; a ``discover_dns`` service that is not a DNS name.
-        ModuleNotFoundError: a ``tasks`` module cannot be found.
+            without public keys; a ``discover_dns`` service that is not a DNS name; an
+            unknown ``pool``; an ``init`` not of the form ``module:function``.
+        ModuleNotFoundError: a ``tasks`` module or the ``init`` module cannot be found.
         ImportError: ``discover_dns`` without dnspython installed.
     """
 
-    _slots: list[Slot]
-    _peers: Peers | None
+    _pool_now: Pool | None = None  # run()'s, for metrics_snapshot()
+    _peers: Peers | None = None
+    # freelance-worker's process has imported no task module and started no thread when it
+    # runs a worker: its first job processes may be forked from it (ready sooner).
+    _fork_first = False
 
     def __init__(
         self,
@@ -122,15 +160,15 @@ class Worker:
         name: str | None = None,
         wait_ms: int = DEFAULT_WAIT_MS,
         give_up_s: float = GIVE_UP_S,
-        key: str | os.PathLike[str] | None = None,
-        trust: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None, trust: str | os.PathLike[str] | None = None,
         max_payload_bytes: int = w.DEFAULT_MAX_PAYLOAD,
-        discover_dns: Sequence[str] = (),
-        connect_file: str | os.PathLike[str] | None = None,
+        discover_dns: Sequence[str] = (), connect_file: str | os.PathLike[str] | None = None,
         resolve_every_s: float = RESOLVE_EVERY_S,
         health_file: str | os.PathLike[str] | None = None,
-        metrics_port: int | None = None,
-        metrics_host: str = "127.0.0.1",
+        metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+        resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
+        pool: str = POOLS[0], init: str | None = None,
+        max_jobs_per_process: int | None = None, max_memory_per_process_mib: float | None = None,
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -154,7 +192,9 @@ class Worker:
         )
         self._metrics_at = _check.metrics_address(metrics_port, metrics_host)
         self.metrics_url: str | None = None  # set by run() when serving metrics
-        self._slots, self._peers = [], None  # run()'s, for metrics_snapshot()
+        self.resources, self.labels = _capabilities(resources, labels)
+        self.pool, self.init, self.max_jobs_per_process, self.max_memory_per_process_mib = (
+            _pool_options(pool, init, max_jobs_per_process, max_memory_per_process_mib))
         if not (self.discover or endpoints or services or self.connect_file is not None):
             raise ValueError("a worker needs --discover, --discover-dns, --connect or --connect-file")
         self.tasks = _task_modules(tasks)  # each module once, in the order given
@@ -169,9 +209,7 @@ class Worker:
         self.identity = f"{self.name[:200]}-{secrets.token_hex(16)}".encode()
         self.stats = WorkerStats()
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = _wake_pipe()
 
     # --- control from other threads / signal handlers --------------------------------------
 
@@ -193,40 +231,46 @@ class Worker:
         """Serve until stopped. Returns the :class:`WorkerStats`.
 
         Raises:
-            RuntimeError: a job process could not import the task modules, or the main script
-                starts this worker when imported (no ``if __name__ == "__main__":``).
+            RuntimeError: a job process could not be set up (a task module or the ``init``
+                function failed); the worker stopped first (running jobs finished, their
+                results delivered).
         """
-        refuse_unguarded_main()
-        peers = Peers(zmq.Context.instance(), self.identity, self.max_payload_bytes, self._keys,
-                      frozenset(self._trusted), self.give_up_s, self.stats)
-        peers.max_producers = _max_producers()
         browser = None
         sources: list[SourceThread] = []
         reaper = Reaper()
-        slots = self._slots = [Slot(index, self.tasks, reaper) for index in range(self.slots)]
-        self._peers = peers
+        pool = self._pool_now = self._make_pool(reaper)
+        peers = None
         metrics = None
         health = None if self.health_file is None else HealthFile(self.health_file)
-        loop = WorkerLoop(
-            name=self.name, slots=slots, peers=peers, wait_ms=self.wait_ms,
-            interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
-            stats=self.stats, clock=time.monotonic, health=health,
-        )
         try:
+            # Start-up order: the job processes and the mDNS browser start first, so they set
+            # themselves up and find producers while the poll loop is imported.
             reaper.start()
-            for slot in slots:
-                slot.proc.start()
+            pool.start(fork=self._fork_first)
             browser = self._start_browser()
+            from .loop import WorkerLoop
+            from .peers import Peers
+
+            peers = self._peers = Peers(
+                zmq.Context.instance(), self.identity, self.max_payload_bytes, self._keys,
+                frozenset(self._trusted), self.give_up_s, self.stats,
+            )
+            peers.max_producers = _max_producers()
+            loop = WorkerLoop(
+                name=self.name, pool=pool, peers=peers, wait_ms=self.wait_ms,
+                interfaces=self.interfaces, wake_r=self._wake_r, events=self._events,
+                stats=self.stats, clock=time.monotonic, tasks=tuple(self.tasks),
+                resources=self.resources, labels=self.labels, health=health,
+            )
             sources = self._sources()
             for source in sources:
                 source.start()
             self._add_static_peers(peers)
-            for slot in slots:
-                slot.proc.wait_ready()
             if self._metrics_at is not None:
                 metrics = self._serve_metrics(*self._metrics_at)
-            log.info("worker %s started: %d slot(s), tasks %s, %s", self.name, self.slots,
-                     ", ".join(self.tasks), self._source_text())
+            log.info("worker %s starting: %d slot(s) (%s pool), tasks %s%s, %s", self.name,
+                     self.slots, self.pool, ", ".join(self.tasks),
+                     _described(self.resources, self.labels), self._source_text())
             loop.run()
         finally:
             if metrics is not None:
@@ -235,19 +279,31 @@ class Worker:
                 browser.close()
             for source in sources:
                 source.close()
-            peers.close()
+            if peers is not None:
+                peers.close()
             if health is not None:
                 health.remove()
-            for slot in slots:
-                slot.proc.close()
+            pool.close()
             reaper.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+        if pool.fatal is not None:
+            raise RuntimeError(pool.fatal)
         log.info(
             "worker %s stopped: %d producer(s) found, %d job(s) run, %d failed",
             self.name, self.stats.producers_found, self.stats.jobs_run, self.stats.jobs_failed,
         )
         return self.stats
+
+    def _make_pool(self, reaper: Reaper) -> Pool:
+        """This worker's pool (not started): its job processes are told ``reaper``."""
+        memory = self.max_memory_per_process_mib
+        return Pool(
+            self.pool, self.slots,
+            Setup(self.tasks, self.init, self.pool, self.slots, list(sys.path)),
+            max_jobs=self.max_jobs_per_process,
+            max_memory_bytes=None if memory is None else int(memory * 2**20), reaper=reaper,
+        )
 
     def _start_browser(self) -> Browser | None:
         """With ``discover``, the started mDNS browser, posting what it finds to the loop."""
@@ -311,28 +367,98 @@ class Worker:
         from ..metrics import WorkerSnapshot
 
         slots = {"busy": 0, "free": 0, "starting": 0}
-        for slot in list(self._slots):
-            slots["busy" if slot.job is not None else "free" if slot.proc.ready else "starting"] += 1
+        pool = self._pool_now
+        for lane in [] if pool is None else list(pool.lanes):
+            active = lane.active
+            ready = active is not None and active.ready
+            for slot in lane.slots:  # a cancelled run not stopped yet keeps its slot busy
+                busy = slot.job is not None or slot.stuck is not None
+                slots["busy" if busy else "free" if ready else "starting"] += 1
         peers = self._peers
         return WorkerSnapshot(
             slots=slots, jobs=dict(self.stats.by_task),
-            restarts=sum(slot.proc.restarts for slot in list(self._slots)),
+            restarts=0 if pool is None else pool.restarts,
             producers=0 if peers is None else len(peers.links),
         )
 
 
+def _described(resources: dict[str, float], labels: dict[str, str]) -> str:
+    """``, resources gpu=1, labels zone=eu`` for the start-up line ("" when none)."""
+    text = ""
+    if resources:
+        text += ", resources " + ",".join(f"{k}={v:g}" for k, v in resources.items())
+    if labels:
+        text += ", labels " + ",".join(f"{k}={v}" for k, v in labels.items())
+    return text
+
+
+def _capabilities(
+    resources: Mapping[str, float] | None, labels: Mapping[str, str] | None,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """A worker's ``resources`` and ``labels``, checked (empty when not given).
+    Raises TypeError or ValueError (:func:`freelance_rz.core.check.resources`)."""
+    return _check.resources("resources", resources) or {}, _check.labels("labels", labels) or {}
+
+
+def _wake_pipe() -> tuple[int, int]:
+    """A non-blocking pipe ``(read end, write end)``: a byte written wakes the loop."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
+
+
 def _task_modules(modules: list[str]) -> list[str]:
-    """The task modules, each findable (checked before any job process imports them)."""
+    """The task modules, each a module name a claim can carry and findable (checked before
+    any job process imports them)."""
     if not modules:
         raise ValueError("a worker needs at least one --tasks module")
+    if len(modules) > MAX_MODULES:
+        raise ValueError(f"a worker takes at most {MAX_MODULES} --tasks modules, got {len(modules)}")
     for module in modules:
-        try:
-            found = importlib.util.find_spec(module)
-        except ImportError:  # "a.b" where "a" is missing or not a package
-            found = None
-        if found is None:
-            raise ModuleNotFoundError(f"--tasks module {module!r} not found", name=module)
+        if len(module) > MODULE_MAX_CHARS or not MODULE_RE.fullmatch(module):
+            raise ValueError(f"--tasks {module[:80]!r} is not a module name (dotted Python "
+                             f"names of at most {MODULE_MAX_CHARS} characters)")
+        _findable(module, "--tasks")
     return modules
+
+
+def _pool_options(pool: str, init: str | None, max_jobs: int | None, max_memory_mib: float | None
+                  ) -> tuple[str, str | None, int | None, float | None]:
+    """The ``pool``, ``init``, ``max_jobs_per_process`` and ``max_memory_per_process_mib``
+    arguments, checked (see :class:`Worker`)."""
+    pool = _check.string("pool", pool)
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}")
+    return (
+        pool, _init(_check.string("init", init, allow_none=True)),
+        _check.integer("max_jobs_per_process", max_jobs, min_=1, allow_none=True),
+        _check.number("max_memory_per_process_mib", max_memory_mib, above=0, unit="MiB",
+                      allow_none=True),
+    )
+
+
+def _init(init: str | None) -> str | None:
+    """The ``init`` function's name, checked: ``module:function``, the module findable."""
+    if init is None:
+        return None
+    module, sep, func = init.partition(":")
+    if not sep or not _IDENTIFIERS.fullmatch(module) or not func.isidentifier():
+        raise ValueError(f"--init {init!r} must be module:function, e.g. myapp.setup:load_model")
+    _findable(module, "--init")
+    return init
+
+
+def _findable(module: str, option: str) -> None:
+    """Raise ModuleNotFoundError when ``module`` cannot be found (nothing is imported)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # "a.b" where "a" is missing or not a package
+        found = False
+    except ValueError:  # an imported module whose __spec__ is None: it exists
+        found = True
+    if not found:
+        raise ModuleNotFoundError(f"{option} module {module!r} not found", name=module)
 
 
 def _endpoints(endpoints: list[str]) -> list[str]:
@@ -358,6 +484,8 @@ def _curve_keys(
 
 def _max_producers() -> int:
     """How many discovered producers the open-file limit allows (up to MAX_PRODUCERS)."""
+    from .peers import FDS_PER_PRODUCER, MAX_PRODUCERS
+
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:  # up to 5 file descriptors a producer, 128 spare
         return MAX_PRODUCERS

@@ -162,7 +162,8 @@ function renderWaiting(state) {
       const keys = [...new Set(value.flatMap((v) => Object.keys(v || {})))];
       return el("div", {}, el("h3", {}, `${w.producer}: ${w.key}`), el("table", {},
         el("thead", {}, el("tr", {}, ...keys.map((k) => el("th", {}, k)))),
-        el("tbody", {}, ...value.map((v) => el("tr", {}, ...keys.map((k) => el("td", {}, plainText(v[k]))))))));
+        el("tbody", {}, ...value.map((v) => el("tr", v && v.task ? { "data-waiting": `${w.producer}/${v.task}` } : {},
+          ...keys.map((k) => el("td", { "data-field": k }, plainText(v[k]))))))));
     }
     return el("div", {}, el("b", {}, `${w.producer}: ${w.key} `), plainText(value));
   }));
