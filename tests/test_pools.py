@@ -42,6 +42,28 @@ def test_each_pool_runs_plain_and_async_tasks_and_errors_travel(make_producer, s
         assert f"in {fn.__name__}" in info.value.remote_traceback
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_exception_that_cannot_be_printed_fails_its_job(make_producer, start_worker, pool):
+    """A task's exception whose str() raises, whose traceback cannot be formatted or whose
+    message UTF-8 cannot encode: JobFailed with what could be said, not a lost job (the job's
+    process used to die formatting it)."""
+    producer = make_producer()
+    start_worker("w1", "--tasks", "rzpools", "--pool", pool, "--slots", "1")
+    for fn in (rzpools.raise_unprintable, rzpools.araise_unprintable):
+        with pytest.raises(JobFailed) as info:
+            producer.options(max_attempts=1).submit(fn).result(timeout=30)
+        assert info.value.remote_type == "Unprintable"
+        assert "str() of this Unprintable raised RuntimeError" in info.value.remote_message
+        assert f"in {fn.__name__}" in info.value.remote_traceback
+    with pytest.raises(JobFailed) as info:
+        producer.options(max_attempts=1).submit(rzpools.raise_bad_notes).result(timeout=15)
+    assert (info.value.remote_type, info.value.remote_message) == ("BadNotes", "with notes")
+    assert "could not be formatted: RuntimeError" in info.value.remote_traceback
+    with pytest.raises(JobFailed) as info:
+        producer.options(max_attempts=1).submit(rzpools.raise_surrogate).result(timeout=15)
+    assert info.value.remote_message == "bad \\udcff text"
+
+
 @pytest.mark.parametrize("pool, task", [
     ("thread", rzpools.meet), ("asyncio", rzpools.ameet), ("asyncio", rzpools.meet),
 ])
