@@ -578,8 +578,12 @@ def test_per_job_max_attempts(make_producer):
     try:
         sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=3000, tasks=("rztasks",))))
         assert isinstance(p.decode_reply(sock.recv_multipart()), p.Job)
-        with pytest.raises(JobLost):  # one lost lease was its last
+        with pytest.raises(JobLost) as info:  # one lost lease was its last
             future.result(timeout=5)
+        # the worker said nothing (it died): reason says so, as str() does
+        assert info.value.attempts == 1
+        assert info.value.reason == "each worker holding it died or stopped heartbeating"
+        assert str(info.value).endswith(": " + info.value.reason)
     finally:
         sock.close()
 
