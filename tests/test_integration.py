@@ -105,8 +105,12 @@ def test_bad_submit_arguments_fail_at_submit(make_producer):
     with pytest.raises(ValueError, match="not a Python function"):
         producer.submit(len, [1])  # a builtin: no worker would run it
     small = make_producer(announce=False, max_payload_bytes=1000)
-    with pytest.raises(ValueError, match="max_payload_bytes"):
+    with pytest.raises(ValueError, match="max_payload_bytes") as info:
         small.submit(rztasks.echo, b"x" * 1000)
+    assert "instead of the arguments" in str(info.value)
+    with pytest.raises(ValueError, match="max_payload_bytes") as info:  # it blamed the arguments
+        small.submit("a" * 5000 + ":f")
+    assert "(its task name 5002)" in str(info.value) and "use a shorter task name" in str(info.value)
 
 
 def test_poison_job_is_retried_then_dead_lettered_and_the_worker_survives(

@@ -234,6 +234,8 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     (["--init", "rzpools"], 2, "--init 'rzpools' must be module:function"),
     (["--init", "rzpools:"], 2, "must be module:function"),
     (["--init", "nosuchmodule:setup"], 2, "--init module 'nosuchmodule' not found"),
+    (["--connect", "banana"], 2, "--connect 'banana': expected tcp://HOST:PORT\n"),
+    (["--tasks", "nosuchmodule"], 2, "--tasks module 'nosuchmodule' not found"),
     (["--max-jobs-per-process", "0"], 2, "max_jobs_per_process must be"),
     (["--max-memory-per-process", "-1"], 2, "max_memory_per_process_mib must be"),
 ])
@@ -254,6 +256,25 @@ def test_an_init_that_fails_stops_the_worker_with_the_error(init, message):
     assert message in run.stderr
     if init == "rzpools:broken_setup":
         assert "in broken_setup" in run.stderr  # with its traceback
+
+
+def test_embedded_worker_messages_name_its_keyword_arguments(tmp_path):
+    """From Python, a wrong argument is named as the keyword argument, not as the flag of
+    freelance-worker (the CLI's messages are tested above)."""
+    with pytest.raises(ValueError) as info:
+        Worker(["rzpools"])
+    assert str(info.value) == ("a worker needs a producer source: discover=True, discover_dns=, "
+                               "connect= or connect_file=")
+    with pytest.raises(ModuleNotFoundError) as missing:
+        Worker(["nosuchmodule"], discover=True)
+    assert str(missing.value) == "tasks module 'nosuchmodule' not found"
+    with pytest.raises(ValueError) as bad:
+        Worker(["rzpools"], connect=["banana"])
+    assert str(bad.value) == "connect 'banana': expected tcp://HOST:PORT"
+    with pytest.raises(ValueError, match=r"^init 'rzpools.setup' must be module:function"):
+        Worker(["rzpools"], discover=True, init="rzpools.setup")
+    with pytest.raises(ValueError, match="^key needs trust too"):
+        Worker(["rzpools"], discover=True, key=tmp_path / "k.key_secret")
 
 
 def test_embedded_worker_takes_the_same_options():

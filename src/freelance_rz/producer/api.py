@@ -333,9 +333,12 @@ class Producer(Executor):
         task = task_name(fn)
         payload = pl.pack_call(task, args, kwargs, options.wire)
         if len(payload) > self.max_payload_bytes:
+            named = len(task.encode())  # the task name's share of the payload
             raise ValueError(
-                f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
-                f"({self.max_payload_bytes}); pass a path or URL to the data instead"
+                f"the job takes {len(payload)} bytes encoded (its task name {named}), more than "
+                f"max_payload_bytes ({self.max_payload_bytes}); " + (
+                    "use a shorter task name" if 2 * named > len(payload)
+                    else "pass a path or URL to the data instead of the arguments")
             )
         if not self._started:
             self.start()
