@@ -49,11 +49,11 @@ def test_jobs_waiting_with_no_worker_are_reported_once(make_producer, caplog, mo
     producer = make_producer(group=f"{GROUP}-empty")
     producer.submit(rztasks.add, 1, 1)
     deadline = time.monotonic() + 10
-    while not any("no worker has spoken" in r.getMessage() for r in caplog.records):
+    while not any("no worker has claimed a job from" in r.getMessage() for r in caplog.records):
         assert time.monotonic() < deadline, "no warning"
         time.sleep(0.1)
     time.sleep(2.5)
-    warnings = [r.getMessage() for r in caplog.records if "no worker has spoken" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "no worker has claimed a job from" in r.getMessage()]
     assert len(warnings) == 1
     assert f"--group {GROUP}-empty" in warnings[0] and producer.endpoint in warnings[0]
 
