@@ -61,7 +61,9 @@ class Producer(Executor):
             returns only once the job is recorded, and a producer restarted on the same store
             offers its pending jobs again, re-queues those that were leased (attempt + 1),
             keeps finished results (:meth:`get`) and accepts results that workers still hold
-            for the old process (the zguide's Titanic pattern, without a broker).
+            for the old process (the zguide's Titanic pattern, without a broker). A
+            KeyboardInterrupt inside :meth:`submit` after the job was recorded leaves it stored
+            (it runs) without its Future reaching the caller.
         retention_s, retention_count: finished results kept in the store at most this many
             seconds, and at most this many (newest first). None: no limit.
         max_payload_bytes: largest encoded job (task name and arguments) :meth:`submit`
