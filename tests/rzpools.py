@@ -119,3 +119,38 @@ def hoard(mib):
     """Keep ``mib`` MiB resident in this process (a leak)."""
     _hoard.append(b"x" * (mib * 2**20))
     return os.getpid()
+
+
+class Unprintable(Exception):
+    """An exception whose str() and repr() raise."""
+
+    def __str__(self):
+        raise RuntimeError("str fails")
+
+    def __repr__(self):
+        raise RuntimeError("repr fails")
+
+
+class BadNotes(Exception):
+    """An exception whose traceback cannot be formatted (its __notes__ raise)."""
+
+    @property
+    def __notes__(self):
+        raise RuntimeError("notes fail")
+
+
+def raise_unprintable():
+    raise Unprintable()
+
+
+async def araise_unprintable():
+    await asyncio.sleep(0)
+    raise Unprintable()
+
+
+def raise_bad_notes():
+    raise BadNotes("with notes")
+
+
+def raise_surrogate():
+    raise ValueError("bad \udcff text")

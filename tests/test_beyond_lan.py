@@ -263,6 +263,21 @@ def test_health_checks_for_probes(make_producer, start_worker, tmp_path):
     assert "could not connect" in down.stdout
 
 
+@pytest.mark.parametrize("content", [
+    b"not json", b"\xff\xfe", b"[1, 2]", b'{"time": "soon"}', b'{"time": 1e999}',
+    b'{"time": ' + b"9" * 400 + b"}", b"[" * 60_000, b"",
+])
+def test_a_bad_health_file_is_unhealthy_with_a_reason(tmp_path, content):
+    """Whatever the file holds, --check answers one line and exit code 1 (it crashed with
+    UnboundLocalError on a file that is not JSON)."""
+    health = tmp_path / "w1.health"
+    health.write_bytes(content)
+    bad = run_status("--check", "--health-file", str(health))
+    assert bad.returncode == 1, bad
+    assert bad.stdout == f"unhealthy: {health} is not a worker's health file\n", bad
+    assert bad.stderr == "", bad
+
+
 # --- DNS-SD against a real DNS server ---------------------------------------------------------
 
 

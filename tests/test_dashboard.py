@@ -252,6 +252,37 @@ def report_latency(latencies: list[float], tmp_path) -> None:
     print("refresh-to-screen latency:", json.dumps(figures))
 
 
+def test_dashboard_action_refuses_a_job_id_the_wire_cannot_carry(make_producer, processes, tmp_path):
+    """A job_id outside 1..2**63-1 is a 400 saying so (a huge one was a 500, OverflowError in
+    send_admin; one from 2**63 reached the producer); a job id the wire takes reaches it."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    producer = make_producer(admin_token=TOKEN, announce=False)
+    dashboard = processes([*STATUS_CLI, "--connect", producer.endpoint, "--interval", "0.5",
+                           "--serve", "127.0.0.1:0", "--token-file", str(token_file)])
+    url = dashboard_url(dashboard)
+    wait_for(lambda: json.load(urllib.request.urlopen(url + "api/state", timeout=10))["producers"][0]["up"],
+             30, "the producer up")
+
+    def act(job_id: object) -> tuple[int, dict]:
+        body = json.dumps({"endpoint": producer.endpoint, "action": "cancel", "job_id": job_id}).encode()
+        request = urllib.request.Request(url + "api/action", method="POST", data=body,
+                                         headers={"Authorization": "Bearer " + TOKEN})
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    for job_id in (99999999999999999999999, 2**64 - 1, 2**63, 0, -1, True, "7"):
+        code, answer = act(job_id)
+        assert code == 400, (job_id, code, answer)
+        assert "job_id must be an integer from 1 to 9223372036854775807" in answer["error"], answer
+    code, answer = act(2**63 - 1)  # the wire takes it: the producer answers (no such job)
+    assert code == 409 and answer["error"], answer
+    assert producer.status()["bad_messages"] == 0
+
+
 def test_dashboard_refuses_foreign_hosts_and_actions_without_token(processes, tmp_path):
     """Read-only without a token, answers loopback Host names only, lists a producer that
     never answers as down, logs JSON lines, and stops cleanly on SIGTERM."""

@@ -49,11 +49,11 @@ def test_jobs_waiting_with_no_worker_are_reported_once(make_producer, caplog, mo
     producer = make_producer(group=f"{GROUP}-empty")
     producer.submit(rztasks.add, 1, 1)
     deadline = time.monotonic() + 10
-    while not any("no worker has spoken" in r.getMessage() for r in caplog.records):
+    while not any("no worker has claimed a job from" in r.getMessage() for r in caplog.records):
         assert time.monotonic() < deadline, "no warning"
         time.sleep(0.1)
     time.sleep(2.5)
-    warnings = [r.getMessage() for r in caplog.records if "no worker has spoken" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "no worker has claimed a job from" in r.getMessage()]
     assert len(warnings) == 1
     assert f"--group {GROUP}-empty" in warnings[0] and producer.endpoint in warnings[0]
 
@@ -119,3 +119,37 @@ def test_a_time_limit_under_a_millisecond_is_still_a_limit(make_producer, start_
     with pytest.raises(JobTimeout):
         producer.options(timeout_s=0.0005).submit(rztasks.whoami, 5.0).result(timeout=30)
     assert time.monotonic() - started < 4.5  # killed, not run to its end
+
+
+@pytest.mark.parametrize("handled", [False, True])
+def test_sigterm_to_an_app_closes_its_producer_only_with_the_documented_handler(tmp_path, handled):
+    """docs/tutorial.md §9: SIGTERM kills a Python app without leaving ``with`` (no close():
+    its endpoints-file line stays); with the handler the docs give, close() runs (the line
+    is removed) and the app exits 143."""
+    endpoints = tmp_path / "endpoints.txt"
+    handler = ("signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))"
+               if handled else "pass")
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(f"""
+        import signal, sys, time
+        from freelance_rz import Producer
+        {handler}
+        with Producer(group="sigterm-{GROUP}", announce=False, endpoints_file={str(endpoints)!r}) as p:
+            print(p.endpoint, flush=True)
+            time.sleep(60)
+    """))
+    app = subprocess.Popen([sys.executable, str(script)], cwd=TESTS_DIR, stdout=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        endpoint = app.stdout.readline().strip()
+        assert endpoint.startswith("tcp://") and endpoint in endpoints.read_text()
+        app.terminate()
+        code = app.wait(30)
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, 9)
+            app.wait(10)
+    if handled:
+        assert code == 143 and endpoint not in endpoints.read_text()
+    else:
+        assert code == -15 and endpoint in endpoints.read_text()

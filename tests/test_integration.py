@@ -105,8 +105,12 @@ def test_bad_submit_arguments_fail_at_submit(make_producer):
     with pytest.raises(ValueError, match="not a Python function"):
         producer.submit(len, [1])  # a builtin: no worker would run it
     small = make_producer(announce=False, max_payload_bytes=1000)
-    with pytest.raises(ValueError, match="max_payload_bytes"):
+    with pytest.raises(ValueError, match="max_payload_bytes") as info:
         small.submit(rztasks.echo, b"x" * 1000)
+    assert "instead of the arguments" in str(info.value)
+    with pytest.raises(ValueError, match="max_payload_bytes") as info:  # it blamed the arguments
+        small.submit("a" * 5000 + ":f")
+    assert "(its task name 5002)" in str(info.value) and "use a shorter task name" in str(info.value)
 
 
 def test_poison_job_is_retried_then_dead_lettered_and_the_worker_survives(
@@ -578,8 +582,12 @@ def test_per_job_max_attempts(make_producer):
     try:
         sock.send_multipart(p.encode(p.Claim(rid=1, wait_ms=3000, tasks=("rztasks",))))
         assert isinstance(p.decode_reply(sock.recv_multipart()), p.Job)
-        with pytest.raises(JobLost):  # one lost lease was its last
+        with pytest.raises(JobLost) as info:  # one lost lease was its last
             future.result(timeout=5)
+        # the worker said nothing (it died): reason says so, as str() does
+        assert info.value.attempts == 1
+        assert info.value.reason == "each worker holding it died or stopped heartbeating"
+        assert str(info.value).endswith(": " + info.value.reason)
     finally:
         sock.close()
 

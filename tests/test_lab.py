@@ -310,6 +310,8 @@ def test_cli_run_with_the_default_relative_out_dir(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = (tmp_path / "lab-runs").glob("small-*")
+    assert f" s; records in {run_dir}\n" in done.stdout, done.stdout  # on one line, however long
+    assert f"loopback mode, run directory {run_dir}\n" in done.stdout, done.stdout
     report = json.loads((run_dir / "report.json").read_text())
     assert report["jobs_completed"] == 5 and report["jobs_lost"] == 0
 

@@ -281,6 +281,22 @@ def test_a_job_no_connected_worker_can_run_is_never_handed_out_and_is_reported(c
     assert e.ledger.pending == 0 and e.engine.status(e.now)["waiting"] == []
 
 
+def test_jobs_waiting_with_no_claim_seen_say_only_what_the_producer_knows(caplog):
+    """No claim seen: the workers may all be busy (with another producer's jobs) or none may
+    run. STATUS and the warning say so, not "no worker is connected" / "start workers"."""
+    caplog.set_level(logging.WARNING, logger="freelance_rz.producer")
+    e = Engine()
+    e.submit("m:f")
+    for _ in range(25):
+        e.tick(0.5)
+    [waiting] = e.engine.status(e.now)["waiting"]
+    assert waiting["missing"] == ("no worker has claimed a job here lately: the group's workers may "
+                                  "all be busy, or none is running")
+    [warned] = [r.getMessage() for r in caplog.records if "job(s) waiting" in r.getMessage()]
+    assert warned.startswith("1 job(s) waiting and no worker has claimed a job from producer p")
+    assert "the group's workers may all be busy, or none is running; start workers" in warned
+
+
 def test_a_busy_gpu_still_counts_as_a_gpu_for_the_report():
     e = Engine()
     e.claim(b"gpu", "m", resources={"gpu": 1})

@@ -42,6 +42,28 @@ def test_each_pool_runs_plain_and_async_tasks_and_errors_travel(make_producer, s
         assert f"in {fn.__name__}" in info.value.remote_traceback
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_exception_that_cannot_be_printed_fails_its_job(make_producer, start_worker, pool):
+    """A task's exception whose str() raises, whose traceback cannot be formatted or whose
+    message UTF-8 cannot encode: JobFailed with what could be said, not a lost job (the job's
+    process used to die formatting it)."""
+    producer = make_producer()
+    start_worker("w1", "--tasks", "rzpools", "--pool", pool, "--slots", "1")
+    for fn in (rzpools.raise_unprintable, rzpools.araise_unprintable):
+        with pytest.raises(JobFailed) as info:
+            producer.options(max_attempts=1).submit(fn).result(timeout=30)
+        assert info.value.remote_type == "Unprintable"
+        assert "str() of this Unprintable raised RuntimeError" in info.value.remote_message
+        assert f"in {fn.__name__}" in info.value.remote_traceback
+    with pytest.raises(JobFailed) as info:
+        producer.options(max_attempts=1).submit(rzpools.raise_bad_notes).result(timeout=15)
+    assert (info.value.remote_type, info.value.remote_message) == ("BadNotes", "with notes")
+    assert "could not be formatted: RuntimeError" in info.value.remote_traceback
+    with pytest.raises(JobFailed) as info:
+        producer.options(max_attempts=1).submit(rzpools.raise_surrogate).result(timeout=15)
+    assert info.value.remote_message == "bad \\udcff text"
+
+
 @pytest.mark.parametrize("pool, task", [
     ("thread", rzpools.meet), ("asyncio", rzpools.ameet), ("asyncio", rzpools.meet),
 ])
@@ -212,6 +234,8 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     (["--init", "rzpools"], 2, "--init 'rzpools' must be module:function"),
     (["--init", "rzpools:"], 2, "must be module:function"),
     (["--init", "nosuchmodule:setup"], 2, "--init module 'nosuchmodule' not found"),
+    (["--connect", "banana"], 2, "--connect 'banana': expected tcp://HOST:PORT\n"),
+    (["--tasks", "nosuchmodule"], 2, "--tasks module 'nosuchmodule' not found"),
     (["--max-jobs-per-process", "0"], 2, "max_jobs_per_process must be"),
     (["--max-memory-per-process", "-1"], 2, "max_memory_per_process_mib must be"),
 ])
@@ -232,6 +256,25 @@ def test_an_init_that_fails_stops_the_worker_with_the_error(init, message):
     assert message in run.stderr
     if init == "rzpools:broken_setup":
         assert "in broken_setup" in run.stderr  # with its traceback
+
+
+def test_embedded_worker_messages_name_its_keyword_arguments(tmp_path):
+    """From Python, a wrong argument is named as the keyword argument, not as the flag of
+    freelance-worker (the CLI's messages are tested above)."""
+    with pytest.raises(ValueError) as info:
+        Worker(["rzpools"])
+    assert str(info.value) == ("a worker needs a producer source: discover=True, discover_dns=, "
+                               "connect= or connect_file=")
+    with pytest.raises(ModuleNotFoundError) as missing:
+        Worker(["nosuchmodule"], discover=True)
+    assert str(missing.value) == "tasks module 'nosuchmodule' not found"
+    with pytest.raises(ValueError) as bad:
+        Worker(["rzpools"], connect=["banana"])
+    assert str(bad.value) == "connect 'banana': expected tcp://HOST:PORT"
+    with pytest.raises(ValueError, match=r"^init 'rzpools.setup' must be module:function"):
+        Worker(["rzpools"], discover=True, init="rzpools.setup")
+    with pytest.raises(ValueError, match="^key needs trust too"):
+        Worker(["rzpools"], discover=True, key=tmp_path / "k.key_secret")
 
 
 def test_embedded_worker_takes_the_same_options():

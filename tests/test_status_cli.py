@@ -65,3 +65,29 @@ def test_no_problem_column_when_every_producer_answered(make_producer):
     assert "freelance_rz producers: 1 answered" in shown.stdout, shown.stdout
     assert "unreachable" not in shown.stdout and "problem" not in shown.stdout
     assert producer.producer_id in shown.stdout
+
+
+def test_bad_arguments_say_what_is_wrong(tmp_path):
+    """--wait and --interval out of range are usage errors naming the flag (one said "sleep
+    length must be non-negative", the other failed after one table); a --connect port out of
+    range says so, as the worker does (it said "could not connect"); a missing --connect-file
+    is named (it only said no producer was found)."""
+    live = closed_endpoint()
+    for args, message in [
+        (["--discover", "--wait", "-3"], "argument --wait: must be a number of seconds >= 0, got -3.0"),
+        (["--connect", live, "--interval", "-1", "--watch"],
+         "argument --interval: must be a number of seconds > 0, got -1.0"),
+        (["--connect", live, "--interval", "soon"], "argument --interval: must be a number of seconds, got 'soon'"),
+        (["--connect", "tcp://127.0.0.1:99999"], "--connect 'tcp://127.0.0.1:99999': port 99999 is not in 1..65535"),
+    ]:
+        shown = run_status(*args)
+        assert shown.returncode == 2, (args, shown)
+        assert f"freelance-status: error: {message}\n" in shown.stderr, (args, shown.stderr)
+    missing = tmp_path / "nonexistent"
+    shown = run_status("--connect-file", str(missing))
+    assert shown.returncode == 1 and "--connect-file: no such file" in shown.stdout, shown
+    shown = run_status("--connect-file", str(missing), "--json")
+    assert shown.returncode == 1, shown
+    assert json.loads(shown.stdout) == [{"endpoint": str(missing), "error": "--connect-file: no such file"}]
+    check = run_status("--check", "--connect-file", str(missing))
+    assert check.returncode == 1 and f"{missing}: --connect-file: no such file" in check.stdout, check

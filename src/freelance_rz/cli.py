@@ -22,7 +22,7 @@ from .core.check import address
 from .core.payload import POOLS
 from .logfmt import add_fixed_fields
 from .logfmt import configure as configure_logging
-from .core.wire import DEFAULT_MAX_PAYLOAD
+from .core.wire import DEFAULT_MAX_PAYLOAD, parse_endpoint
 from .sources import RESOLVE_EVERY_S
 from .statusview import json_rows, read_rows, status_view
 from .worker.health import DEFAULT_MAX_AGE_S
@@ -242,7 +242,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             metrics_port=metrics_port, metrics_host=metrics_host,
             resources=parse_resources(args.resources), labels=parse_labels(args.label),
             pool=args.pool, init=args.init, max_jobs_per_process=args.max_jobs_per_process,
-            max_memory_per_process_mib=args.max_memory_per_process,
+            max_memory_per_process_mib=args.max_memory_per_process, _cli=True,
         )
     except (ValueError, ImportError) as exc:
         print(f"freelance-worker: error: {exc}", file=sys.stderr)
@@ -272,6 +272,25 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _seconds(**bounds: Any) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds within ``bounds`` (``min_=``/``above=``,
+    as :func:`freelance_rz.core.check.number` takes them); else a usage error naming the
+    flag (exit 2), e.g. ``argument --wait: must be a number of seconds >= 0, got -3.0``."""
+    from .core.check import number
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+        try:
+            return float(number("it", value, unit="seconds", **bounds))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("it ")) from None
+
+    return parse
+
+
 def status_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freelance-status",
@@ -281,9 +300,10 @@ def status_parser() -> argparse.ArgumentParser:
     _add_producer_source(parser)
     parser.add_argument("--json", action="store_true", help="print JSON (one line per refresh)")
     parser.add_argument("--watch", action="store_true", help="refresh every --interval seconds")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds (default: %(default)s)")
+    parser.add_argument("--interval", type=_seconds(above=0), default=1.0,
+                        help="seconds (default: %(default)s)")
     parser.add_argument(
-        "--wait", type=float, default=2.0,
+        "--wait", type=_seconds(min_=0), default=2.0,
         help="with --discover, seconds to listen for announcements first (default: %(default)s)",
     )
     health = parser.add_argument_group("health check (for container probes)")
@@ -297,7 +317,7 @@ def status_parser() -> argparse.ArgumentParser:
         help="with --check: the file a worker keeps fresh (freelance-worker --health-file)",
     )
     health.add_argument(
-        "--max-age-s", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+        "--max-age-s", type=_seconds(above=0), default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
         help="with --health-file: older than this is unhealthy (default: %(default)s)",
     )
     parser.add_argument(
@@ -368,9 +388,16 @@ def _status_source(
             server_keys.update(targets)
         endpoints, public_keys = [ep for ep, _ in targets], [pk for _, pk in targets]
         return (query_status(endpoints, keys=keys, server_keys=public_keys, detail=detail)
-                + rows + key_rows + refused)
+                + rows + key_rows + refused + _missing_file(args.connect_file))
 
     return snapshot
+
+
+def _missing_file(path: str | None) -> list[dict[str, Any]]:
+    """A row naming the ``--connect-file`` when it does not exist (else it only found none)."""
+    if path is None or os.path.exists(path):
+        return []
+    return [{"endpoint": path, "error": "--connect-file: no such file"}]
 
 
 def _watch_status(
@@ -410,6 +437,12 @@ def status_main(argv: Sequence[str] | None = None) -> int:
         parser.error(_NO_SOURCE + " (or --check --health-file)")
     if args.check and args.watch:
         parser.error("--check and --watch do not go together")
+    for endpoint in args.connect or ():
+        if endpoint.startswith("tcp://"):  # others (ipc://) are libzmq's to refuse
+            try:
+                parse_endpoint(endpoint)
+            except ValueError as exc:
+                parser.error(f"--connect {endpoint[:200]!r}: {exc}")
     if args.serve is None:
         configure_logging(logging.WARNING, args.log_format)
     else:

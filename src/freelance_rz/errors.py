@@ -78,16 +78,15 @@ class JobLost(FreelanceError):
         job_id: the producer's id of the job.
         attempts: how many leases were lost (None for a job dead-lettered before the
             producer restarted on its store: the count is not kept).
-        reason: what the last loss was, when a worker reported it (e.g. the job's process
-            "was killed by signal SIGSEGV"), else None.
+        reason: what the last loss was: as a worker reported it (e.g. the job's process
+            "was killed by signal SIGSEGV"), else that each worker holding it died or stopped
+            heartbeating (its leases expired); the end of ``str()`` of the error.
     """
 
     def __init__(self, job_id: int, attempts: int | None, reason: str | None = None) -> None:
         lost = "" if attempts is None else f" after {attempts} lost attempt(s)"
-        super().__init__(
-            f"job {job_id} dead-lettered{lost}: "
-            + (reason or "each worker holding it died or stopped heartbeating")
-        )
+        reason = reason or "each worker holding it died or stopped heartbeating"
+        super().__init__(f"job {job_id} dead-lettered{lost}: {reason}")
         self.job_id = job_id
         self.attempts = attempts
         self.reason = reason

@@ -300,8 +300,11 @@ def send_admin(
         answer within ``timeout_s`` seconds).
 
     Raises:
+        ValueError: ``job_id`` is not an int from 1 to :data:`~freelance_rz.core.wire.MAX_UINT`.
         zmq.ZMQError: a socket cannot be made.
     """
+    if not p.is_id(job_id):
+        raise ValueError(f"job_id must be an integer from 1 to {p.MAX_UINT}")
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, p.CONTROL_MAX_BYTES)

@@ -7,6 +7,7 @@ is bound to its key and never handed over. Real sockets and CURVE on loopback.""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import threading
@@ -104,3 +105,29 @@ def test_an_authorised_key_cannot_take_another_workers_routing_id(make_producer,
         assert isinstance(err, p.Err) and "belongs to another client key" in err.message
     finally:
         thief.close()
+
+
+def test_a_bad_message_from_an_anonymous_peer_is_logged_with_a_printable_name(make_producer, caplog):
+    """A peer with ZeroMQ's own routing id (5 binary bytes, e.g. a status client) that sends
+    a job id past the wire's limit: the producer's warning names it ``peer-xxxxxxxx``, never
+    with its raw bytes; send_admin refuses such a job id before it is sent."""
+    from freelance_rz.status import send_admin
+
+    producer = make_producer(admin_token="admin-token-0123456789")
+    with pytest.raises(ValueError, match="job_id must be an integer from 1 to 9223372036854775807"):
+        send_admin(producer.endpoint, "admin-token-0123456789", "cancel", 2**63)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(producer.endpoint)
+    try:
+        with caplog.at_level(logging.WARNING, "freelance_rz"):
+            sock.send_multipart(p.encode(p.Admin(rid=1, token="x" * 20, action="cancel", job_id=2**63)))
+            assert sock.poll(10_000), "no ERR for the bad job id"
+            assert isinstance(p.decode_reply(sock.recv_multipart()), p.Err)
+            wait_until(lambda: any("bad message from" in r.getMessage() for r in caplog.records), 10,
+                       "the producer never logged the bad message")
+    finally:
+        sock.close()
+    [line] = [r.getMessage() for r in caplog.records if "bad message from" in r.getMessage()]
+    assert re.match(r"bad message from peer-[0-9a-f]{8}: ", line), line
+    assert line.isprintable() and "\ufffd" not in line, line

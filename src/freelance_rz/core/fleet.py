@@ -31,6 +31,10 @@ log = logging.getLogger("freelance_rz.producer")
 NO_WORKER_WARN_S = 10.0  # jobs waiting this long with no word from any worker: say so, once
 WAITING_IN_STATUS = 50  # requirement signatures STATUS lists, at most
 WAITING_WARN_S = 5.0  # a signature no connected worker could run this long is logged (once)
+# What the producer knows when no worker has claimed lately: a worker busy with other jobs
+# (another producer's) does not claim here either, so "no worker is connected" may be false.
+NO_CLAIM = ("no worker has claimed a job here lately: the group's workers may all be busy, "
+            "or none is running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,7 @@ def missing(needs: Needs, fleet: Iterable[Capabilities]) -> str | None:
     words; None when one of them can run it."""
     workers = list(fleet)
     if not workers:
-        return "no worker is connected"
+        return NO_CLAIM
     if any(worker.can_run(needs) for worker in workers):
         return None
     running = [w for w in workers if needs.module in w.modules]
@@ -170,8 +174,10 @@ class Fleet:
 
     def warn_unserved(self, now: float, pending: int, facts: dict[str, Any]) -> None:
         """Say once (until a worker speaks again) that ``pending`` jobs wait and no worker has
-        said anything for NO_WORKER_WARN_S: a wrong group, or no worker started (``facts``:
-        the producer's id, group and endpoints, for the message)."""
+        said anything for NO_WORKER_WARN_S: its workers all busy (with another producer's
+        jobs), a wrong group, or no worker started (``facts``: the producer's id, group and
+        endpoints, for the message). Silence cannot tell these apart, so the message names
+        each."""
         if not pending or now - self.last_heard < NO_WORKER_WARN_S:
             self._idle_warned = False
             return
@@ -180,9 +186,10 @@ class Fleet:
         self._idle_warned = True
         group, endpoints = facts.get("group"), facts.get("endpoints") or ["ENDPOINT"]
         log.warning(
-            "%d job(s) waiting and no worker has spoken to producer %s (group %r) for %.0f s: "
-            "start workers of this group, e.g. `freelance-worker --discover --group %s "
-            "--tasks MODULE`, or `--connect %s`", pending, facts.get("producer_id"), group,
+            "%d job(s) waiting and no worker has claimed a job from producer %s (group %r) for "
+            "%.0f s: the group's workers may all be busy, or none is running; start workers of "
+            "this group, e.g. `freelance-worker --discover --group %s --tasks MODULE`, or "
+            "`--connect %s`", pending, facts.get("producer_id"), group,
             now - self.last_heard, group, endpoints[0],
         )
 

@@ -43,11 +43,15 @@ def worker_label(identity: bytes) -> str:
     """How a worker is shown (STATUS, events, logs): ``NAME-xxxxxxxx``, the part of its
     routing id before the last ``-`` and 32 bits of a BLAKE2b hash of the whole id. The
     routing id itself is a secret (whoever has it can take the worker's replies), so it is
-    never shown."""
+    never shown. A peer whose id has no such name (ZeroMQ's own ids are 5 binary bytes: a
+    status client, a stranger) or one that is not UTF-8 is ``peer-xxxxxxxx``: no raw bytes."""
     label = _LABELS.get(identity)
     if label is None:
-        name = identity.rpartition(b"-")[0] or identity[:32]
-        label = f"{clean(name, 64)}-{hashlib.blake2b(identity, digest_size=4).hexdigest()}"
+        try:
+            name = identity.rpartition(b"-")[0].decode("utf-8")
+        except UnicodeDecodeError:
+            name = ""
+        label = f"{clean(name, 64) or 'peer'}-{hashlib.blake2b(identity, digest_size=4).hexdigest()}"
         if len(_LABELS) >= 4096:
             _LABELS.clear()
         _LABELS[identity] = label

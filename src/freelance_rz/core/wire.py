@@ -246,9 +246,16 @@ _VERB_OF: dict[type, bytes] = {cls: verb for verb, cls in (_REQUESTS | _REPLIES)
 
 
 def _uint(value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= MAX_UINT:
+    if not is_id(value, 0):
         raise ValueError("must be an unsigned integer below 2**63")
-    return value
+    return value  # type: ignore[no-any-return]
+
+
+def is_id(value: Any, least: int = 1) -> bool:
+    """Whether ``value`` is an int the wire takes in an id field (``job_id``, ``rid``, ...):
+    ``least`` to :data:`MAX_UINT` (booleans are not). For callers that take an id from a
+    user (the dashboard's actions) and must refuse it before it is encoded."""
+    return type(value) is int and least <= value <= MAX_UINT
 
 
 def _bool(value: Any) -> bool:

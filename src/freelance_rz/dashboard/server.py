@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core.wire import MAX_UINT, is_id
 from .fleet import Fleet
 
 log = logging.getLogger("freelance_rz.dashboard")
@@ -196,12 +197,14 @@ class Dashboard:
         try:
             body = await request.json()
             endpoint, action, job_id = body["endpoint"], body["action"], body["job_id"]
-            if endpoint not in self.fleet.producers or action not in ("cancel", "retry") \
-                    or type(job_id) is not int or job_id < 1:
+            if endpoint not in self.fleet.producers or action not in ("cancel", "retry"):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return web.json_response({"ok": False, "error": "expected {endpoint, action: cancel|retry, "
                                       "job_id} of a producer shown"}, status=400)
+        if not is_id(job_id):
+            return web.json_response({"ok": False, "error": f"job_id must be an integer from 1 to "
+                                      f"{MAX_UINT} (a job id the producer gave)"}, status=400)
         error = await asyncio.get_running_loop().run_in_executor(
             None, self.admin, endpoint, self.token, action, job_id)
         log.info("%s of job %d at %s: %s", action, job_id, endpoint, error or "done",

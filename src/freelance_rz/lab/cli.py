@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"freelance-lab: error: {exc}", file=sys.stderr)
         return 2
     try:  # every process and namespace is gone by now; a Ctrl-C from here on only cuts the report
-        console.print(f"run ended ({result.ended}) after {result.elapsed_s:.1f} s: {result.run_dir}")
+        console.print(f"run ended ({result.ended}) after {result.elapsed_s:.1f} s; records in "
+                      f"{result.run_dir}", soft_wrap=True, markup=False, highlight=False)  # one line
         if result.leftover_namespaces:
             console.print(f"[red]could not delete namespaces: {', '.join(result.leftover_namespaces)}[/]")
         from . import report  # slow to import on a loaded machine: a third Ctrl-C landed here

@@ -472,7 +472,7 @@ class LabRun:
 
     def _show(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=True)  # a long run directory stays on its line
 
     @contextmanager
     def _live(self) -> Iterator[Live | None]:

@@ -61,7 +61,9 @@ class Producer(Executor):
             returns only once the job is recorded, and a producer restarted on the same store
             offers its pending jobs again, re-queues those that were leased (attempt + 1),
             keeps finished results (:meth:`get`) and accepts results that workers still hold
-            for the old process (the zguide's Titanic pattern, without a broker).
+            for the old process (the zguide's Titanic pattern, without a broker). A
+            KeyboardInterrupt inside :meth:`submit` after the job was recorded leaves it stored
+            (it runs) without its Future reaching the caller.
         retention_s, retention_count: finished results kept in the store at most this many
             seconds, and at most this many (newest first). None: no limit.
         max_payload_bytes: largest encoded job (task name and arguments) :meth:`submit`
@@ -333,9 +335,12 @@ class Producer(Executor):
         task = task_name(fn)
         payload = pl.pack_call(task, args, kwargs, options.wire)
         if len(payload) > self.max_payload_bytes:
+            named = len(task.encode())  # the task name's share of the payload
             raise ValueError(
-                f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
-                f"({self.max_payload_bytes}); pass a path or URL to the data instead"
+                f"the job takes {len(payload)} bytes encoded (its task name {named}), more than "
+                f"max_payload_bytes ({self.max_payload_bytes}); " + (
+                    "use a shorter task name" if 2 * named > len(payload)
+                    else "pass a path or URL to the data instead of the arguments")
             )
         if not self._started:
             self.start()

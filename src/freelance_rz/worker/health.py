@@ -94,11 +94,13 @@ def check_health(path: str | os.PathLike[str], max_age_s: float = DEFAULT_MAX_AG
         return False, f"unhealthy: no health file at {path} (the worker has not started, or ended)"
     except OSError as exc:
         return False, f"unhealthy: cannot read {path}: {exc.strerror or exc}"
+    info: Any = None
+    written = math.nan
     try:
         info = json.loads(data) if len(data) <= MAX_HEALTH_BYTES else None
         written = float(info["time"]) if isinstance(info, dict) else math.nan
-    except (ValueError, KeyError, TypeError):
-        written = math.nan
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        pass  # not JSON (or not UTF-8, too deep), no time, or not a number: said below
     if not isinstance(info, dict) or not math.isfinite(written):
         return False, f"unhealthy: {path} is not a worker's health file"
     age = now - written

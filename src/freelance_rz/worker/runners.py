@@ -57,8 +57,27 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), list, dict})  # ne
 
 
 def _error(exc: BaseException) -> bytes:
-    """The error payload of ``exc`` (call inside its ``except`` block: the traceback)."""
-    return pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc())
+    """The error payload of ``exc`` (call inside its ``except`` block: the traceback).
+
+    Never raises for what a task's exception does: a ``__str__`` that raises gives a message
+    saying so, a traceback that cannot be formatted (``__notes__`` that raise) gives one line
+    saying why, and text msgpack cannot encode (lone surrogates) is backslash-escaped; else
+    the job's process would die and the job be reported lost instead of failed (C7)."""
+    kind = type(exc).__name__
+    try:
+        message = str(exc)
+    except BaseException as err:  # noqa: BLE001 - the task's own __str__
+        message = f"(str() of this {kind} raised {type(err).__name__})"
+    try:
+        trace = traceback.format_exc()
+    except BaseException as err:  # noqa: BLE001 - e.g. the task's own __notes__
+        trace = f"(the traceback of this {kind} could not be formatted: {type(err).__name__})"
+    return pl.pack_error(*(_utf8(text) for text in (kind, message, trace)))
+
+
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) backslash-escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _failure(frame: bytes) -> str | None:

@@ -115,6 +115,8 @@ class Worker:
             (after the last one ends; None: never).
         max_memory_per_process_mib: replace a job process whose resident memory is over
             this many MiB after a job (Linux; None: never). Neither limit stops a running job.
+        _cli: private (``freelance-worker``): messages name the command-line flags
+            (``--tasks``, ``--connect``) instead of these arguments.
 
     Claims say what this worker can run (its ``tasks`` modules, free ``resources`` and
     ``labels``), and producers hand it only such jobs (DESIGN §8). A job cancelled in the
@@ -169,6 +171,7 @@ class Worker:
         resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
         pool: str = POOLS[0], init: str | None = None,
         max_jobs_per_process: int | None = None, max_memory_per_process_mib: float | None = None,
+        _cli: bool = False,
     ) -> None:
         tasks = list(dict.fromkeys(_check.strings("tasks", tasks, example="['myapp.tasks']")))
         self.discover = _check.boolean("discover", discover)
@@ -194,14 +197,13 @@ class Worker:
         self.metrics_url: str | None = None  # set by run() when serving metrics
         self.resources, self.labels = _capabilities(resources, labels)
         self.pool, self.init, self.max_jobs_per_process, self.max_memory_per_process_mib = (
-            _pool_options(pool, init, max_jobs_per_process, max_memory_per_process_mib))
-        if not (self.discover or endpoints or services or self.connect_file is not None):
-            raise ValueError("a worker needs --discover, --discover-dns, --connect or --connect-file")
-        self.tasks = _task_modules(tasks)  # each module once, in the order given
+            _pool_options(pool, init, max_jobs_per_process, max_memory_per_process_mib, _cli))
+        _need_source(self.discover or bool(endpoints or services) or self.connect_file is not None)
+        self.tasks = _task_modules(tasks, _cli)  # each module once, in the order given
         self.slots = (os.cpu_count() or 1) if slots is None else slots
-        self.connect = _endpoints(endpoints)
+        self.connect = _endpoints(endpoints, _cli)
         self.discover_dns = [check_service(service) for service in services]
-        self._keys, self._trusted = _curve_keys(key, trust)
+        self._keys, self._trusted = _curve_keys(key, trust, _cli)
         self.interfaces = resolve_interfaces(interfaces)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         # The routing id is a secret: with it, a client could take this worker's replies
@@ -408,44 +410,59 @@ def _wake_pipe() -> tuple[int, int]:
     return read, write
 
 
-def _task_modules(modules: list[str]) -> list[str]:
+def _need_source(given: bool) -> None:
+    """Raise ValueError unless a producer source was ``given`` (freelance-worker's parser
+    checks its flags before)."""
+    if not given:
+        raise ValueError("a worker needs a producer source: discover=True, discover_dns=, "
+                         "connect= or connect_file=")
+
+
+def _named(argument: str, cli: bool) -> str:
+    """How a message names an argument: its flag (``--connect-file``) for the command line,
+    else the keyword argument (``connect_file``)."""
+    return "--" + argument.replace("_", "-") if cli else argument
+
+
+def _task_modules(modules: list[str], cli: bool) -> list[str]:
     """The task modules, each a module name a claim can carry and findable (checked before
     any job process imports them)."""
+    tasks = _named("tasks", cli)
     if not modules:
-        raise ValueError("a worker needs at least one --tasks module")
+        raise ValueError(f"a worker needs at least one {tasks} module")
     if len(modules) > MAX_MODULES:
-        raise ValueError(f"a worker takes at most {MAX_MODULES} --tasks modules, got {len(modules)}")
+        raise ValueError(f"a worker takes at most {MAX_MODULES} {tasks} modules, got {len(modules)}")
     for module in modules:
         if len(module) > MODULE_MAX_CHARS or not MODULE_RE.fullmatch(module):
-            raise ValueError(f"--tasks {module[:80]!r} is not a module name (dotted Python "
+            raise ValueError(f"{tasks} {module[:80]!r} is not a module name (dotted Python "
                              f"names of at most {MODULE_MAX_CHARS} characters)")
-        _findable(module, "--tasks")
+        _findable(module, tasks)
     return modules
 
 
-def _pool_options(pool: str, init: str | None, max_jobs: int | None, max_memory_mib: float | None
-                  ) -> tuple[str, str | None, int | None, float | None]:
+def _pool_options(pool: str, init: str | None, max_jobs: int | None, max_memory_mib: float | None,
+                  cli: bool = False) -> tuple[str, str | None, int | None, float | None]:
     """The ``pool``, ``init``, ``max_jobs_per_process`` and ``max_memory_per_process_mib``
     arguments, checked (see :class:`Worker`)."""
     pool = _check.string("pool", pool)
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {pool!r}")
     return (
-        pool, _init(_check.string("init", init, allow_none=True)),
+        pool, _init(_check.string("init", init, allow_none=True), _named("init", cli)),
         _check.integer("max_jobs_per_process", max_jobs, min_=1, allow_none=True),
         _check.number("max_memory_per_process_mib", max_memory_mib, above=0, unit="MiB",
                       allow_none=True),
     )
 
 
-def _init(init: str | None) -> str | None:
+def _init(init: str | None, option: str = "init") -> str | None:
     """The ``init`` function's name, checked: ``module:function``, the module findable."""
     if init is None:
         return None
     module, sep, func = init.partition(":")
     if not sep or not _IDENTIFIERS.fullmatch(module) or not func.isidentifier():
-        raise ValueError(f"--init {init!r} must be module:function, e.g. myapp.setup:load_model")
-    _findable(module, "--init")
+        raise ValueError(f"{option} {init!r} must be module:function, e.g. myapp.setup:load_model")
+    _findable(module, option)
     return init
 
 
@@ -461,22 +478,23 @@ def _findable(module: str, option: str) -> None:
         raise ModuleNotFoundError(f"{option} module {module!r} not found", name=module)
 
 
-def _endpoints(endpoints: list[str]) -> list[str]:
-    """The ``--connect`` endpoints, each checked to be a ``tcp://HOST:PORT``."""
+def _endpoints(endpoints: list[str], cli: bool) -> list[str]:
+    """The ``connect`` endpoints, each checked to be a ``tcp://HOST:PORT``."""
     for endpoint in endpoints:
         try:
             w.parse_endpoint(endpoint)
         except ValueError as exc:
-            raise ValueError(f"--connect {endpoint!r}: {exc} (expected tcp://HOST:PORT)") from None
+            why = str(exc) if "tcp://HOST:PORT" in str(exc) else f"{exc} (expected tcp://HOST:PORT)"
+            raise ValueError(f"{_named('connect', cli)} {endpoint[:200]!r}: {why}") from None
     return endpoints
 
 
 def _curve_keys(
-    key: str | os.PathLike[str] | None, trust: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None, trust: str | os.PathLike[str] | None, cli: bool,
 ) -> tuple[KeyPair | None, dict[bytes, str]]:
     """This worker's CURVE key pair and the producer keys it trusts, each with the name of
     its file (both or neither)."""
-    check_pair(key, trust, ("--key", "--trust"))
+    check_pair(key, trust, (_named("key", cli), _named("trust", cli)))
     if key is None or trust is None:
         return None, {}
     return load_keypair(key), trusted_key_files(trust)
