@@ -423,19 +423,25 @@ class _Loop:
         self.closing = False  # Shutdown: end once every job is resolved
         self.aborted = False  # Close: end now
         if s.restored is not None:
-            self._restore(s.restored)
+            self._restore(s.restored, now)
 
-    def _restore(self, restored: Restored) -> None:
-        for job in restored.pending:
+    def _restore(self, restored: Restored, now: float) -> None:
+        """Rebuild the ledger from the store: pending jobs are queued again, leased ones stay
+        leased to their worker for one lease period from ``now`` (monotonic seconds)."""
+        for job in (*restored.pending, *restored.leased):
             options = job_options(job.payload)
             self.ledger.restore(
                 job.job_id, job.payload, attempt=job.attempt, max_attempts=job.max_attempts,
                 leases=dict(job.leases), priority=options.get("priority", 0),
-                timeout_ms=options.get("timeout_ms"),
+                timeout_ms=options.get("timeout_ms"), lease_id=job.lease_id, now=now,
             )
             self.futures[job.job_id] = JobFuture(job.job_id, self.thread.on_cancel)
             self.tally.add(job.job_id, peek_task(job.payload), job.payload, self.wall.now, restored=True)
-        log.info("store: %d job(s) restored, %d dead-lettered", len(restored.pending), len(restored.dead))
+            if job.lease_id is not None:
+                self.tally.lease(job.job_id, job.leases[job.lease_id], job.attempt, self.wall.now)
+        log.info("store: %d job(s) restored (%d of them leased: their workers have %.1f s to "
+                 "renew the lease)", len(restored.pending) + len(restored.leased),
+                 len(restored.leased), self.ledger.lease_s)
 
     # --- the turns ----------------------------------------------------------------------------
 
