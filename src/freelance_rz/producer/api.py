@@ -59,9 +59,12 @@ class Producer(Executor):
         announce: False skips mDNS (workers must then ``--connect`` to :attr:`endpoint`).
         store: path of a sqlite job store (created if missing). With it, :meth:`submit`
             returns only once the job is recorded, and a producer restarted on the same store
-            offers its pending jobs again, re-queues those that were leased (attempt + 1),
-            keeps finished results (:meth:`get`) and accepts results that workers still hold
-            for the old process (the zguide's Titanic pattern, without a broker).
+            offers its pending jobs again, keeps the leases of those that were leased for
+            ``lease_s`` from the restart (a worker still running one renews it with its next
+            heartbeat and the job goes on there; otherwise it is re-offered with attempt + 1,
+            or dead-lettered on its last attempt, about ``lease_s`` after the restart), keeps
+            finished results (:meth:`get`) and accepts results that workers still hold for the
+            old process (the zguide's Titanic pattern, without a broker).
         retention_s, retention_count: finished results kept in the store at most this many
             seconds, and at most this many (newest first). None: no limit.
         max_payload_bytes: largest encoded job (task name and arguments) :meth:`submit`

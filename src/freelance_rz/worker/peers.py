@@ -362,11 +362,14 @@ class Peers:
 
     def hand_over(self, old: Session, new: Session, now: float) -> None:
         """Move what the worker owes a restarted producer to its new process: unacknowledged
-        results and the running jobs' future results (a durable producer takes them)."""
+        results and the running jobs. A durable producer restores their leases and holds
+        them for one lease period from its restart: the jobs go on under the same leases
+        once this worker's next BEAT renews them (a lease it has given up by then is void at
+        that BEAT, and the job is aborted here as for any void lease)."""
         assert self.hooks is not None
-        log.info("producer %s at %s restarted as %s at %s: handing over %d running job(s) and "
-                 "%d result(s)", old.label, old.endpoint, new.label, new.endpoint,
-                 len(old.leases), len(old.unacked))
+        log.info("producer %s at %s restarted as %s at %s: %d running job(s) go on under their "
+                 "leases there, %d result(s) are sent again", old.label, old.endpoint, new.label,
+                 new.endpoint, len(old.leases), len(old.unacked))
         new.unacked.update(old.unacked)
         new.leases.update(old.leases)
         self.hooks.move_jobs(old, new)
