@@ -62,7 +62,7 @@ class Producer(Executor):
             offers its pending jobs again, keeps the leases of those that were leased for
             ``lease_s`` from the restart (a worker still running one renews it with its next
             heartbeat and the job goes on there; otherwise it is re-offered with attempt + 1,
-            or dead-lettered on its last attempt, about ``lease_s`` after the restart), keeps
+            or dead-lettered on its last attempt, about ``lease_s`` after it is announced), keeps
             finished results (:meth:`get`) and accepts results that workers still hold for the
             old process (the zguide's Titanic pattern, without a broker).
         retention_s, retention_count: finished results kept in the store at most this many
