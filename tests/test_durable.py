@@ -128,6 +128,26 @@ def test_a_running_job_survives_a_producer_restart_and_runs_once(durable, start_
     assert "1 running job(s) go on under their leases" in worker.log()
 
 
+def test_a_busy_worker_keeps_its_job_across_a_producer_restart_while_another_waits(
+    durable, start_worker, tmp_path,
+):
+    """The worker running the job has no free slot, so it sends the restarted producer no
+    claim; an idle worker is waiting for work. The busy worker asks the new process at once,
+    renews the restored lease, and the job runs once (not again on the idle worker)."""
+    marks = tmp_path / "runs.txt"
+    busy = start_worker("w1", "--slots", "1")
+    first = durable("first", "mark", "1", str(marks), "6.0")
+    first.wait_for(lambda: _runs(marks), 30, "the job never started")
+    idle = start_worker("w2", "--slots", "1")
+    first.kill()
+    second = durable("second", "resume", "1")
+    second.wait_for(lambda: "all done" in second.lines(), 60, "the result never arrived")
+    assert second.done()[1] == "w1"
+    assert [run.split()[0] for run in _runs(marks)] == ["w1"]  # it ran exactly once
+    assert second.events("leased") == [] and second.events("requeued") == []
+    assert "aborting" not in busy.log() + idle.log()
+
+
 def test_a_job_whose_worker_died_too_is_offered_again_one_lease_after_the_restart(
     durable, start_worker, tmp_path,
 ):

@@ -225,10 +225,21 @@ class Peers:
             return
         self.links[session.endpoint] = link
         assert self.hooks is not None
-        if session.probing:  # a dormant producer: ask whether it is back
+        if session.probing or self._awaited(session):  # ask whether it is (back) there
             self.hooks.beat(session, now)
-        else:  # re-send what was never acknowledged
+        if not session.probing:  # re-send what was never acknowledged
             self.hooks.resend(session, now)
+
+    def _awaited(self, new: Session) -> bool:
+        """Whether ``new`` may be the restarted process of a durable producer this worker
+        owes running jobs or results (same store key). It is asked at once (a BEAT) rather
+        than at the next claim, which a worker with every slot busy never sends: its answer
+        lets the work be handed over (:meth:`hand_over`) within the one lease period the
+        restarted producer keeps the old leases for."""
+        return new.store_key is not None and any(
+            old is not new and old.store_key == new.store_key and old.owes
+            for old in self.sessions.values()
+        )
 
     def disconnect(self, session: Session) -> None:
         link = self.links.pop(session.endpoint, None)
