@@ -231,15 +231,24 @@ class Peers:
             self.hooks.resend(session, now)
 
     def _awaited(self, new: Session) -> bool:
-        """Whether ``new`` may be the restarted process of a durable producer this worker
-        owes running jobs or results (same store key). It is asked at once (a BEAT) rather
-        than at the next claim, which a worker with every slot busy never sends: its answer
-        lets the work be handed over (:meth:`hand_over`) within the one lease period the
-        restarted producer keeps the old leases for."""
-        return new.store_key is not None and any(
+        """Whether ``new`` may be the restarted process of a durable producer that stopped
+        answering and that this worker owes running jobs or results (same store key). It is
+        asked at once (a BEAT) rather than at the next claim, which a worker with every slot
+        busy never sends: its answer lets the work be handed over (:meth:`hand_over`) within
+        the one lease period the restarted producer keeps the old leases for. Nothing is
+        asked while the producer answers (an announcement may be forged)."""
+        return new.store_key is not None and not new.answered and any(
             old is not new and old.store_key == new.store_key and old.owes
-            for old in self.sessions.values()
+            and old.unreachable_since is not None for old in self.sessions.values()
         )
+
+    def _ask_successors(self, old: Session, now: float) -> None:
+        """``old`` just stopped answering: ask the connected peers that may be its restarted
+        process (see :meth:`_awaited`) whether they are there."""
+        assert self.hooks is not None
+        for new in list(self.sessions.values()):
+            if new.endpoint in self.links and self._awaited(new) and not new.beat_in_flight:
+                self.hooks.beat(new, now)
 
     def disconnect(self, session: Session) -> None:
         link = self.links.pop(session.endpoint, None)
@@ -357,6 +366,8 @@ class Peers:
                       session.backoff_s)
         self.disconnect(session)
         session.reset(now)
+        if session.owes and session.store_key is not None:
+            self._ask_successors(session, now)
 
     def first_answer(self, session: Session, link: Link, now: float) -> None:
         """The producer answered: it is real. Its handshake worked, and it may be the new
