@@ -97,8 +97,9 @@ def timeout_ms(timeout_s: float) -> int:
 
 def after_lost_lease(attempt: int, max_attempts: int) -> int | None:
     """The rule for a lost lease (expired, including a lease resumed after a restart that no
-    heartbeat renewed, or its job's process died): the attempt the job goes on with, or None when that was its last attempt and it
-    is dead-lettered. The one place this rule is written."""
+    heartbeat renewed, or its job's process died): the attempt the job goes on with, or None
+    when that was its last attempt and it is dead-lettered. The one place this rule is
+    written."""
     return None if attempt >= max_attempts else attempt + 1
 
 
