@@ -19,13 +19,24 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class DurableProducer:
-    def __init__(self, tmp_path, name: str, *args: str) -> None:
+    def __init__(self, tmp_path, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.log_path = tmp_path / f"{name}.log"
         self._log = open(self.log_path, "wb")
+        self.started_at = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, "rzdurable.py", str(tmp_path / "jobs.sqlite"), GROUP, *args],
             cwd=TESTS_DIR, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=None if env is None else dict(os.environ, **env),
         )
+
+    def events(self, kind: str) -> list[tuple[int, int, float]]:
+        """(job id, attempt, wall-clock time) of each "event KIND ..." line."""
+        return [
+            (int(job), int(attempt), float(at))
+            for _, k, job, attempt, at in (line.split() for line in self.lines()
+                                           if line.startswith("event "))
+            if k == kind
+        ]
 
     def lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
@@ -54,8 +65,8 @@ class DurableProducer:
 def durable(tmp_path):
     made: list[DurableProducer] = []
 
-    def make(name: str, *args: str) -> DurableProducer:
-        made.append(DurableProducer(tmp_path, name, *args))
+    def make(name: str, *args: str, env: dict[str, str] | None = None) -> DurableProducer:
+        made.append(DurableProducer(tmp_path, name, *args, env=env))
         return made[-1]
 
     yield make
@@ -91,6 +102,78 @@ def test_result_of_a_job_running_across_the_restart_is_delivered_once(durable, s
     result = second.done()[1]
     assert result["worker"] == "w1"
     assert result["started"] < killed_at  # the run that began before the kill, not a re-run
+
+
+def _runs(path) -> list[str]:
+    """The executions of rztasks.mark recorded in ``path``: one worker name each."""
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+def test_a_running_job_survives_a_producer_restart_and_runs_once(durable, start_worker, tmp_path):
+    """SIGKILL the producer while a real worker runs its job, restart it on the store: the
+    lease is restored, the worker's heartbeat renews it, the job runs once and its result
+    arrives. The worker has a free slot, so a job offered again would be taken at once (the
+    behaviour before: the old lease void, the run aborted and started over)."""
+    marks = tmp_path / "runs.txt"
+    worker = start_worker("w1", "--slots", "2")
+    first = durable("first", "mark", "1", str(marks), "6.0")
+    first.wait_for(lambda: _runs(marks), 30, "the job never started")
+    first.kill()
+    second = durable("second", "resume", "1")
+    second.wait_for(lambda: "all done" in second.lines(), 60, "the result never arrived")
+    assert second.done()[1] == "w1"
+    assert _runs(marks) == ["w1 " + _runs(marks)[0].split()[1]]  # it ran exactly once
+    assert second.events("leased") == [] and second.events("requeued") == []
+    assert "aborting" not in worker.log(), worker.log()
+    assert "1 running job(s) go on under their leases" in worker.log()
+
+
+def test_a_busy_worker_keeps_its_job_across_a_producer_restart_while_another_waits(
+    durable, start_worker, tmp_path,
+):
+    """The worker running the job has no free slot, so it sends the restarted producer no
+    claim; an idle worker is waiting for work. The busy worker asks the new process at once,
+    renews the restored lease, and the job runs once (not again on the idle worker)."""
+    marks = tmp_path / "runs.txt"
+    busy = start_worker("w1", "--slots", "1")
+    first = durable("first", "mark", "1", str(marks), "6.0")
+    first.wait_for(lambda: _runs(marks), 30, "the job never started")
+    idle = start_worker("w2", "--slots", "1")
+    first.kill()
+    second = durable("second", "resume", "1")
+    second.wait_for(lambda: "all done" in second.lines(), 60, "the result never arrived")
+    assert second.done()[1] == "w1"
+    assert [run.split()[0] for run in _runs(marks)] == ["w1"]  # it ran exactly once
+    assert second.events("leased") == [] and second.events("requeued") == []
+    assert "aborting" not in busy.log() + idle.log()
+
+
+def test_a_job_whose_worker_died_too_is_offered_again_one_lease_after_the_restart(
+    durable, start_worker, tmp_path,
+):
+    """SIGKILL the producer and the worker running its job: the restarted producer keeps the
+    lease until one lease_s after its restart, then re-queues the job (attempt 2) and another
+    worker runs it again."""
+    lease_s = 3.0
+    env = {"RZ_LEASE_S": str(lease_s)}
+    marks = tmp_path / "runs.txt"
+    w1 = start_worker("w1", "--slots", "1")
+    first = durable("first", "mark", "1", str(marks), "30.0", env=env)
+    first.wait_for(lambda: _runs(marks), 30, "the job never started")
+    first.kill()
+    w1.signal_group(signal.SIGKILL)
+    w1.wait(10)
+    second = durable("second", "resume", "1", env=env)
+    start_worker("w2", "--slots", "1")
+    # the job runs 30 s on w2 too: no need to wait for it, only for the re-lease
+    second.wait_for(lambda: second.events("leased"), 60, "the job was never offered again")
+    (job_id, attempt, leased_at), = second.events("leased")
+    assert (job_id, attempt) == (1, 2)
+    assert [e[:2] for e in second.events("requeued")] == [(1, 2)]
+    # the lease's deadline was set after the process started: never re-offered before that
+    assert leased_at >= second.started_at + lease_s
+    second.wait_for(lambda: len(_runs(marks)) == 2, 30, "w2 never ran it")
+    assert [run.split()[0] for run in _runs(marks)] == ["w1", "w2"]
 
 
 def test_corrupt_or_newer_store_is_refused_and_left_alone(tmp_path):

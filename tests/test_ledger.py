@@ -61,6 +61,7 @@ def test_transition_table_is_exactly_the_documented_one():
     assert TRANSITIONS == {
         (None, "submit"): P,
         (P, "claim"): L,
+        (None, "resume"): L,
         (L, "beat"): L,
         (L, "release"): P,
         (L, "expire"): P,
@@ -85,7 +86,7 @@ def test_no_event_leaves_a_terminal_state(state):
 @pytest.mark.parametrize(
     "state, event",
     [(D, "claim"), (P, "beat"), (P, "release"), (P, "expire"), (P, "exhaust"), (L, "claim"),
-     (None, "claim"), (P, "submit"), (C, "cancel")],
+     (None, "claim"), (P, "submit"), (C, "cancel"), (P, "resume"), (L, "resume")],
 )
 def test_illegal_pairs_have_no_entry(state, event):
     assert (state, event) not in TRANSITIONS
@@ -585,6 +586,36 @@ MAX_ATTEMPTS_ARG = st.none() | st.integers(1, 4)
 PAYLOAD = st.binary(max_size=4)
 
 
+class TableJournal:
+    """The journal as a durable store keeps it (see producer/store.py): per live job its
+    payload, attempt, max attempts, current lease id (None: pending) and the leases on
+    record (given-back ones forgotten); finished jobs leave."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, dict] = {}
+
+    def add(self, job_id, payload, max_attempts):
+        self.jobs[job_id] = {"payload": payload, "attempt": 1, "max_attempts": max_attempts,
+                             "lease_id": None, "leases": {}}
+
+    def lease(self, job_id, lease_id, worker, attempt):
+        row = self.jobs[job_id]
+        row["attempt"], row["lease_id"] = attempt, lease_id
+        row["leases"][lease_id] = worker
+
+    def release(self, job_id, lease_id):
+        row = self.jobs[job_id]
+        row["lease_id"] = None
+        del row["leases"][lease_id]
+
+    def requeue(self, job_id, attempt):
+        row = self.jobs[job_id]
+        row["attempt"], row["lease_id"] = attempt, None
+
+    def finish(self, job_id, state, payload):
+        del self.jobs[job_id]
+
+
 class LedgerMachine(RuleBasedStateMachine):
     """Drives a Ledger with random events and checks it against a simple model.
 
@@ -600,7 +631,11 @@ class LedgerMachine(RuleBasedStateMachine):
         # Lease ids come from the OS's CSPRNG by default; a seeded one here, so that a failing
         # run replays identically while hypothesis shrinks it (ties in the deadline heap are
         # broken by lease id).
-        self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS, rng=random.Random(0))
+        self.journal = TableJournal()  # what a durable store holds, as the ledger told it
+        self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS, rng=random.Random(0),
+                             journal=self.journal)
+        self.restarts = 0
+        self.earlier: Counter[JobState] = Counter()  # terminal counts of earlier processes
         self.now = 0.0
         self.next_id = 0
         self.state: dict[int, JobState] = {}  # every submitted job -> model state
@@ -766,6 +801,28 @@ class LedgerMachine(RuleBasedStateMachine):
             self.current.pop(job_id, None)
             self.dequeue(job_id)
 
+    @rule()
+    def restart(self):
+        """The producer dies and a new one restores the journal (a durable restart): pending
+        jobs are queued again by job id, leased ones stay leased to the same worker under the
+        same lease and attempt, with a deadline one lease from now."""
+        self.restarts += 1
+        self.earlier.update({s: n for s, n in self.ledger.counts.items() if s in TERMINAL})
+        self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS,
+                             rng=random.Random(self.restarts), journal=self.journal)
+        for job_id, row in sorted(self.journal.jobs.items()):
+            self.ledger.restore(job_id, row["payload"], attempt=row["attempt"],
+                                max_attempts=row["max_attempts"], leases=dict(row["leases"]),
+                                lease_id=row["lease_id"], now=self.now)
+        assert set(self.journal.jobs) == {j for j in self.state if self.live(j)}  # none vanishes
+        for job_id, (lease_id, worker, _) in self.current.items():
+            assert self.journal.jobs[job_id]["lease_id"] == lease_id
+            self.current[job_id] = (lease_id, worker, self.now + LEASE_S)
+        for job_id in self.state:
+            if self.live(job_id):
+                assert self.journal.jobs[job_id]["leases"] == self.valid[job_id]
+        self.queue = [[job_id] for job_id in sorted(self.state) if self.state[job_id] is P]
+
     @rule(dt=st.sampled_from([0.5, 4.0, 9.5, 10.0, 15.0]))
     def advance(self, dt):
         self.now += dt
@@ -816,8 +873,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def counts_add_up(self):
         expected = Counter(self.state.values())
-        assert {s: n for s, n in self.ledger.counts.items() if n} == dict(expected)
-        assert sum(self.ledger.counts.values()) == self.next_id  # no job vanishes
+        counts = Counter(self.ledger.counts) + self.earlier  # a restart keeps the live jobs
+        assert {s: n for s, n in counts.items() if n} == dict(expected)
+        assert sum(counts.values()) == self.next_id  # no job vanishes
         live = expected[P] + expected[L]
         assert len(self.ledger) == live
         assert self.ledger.pending == expected[P]
@@ -868,23 +926,60 @@ def test_restore_keeps_attempt_and_accepts_a_result_under_an_earlier_lease():
     assert ledger.beat("w", [lease.lease_id], 0.5) == [lease.lease_id]  # the new lease is void
 
 
-def test_a_heartbeat_under_a_restored_lease_takes_the_job_back():
-    """After a durable restart, the worker still running a job beats under its old lease:
-    the job becomes leased to it again (not run twice); once only, and not for another
-    worker, nor once the job was leased anew."""
+def test_a_restored_pending_job_is_not_taken_back_by_a_beat_under_an_old_lease():
+    """A job that was pending when the producer died lost its earlier leases before the
+    restart: a beat under one is void (as it was before the restart), a result counts once."""
     ledger = Ledger(lease_s=1.0, max_attempts=3)
     ledger.restore(7, b"a", attempt=2, max_attempts=3, leases={555: "w-old"})
-    ledger.restore(8, b"b", attempt=2, max_attempts=3, leases={666: "w-old"})
-    assert ledger.beat("w-other", [555], 0.0) == [555]  # not its lease
-    assert ledger.beat("w-old", [555], 0.0) == []
-    assert ledger.state(7) is JobState.LEASED and ledger.job_of("w-old", 555) == 7
-    assert ledger.counts[JobState.PENDING] == 1 and ledger.counts[JobState.LEASED] == 1
-    assert ledger.claim("w", 0.0).job_id == 8  # job 7's queue entry is skipped
-    assert ledger.claim("w", 0.0) is None
-    assert ledger.beat("w-old", [666], 0.1) == [666]  # job 8 runs elsewhere now
-    assert sorted(e.job_id for e in ledger.expire(1.05)) == [7, 8]  # a normal lease from now on
-    assert ledger.beat("w-old", [555], 1.1) == [555]  # taken back once only
-    assert ledger.resolve("w-old", 7, 555, True)  # its late result still counts once
+    assert ledger.beat("w-old", [555], 0.0) == [555]
+    assert ledger.state(7) is JobState.PENDING
+    assert ledger.claim("w", 0.0).job_id == 7
+    assert ledger.resolve("w-old", 7, 555, True)
+
+
+def test_a_restored_leased_job_stays_leased_and_a_beat_renews_it():
+    """A job leased when the producer died stays leased to the same worker under the same
+    lease for one lease period from the restart: not offered again meanwhile; the worker's
+    beat renews it and its result is accepted once."""
+    ledger = Ledger(lease_s=1.0, max_attempts=3)
+    ledger.restore(7, b"a", attempt=2, max_attempts=3, leases={554: "w-old", 555: "w-old"},
+                   lease_id=555, now=100.0)
+    assert ledger.state(7) is L and ledger.attempt(7) == 2 and ledger.pending == 0
+    assert counts(ledger) == {L: 1}
+    assert ledger.job_of("w-old", 555) == 7 and ledger.leases_of("w-old") == [555]
+    assert ledger.next_deadline() == 101.0
+    assert ledger.claim("w", 100.0) is None  # not offered again
+    assert ledger.beat("w-other", [555], 100.5) == [555]  # not its lease
+    assert ledger.beat("w-old", [554, 555], 100.5) == [554]  # only the current lease lives
+    assert ledger.expire(101.2) == []  # renewed to 101.5
+    assert ledger.resolve("w-old", 7, 555, True)
+    assert not ledger.resolve("w-old", 7, 555, True)
+    assert counts(ledger) == {D: 1}
+
+
+@pytest.mark.parametrize("max_attempts, dead", [(3, False), (2, True)])
+def test_a_restored_lease_without_a_beat_expires_one_lease_after_the_restart(max_attempts, dead):
+    """No beat: the ordinary expiry, one lease period after the restart, journaled."""
+    events = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return lambda *args: events.append((name, *args))
+
+    ledger = Ledger(lease_s=1.0, max_attempts=3, journal=Recorder())
+    ledger.restore(7, b"a", attempt=2, max_attempts=max_attempts, leases={555: "w-old"},
+                   lease_id=555, now=100.0)
+    assert events == []  # the journal holds it as restored
+    assert ledger.expire(100.99) == []
+    (lost,) = ledger.expire(101.0)
+    assert (lost.job_id, lost.lease_id, lost.attempt, lost.dead) == (7, 555, 2, dead)
+    if dead:
+        assert events == [("finish", 7, "dead", b"")] and ledger.state(7) is None
+    else:
+        assert events == [("requeue", 7, 3)] and ledger.state(7) is P
+        lease = ledger.claim("w", 101.0)
+        assert (lease.job_id, lease.attempt) == (7, 3)
+    assert ledger.beat("w-old", [555], 101.0) == [555]
 
 
 def test_restore_refuses_bad_arguments():
@@ -894,6 +989,9 @@ def test_restore_refuses_bad_arguments():
     ledger.submit(2, b"")
     with pytest.raises(ValueError):
         ledger.restore(2, b"", attempt=1, max_attempts=3, leases={})
+    with pytest.raises(ValueError, match="lease_id"):
+        ledger.restore(3, b"", attempt=1, max_attempts=3, leases={5: "w"}, lease_id=6)
+    assert 3 not in ledger
 
 
 def test_postpone_moves_live_lease_deadlines():

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,7 @@ def snapshot(path: Path) -> dict[str, bytes]:
 
 def test_new_store_is_empty_and_uses_wal(path):
     store, restored = reopen(path)
-    assert restored.pending == [] and restored.dead == []
+    assert restored.pending == [] and restored.leased == []
     assert restored.next_job_id == 1
     assert len(restored.producer_key) == 16
     int(restored.producer_key, 16)
@@ -145,9 +144,8 @@ def test_round_trip_of_every_operation(path):
         StoredJob(2, b"job2", 1, 3, {}),
         StoredJob(3, b"job3", 2, 3, {103: W2}),
         StoredJob(8, b"job8", 1, 2, {}),
-        StoredJob(1, b"job1", 2, 3, {101: W1}),  # was leased: after the pending ones, +1
     ]
-    assert restored.dead == []
+    assert restored.leased == [StoredJob(1, b"job1", 1, 3, {101: W1}, 101)]  # as it was
     assert restored.next_job_id == 9
     assert store.result(4) == StoredResult(4, "done", b"value", 1000.5)
     assert store.result(5) == StoredResult(5, "failed", b"error-map", 1001.0)
@@ -172,9 +170,8 @@ def test_crash_after_flush_keeps_flushed_and_loses_unflushed(path):
     del store  # dropped without close(): the buffer is not written
     gc.collect()
     store, restored = reopen(path)
-    assert [(j.job_id, j.attempt, j.leases) for j in restored.pending] == [
-        (1, 1, {}), (2, 2, {22: W1}),
-    ]
+    assert [(j.job_id, j.attempt, j.leases) for j in restored.pending] == [(1, 1, {})]
+    assert restored.leased == [StoredJob(2, b"b", 1, 3, {22: W1}, 22)]
     assert restored.next_job_id == 3
     assert store.result(1) is None and not store.is_live(3)
     store.close()
@@ -201,8 +198,10 @@ def test_crash_image_taken_while_the_store_is_open(path, tmp_path):
     assert Path(f"{image}-wal").exists()  # the committed data is (at least partly) in the WAL
     store.close()
     copy_, restored = reopen(image)
-    assert [j.job_id for j in restored.pending] == list(range(51, 101)) + list(range(21, 51))
-    assert all(j.attempt == 2 for j in restored.pending if j.job_id <= 50)
+    assert [j.job_id for j in restored.pending] == list(range(51, 101))
+    assert [(j.job_id, j.attempt, j.lease_id) for j in restored.leased] == [
+        (job_id, 1, 1000 + job_id) for job_id in range(21, 51)
+    ]
     assert copy_.result(20) == StoredResult(20, "done", b"ok", 7.0)
     assert copy_.result(21) is None and not copy_.is_live(101)
     assert restored.next_job_id == 101
@@ -228,8 +227,8 @@ def test_sigkill_of_the_process(path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr.decode()
     store, restored = reopen(path)
-    assert [(j.job_id, j.attempt) for j in restored.pending] == [(2, 1), (1, 2)]
-    assert restored.pending[1].leases == {11: b"w"}
+    assert [(j.job_id, j.attempt) for j in restored.pending] == [(2, 1)]
+    assert restored.leased == [StoredJob(1, b"one", 1, 3, {11: b"w"}, 11)]
     assert store.result(2) is None and restored.next_job_id == 3
     store.close()
 
@@ -237,7 +236,10 @@ def test_sigkill_of_the_process(path):
 # --- restore semantics ----------------------------------------------------------------------
 
 
-def test_restore_requeues_leased_jobs_and_dead_letters_exhausted_ones(path):
+def test_restore_returns_leased_jobs_under_their_lease_and_changes_nothing(path):
+    """Leased jobs come back with their lease, worker and attempt (the ledger keeps them
+    leased for one lease period); nothing is re-queued or dead-lettered by the restore
+    itself, so restarting twice changes nothing either."""
     with JobStore(path) as store:
         store.restore()
         store.add(1, b"p1", 3)
@@ -250,28 +252,45 @@ def test_restore_requeues_leased_jobs_and_dead_letters_exhausted_ones(path):
         store.requeue(3, 2)
         store.lease(3, 31, W2, 2)  # on its last attempt
         store.lease(5, 50, W2, 1)  # on its only attempt
-    before = time.time()
-    store, restored = reopen(path)
-    assert [(j.job_id, j.attempt) for j in restored.pending] == [(1, 1), (4, 1), (2, 2)]
-    assert restored.pending[2].leases == {20: W1}  # the old lease is still known
-    assert restored.dead == [3, 5]
-    for job_id in (3, 5):
-        result = store.result(job_id)
-        assert result is not None and result.state == "dead" and result.payload == b""
-        assert before - 1 <= result.finished_at <= time.time() + 1
-        assert not store.is_live(job_id)
-    assert store.is_live(2)
-    store.lease(2, 21, W2, 2)  # the restored job goes on
+    expected_leased = [
+        StoredJob(2, b"l2", 1, 3, {20: W1}, 20),
+        StoredJob(3, b"l3-last", 2, 2, {30: W1, 31: W2}, 31),
+        StoredJob(5, b"l5-only", 1, 1, {50: W2}, 50),
+    ]
+    for _ in range(2):
+        store, restored = reopen(path)
+        assert [(j.job_id, j.attempt, j.lease_id) for j in restored.pending] == [
+            (1, 1, None), (4, 1, None),
+        ]
+        assert restored.leased == expected_leased
+        assert all(store.is_live(job_id) for job_id in range(1, 6))
+        assert all(store.result(job_id) is None for job_id in range(1, 6))
+        store.close()
+    # what the ledger journals from then on: job 2 expired (re-queued), job 3 dead-lettered
+    store, _ = reopen(path)
+    store.requeue(2, 2)
+    store.finish(3, "dead", b"", 5.0)
     store.close()
-    # the restore itself was written: a second restart does not count the attempt twice
     store, again = reopen(path)
     assert [(j.job_id, j.attempt, j.leases) for j in again.pending] == [
-        (1, 1, {}), (4, 1, {}), (2, 3, {20: W1, 21: W2}),
+        (1, 1, {}), (2, 2, {20: W1}), (4, 1, {}),
     ]
-    assert again.dead == []
+    assert again.leased == [expected_leased[2]]
+    assert store.result(3) == StoredResult(3, "dead", b"", 5.0)
     store.close()
-    store, third = reopen(path)
-    assert [(j.job_id, j.attempt) for j in third.pending] == [(1, 1), (2, 3), (4, 1)]
+
+
+def test_a_lease_without_its_worker_row_is_restored_held_by_nobody(path):
+    """A leases row missing (not written by this module; a hand-edited file): the job still
+    comes back leased, held by routing id b"" (no worker has it), so it expires."""
+    with JobStore(path) as store:
+        store.restore()
+        store.add(1, b"p1", 3)
+        store.lease(1, 10, W1, 1)
+    with JobStore(path) as store:
+        store._conn.execute("DELETE FROM leases")
+    store, restored = reopen(path)
+    assert restored.leased == [StoredJob(1, b"p1", 1, 3, {10: b""}, 10)]
     store.close()
 
 
@@ -640,26 +659,16 @@ class StoreMachine(RuleBasedStateMachine):
         model = self.model
         pending = [j for j in sorted(model.live) if model.live[j]["lease"] is None]
         leased = [j for j in sorted(model.live) if model.live[j]["lease"] is not None]
-        dead = [j for j in leased if model.live[j]["attempt"] >= model.live[j]["max"]]
-        for job_id in leased:
-            job = model.live[job_id]
-            if job_id in dead:
-                del model.live[job_id]
-            else:
-                job["attempt"] += 1
-                job["lease"] = None
         assert restored.producer_key == self.key
         assert restored.next_job_id == model.next_id
-        assert restored.dead == dead
-        assert restored.pending == [
-            StoredJob(j, model.live[j]["payload"], model.live[j]["attempt"], model.live[j]["max"],
-                      model.live[j]["leases"])
-            for j in pending + [j for j in leased if j not in dead]
-        ]
-        for job_id in dead:
-            result = self.store.result(job_id)
-            assert result is not None and (result.state, result.payload) == ("dead", b"")
-            model.results[job_id] = ("dead", b"", result.finished_at)
+
+        def stored(j: int) -> StoredJob:
+            job = model.live[j]
+            return StoredJob(j, job["payload"], job["attempt"], job["max"], job["leases"],
+                             job["lease"])
+
+        assert restored.pending == [stored(j) for j in pending]
+        assert restored.leased == [stored(j) for j in leased]  # the restore changes nothing
         self.durable = copy.deepcopy(model)
         self.fresh = restored.next_job_id  # as the producer would: lost ids may come again
 

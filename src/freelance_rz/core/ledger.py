@@ -7,6 +7,8 @@ with no entry for the job's state raises :class:`LedgerError` (a bug, never a wi
 wire inputs that do not fit are answered by return values, e.g. a stale lease is "void").
 
     PENDING  --claim-->    LEASED     a worker holds it under a lease with a deadline
+    (new)    --resume-->   LEASED     a leased job of an earlier run (a durable restart),
+                                      under its stored lease and worker, deadline now + lease_s
     LEASED   --beat-->     LEASED     deadline = now + lease_s
     LEASED   --release-->  PENDING    declined / undeliverable: head of queue, same attempt
     LEASED   --expire-->   PENDING    deadline passed: head of queue, attempt + 1
@@ -73,6 +75,7 @@ class JobState(enum.Enum):
 TRANSITIONS: dict[tuple[JobState | None, str], JobState] = {
     (None, "submit"): JobState.PENDING,
     (JobState.PENDING, "claim"): JobState.LEASED,
+    (None, "resume"): JobState.LEASED,
     (JobState.LEASED, "beat"): JobState.LEASED,
     (JobState.LEASED, "release"): JobState.PENDING,
     (JobState.LEASED, "expire"): JobState.PENDING,
@@ -93,9 +96,10 @@ def timeout_ms(timeout_s: float) -> int:
 
 
 def after_lost_lease(attempt: int, max_attempts: int) -> int | None:
-    """The rule for a lost lease (expired, its job's process died, or not confirmed after a
-    restart): the attempt the job goes on with, or None when that was its last attempt and it
-    is dead-lettered. The one place this rule is written."""
+    """The rule for a lost lease (expired, including a lease resumed after a restart that no
+    heartbeat renewed, or its job's process died): the attempt the job goes on with, or None
+    when that was its last attempt and it is dead-lettered. The one place this rule is
+    written."""
     return None if attempt >= max_attempts else attempt + 1
 
 
@@ -210,7 +214,6 @@ class Ledger:
         self._pending = PendingIndex()  # pending jobs by requirement signature, in order
         self._deadlines: list[tuple[float, int, int]] = []  # (deadline, lease_id, job_id)
         self._lease_job: dict[int, int] = {}  # live lease id -> job id
-        self._restored_leases: dict[int, int] = {}  # lease id issued before a restart -> job id
         self._rng = rng or secrets.SystemRandom()
         self.journal: Journal = journal or NullJournal()
         self._progressing: dict[int, None] = {}  # live jobs that reported progress, in order
@@ -300,6 +303,15 @@ class Ledger:
         self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
         timeout_ms: int | None, needs: Needs | None,
     ) -> _Job:
+        job = self._new(job_id, payload, max_attempts, priority, timeout_ms, needs)
+        self._move(job, "submit")
+        self._pending.push(job)
+        return job
+
+    def _new(
+        self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
+        timeout_ms: int | None, needs: Needs | None,
+    ) -> _Job:
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} is already in the ledger")
         if max_attempts is not None and max_attempts < 1:
@@ -307,8 +319,6 @@ class Ledger:
         job = _Job(job_id, payload, max_attempts or self.max_attempts, needs or needs_of(payload),
                    priority=priority, timeout_ms=timeout_ms)
         self._jobs[job_id] = job
-        self._move(job, "submit")
-        self._pending.push(job)
         return job
 
     def restore(
@@ -322,21 +332,38 @@ class Ledger:
         priority: int = 0,
         timeout_ms: int | None = None,
         needs: Needs | None = None,
+        lease_id: int | None = None,
+        now: float = 0.0,
     ) -> None:
-        """Re-add a pending job of an earlier run (a durable store's restart): at the tail,
-        with its attempt number and the leases issued for it before, so a result that a
+        """Re-add a live job of an earlier run (a durable store's restart), with its attempt
+        number and the leases issued for it before (lease id -> worker), so a result that a
         worker delivers late under one of those leases is still accepted once.
 
+        ``lease_id`` None: the job was pending; it goes to the tail of its queue. Otherwise
+        the job was leased under ``lease_id`` (one of ``leases``) and stays LEASED to that
+        worker ("resume") with the deadline ``now + lease_s`` (``now``: monotonic seconds):
+        the worker, still running it, renews the lease with its next heartbeat and delivers
+        its result as usual; a worker that is gone lets it expire like any lease (attempt + 1,
+        or dead-lettered on its last attempt), one lease period after the restart. Nothing
+        is journaled: the journal holds the job as it is restored.
+
         Raises:
-            ValueError: ``job_id`` is already live, or ``attempt``/``max_attempts`` < 1.
+            ValueError: ``job_id`` is already live, ``attempt``/``max_attempts`` < 1, or
+                ``lease_id`` is not one of ``leases``.
         """
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt!r}")
-        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs)  # journaled
+        if lease_id is not None and lease_id not in leases:
+            raise ValueError(f"lease_id {lease_id!r} is not one of the job's leases")
+        job = self._new(job_id, payload, max_attempts, priority, timeout_ms, needs)
         job.attempt = attempt
         job.issued.update(leases)
-        for lease_id in leases:
-            self._restored_leases[lease_id] = job_id
+        if lease_id is None:
+            self._move(job, "submit")
+            self._pending.push(job)
+        else:
+            self._move(job, "resume")
+            self._hold(job, lease_id, leases[lease_id], now)
 
     def claim(
         self, worker: Hashable, now: float, caps: Capabilities | None = None
@@ -363,12 +390,8 @@ class Ledger:
         lease_id = self._rng.getrandbits(63)
         while lease_id in self._lease_job or lease_id in job.issued:
             lease_id = self._rng.getrandbits(63)
-        job.lease_id = lease_id
-        job.worker = worker
-        job.deadline = now + self.lease_s
         job.issued[lease_id] = worker
-        self._lease_job[lease_id] = job.job_id
-        heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
+        self._hold(job, lease_id, worker, now)
         self.journal.lease(job.job_id, lease_id, worker, job.attempt)  # type: ignore[arg-type]
         return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline, job.timeout_ms,
                      job.needs.resources)
@@ -387,14 +410,11 @@ class Ledger:
 
     def beat(self, worker: Hashable, lease_ids: Iterable[int], now: float) -> list[int]:
         """Extend ``worker``'s leases to ``now + lease_s``; return the ids that are void
-        (unknown, expired, cancelled, resolved or held by another worker).
-
-        A lease issued before a restart (see :meth:`restore`) whose job is still pending is
-        taken back: the worker is still running the job, so it becomes the job's lease again
-        instead of the job running twice."""
+        (unknown, expired, cancelled, resolved or held by another worker). A lease resumed
+        after a restart (see :meth:`restore`) is renewed like any other."""
         void = []
         for lease_id in lease_ids:
-            job = self._live(worker, lease_id) or self._adopt(worker, lease_id, now)
+            job = self._live(worker, lease_id)
             if job is None:
                 void.append(lease_id)
             else:
@@ -402,20 +422,14 @@ class Ledger:
                 job.deadline = now + self.lease_s
         return void
 
-    def _adopt(self, worker: Hashable, lease_id: int, now: float) -> _Job | None:
-        job_id = self._restored_leases.get(lease_id)
-        job = None if job_id is None else self._jobs.get(job_id)
-        if job is None or job.state is not JobState.PENDING or job.issued.get(lease_id) != worker:
-            return None
-        del self._restored_leases[lease_id]
-        self._pending.remove(job)
-        self._move(job, "claim")
+    def _hold(self, job: _Job, lease_id: int, worker: Hashable, now: float) -> None:
+        """Make ``lease_id`` the leased job's live lease, held by ``worker`` until
+        ``now + lease_s``."""
         job.lease_id = lease_id
         job.worker = worker
         job.deadline = now + self.lease_s
         self._lease_job[lease_id] = job.job_id
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
-        return job
 
     def postpone(self, seconds: float) -> None:
         """Push every live lease's deadline ``seconds`` later: the producer itself could not

@@ -131,16 +131,6 @@ class PendingIndex:
         resolved, refused): its entry is skipped when it reaches a head."""
         self._taken(self._queues[job.needs])
 
-    def remove(self, job: Entry) -> None:
-        """Take a queued job out now (it is leased without a claim: a restored lease was
-        taken back), looking from the tail, where restored jobs are."""
-        level = self._queues[job.needs].levels[job.priority]
-        for index in range(len(level) - 1, -1, -1):
-            if level[index] is job:
-                del level[index]
-                break
-        self.leave(job)
-
     def _emptied(self, queue: _Queue) -> None:
         """``queue`` has no pending job left: its entries (all stale) go; it is kept for its
         signature's next job, or, past EMPTY_KEPT empty queues, they are all dropped."""

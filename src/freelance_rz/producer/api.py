@@ -59,9 +59,12 @@ class Producer(Executor):
         announce: False skips mDNS (workers must then ``--connect`` to :attr:`endpoint`).
         store: path of a sqlite job store (created if missing). With it, :meth:`submit`
             returns only once the job is recorded, and a producer restarted on the same store
-            offers its pending jobs again, re-queues those that were leased (attempt + 1),
-            keeps finished results (:meth:`get`) and accepts results that workers still hold
-            for the old process (the zguide's Titanic pattern, without a broker). A
+            offers its pending jobs again, keeps the leases of those that were leased for
+            ``lease_s`` from the restart (a worker still running one renews it with its next
+            heartbeat and the job goes on there; otherwise it is re-offered with attempt + 1,
+            or dead-lettered on its last attempt, about ``lease_s`` after it is announced), keeps
+            finished results (:meth:`get`) and accepts results that workers still hold for the
+            old process (the zguide's Titanic pattern, without a broker). A
             KeyboardInterrupt inside :meth:`submit` after the job was recorded leaves it stored
             (it runs) without its Future reaching the caller.
         retention_s, retention_count: finished results kept in the store at most this many

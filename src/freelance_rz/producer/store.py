@@ -7,9 +7,10 @@ With a store, every transition the ledger makes (a job added, leased, given back
 finished) is journaled here, in order, as the ledger tells it (the store never decides or
 checks a transition: that is the ledger's), and a restarted producer rebuilds its ledger from
 :meth:`JobStore.restore`:
-pending jobs are offered again, leased jobs whose lease cannot be confirmed are re-queued with
-the attempt counted, finished results are kept (for a while, see retention) so a result of an
-earlier run can still be looked up.
+pending jobs are offered again, leased jobs stay leased under their stored lease and worker
+(the ledger gives each one lease period from the restart to be renewed by that worker's
+heartbeat, else it expires as usual), finished results are kept (for a while, see retention)
+so a result of an earlier run can still be looked up.
 
 Durability
 ----------
@@ -75,12 +76,10 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.ledger import after_lost_lease
 from ..errors import StoreError
 from .storefile import SCHEMA_VERSION, open_store, sqlite_error, transaction
 
@@ -101,6 +100,8 @@ class StoredJob:
         leases: every lease still on record for it, lease id -> worker routing id (leases
             given back with :meth:`JobStore.release` are forgotten), so a result from a
             lease of an earlier process can still be accepted.
+        lease_id: the lease it was held under when the store was last written (one of
+            ``leases``, and ``attempt`` is that lease's attempt), or None: it was pending.
     """
 
     job_id: int
@@ -108,6 +109,7 @@ class StoredJob:
     attempt: int
     max_attempts: int
     leases: dict[int, bytes]
+    lease_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,18 +135,17 @@ class Restored:
     """What :meth:`JobStore.restore` found.
 
     Attributes:
-        pending: live jobs to offer again, in queue order: the jobs that were pending, by
-            job id, then the jobs that were leased, by job id, each with ``attempt`` one
-            higher (its lease cannot be confirmed, so it counts as lost).
-        dead: ids of leased jobs that were on their last attempt: the restore dead-lettered
-            them (a ``"dead"`` result is now stored for each), in job id order.
+        pending: the jobs that were pending, to offer again, in queue order (by job id).
+        leased: the jobs that were leased, by job id, each with its ``lease_id`` and
+            ``attempt``: they are restored leased to the same worker (see
+            :meth:`~freelance_rz.core.ledger.Ledger.restore`), not re-queued.
         next_job_id: the first job id never used in this store (purged jobs included).
         producer_key: a random id made when the store was created and kept for its life, so
             workers can recognise a restarted producer of the same store.
     """
 
     pending: list[StoredJob]
-    dead: list[int]
+    leased: list[StoredJob]
     next_job_id: int
     producer_key: str
 
@@ -267,17 +268,19 @@ class JobStore:
     def restore(self) -> Restored:
         """Rebuild the job table of a (re)started producer. Call once, after opening.
 
-        Leased jobs are taken back: their leases cannot be confirmed, so each counts as lost
-        (the ledger's rule, :func:`~freelance_rz.core.ledger.after_lost_lease`): the ones
-        with attempts left become pending with ``attempt + 1``, the ones on their last attempt
-        are dead-lettered. Both changes are written before this returns.
+        Nothing is changed: pending jobs are returned to be offered again, leased jobs with
+        the lease and attempt they were held under (a lease the file has no worker for, which
+        a store written by this module never has, is returned held by worker ``b""``: no
+        worker has that routing id, so it expires). What happens to a leased job from then on
+        is the ledger's to journal (renewed by a heartbeat; expired: re-queued with
+        ``attempt + 1`` or dead-lettered on its last attempt).
 
         Returns:
-            :class:`Restored`: the jobs to offer, in order; the dead-lettered ids; the next
-            job id; the store's producer key.
+            :class:`Restored`: the jobs to offer, in order; the leased jobs; the next job id;
+            the store's producer key.
 
         Raises:
-            StoreError: SQLite failed while reading or writing (e.g. a damaged page).
+            StoreError: SQLite failed while reading (e.g. a damaged page).
         """
         conn = self._require_open()
         self.flush()
@@ -289,32 +292,18 @@ class JobStore:
                 leases.setdefault(job_id, {})[lease_id] = worker
             pending: list[StoredJob] = []
             leased: list[StoredJob] = []
-            dead: list[int] = []
             for job_id, payload, attempt, max_attempts, lease_id in conn.execute(
                 "SELECT job_id, payload, attempt, max_attempts, lease_id FROM jobs ORDER BY job_id"
             ):
                 issued = leases.get(job_id, {})
                 if lease_id is None:
                     pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued))
-                    continue
-                next_attempt = after_lost_lease(attempt, max_attempts)  # it cannot be confirmed
-                if next_attempt is None:
-                    dead.append(job_id)
                 else:
-                    leased.append(StoredJob(job_id, payload, next_attempt, max_attempts, issued))
-            if leased or dead:
-                now = time.time()
-                with transaction(conn):
-                    conn.executemany(
-                        "UPDATE jobs SET attempt = ?, lease_id = NULL WHERE job_id = ?",
-                        [(job.attempt, job.job_id) for job in leased],
-                    )
-                    self._write_finished(
-                        conn, dead, [(job_id, "dead", b"", now) for job_id in dead]
-                    )
+                    issued.setdefault(lease_id, b"")
+                    leased.append(StoredJob(job_id, payload, attempt, max_attempts, issued, lease_id))
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, "restoring jobs", exc) from exc
-        return Restored(pending + leased, dead, self._next_id, self._producer_key)
+        return Restored(pending, leased, self._next_id, self._producer_key)
 
     # --- the journal (buffered until flush) ---------------------------------------------------
 

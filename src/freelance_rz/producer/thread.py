@@ -422,20 +422,25 @@ class _Loop:
         self.purge_at = 0.0
         self.closing = False  # Shutdown: end once every job is resolved
         self.aborted = False  # Close: end now
+        self.unheard_since: float | None = None  # restored leases wait until it is announced
         if s.restored is not None:
-            self._restore(s.restored)
+            self._restore(s.restored, now)
 
-    def _restore(self, restored: Restored) -> None:
-        for job in restored.pending:
+    def _restore(self, restored: Restored, now: float) -> None:
+        """Rebuild the ledger from the store: pending jobs are queued again, leased ones stay
+        leased to their worker for one lease period from the restart: from when the producer
+        is announced (workers cannot find it before; see :meth:`run`)."""
+        for job in (*restored.pending, *restored.leased):
             options = job_options(job.payload)
-            self.ledger.restore(
-                job.job_id, job.payload, attempt=job.attempt, max_attempts=job.max_attempts,
-                leases=dict(job.leases), priority=options.get("priority", 0),
-                timeout_ms=options.get("timeout_ms"),
-            )
+            self.ledger.restore(job.job_id, job.payload, attempt=job.attempt, max_attempts=job.max_attempts,
+                                leases=dict(job.leases), priority=options.get("priority", 0),
+                                timeout_ms=options.get("timeout_ms"), lease_id=job.lease_id, now=now)
             self.futures[job.job_id] = JobFuture(job.job_id, self.thread.on_cancel)
             self.tally.add(job.job_id, peek_task(job.payload), job.payload, self.wall.now, restored=True)
-        log.info("store: %d job(s) restored, %d dead-lettered", len(restored.pending), len(restored.dead))
+            if job.lease_id is not None:
+                self.tally.lease(job.job_id, job.leases[job.lease_id], job.attempt, self.wall.now)
+        self.unheard_since = now if restored.leased else None
+        log.info("store: %d job(s) restored, %d leased", len(restored.pending) + len(restored.leased), len(restored.leased))
 
     # --- the turns ----------------------------------------------------------------------------
 
@@ -454,6 +459,9 @@ class _Loop:
             if stalled > STALL_S:  # e.g. the app held the GIL in one long C call
                 log.warning("producer I/O thread stalled %.1f s; leases extended as much", stalled)
                 self.ledger.postpone(stalled)
+            if self.unheard_since is not None:  # not announced yet: silence proves nothing
+                self.ledger.postpone(now - self.unheard_since)
+                self.unheard_since = None if self.thread._started.is_set() else now
             if self.thread._wake_r in events:
                 for command in self.thread._take_commands():
                     self._command(command, now)

@@ -228,10 +228,30 @@ class Peers:
             return
         self.links[session.endpoint] = link
         assert self.hooks is not None
-        if session.probing:  # a dormant producer: ask whether it is back
+        if session.probing or self._awaited(session):  # ask whether it is (back) there
             self.hooks.beat(session, now)
-        else:  # re-send what was never acknowledged
+        if not session.probing:  # re-send what was never acknowledged
             self.hooks.resend(session, now)
+
+    def _awaited(self, new: Session) -> bool:
+        """Whether ``new`` may be the restarted process of a durable producer that stopped
+        answering and that this worker owes running jobs or results (same store key). It is
+        asked at once (a BEAT) rather than at the next claim, which a worker with every slot
+        busy never sends: its answer lets the work be handed over (:meth:`hand_over`) within
+        the one lease period the restarted producer keeps the old leases for. Nothing is
+        asked while the producer answers (an announcement may be forged)."""
+        return new.store_key is not None and not new.answered and any(
+            old is not new and old.store_key == new.store_key and old.owes
+            and old.unreachable_since is not None for old in self.sessions.values()
+        )
+
+    def _ask_successors(self, old: Session, now: float) -> None:
+        """``old`` just stopped answering: ask the connected peers that may be its restarted
+        process (see :meth:`_awaited`) whether they are there."""
+        assert self.hooks is not None
+        for new in list(self.sessions.values()):
+            if new.endpoint in self.links and self._awaited(new) and not new.beat_in_flight:
+                self.hooks.beat(new, now)
 
     def disconnect(self, session: Session) -> None:
         link = self.links.pop(session.endpoint, None)
@@ -351,6 +371,8 @@ class Peers:
                       session.backoff_s)
         self.disconnect(session)
         session.reset(now)
+        if session.owes and session.store_key is not None:
+            self._ask_successors(session, now)
 
     def first_answer(self, session: Session, link: Link, now: float) -> None:
         """The producer answered: it is real. Its handshake worked, and it may be the new
@@ -367,11 +389,14 @@ class Peers:
 
     def hand_over(self, old: Session, new: Session, now: float) -> None:
         """Move what the worker owes a restarted producer to its new process: unacknowledged
-        results and the running jobs' future results (a durable producer takes them)."""
+        results and the running jobs. A durable producer restores their leases and holds
+        them for one lease period from its restart: the jobs go on under the same leases
+        once this worker's next BEAT renews them (a lease it has given up by then is void at
+        that BEAT, and the job is aborted here as for any void lease)."""
         assert self.hooks is not None
-        log.info("producer %s at %s restarted as %s at %s: handing over %d running job(s) and "
-                 "%d result(s)", old.label, old.endpoint, new.label, new.endpoint,
-                 len(old.leases), len(old.unacked))
+        log.info("producer %s at %s restarted as %s at %s: %d running job(s) go on under their "
+                 "leases there, %d result(s) are sent again", old.label, old.endpoint, new.label,
+                 new.endpoint, len(old.leases), len(old.unacked))
         new.unacked.update(old.unacked)
         new.leases.update(old.leases)
         self.hooks.move_jobs(old, new)
