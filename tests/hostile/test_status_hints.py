@@ -23,7 +23,7 @@ import zmq
 from fake_peers import FakeProducer, answering
 
 from freelance_rz.security import generate_keypair
-from freelance_rz.status import STATUS_MAX_BYTES
+from freelance_rz.status import STATUS_MAX_BYTES, query_status
 
 GOOD = {"producer_id": "good-producer", "group": "g", "pending": 0, "leased": 0, "done": 1,
         "failed": 0, "dead": 0, "workers": 0, "finished_last_min": 1, "uptime_s": 1.0,
@@ -114,12 +114,15 @@ def test_a_tcp_server_that_is_not_zeromq():
 
 
 def test_an_endpoint_libzmq_cannot_parse_is_a_row(fakes):
+    """Given to query_status, it is a row and the others still answer; typed on the command
+    line, it is a usage error naming it (as freelance-worker says)."""
     good = fakes(answering(GOOD))
-    shown = run_status("--connect", "tcp://nohostport", good.endpoint)
-    rows = rows_of(shown)
-    assert shown.returncode == 1
+    rows = query_status(["tcp://nohostport", good.endpoint], 5.0)
     assert rows[0]["error"].startswith("cannot connect to this endpoint"), rows[0]
     assert rows[1]["producer_id"] == "good-producer"
+    shown = run_status("--connect", "tcp://nohostport", good.endpoint)
+    assert shown.returncode == 2
+    assert "--connect 'tcp://nohostport': expected tcp://HOST:PORT" in shown.stderr, shown.stderr
 
 
 def test_curve_cases_still_name_the_keys(fakes, tmp_path):
