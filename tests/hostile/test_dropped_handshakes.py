@@ -47,8 +47,12 @@ class DroppingServer:
             except OSError:
                 return
             self.accepted += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _talk(conn: socket.socket) -> None:
+        with conn:
             conn.recv(64)
-            conn.close()
 
     def close(self) -> None:
         self.sock.close()
@@ -59,15 +63,6 @@ class ResettingCurveServer(DroppingServer):
     sends the rest of its greeting once it has the server's major version) has its connection
     reset mid-greeting; a client that sends only signature and version (a greeting probe) is
     sent the whole CURVE greeting and a clean close."""
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
     @staticmethod
     def _talk(conn: socket.socket) -> None:
