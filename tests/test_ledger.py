@@ -17,6 +17,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from freelance_rz.core.payload import pack_exception
+from freelance_rz.core.retry import DEFAULT_MAX_RETRIES
+from freelance_rz.errors import Retry
 from freelance_rz.core.ledger import (
     TERMINAL,
     TRANSITIONS,
@@ -35,6 +38,7 @@ P, L, D, F, X, C = (
     JobState.DEAD,
     JobState.CANCELLED,
 )
+W = JobState.DEFERRED
 LEASE_S = 10.0
 
 
@@ -71,6 +75,14 @@ def test_transition_table_is_exactly_the_documented_one():
         (P, "fail"): F,
         (P, "cancel"): C,
         (L, "cancel"): C,
+        (None, "defer"): W,
+        (W, "due"): P,
+        (L, "retry"): W,
+        (P, "retry"): W,
+        (W, "retry"): W,
+        (W, "succeed"): D,
+        (W, "fail"): F,
+        (W, "cancel"): C,
     }
     assert TERMINAL == {D, F, X, C}
 
@@ -85,7 +97,8 @@ def test_no_event_leaves_a_terminal_state(state):
 @pytest.mark.parametrize(
     "state, event",
     [(D, "claim"), (P, "beat"), (P, "release"), (P, "expire"), (P, "exhaust"), (L, "claim"),
-     (None, "claim"), (P, "submit"), (C, "cancel")],
+     (None, "claim"), (P, "submit"), (C, "cancel"), (W, "claim"), (W, "beat"), (W, "expire"),
+     (P, "due"), (L, "due"), (W, "release")],
 )
 def test_illegal_pairs_have_no_entry(state, event):
     assert (state, event) not in TRANSITIONS
@@ -583,6 +596,13 @@ MAX_ATTEMPTS = 3
 FORGED = st.integers(min_value=0, max_value=2**63 - 1)
 MAX_ATTEMPTS_ARG = st.none() | st.integers(1, 4)
 PAYLOAD = st.binary(max_size=4)
+DELAY = st.sampled_from([0.0, 0.5, 4.0, 12.0])
+RETRY_IN = st.sampled_from([0.0, 1.0, 9.5])
+
+
+def retry_error(in_s: float) -> bytes:
+    """The error payload of a task that raised Retry(in_s=...), as a worker sends it."""
+    return pack_exception(Retry(in_s=in_s), "")
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -612,11 +632,19 @@ class LedgerMachine(RuleBasedStateMachine):
         self.valid: dict[int, dict[int, str]] = {}  # job -> leases a result is accepted from
         self.all_leases: dict[int, tuple[int, str]] = {}  # every lease id -> (job, worker)
         self.resolved: Counter[int] = Counter()
+        self.due: dict[int, tuple[float, int]] = {}  # deferred job -> (due, order of deferral)
+        self.deferrals = 0
+        self.retries: Counter[int] = Counter()
 
     # --- helpers
 
     def live(self, job_id: int) -> bool:
-        return self.state[job_id] in (P, L)
+        return self.state[job_id] in (P, L, W)
+
+    def defer(self, job_id: int, due: float) -> None:
+        self.state[job_id] = W
+        self.due[job_id] = (due, self.deferrals)
+        self.deferrals += 1
 
     def dequeue(self, job_id: int) -> None:
         for group in self.queue:
@@ -655,6 +683,45 @@ class LedgerMachine(RuleBasedStateMachine):
         self.payload[job_id] = payload
         self.valid[job_id] = {}
         self.queue.append([job_id])
+
+    @rule(max_attempts=MAX_ATTEMPTS_ARG, payload=PAYLOAD, delay=DELAY)
+    def submit_later(self, max_attempts, payload, delay):
+        """A job submitted with a delay: DEFERRED until wake() at or after its due time."""
+        job_id = self.next_id
+        self.next_id += 1
+        self.ledger.submit(job_id, payload, max_attempts=max_attempts, due=self.now + delay)
+        self.attempt[job_id] = 1
+        self.max_attempts[job_id] = max_attempts or MAX_ATTEMPTS
+        self.payload[job_id] = payload
+        self.valid[job_id] = {}
+        self.defer(job_id, self.now + delay)
+
+    @rule()
+    def wake(self):
+        """Due jobs become pending, at the tail, in due order (ties: in order of deferral)."""
+        due = sorted((when, job_id) for job_id, when in self.due.items() if when[0] <= self.now)
+        assert self.ledger.wake(self.now) == len(due)
+        for _, job_id in due:
+            del self.due[job_id]
+            self.state[job_id] = P
+            self.queue.append([job_id])
+
+    @precondition(lambda self: self.current)
+    @rule(data=st.data(), in_s=RETRY_IN)
+    def fail_and_retry(self, data, in_s):
+        """The holder of a current lease reports that its task raised Retry(in_s): the job
+        waits in_s seconds, as long as its retries (3 by default) allow; then it fails."""
+        job_id = data.draw(st.sampled_from(list(self.current)))
+        lease_id, worker, _ = self.current.pop(job_id)
+        assert self.ledger.resolve(worker, job_id, lease_id, False, retry_error(in_s), now=self.now)
+        if self.retries[job_id] < DEFAULT_MAX_RETRIES:
+            self.retries[job_id] += 1
+            del self.valid[job_id][lease_id]  # the same result again is stale
+            self.defer(job_id, self.now + in_s)
+            assert self.ledger.job(job_id).retries == self.retries[job_id]
+        else:
+            self.resolved[job_id] += 1
+            self.state[job_id] = F
 
     @rule(workers=st.lists(st.sampled_from(WORKERS), min_size=1, max_size=3))
     def claim(self, workers):
@@ -753,6 +820,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.resolved[job_id] += 1
             self.state[job_id] = D if ok else F
             self.current.pop(job_id, None)
+            self.due.pop(job_id, None)
             self.dequeue(job_id)
 
     @precondition(lambda self: self.next_id > 0)
@@ -761,9 +829,10 @@ class LedgerMachine(RuleBasedStateMachine):
         job_id = data.draw(st.integers(0, self.next_id - 1))
         was = self.state[job_id]
         assert self.ledger.cancel(job_id) is (was if self.live(job_id) else None)
-        if was in (P, L):
+        if was in (P, L, W):
             self.state[job_id] = C
             self.current.pop(job_id, None)
+            self.due.pop(job_id, None)
             self.dequeue(job_id)
 
     @rule(dt=st.sampled_from([0.5, 4.0, 9.5, 10.0, 15.0]))
@@ -818,7 +887,7 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = Counter(self.state.values())
         assert {s: n for s, n in self.ledger.counts.items() if n} == dict(expected)
         assert sum(self.ledger.counts.values()) == self.next_id  # no job vanishes
-        live = expected[P] + expected[L]
+        live = expected[P] + expected[L] + expected[W]
         assert len(self.ledger) == live
         assert self.ledger.pending == expected[P]
         assert sum(len(group) for group in self.queue) == expected[P]
@@ -835,6 +904,18 @@ class LedgerMachine(RuleBasedStateMachine):
         jobs = [self.all_leases[lease][0] for lease in seen]
         assert len(jobs) == len(set(jobs)), "a job leased twice"
         assert all(self.state[job] is L for job in jobs)
+
+    @invariant()
+    def no_deferred_job_offered_before_its_time(self):
+        """Every deferred job of the model is DEFERRED in the ledger (so claim() never hands
+        it out: claim_one checks each lease against the model's pending queue), and the
+        ledger's next due time is never later than the earliest of them."""
+        assert self.ledger.counts[W] == len(self.due)
+        for job_id in self.due:
+            assert self.ledger.state(job_id) is W
+        if self.due:
+            nd = self.ledger.next_due()
+            assert nd is not None and nd <= min(when for when, _ in self.due.values())
 
     @invariant()
     def resolved_at_most_once(self):

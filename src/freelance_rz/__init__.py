@@ -13,6 +13,7 @@ from .errors import (
     JobTooLarge,
     ProducerClosed,
     ProtocolError,
+    Retry,
     StoreError,
     TaskNotAllowed,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Producer",
     "ProducerClosed",
     "ProtocolError",
+    "Retry",
     "StoreError",
     "TaskNotAllowed",
     "Worker",

@@ -17,6 +17,16 @@ wire inputs that do not fit are answered by return values, e.g. a stale lease is
     PENDING  --cancel-->   CANCELLED
     LEASED   --cancel-->   CANCELLED  (its lease becomes void)
 
+    (new)    --defer-->    DEFERRED   submitted with a due time (a delay)
+    DEFERRED --due-->      PENDING    its due time came: tail of its queue
+    LEASED   --retry-->    DEFERRED   a task error its retry policy retries (core/retry.py):
+                                      due after the backoff; its lease becomes void
+    PENDING, DEFERRED --retry--> DEFERRED   the same, from a result of an earlier lease
+    DEFERRED --succeed/fail/cancel--> DONE / FAILED / CANCELLED   (as from PENDING)
+
+A DEFERRED job is not offered: it waits in a heap of due times (no timer, no scan; the I/O
+thread polls with :meth:`Ledger.next_due` as a deadline and calls :meth:`Ledger.wake`).
+
 The first result for a job from any lease issued for it (to the worker it was issued to)
 resolves the job; every later or unknown result is "stale": acknowledged and dropped by the
 caller. Terminal jobs (DONE, FAILED, DEAD, CANCELLED) leave the table at once, so memory is
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import random
 import secrets
 from collections.abc import Hashable, Iterable
@@ -48,8 +59,9 @@ from typing import Protocol
 
 from ..errors import ProtocolError
 from .match import Capabilities, Needs
-from .payload import unpack_call
+from .payload import remote_error, unpack_call
 from .pending import PendingIndex
+from .retry import RetryPolicy, retry_in
 
 
 class LedgerError(Exception):
@@ -58,6 +70,7 @@ class LedgerError(Exception):
 
 class JobState(enum.Enum):
     PENDING = "pending"
+    DEFERRED = "deferred"  # not offered before its due time (a delay, a retry's backoff)
     LEASED = "leased"
     DONE = "done"
     FAILED = "failed"
@@ -79,6 +92,14 @@ TRANSITIONS: dict[tuple[JobState | None, str], JobState] = {
     (JobState.PENDING, "fail"): JobState.FAILED,
     (JobState.PENDING, "cancel"): JobState.CANCELLED,
     (JobState.LEASED, "cancel"): JobState.CANCELLED,
+    (None, "defer"): JobState.DEFERRED,
+    (JobState.DEFERRED, "due"): JobState.PENDING,
+    (JobState.LEASED, "retry"): JobState.DEFERRED,
+    (JobState.PENDING, "retry"): JobState.DEFERRED,
+    (JobState.DEFERRED, "retry"): JobState.DEFERRED,
+    (JobState.DEFERRED, "succeed"): JobState.DONE,
+    (JobState.DEFERRED, "fail"): JobState.FAILED,
+    (JobState.DEFERRED, "cancel"): JobState.CANCELLED,
 }
 TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
@@ -109,6 +130,13 @@ class Journal(Protocol):
 
     def finish(self, job_id: int, state: str, payload: bytes) -> None: ...
 
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        """The job waits until ``due`` (monotonic seconds): submitted with a delay
+        (``retries`` 0) or retried after a task error (``retries``: how many so far)."""
+
+    def ready(self, job_id: int) -> None:
+        """A deferred job's due time came: it is pending."""
+
 
 class NullJournal:
     """A journal that keeps nothing (a producer without a store)."""
@@ -126,6 +154,12 @@ class NullJournal:
         pass
 
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
+        pass
+
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        pass
+
+    def ready(self, job_id: int) -> None:
         pass
 
 
@@ -147,6 +181,9 @@ class _Job:
     issued: dict[int, Hashable] = field(default_factory=dict)
     progress: tuple[float, float | None, str] | None = None  # its latest report_progress()
     too_large_since: float | None = None  # when it was first too large for every worker
+    retry: RetryPolicy | None = None  # which task errors it retries (None: only Retry)
+    retries: int = 0  # task errors retried so far
+    due: float = 0.0  # while DEFERRED: when it becomes pending (monotonic seconds)
 
     @property
     def pending(self) -> bool:
@@ -211,6 +248,9 @@ class Ledger:
         self.journal: Journal = journal or NullJournal()
         self._progressing: dict[int, None] = {}  # live jobs that reported progress, in order
         self.counts: dict[JobState, int] = {state: 0 for state in JobState}
+        self._due: list[tuple[float, int, int]] = []  # (due, sequence, job_id) of deferred jobs
+        self._due_seq = itertools.count()
+        self.retried = 0  # task errors retried (total)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -241,6 +281,11 @@ class Ledger:
     @property
     def pending(self) -> int:
         return self.counts[JobState.PENDING]
+
+    def next_due(self) -> float | None:
+        """Earliest due time of a deferred job (monotonic seconds), or None. May be early
+        (a cancelled job's entry), never late."""
+        return self._due[0][0] if self._due else None
 
     def next_deadline(self) -> float | None:
         """Earliest lease deadline (monotonic seconds), or None. May be early, never late."""
@@ -279,33 +324,62 @@ class Ledger:
 
     def submit(
         self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0,
-        timeout_ms: int | None = None, needs: Needs | None = None,
+        timeout_ms: int | None = None, needs: Needs | None = None, due: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """Add a job at the tail of its signature's and priority's queue (higher priorities
         are claimed first, FIFO within one). ``timeout_ms``: its time limit on a worker, if
         any (see :func:`timeout_ms`). ``needs``: its requirements (None: read from the
-        payload's call, see :func:`needs_of`).
+        payload's call, see :func:`needs_of`). ``due``: not offered before then (monotonic
+        seconds; the job is DEFERRED until :meth:`wake` at or after it). ``retry``: the task
+        errors it retries (:mod:`.retry`).
 
         Raises:
             ValueError: ``job_id`` is already live, or ``max_attempts`` < 1.
         """
-        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs)
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs, due, retry)
         self.journal.add(job_id, payload, job.max_attempts)
+        if due is not None:
+            self.journal.defer(job_id, due, 0)
 
     def _add(
         self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
-        timeout_ms: int | None, needs: Needs | None,
+        timeout_ms: int | None, needs: Needs | None, due: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> _Job:
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} is already in the ledger")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
         job = _Job(job_id, payload, max_attempts or self.max_attempts, needs or needs_of(payload),
-                   priority=priority, timeout_ms=timeout_ms)
+                   priority=priority, timeout_ms=timeout_ms, retry=retry)
         self._jobs[job_id] = job
-        self._move(job, "submit")
-        self._pending.push(job)
+        if due is None:
+            self._move(job, "submit")
+            self._pending.push(job)
+        else:
+            self._move(job, "defer")
+            self._wait_until(job, due)
         return job
+
+    def _wait_until(self, job: _Job, due: float) -> None:
+        job.due = due
+        heapq.heappush(self._due, (due, next(self._due_seq), job.job_id))
+
+    def wake(self, now: float) -> int:
+        """Make every deferred job whose due time is <= ``now`` pending (at the tail of its
+        queue, in due order); returns how many. O(k log n) for k due jobs."""
+        woken, heap = 0, self._due
+        while heap and heap[0][0] <= now:
+            due, _, job_id = heapq.heappop(heap)
+            job = self._jobs.get(job_id)
+            if job is None or job.state is not JobState.DEFERRED or job.due != due:
+                continue  # cancelled or resolved since (a stale entry)
+            self._move(job, "due")
+            self._pending.push(job)
+            self.journal.ready(job_id)
+            woken += 1
+        return woken
 
     def restore(
         self,
@@ -318,18 +392,23 @@ class Ledger:
         priority: int = 0,
         timeout_ms: int | None = None,
         needs: Needs | None = None,
+        due: float | None = None,
+        retries: int = 0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """Re-add a pending job of an earlier run (a durable store's restart): at the tail,
         with its attempt number and the leases issued for it before, so a result that a
-        worker delivers late under one of those leases is still accepted once.
+        worker delivers late under one of those leases is still accepted once; deferred
+        until ``due`` when given, with ``retries`` task errors retried so far.
 
         Raises:
             ValueError: ``job_id`` is already live, or ``attempt``/``max_attempts`` < 1.
         """
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt!r}")
-        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs)  # journaled
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs, due, retry)
         job.attempt = attempt
+        job.retries = retries
         job.issued.update(leases)
         for lease_id in leases:
             self._restored_leases[lease_id] = job_id
@@ -433,18 +512,36 @@ class Ledger:
         return True
 
     def resolve(
-        self, worker: Hashable, job_id: int, lease_id: int, ok: bool, payload: bytes = b""
+        self, worker: Hashable, job_id: int, lease_id: int, ok: bool, payload: bytes = b"",
+        now: float | None = None,
     ) -> bool:
         """Take a result (``payload``: its value or error, as on the wire). True when it is
         the first for the job and came under a lease issued for it to this ``worker``: the
-        job is then DONE (``ok``) or FAILED and has left the ledger. False for a stale,
-        duplicate or forged result: change nothing."""
+        job is then DONE (``ok``) or FAILED and has left the ledger, or, for an error its
+        retry rule retries (:func:`.retry.retry_in`; only when ``now`` is given), DEFERRED
+        until ``now`` plus the backoff (that lease's later results are stale). False for a
+        stale, duplicate or forged result: change nothing."""
         job = self._jobs.get(job_id)
         if job is None or job.issued.get(lease_id, _NOBODY) != worker:
             return False
+        if not ok and now is not None:
+            error = remote_error(payload)
+            delay = None if error is None else retry_in(job.retry, job.retries, error, self._rng.random())
+            if delay is not None:
+                self._retry(job, lease_id, now + delay)
+                return True
         self._move(job, "succeed" if ok else "fail")
         self.journal.finish(job_id, "done" if ok else "failed", payload)
         return True
+
+    def _retry(self, job: _Job, lease_id: int, due: float) -> None:
+        del job.issued[lease_id]  # its result is taken: the same result again is stale
+        self._end_lease(job)
+        self._move(job, "retry")
+        job.retries += 1
+        self.retried += 1
+        self._wait_until(job, due)
+        self.journal.defer(job.job_id, due, job.retries)
 
     def refuse(self, job_id: int, error: bytes) -> bool:
         """Fail a pending job that will never be handed out (no worker can take it), with

@@ -43,6 +43,7 @@ from .fleet import WAITING_IN_STATUS, Fleet
 from .ledger import Expired, JobState, Ledger
 from .match import Capabilities, Needs
 from .parked import ParkedClaims
+from .retry import RetryPolicy
 from .text import clean, worker_label
 
 log = logging.getLogger("freelance_rz.producer")
@@ -132,12 +133,14 @@ class OfferEngine:
     # --- from the application ---------------------------------------------------------------
 
     def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None, priority: int,
-               timeout_ms: int | None, needs: Needs | None = None) -> None:
+               timeout_ms: int | None, needs: Needs | None = None, due: float | None = None,
+               retry: RetryPolicy | None = None) -> None:
         """A new job, at the tail of its signature's and priority's queue (``needs``: its
-        requirements; None: read from the payload)."""
+        requirements; None: read from the payload), or deferred until ``due`` (monotonic
+        seconds); ``retry``: the task errors it retries."""
         self.ledger.submit(job_id, payload, max_attempts=max_attempts, priority=priority,
-                           timeout_ms=timeout_ms, needs=needs)
-        self.dispatch_due = True
+                           timeout_ms=timeout_ms, needs=needs, due=due, retry=retry)
+        self.dispatch_due = self.dispatch_due or due is None
 
     def cancel(self, job_id: int, now: float) -> None:
         """Cancel a live job (a leased one's worker learns it at its next BEAT, so a closing
@@ -352,7 +355,9 @@ class OfferEngine:
                 self._lost(lost, reason)
             self._answer_result(identity, msg, now)
             return
-        accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok, msg.payload)
+        job = self.ledger.job(msg.job_id)
+        tries = None if job is None else job.retries + 1  # runs that ended in a task error
+        accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok, msg.payload, now)
         if accepted and self.durable:
             self.unjournaled.append((identity, msg))
         else:
@@ -361,7 +366,12 @@ class OfferEngine:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
         self.throughput.add(now)
-        self._on_outcome(msg.job_id, Outcome("done" if msg.ok else "failed", msg.payload))
+        if self.ledger.state(msg.job_id) is JobState.DEFERRED:  # a task error, retried later
+            log.info("job %d failed (attempt %d); retried in %.3g s", msg.job_id, tries or 0,
+                     job.due - now if job is not None else 0.0, extra={"job_id": msg.job_id})
+            return
+        self._on_outcome(msg.job_id, Outcome("done", msg.payload) if msg.ok
+                         else Outcome("failed", msg.payload, attempts=tries))
 
     def journaled(self, now: float) -> None:
         """The journal has written every transition so far: answer the RESULTs it held back."""
@@ -390,7 +400,10 @@ class OfferEngine:
     # --- time -------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Expire leases and parked claims, forget silent workers, offer pending jobs."""
+        """Expire leases and parked claims, wake deferred jobs that are due, forget silent
+        workers, offer pending jobs."""
+        if self.ledger.wake(now):
+            self.dispatch_due = True
         for expired in self.ledger.expire(now):
             self._lost(expired)
         for identity, rid in self.parked.expired(now):
@@ -405,14 +418,14 @@ class OfferEngine:
         self._dispatch(now)
 
     def next_wakeup(self) -> float | None:
-        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out;
-        0.0, at once, when pending jobs are to be offered to parked claims)."""
+        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out, a
+        deferred job is due; 0.0, at once, when pending jobs are to be offered to parked
+        claims)."""
         if self.dispatch_due and self.parked:
             return 0.0
-        deadline, expiry = self.ledger.next_deadline(), self.parked.next_expiry()
-        if deadline is None or expiry is None:
-            return deadline if expiry is None else expiry
-        return min(deadline, expiry)
+        times = [t for t in (self.ledger.next_deadline(), self.parked.next_expiry(),
+                             self.ledger.next_due()) if t is not None]
+        return min(times) if times else None
 
     def finished(self, now: float) -> bool:
         """Every job resolved, and workers running a cancelled job have heard of it."""
@@ -453,6 +466,7 @@ def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
     )
     return {
         **counts,
+        "retried": engine.ledger.retried,  # task errors retried since this start
         **engine.facts,
         "workers": len(recent),
         "worker_list": [

@@ -25,6 +25,7 @@ import msgpack
 
 from ..errors import ProtocolError
 from .match import LABEL_VALUE_MAX_CHARS, MAX_LABELS, MAX_RESOURCES, NAME_RE, valid_amount
+from .retry import MAX_ERROR_TYPES, MAX_TYPE_CHARS, RemoteError
 from .wire import E_INVALID
 
 
@@ -172,12 +173,47 @@ def unpack_value(payload: bytes) -> Any:
         ) from None
 
 
-def pack_error(type_name: str, message: str, traceback: str) -> bytes:
-    """Encode a remote error ``{"type", "message", "traceback"}``."""
-    packed: bytes = msgpack.packb(
-        {"type": type_name, "message": message, "traceback": traceback}, use_bin_type=True
-    )
+def pack_error(
+    type_name: str, message: str, traceback: str, types: list[str] | None = None,
+    retry_in_ms: int | None = None,
+) -> bytes:
+    """Encode a remote error ``{"type", "message", "traceback"}``, with ``types`` (the
+    qualified names of its class and bases) and ``retry_in_ms`` (a raised Retry's delay)
+    when given."""
+    error: dict[str, Any] = {"type": type_name, "message": message, "traceback": traceback}
+    if types:
+        error["types"] = types
+    if retry_in_ms is not None:
+        error["retry_in_ms"] = retry_in_ms
+    packed: bytes = msgpack.packb(error, use_bin_type=True)
     return packed
+
+
+def pack_exception(exc: BaseException, traceback: str) -> bytes:
+    """Encode an exception a task raised: its class name, message and ``traceback``, the
+    qualified names (``module:qualname``) of its class and bases, most derived first, at most
+    MAX_ERROR_TYPES of them (``object`` left out), and a :class:`~freelance_rz.Retry`'s
+    ``in_s`` as ``retry_in_ms``."""
+    types = [
+        name for name in (f"{cls.__module__}:{cls.__qualname__}" for cls in type(exc).__mro__[:-1])
+        if len(name) <= MAX_TYPE_CHARS
+    ][:MAX_ERROR_TYPES]
+    in_s = getattr(exc, "retry_in_s", None)
+    retry_in_ms = round(in_s * 1000) if isinstance(in_s, (int, float)) and 0 <= in_s < 1e12 else None
+    return pack_error(type(exc).__name__, str(exc), traceback, types, retry_in_ms)
+
+
+def remote_error(payload: bytes) -> RemoteError | None:
+    """What the retry rule reads of an error payload, or None when it cannot be read."""
+    try:
+        err = _unpack_payload(payload)
+    except Exception:
+        return None
+    if type(err) is not dict or type(err.get("type")) is not str:
+        return None
+    types, in_ms = err.get("types"), err.get("retry_in_ms")
+    names = tuple(t for t in types[:MAX_ERROR_TYPES] if type(t) is str) if type(types) is list else ()
+    return RemoteError(err["type"], names, in_ms / 1000 if type(in_ms) is int and in_ms >= 0 else None)
 
 
 def unpack_error(payload: bytes) -> tuple[str, str, str]:

@@ -10,6 +10,7 @@ the socket).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import logging
 import os
@@ -32,6 +33,7 @@ from ..tracing import active as tracing_active
 from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
+from .when import delay_of, due_time, retry_policy
 from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
 
 log = logging.getLogger("freelance_rz.producer")
@@ -291,6 +293,9 @@ class Producer(Executor):
     def options(
         self, *, timeout_s: float | None = None, max_attempts: int | None = None, priority: int = 0,
         resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
+        retry_on: Any = None, max_retries: int | None = None, backoff_s: float | None = None,
+        backoff_max_s: float | None = None, jitter: bool | None = None,
+        delay_s: float | None = None, at: datetime.datetime | None = None,
     ) -> JobOptions:
         """Job options for the jobs submitted through the returned object, e.g.
         ``producer.options(timeout_s=30, priority=5).submit(fn, x)`` or
@@ -308,6 +313,25 @@ class Producer(Executor):
                 in units of your choosing.
             labels: labels its worker must carry, name -> value (``{"zone": "eu"}``: a
                 worker started with ``--label zone=eu``).
+            retry_on: task errors retried: an exception class, a ``"module:QualName"`` string
+                (for classes the producer cannot import), or a tuple of them; an error matches
+                when its class or one of its bases is named (``ConnectionError`` retries a
+                ``ConnectionRefusedError``). The job is offered again after the backoff; once
+                ``max_retries`` are spent its Future fails with the last error
+                (:class:`~freelance_rz.JobFailed`, whose ``attempts`` says how many runs
+                there were). Lost leases are not task errors: ``max_attempts`` counts those.
+            max_retries: retries at most (0 to 10**6; default 3), also for a task that raises
+                :class:`~freelance_rz.Retry`.
+            backoff_s, backoff_max_s: seconds before the first retry (default 1), doubling
+                with each retry up to ``backoff_max_s`` (default 60, and at least backoff_s).
+            jitter: wait a random time in the upper half of each backoff (default True), so
+                jobs that failed together do not all come back at once.
+            delay_s: seconds from now before the job may be offered (>= 0); cancellable
+                meanwhile (it is ``deferred`` in :meth:`status`).
+            at: an aware ``datetime`` before which the job may not be offered (naive ones are
+                refused: their time zone would be a guess). It is converted to the
+                producer's monotonic clock once, at submit; a durable producer stores it as
+                wall time and converts it again after a restart.
 
         The job's task is a requirement too: only a worker with the task's module in its
         ``--tasks`` is handed it. A job that no connected worker can run waits (it is listed
@@ -317,14 +341,17 @@ class Producer(Executor):
             TypeError: ``timeout_s`` not a number (or None), ``max_attempts`` or ``priority``
                 not an int (bools are refused); ``resources`` or ``labels`` not a dict of str
                 to numbers or str.
-            ValueError: ``timeout_s`` not in (0, 1e9] seconds, ``max_attempts`` < 1,
+            ValueError: ``timeout_s`` not in (0, 1e9] seconds, ``max_attempts`` < 1, a
+                negative ``delay_s`` or backoff, a naive ``at``, both ``delay_s`` and ``at``,
                 ``priority`` outside the signed 64-bit range (-2**63 to 2**63 - 1); more than
                 32 resources or labels, a name that is not 1 to 64 of ``A-Z a-z 0-9 _ . -``
                 (starting with a letter or ``_``), an amount that is not a finite number from
                 0 to 1e15, a label value over 128 characters.
         """
         return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority,
-                          resources=resources, labels=labels)
+                          resources=resources, labels=labels, retry_on=retry_on,
+                          max_retries=max_retries, backoff_s=backoff_s,
+                          backoff_max_s=backoff_max_s, jitter=jitter, delay_s=delay_s, at=at)
 
     def _submit(
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -348,6 +375,7 @@ class Producer(Executor):
                 future, payload, options.max_attempts, options.priority,
                 None if options.wire is None else options.wire.get("timeout_ms"), recorded,
                 Needs.of(task, options.resources, options.labels),
+                due_time(options.delay_s, options.at), options.retry,
             )):
                 raise RuntimeError("cannot submit after shutdown")
         if recorded is not None:
@@ -594,7 +622,16 @@ class JobOptions(Executor):
         priority: int = 0,
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
+        retry_on: Any = None,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
+        backoff_max_s: float | None = None,
+        jitter: bool | None = None,
+        delay_s: float | None = None,
+        at: datetime.datetime | None = None,
     ) -> None:
+        self.retry = retry_policy(retry_on, max_retries, backoff_s, backoff_max_s, jitter)
+        self.delay_s, self.at = delay_of(delay_s, at)  # seconds; unix seconds
         timeout_s = _check.number(
             "timeout_s", timeout_s, above=0, max_=_check.MAX_SECONDS, unit="seconds", allow_none=True
         )
@@ -617,6 +654,8 @@ class JobOptions(Executor):
             wire["resources"] = self.resources
         if self.labels:
             wire["labels"] = self.labels
+        if self.retry is not None:
+            wire["retry"] = self.retry.wire()
         self.wire: dict[str, Any] | None = wire or None
 
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:

@@ -22,7 +22,9 @@ class JobEvent(NamedTuple):
 
     ``kind``: ``"submitted"``, ``"leased"`` (handed to ``worker``, try number ``attempt``),
     ``"released"`` (the lease was given back unused), ``"requeued"`` (its lease was lost;
-    ``attempt`` is the next try), or the end: ``"done"``, ``"failed"``, ``"dead"``
+    ``attempt`` is the next try), ``"deferred"`` (submitted with a delay), ``"retrying"`` (its
+    task failed with an error it retries; ``attempt``: the run that comes next, counting runs
+    that ended in a task error), ``"due"`` (a deferred job became pending), or the end: ``"done"``, ``"failed"``, ``"dead"``
     (dead-lettered), ``"cancelled"``. ``at``: wall-clock time (``time.time()``, seconds).
     ``worker``: the worker, as ``NAME-xxxxxxxx`` (its ``--name`` and a hash of its secret
     routing id, which tells apart workers of one name), for ``"leased"``, else None.
@@ -116,7 +118,7 @@ def resolve(future: JobFuture, outcome: Outcome, job_id: int) -> None:
                 future.set_result(pl.unpack_value(outcome.payload))
             else:
                 remote = pl.unpack_error(outcome.payload)
-                future.set_exception(_LOCAL_ERRORS.get(remote[0], JobFailed)(*remote))
+                future.set_exception(_LOCAL_ERRORS.get(remote[0], JobFailed)(*remote, outcome.attempts))
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
             future.set_exception(exc)
     if future.span is not None:

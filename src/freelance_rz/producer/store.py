@@ -59,12 +59,14 @@ group or others can write is refused with :class:`StoreError` (anyone could then
 jobs a producer hands out); one that they can read is used, with a warning. Both messages say
 ``chmod 600 PATH``.
 
-Layout (schema version 1; ``PRAGMA user_version`` holds the version, ``PRAGMA
+Layout (schema version 2; a version 1 store is upgraded when opened; ``PRAGMA user_version`` holds the version, ``PRAGMA
 application_id`` marks the file as a freelance_rz job store)::
 
     meta(key, value)                        producer_key, next_job_id
-    jobs(job_id, payload, attempt, max_attempts, lease_id)
-                                            live jobs only; lease_id NULL when pending
+    jobs(job_id, payload, attempt, max_attempts, lease_id, retries, due)
+                                            live jobs only; lease_id NULL when pending;
+                                            retries: task errors retried; due: not
+                                            offered before then (unix seconds) or NULL
     leases(job_id, lease_id, worker)        every lease issued for a live job
     results(job_id, state, payload, finished_at)
                                             finished jobs, until retention purges them
@@ -101,6 +103,8 @@ class StoredJob:
         leases: every lease still on record for it, lease id -> worker routing id (leases
             given back with :meth:`JobStore.release` are forgotten), so a result from a
             lease of an earlier process can still be accepted.
+        retries: task errors retried so far.
+        due: it is not offered before then (unix seconds), or None.
     """
 
     job_id: int
@@ -108,6 +112,8 @@ class StoredJob:
     attempt: int
     max_attempts: int
     leases: dict[int, bytes]
+    retries: int = 0
+    due: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +235,8 @@ class JobStore:
 
     def _reset_buffer(self) -> None:
         self._ins: dict[int, tuple[bytes, int]] = {}  # new jobs: job_id -> (payload, max)
-        # jobs' columns changed since the last flush: job_id -> {"attempt": a, "lease_id": l}
-        self._set: dict[int, dict[str, int | None]] = {}
+        # jobs' columns changed since the last flush: job_id -> {"attempt": a, "lease_id": l, ...}
+        self._set: dict[int, dict[str, float | None]] = {}
         self._lease_add: dict[tuple[int, int], bytes] = {}  # (job_id, lease_id) -> worker
         self._lease_del: set[tuple[int, int]] = set()
         self._gone: set[int] = set()  # stored jobs that finished
@@ -290,18 +296,19 @@ class JobStore:
             pending: list[StoredJob] = []
             leased: list[StoredJob] = []
             dead: list[int] = []
-            for job_id, payload, attempt, max_attempts, lease_id in conn.execute(
-                "SELECT job_id, payload, attempt, max_attempts, lease_id FROM jobs ORDER BY job_id"
+            for job_id, payload, attempt, max_attempts, lease_id, retries, due in conn.execute(
+                "SELECT job_id, payload, attempt, max_attempts, lease_id, retries, due FROM jobs"
+                " ORDER BY job_id"
             ):
                 issued = leases.get(job_id, {})
                 if lease_id is None:
-                    pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued))
+                    pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued, retries, due))
                     continue
                 next_attempt = after_lost_lease(attempt, max_attempts)  # it cannot be confirmed
                 if next_attempt is None:
                     dead.append(job_id)
                 else:
-                    leased.append(StoredJob(job_id, payload, next_attempt, max_attempts, issued))
+                    leased.append(StoredJob(job_id, payload, next_attempt, max_attempts, issued, retries))
             if leased or dead:
                 now = time.time()
                 with transaction(conn):
@@ -388,7 +395,22 @@ class JobStore:
         _check_attempt(attempt)
         self._columns(job_id, attempt=attempt, lease_id=None)
 
-    def _columns(self, job_id: int, **values: int | None) -> None:
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        """Journal that a job waits until ``due`` (unix seconds): submitted with a delay, or
+        retried after a task error (``retries`` so far; its lease, if any, ended). Buffered.
+
+        Raises:
+            ValueError: ``retries`` < 0 or ``due`` not a finite number.
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        if not isinstance(retries, int) or not 0 <= retries <= _INT64_MAX:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        if isinstance(due, bool) or not isinstance(due, (int, float)) or not math.isfinite(due):
+            raise ValueError(f"due must be a finite number of seconds, got {due!r}")
+        self._columns(job_id, lease_id=None, retries=retries, due=float(due))
+
+    def _columns(self, job_id: int, **values: float | None) -> None:
         self._set.setdefault(job_id, {}).update(values)
         self._dirty = True
 
@@ -466,21 +488,24 @@ class JobStore:
             conn.executemany("DELETE FROM leases WHERE job_id = ? AND lease_id = ?", self._lease_del)
         if self._ins:
             conn.executemany(
-                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id, retries, due)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, payload, self._set[job_id]["attempt"], max_attempts,
-                     self._set[job_id]["lease_id"])
+                    (job_id, payload, cols["attempt"], max_attempts, cols["lease_id"],
+                     cols.get("retries", 0), cols.get("due"))
                     for job_id, (payload, max_attempts) in self._ins.items()
+                    for cols in (self._set[job_id],)
                 ],
             )
-        changed = [(job_id, cols) for job_id, cols in self._set.items() if job_id not in self._ins]
-        both = [(cols["attempt"], cols["lease_id"], job_id) for job_id, cols in changed if "attempt" in cols]
-        lease_only = [(cols["lease_id"], job_id) for job_id, cols in changed if "attempt" not in cols]
-        if both:
-            conn.executemany("UPDATE jobs SET attempt = ?, lease_id = ? WHERE job_id = ?", both)
-        if lease_only:
-            conn.executemany("UPDATE jobs SET lease_id = ? WHERE job_id = ?", lease_only)
+        # updates grouped by the columns they set (attempt, lease_id, retries, due)
+        updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for job_id, cols in self._set.items():
+            if job_id not in self._ins:
+                names = tuple(sorted(cols))
+                updates.setdefault(names, []).append((*(cols[n] for n in names), job_id))
+        for names, rows in updates.items():
+            assigned = ", ".join(f"{name} = ?" for name in names)
+            conn.executemany(f"UPDATE jobs SET {assigned} WHERE job_id = ?", rows)
         if self._lease_add:
             conn.executemany(
                 "INSERT OR REPLACE INTO leases (job_id, lease_id, worker) VALUES (?, ?, ?)",

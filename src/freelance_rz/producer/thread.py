@@ -30,7 +30,8 @@ from ..core import wire as w
 from ..core.ledger import JobState, Ledger
 from ..core.match import Needs
 from ..core.offer import OfferEngine, Outcome
-from ..core.payload import job_options, peek_task
+from ..core.payload import job_options
+from ..core.retry import RetryPolicy
 from ..core.tally import Tally
 from ..discovery import Announcer, local_networks
 from ..errors import StoreError
@@ -39,10 +40,12 @@ from ..tracing import ENABLED as TRACING
 from .future import JobEvent, JobFuture, JobProgress, close_future, resolve, stored_future
 from .journal import EventTap, StoreJournal, TallyTap, Wall
 from .report import Reporter
+from .restore import restore_jobs
 from .store import JobStore, Restored
 
 log = logging.getLogger("freelance_rz.producer")
 
+WAITING = (JobState.PENDING, JobState.DEFERRED)  # held by no worker: cancelled on close
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 RCVHWM = 100  # messages queued in this process per connection, at most
 HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its ZMTP handshake by then is closed
@@ -66,6 +69,8 @@ class Submit:
     timeout_ms: int | None
     recorded: Future[None] | None
     needs: Needs | None = None
+    due: float | None = None  # not offered before then (monotonic seconds)
+    retry: RetryPolicy | None = None  # the task errors it retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,19 +428,8 @@ class _Loop:
         self.closing = False  # Shutdown: end once every job is resolved
         self.aborted = False  # Close: end now
         if s.restored is not None:
-            self._restore(s.restored)
-
-    def _restore(self, restored: Restored) -> None:
-        for job in restored.pending:
-            options = job_options(job.payload)
-            self.ledger.restore(
-                job.job_id, job.payload, attempt=job.attempt, max_attempts=job.max_attempts,
-                leases=dict(job.leases), priority=options.get("priority", 0),
-                timeout_ms=options.get("timeout_ms"),
-            )
-            self.futures[job.job_id] = JobFuture(job.job_id, self.thread.on_cancel)
-            self.tally.add(job.job_id, peek_task(job.payload), job.payload, self.wall.now, restored=True)
-        log.info("store: %d job(s) restored, %d dead-lettered", len(restored.pending), len(restored.dead))
+            self.futures.update(restore_jobs(s.restored, self.ledger, self.tally, self.wall,
+                                             lambda job_id: JobFuture(job_id, thread.on_cancel)))
 
     # --- the turns ----------------------------------------------------------------------------
 
@@ -469,7 +463,7 @@ class _Loop:
         self.sock.disable_monitor()
         self.monitor.close(0)
         for job_id, future in self.futures.items():  # only after Close
-            close_future(future, self.ledger.state(job_id) is JobState.PENDING)
+            close_future(future, self.ledger.state(job_id) in WAITING)
 
     def _timeout_ms(self, now: float) -> int:
         soonest = self.engine.next_wakeup()
@@ -483,7 +477,7 @@ class _Loop:
             self.futures[job_id] = command.future
             self.engine.submit(job_id, command.payload, max_attempts=command.max_attempts,
                                priority=command.priority, timeout_ms=command.timeout_ms,
-                               needs=command.needs)
+                               needs=command.needs, due=command.due, retry=command.retry)
             if command.recorded is not None:
                 self.unrecorded.append((job_id, command.recorded))
         elif isinstance(command, Cancel):
@@ -501,7 +495,7 @@ class _Loop:
             self.closing = True
             if command.cancel_futures:  # the jobs no worker holds, as Executor does
                 for job_id, future in list(self.futures.items()):
-                    if self.ledger.state(job_id) is JobState.PENDING:
+                    if self.ledger.state(job_id) in WAITING:
                         future.cancel()  # posts a Cancel
 
     def _find(self, job_id: int) -> JobFuture | None:
@@ -537,7 +531,8 @@ class _Loop:
         assert self.thread.new_job_id is not None
         job_id = self.thread.new_job_id()
         self.futures[job_id] = JobFuture(job_id, self.thread.on_cancel)
-        self.engine.submit(job_id, call, max_attempts=None, priority=priority, timeout_ms=timeout_ms)
+        self.engine.submit(job_id, call, max_attempts=None, priority=priority, timeout_ms=timeout_ms,
+                           retry=RetryPolicy.from_wire(job_options(call).get("retry")))
         return job_id
 
     def _traceparent(self, job_id: int) -> str | None:

@@ -67,7 +67,7 @@ def _run(allowlist: Any, payload: bytes) -> tuple[pl.Finished, str | None]:
         fn = allowlist.resolve(task)
         return pl.Finished(True, pl.pack_value(fn(*args, **kwargs))), None
     except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-        error = pl.pack_error(type(exc).__name__, str(exc), traceback.format_exc())
+        error = pl.pack_exception(exc, traceback.format_exc())
         return pl.Finished(False, error), f"{type(exc).__name__}: {exc}"[:200]
 
 
