@@ -39,6 +39,7 @@ P, L, D, F, X, C = (
     JobState.CANCELLED,
 )
 W = JobState.DEFERRED
+B = JobState.BLOCKED
 LEASE_S = 10.0
 
 
@@ -83,6 +84,11 @@ def test_transition_table_is_exactly_the_documented_one():
         (W, "succeed"): D,
         (W, "fail"): F,
         (W, "cancel"): C,
+        (None, "block"): B,
+        (B, "unblock"): P,
+        (B, "defer"): W,
+        (B, "fail"): F,
+        (B, "cancel"): C,
     }
     assert TERMINAL == {D, F, X, C}
 
@@ -635,11 +641,37 @@ class LedgerMachine(RuleBasedStateMachine):
         self.due: dict[int, tuple[float, int]] = {}  # deferred job -> (due, order of deferral)
         self.deferrals = 0
         self.retries: Counter[int] = Counter()
+        self.deps: dict[int, list[int]] = {}  # BLOCKED job -> the jobs it waits for
 
     # --- helpers
 
     def live(self, job_id: int) -> bool:
-        return self.state[job_id] in (P, L, W)
+        return self.state[job_id] in (P, L, W, B)
+
+    def settle(self):
+        """The model's dependencies: a blocked job whose dependency ended otherwise than done
+        fails (and so on down the chain); one whose dependencies all succeeded is pending, at
+        the tail (those unblocked by one step in any order)."""
+        unblocked = []
+        changed = True
+        while changed:
+            changed = False
+            for job_id, deps in list(self.deps.items()):
+                if any(self.state[d] in (F, X, C) for d in deps):
+                    del self.deps[job_id]
+                    self.state[job_id] = F
+                    self.resolved[job_id] += 1
+                    changed = True
+                elif all(self.state[d] is D for d in deps):
+                    del self.deps[job_id]
+                    self.state[job_id] = P
+                    unblocked.append(job_id)
+                    changed = True
+        if unblocked:
+            self.queue.append(unblocked)
+        reported = [job_id for job_id, _ in self.ledger.dependency_failures]
+        self.ledger.dependency_failures.clear()
+        assert all(self.state[j] is F for j in reported) and len(set(reported)) == len(reported)
 
     def defer(self, job_id: int, due: float) -> None:
         self.state[job_id] = W
@@ -696,6 +728,22 @@ class LedgerMachine(RuleBasedStateMachine):
         self.valid[job_id] = {}
         self.defer(job_id, self.now + delay)
 
+    @precondition(lambda self: any(self.live(j) for j in self.state))
+    @rule(data=st.data(), payload=PAYLOAD)
+    def submit_after(self, data, payload):
+        """A job that waits for one or two live jobs to succeed (BLOCKED until then)."""
+        live = [j for j in self.state if self.live(j)]
+        deps = data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=2, unique=True))
+        job_id = self.next_id
+        self.next_id += 1
+        self.ledger.submit(job_id, payload, deps=deps)
+        self.state[job_id] = B
+        self.attempt[job_id] = 1
+        self.max_attempts[job_id] = MAX_ATTEMPTS
+        self.payload[job_id] = payload
+        self.valid[job_id] = {}
+        self.deps[job_id] = deps
+
     @rule()
     def wake(self):
         """Due jobs become pending, at the tail, in due order (ties: in order of deferral)."""
@@ -722,6 +770,7 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             self.resolved[job_id] += 1
             self.state[job_id] = F
+        self.settle()
 
     @rule(workers=st.lists(st.sampled_from(WORKERS), min_size=1, max_size=3))
     def claim(self, workers):
@@ -789,6 +838,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.resolved[job_id] == 0
         self.resolved[job_id] += 1
         self.state[job_id] = D if ok else F
+        self.settle()
 
     @rule(worker=st.sampled_from(WORKERS), kind=st.sampled_from(["real", "stale", "forged"]),
           data=st.data())
@@ -822,6 +872,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.current.pop(job_id, None)
             self.due.pop(job_id, None)
             self.dequeue(job_id)
+        self.settle()
 
     @precondition(lambda self: self.next_id > 0)
     @rule(data=st.data())
@@ -829,11 +880,13 @@ class LedgerMachine(RuleBasedStateMachine):
         job_id = data.draw(st.integers(0, self.next_id - 1))
         was = self.state[job_id]
         assert self.ledger.cancel(job_id) is (was if self.live(job_id) else None)
-        if was in (P, L, W):
+        if was in (P, L, W, B):
             self.state[job_id] = C
             self.current.pop(job_id, None)
             self.due.pop(job_id, None)
+            self.deps.pop(job_id, None)
             self.dequeue(job_id)
+        self.settle()
 
     @rule(dt=st.sampled_from([0.5, 4.0, 9.5, 10.0, 15.0]))
     def advance(self, dt):
@@ -868,6 +921,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 requeued.append(e.job_id)
         if requeued:
             self.queue.insert(0, requeued)
+        self.settle()
 
     # --- invariants
 
@@ -887,7 +941,7 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = Counter(self.state.values())
         assert {s: n for s, n in self.ledger.counts.items() if n} == dict(expected)
         assert sum(self.ledger.counts.values()) == self.next_id  # no job vanishes
-        live = expected[P] + expected[L] + expected[W]
+        live = expected[P] + expected[L] + expected[W] + expected[B]
         assert len(self.ledger) == live
         assert self.ledger.pending == expected[P]
         assert sum(len(group) for group in self.queue) == expected[P]
@@ -1008,3 +1062,76 @@ def test_lose_counts_a_lost_attempt_like_an_expiry():
     assert second.attempt == 2
     assert ledger.lose("w", 1, second.lease_id).dead and ledger.state(1) is None
     assert ledger.counts[JobState.DEAD] == 1
+
+
+# --- dependencies (BLOCKED) ---------------------------------------------------------------------
+
+
+def call_with_refs(*job_ids: int) -> bytes:
+    """A call whose arguments are references to the results of ``job_ids``."""
+    from freelance_rz.core import payload as pl
+
+    return pl.pack_call("m:f", [{"x": pl.ref(j)} for j in job_ids], {}, default=lambda o: o)
+
+
+def test_a_diamond_unblocks_once_both_sides_succeeded_with_their_results():
+    from freelance_rz.core import payload as pl
+
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, b"top")
+    ledger.submit(2, call_with_refs(1), deps=[1])
+    ledger.submit(3, call_with_refs(1), deps=[1])
+    ledger.submit(4, call_with_refs(2, 3), deps=[2, 3])
+    assert [ledger.state(j) for j in (2, 3, 4)] == [B, B, B] and ledger.pending == 1
+    top = claim_ok(ledger, "w", 0.0)
+    assert ledger.claim("w", 0.0) is None  # nothing else may run yet
+    assert ledger.resolve("w", 1, top.lease_id, True, pl.pack_value(10))
+    assert ledger.state(2) is P and ledger.state(3) is P and ledger.state(4) is B
+    left, right = claim_ok(ledger, "w", 0.0), claim_ok(ledger, "w", 0.0)
+    assert pl.unpack_call(left.payload)[1] == [{"x": 10}]  # the reference became the result
+    ledger.resolve("w", left.job_id, left.lease_id, True, pl.pack_value("a"))
+    assert ledger.state(4) is B
+    ledger.resolve("w", right.job_id, right.lease_id, True, pl.pack_value("b"))
+    bottom = claim_ok(ledger, "w", 0.0)
+    assert pl.unpack_call(bottom.payload)[1] == [{"x": "a"}, {"x": "b"}]
+    assert ledger.unblocked == 3 and ledger.dependency_failures == []
+
+
+def test_a_failed_dependency_fails_its_whole_chain_at_once():
+    from freelance_rz.core import payload as pl
+
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, pl.pack_call("m:fetch", [], {}))
+    ledger.submit(2, b"mid", deps=[1])
+    ledger.submit(3, b"end", deps=[2])
+    ledger.submit(4, b"other", deps=[1], due=100.0)
+    lease = claim_ok(ledger, "w", 0.0)
+    ledger.resolve("w", 1, lease.lease_id, False, pl.pack_error("ValueError", "no page", ""))
+    failed = dict(ledger.dependency_failures)
+    assert set(failed) == {2, 3, 4} and len(ledger) == 0
+    assert pl.unpack_error(failed[2])[0] == "DependencyFailed"
+    assert "job 1 (m:fetch), which it depends on, failed: ValueError: no page" in pl.unpack_error(failed[2])[1]
+    assert pl.error_dependency(failed[3]) == 2  # the chain names the job just before it
+    assert counts(ledger) == {F: 4}
+
+
+def test_a_cancelled_dependency_and_one_known_to_have_failed():
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, b"a")
+    ledger.submit(2, b"b", deps=[1])
+    ledger.cancel(1)
+    assert [j for j, _ in ledger.dependency_failures] == [2]
+    ledger.submit(3, b"c", failed=(9, "was cancelled"))
+    assert [j for j, _ in ledger.dependency_failures] == [2, 3] and 3 not in ledger
+    with pytest.raises(ValueError, match="not live"):
+        ledger.submit(4, b"d", deps=[77])
+
+
+def test_a_blocked_job_with_a_due_time_waits_for_both():
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, b"a")
+    ledger.submit(2, b"b", deps=[1], due=50.0)
+    lease = claim_ok(ledger, "w", 0.0)
+    ledger.resolve("w", 1, lease.lease_id, True, b"\x01")
+    assert ledger.state(2) is W and ledger.wake(49.0) == 0 and ledger.wake(50.0) == 1
+    assert ledger.state(2) is P

@@ -116,6 +116,7 @@ class OfferMachine(RuleBasedStateMachine):
         self.next_rid = 1
         self.answered: set[tuple[bytes, int]] = set()
         self.not_before: dict[int, float] = {}  # job -> the earliest time it may be handed out
+        self.after: dict[int, int] = {}  # job -> the job it depends on
 
     # --- the engine's outputs ---------------------------------------------------------------
 
@@ -148,6 +149,8 @@ class OfferMachine(RuleBasedStateMachine):
                 if isinstance(msg, w.Job):
                     assert worker.free > 0, "a worker was handed more jobs than it claimed"
                     assert self.now >= self.not_before.get(msg.job_id, 0.0), "offered too early"
+                    if msg.job_id in self.after:  # offered only once its dependency succeeded
+                        assert self.kinds.get(self.after[msg.job_id]) == "done", "offered before its dependency"
                     needs = self.needs[msg.job_id]
                     assert worker.can_run(needs), f"{identity} cannot run {needs}"
                     assert (msg.resources or {}) == dict(needs.resources)
@@ -183,11 +186,12 @@ class OfferMachine(RuleBasedStateMachine):
         st.integers(-1, 1), st.sampled_from(MODULES), st.sampled_from([0, 0, 1, 2]),
         st.sampled_from([None, None, "a"]), st.booleans(),
     ), min_size=1, max_size=3), delays=st.lists(st.sampled_from([None, None, 0.0, 0.6, 3.0]),
-                                                min_size=3, max_size=3))
-    def submit(self, jobs, delays):
+                                                min_size=3, max_size=3),
+          after=st.lists(st.booleans(), min_size=3, max_size=3))
+    def submit(self, jobs, delays, after):
         """Jobs (priority, module, GPUs, zone, requirements told or read from the payload,
         a delay or none) submitted in one turn of the producer's loop."""
-        for (priority, module, gpu, zone, told), delay in zip(jobs, delays, strict=False):
+        for (priority, module, gpu, zone, told), delay, wait in zip(jobs, delays, after, strict=False):
             job_id, self.next_job = self.next_job, self.next_job + 1
             options = {"resources": {"gpu": gpu}} if gpu else {}
             if zone:
@@ -199,9 +203,12 @@ class OfferMachine(RuleBasedStateMachine):
             due = None if delay is None else self.now + delay
             if due is not None:
                 self.not_before[job_id] = due
+            deps = (job_id - 1,) if wait and (job_id - 1) in self.ledger else ()
+            if deps:
+                self.after[job_id] = deps[0]
             self.engine.submit(job_id, pl.pack_call(task, [job_id], {}, options or None),
                                max_attempts=None, priority=priority, timeout_ms=None,
-                               needs=needs if told else None, due=due)
+                               needs=needs if told else None, due=due, deps=deps)
         self.settle()
 
     @precondition(lambda self: self.next_job > 1)
@@ -369,7 +376,8 @@ class OfferMachine(RuleBasedStateMachine):
     @invariant()
     def counts_add_up(self):
         counts = self.ledger.counts
-        assert counts[JobState.PENDING] + counts[JobState.LEASED] + counts[JobState.DEFERRED] == len(self.ledger)
+        assert sum(counts[s] for s in (JobState.PENDING, JobState.LEASED, JobState.DEFERRED,
+                                       JobState.BLOCKED)) == len(self.ledger)
         finished = Counter(self.kinds.values())
         assert counts[JobState.DONE] == finished["done"]
         assert counts[JobState.CANCELLED] == finished["cancelled"]
@@ -386,7 +394,8 @@ class OfferMachine(RuleBasedStateMachine):
         for name, tally in self.tally.tasks.items():
             assert tally.counts["submitted"] == sum(1 for t in self.tasks.values() if t == name)
             assert sum(tally.wait.counts) >= tally.counts["leased"]
-            assert sum(tally.run.counts) <= tally.counts["done"] + tally.counts["failed"]
+            # every run ended in a result, or in a task error retried
+            assert sum(tally.run.counts) <= tally.counts["done"] + tally.counts["failed"] + tally.counts["retried"]
         leased = {job.job_id for job in self.ledger._jobs.values() if job.state is JobState.LEASED}
         assert set(self.tally.running) == leased
         assert set(self.tally.live) == set(self.ledger._jobs)

@@ -66,7 +66,7 @@ def test_no_trace_context_without_a_tracer_provider(make_producer):
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(producer.endpoint)
-        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000)))
+        sock.send_multipart(w.encode(w.Claim(rid=1, wait_ms=5000, tasks=("rztasks",))))
         assert sock.poll(10_000)
         job = w.decode_reply(sock.recv_multipart())
         assert isinstance(job, w.Job) and job.traceparent is None

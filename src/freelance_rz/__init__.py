@@ -6,6 +6,7 @@ exceptions below. Everything else is private and may change.
 
 from . import _version
 from .errors import (
+    DependencyFailed,
     FreelanceError,
     JobFailed,
     JobLost,
@@ -27,6 +28,7 @@ __version__ = _version.__version__
 __docformat__ = "google"
 
 __all__ = [
+    "DependencyFailed",
     "FreelanceError",
     "JobFailed",
     "JobEvent",

@@ -341,7 +341,7 @@ def _status_view(rows: list[dict[str, Any]]) -> Group:
     return Group(*tables, table)
 
 
-_COUNT_COLUMNS = frozenset({"pending", "deferred", "leased", "done", "failed", "retried", "dead", "workers",
+_COUNT_COLUMNS = frozenset({"pending", "deferred", "blocked", "leased", "done", "failed", "retried", "dead", "workers",
                             "done/min", "up"})
 
 
@@ -361,10 +361,10 @@ def _status_title(read: list[_ReadRow]) -> str:
 def _status_table(read: list[_ReadRow]) -> Table:
     """One row per producer; the ones that gave no usable answer say why in a ``problem``
     column of their own (shown only when there is one), with their counts left empty. The
-    ``deferred`` and ``retried`` columns show only when a producer has such jobs."""
+    ``deferred``, ``blocked`` and ``retried`` columns show only when a producer has such jobs."""
     table = Table(title=_status_title(read))
     problems = any(problem for _, _, problem in read)
-    later = [key for key in ("deferred", "retried")
+    later = [key for key in ("deferred", "blocked", "retried")
              if any(info is not None and info.counts.get(key) for _, info, _ in read)]
     keys = ("pending", *later, "leased", "done", "failed", "dead", "workers", "finished_last_min")
     for column in ("producer", "group", "endpoint", "pending", *later, "leased", "done", "failed",

@@ -99,6 +99,19 @@ class JobLost(FreelanceError):
         self.reason = reason
 
 
+class DependencyFailed(JobFailed):
+    """The job never ran: a job it depends on (a Future passed as an argument, or in
+    ``options(after=[...])``) failed, was cancelled or was dead-lettered; so do the jobs that
+    depend on this one, down the chain. ``remote_type`` is ``"DependencyFailed"``; the message
+    names the job that failed (its id and task) and why.
+
+    Attributes:
+        dependency: the id of the job it depended on that failed (None when unknown).
+    """
+
+    dependency: int | None = None
+
+
 class Retry(FreelanceError):
     """Raised by a task to be run again later: ``raise freelance_rz.Retry(in_s=10)``.
 

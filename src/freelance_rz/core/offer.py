@@ -122,6 +122,7 @@ class OfferEngine:
         self.fleet = Fleet(now)
         self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.dispatch_due = True  # jobs became pending: offer them to the parked claims
+        self._unblocked = 0  # the ledger's count of unblocked jobs when last looked at
         self.unjournaled: list[tuple[bytes, w.Result]] = []  # RESULTs answered once journaled
         self.forget_at = now + WORKER_FORGET_S  # next time silent workers leave the tables
         self.linger_until = 0.0  # a cancelled running job's worker has heard by then
@@ -134,13 +135,18 @@ class OfferEngine:
 
     def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None, priority: int,
                timeout_ms: int | None, needs: Needs | None = None, due: float | None = None,
-               retry: RetryPolicy | None = None) -> None:
+               retry: RetryPolicy | None = None, deps: tuple[int, ...] = (),
+               values: dict[int, bytes] | None = None, failed: tuple[int, str] | None = None,
+               ) -> None:
         """A new job, at the tail of its signature's and priority's queue (``needs``: its
         requirements; None: read from the payload), or deferred until ``due`` (monotonic
-        seconds); ``retry``: the task errors it retries."""
+        seconds), or blocked on its dependencies (``deps``, ``values``, ``failed``: see
+        :meth:`.Ledger.submit`); ``retry``: the task errors it retries."""
         self.ledger.submit(job_id, payload, max_attempts=max_attempts, priority=priority,
-                           timeout_ms=timeout_ms, needs=needs, due=due, retry=retry)
+                           timeout_ms=timeout_ms, needs=needs, due=due, retry=retry, deps=deps,
+                           values=values, failed=failed)
         self.dispatch_due = self.dispatch_due or due is None
+        self._waited()
 
     def cancel(self, job_id: int, now: float) -> None:
         """Cancel a live job (a leased one's worker learns it at its next BEAT, so a closing
@@ -151,6 +157,11 @@ class OfferEngine:
         if was is JobState.LEASED:
             self.linger_until = now + self.ledger.lease_s / 2
         self._on_outcome(job_id, Outcome("cancelled"))
+        self._waited()
+
+    def _waited(self) -> None:
+        _waited(self)
+
 
     # --- from the wire ----------------------------------------------------------------------
 
@@ -172,6 +183,7 @@ class OfferEngine:
             self.workers_seen[identity] = now
             self.fleet.last_heard = now
         self._handle(identity, msg, now)
+        self._waited()
 
     def _bind_key(self, identity: bytes, key: str, now: float) -> bool:
         """With CURVE, a routing id belongs to the key that used it first, until it has not
@@ -406,6 +418,7 @@ class OfferEngine:
             self.dispatch_due = True
         for expired in self.ledger.expire(now):
             self._lost(expired)
+        self._waited()
         for identity, rid in self.parked.expired(now):
             self._send(identity, w.NoJob(rid=rid))
         if now >= self.forget_at:  # bounds the tables; status() shows only the recent ones
@@ -455,6 +468,19 @@ class OfferEngine:
         """Counts and facts for STATUS, and with ``detail`` the detailed entries (see
         docs/protocol.md); entries the engine does not keep come from ``report``."""
         return _status(self, now, detail)
+
+
+def _waited(engine: OfferEngine) -> None:
+    """Report the jobs failed for a dependency since the last time (DependencyFailed), and
+    offer the jobs whose dependencies all succeeded (:meth:`OfferEngine._waited`)."""
+    failures = engine.ledger.dependency_failures
+    if failures:
+        engine.ledger.dependency_failures = []
+        for job_id, error in failures:
+            engine._on_outcome(job_id, Outcome("failed", error))
+    if engine.ledger.unblocked != engine._unblocked:
+        engine._unblocked = engine.ledger.unblocked
+        engine.dispatch_due = True
 
 
 def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:

@@ -44,7 +44,7 @@ TRACEBACK_CHARS = 4000  # characters of a traceback listed (its end: where it wa
 MESSAGE_CHARS = 500  # characters of an error message listed
 #: what each finished state counts as in ``TaskTally.counts``
 COUNTED = ("submitted", "pending", "leased", "done", "failed", "dead", "cancelled", "retried",
-           "deferred")
+           "deferred", "blocked")
 
 
 class Histogram:
@@ -90,6 +90,10 @@ ATTEMPT: Final = 3
 CALL: Final = 4
 #: WORKER of a deferred job (a routing id is never empty)
 DEFERRED: Final = b""
+#: WORKER of a job blocked on its dependencies (a generated routing id is 5 bytes, and one a
+#: peer sets never starts with a zero byte)
+BLOCKED: Final = b"\x00"
+_MARKS = {None: "pending", DEFERRED: "deferred", BLOCKED: "blocked"}  # WORKER -> live count
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +183,8 @@ class Tally:
             return
         tally = self.tasks[job[TASK]]
         counts = tally.counts
-        if job[WORKER] is None:
-            counts["pending"] -= 1
+        if job[WORKER] in _MARKS:
+            counts[_MARKS[job[WORKER]]] -= 1
         else:
             counts["leased"] -= 1
             self.running.pop(job_id, None)
@@ -191,15 +195,23 @@ class Tally:
         tally.active_at = now
         self.live[job_id] = (job[TASK], now, DEFERRED, job[ATTEMPT], job[CALL])
 
-    def ready(self, job_id: int, now: float) -> None:
-        """A deferred job's due time came: it waits for a worker from now."""
+    def ready(self, job_id: int, now: float, call: bytes | None = None) -> None:
+        """A deferred or blocked job may run: it waits for a worker from now (``call``: its
+        call with its dependencies' results, when it was blocked)."""
+        self._mark(job_id, now, None, call)
+
+    def block(self, job_id: int, now: float) -> None:
+        """A job just submitted waits for the jobs it depends on."""
+        self._mark(job_id, now, BLOCKED)
+
+    def _mark(self, job_id: int, now: float, mark: bytes | None, call: bytes | None = None) -> None:
         job = self.live.get(job_id)
-        if job is None or job[WORKER] != DEFERRED:
+        if job is None or job[WORKER] not in _MARKS or job[WORKER] == mark:
             return
         counts = self.tasks[job[TASK]].counts
-        counts["deferred"] -= 1
-        counts["pending"] += 1
-        self.live[job_id] = (job[TASK], now, None, job[ATTEMPT], job[CALL])
+        counts[_MARKS[job[WORKER]]] -= 1
+        counts[_MARKS[mark]] += 1
+        self.live[job_id] = (job[TASK], now, mark, job[ATTEMPT], call or job[CALL])
 
     def finish(self, job_id: int, state: str, payload: bytes, now: float) -> None:
         """A job ended in ``state`` (``done``, ``failed``, ``dead``, ``cancelled``);
@@ -209,10 +221,8 @@ class Tally:
             return
         tally = self.tasks[job[TASK]]
         counts = tally.counts
-        if job[WORKER] is None:
-            counts["pending"] -= 1
-        elif job[WORKER] == DEFERRED:
-            counts["deferred"] -= 1
+        if job[WORKER] in _MARKS:
+            counts[_MARKS[job[WORKER]]] -= 1
         else:
             counts["leased"] -= 1
             self.running.pop(job_id, None)

@@ -33,6 +33,7 @@ from ..tracing import active as tracing_active
 from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
+from .depends import depends_on, owns, reference
 from .when import delay_of, due_time, retry_policy
 from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
 
@@ -295,7 +296,7 @@ class Producer(Executor):
         resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
         retry_on: Any = None, max_retries: int | None = None, backoff_s: float | None = None,
         backoff_max_s: float | None = None, jitter: bool | None = None,
-        delay_s: float | None = None, at: datetime.datetime | None = None,
+        delay_s: float | None = None, at: datetime.datetime | None = None, after: Any = None,
     ) -> JobOptions:
         """Job options for the jobs submitted through the returned object, e.g.
         ``producer.options(timeout_s=30, priority=5).submit(fn, x)`` or
@@ -326,6 +327,11 @@ class Producer(Executor):
                 with each retry up to ``backoff_max_s`` (default 60, and at least backoff_s).
             jitter: wait a random time in the upper half of each backoff (default True), so
                 jobs that failed together do not all come back at once.
+            after: Futures of this producer's jobs that must succeed before this one is
+                offered (ordering only; a Future passed as an argument, even inside a list or
+                dict, also makes the job wait, and is replaced by that job's result). If one
+                fails, is cancelled or dead-lettered, this job fails at once with
+                :class:`~freelance_rz.DependencyFailed` naming it, and so on down the chain.
             delay_s: seconds from now before the job may be offered (>= 0); cancellable
                 meanwhile (it is ``deferred`` in :meth:`status`).
             at: an aware ``datetime`` before which the job may not be offered (naive ones are
@@ -351,14 +357,21 @@ class Producer(Executor):
         return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority,
                           resources=resources, labels=labels, retry_on=retry_on,
                           max_retries=max_retries, backoff_s=backoff_s,
-                          backoff_max_s=backoff_max_s, jitter=jitter, delay_s=delay_s, at=at)
+                          backoff_max_s=backoff_max_s, jitter=jitter, delay_s=delay_s, at=at,
+                          after=after)
 
     def _submit(
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
         options: JobOptions,
     ) -> JobFuture:
         task = task_name(fn)
-        payload = pl.pack_call(task, args, kwargs, options.wire)
+        deps: list[JobFuture] = []
+        foreign = [f for f in options.after if not owns(self, f)]
+        payload = pl.pack_call(task, args, kwargs, options.wire, reference(self, deps, foreign))
+        if foreign:
+            raise ValueError(
+                f"job {foreign[0].job_id}'s Future is of another producer: a job can depend only "
+                "on jobs of its own producer (pass its result instead: future.result())")
         if len(payload) > self.max_payload_bytes:
             raise ValueError(
                 f"job arguments take {len(payload)} bytes encoded, more than max_payload_bytes "
@@ -375,7 +388,7 @@ class Producer(Executor):
                 future, payload, options.max_attempts, options.priority,
                 None if options.wire is None else options.wire.get("timeout_ms"), recorded,
                 Needs.of(task, options.resources, options.labels),
-                due_time(options.delay_s, options.at), options.retry,
+                due_time(options.delay_s, options.at), options.retry, (*deps, *options.after),
             )):
                 raise RuntimeError("cannot submit after shutdown")
         if recorded is not None:
@@ -629,7 +642,9 @@ class JobOptions(Executor):
         jitter: bool | None = None,
         delay_s: float | None = None,
         at: datetime.datetime | None = None,
+        after: Any = None,
     ) -> None:
+        self.after = depends_on(after)
         self.retry = retry_policy(retry_on, max_retries, backoff_s, backoff_max_s, jitter)
         self.delay_s, self.at = delay_of(delay_s, at)  # seconds; unix seconds
         timeout_s = _check.number(

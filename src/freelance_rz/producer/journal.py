@@ -52,6 +52,7 @@ class StoreJournal:
         self.requeue = store.requeue
         self._finish = store.finish
         self._defer = store.defer
+        self._store = store
 
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
         self._finish(job_id, state, payload, self._wall.now)
@@ -61,6 +62,12 @@ class StoreJournal:
 
     def ready(self, job_id: int) -> None:
         pass  # the stored due time has passed: a restart finds the job pending
+
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        self._store.block(job_id, deps)
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        self._store.unblock(job_id, payload)
 
 
 class EventTap:
@@ -107,6 +114,14 @@ class EventTap:
         self._journal.ready(job_id)
         self._emit("due", job_id, self._wall.now)
 
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        self._journal.block(job_id, deps)
+        self._emit("blocked", job_id, self._wall.now)
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        self._journal.unblock(job_id, payload)
+        self._emit("unblocked", job_id, self._wall.now)
+
 
 class TallyTap:
     """Passes transitions on to ``journal`` and tells the producer's
@@ -146,3 +161,11 @@ class TallyTap:
     def ready(self, job_id: int) -> None:
         self._journal.ready(job_id)
         self._tally.ready(job_id, self._wall.now)
+
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        self._journal.block(job_id, deps)
+        self._tally.block(job_id, self._wall.now)
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        self._journal.unblock(job_id, payload)
+        self._tally.ready(job_id, self._wall.now, payload)

@@ -63,10 +63,12 @@ Layout (schema version 2; a version 1 store is upgraded when opened; ``PRAGMA us
 application_id`` marks the file as a freelance_rz job store)::
 
     meta(key, value)                        producer_key, next_job_id
-    jobs(job_id, payload, attempt, max_attempts, lease_id, retries, due)
+    jobs(job_id, payload, attempt, max_attempts, lease_id, retries, due, deps)
                                             live jobs only; lease_id NULL when pending;
                                             retries: task errors retried; due: not
-                                            offered before then (unix seconds) or NULL
+                                            offered before then (unix seconds) or NULL;
+                                            deps: msgpack array of the ids of the jobs it
+                                            waits for (NULL: none, or they succeeded)
     leases(job_id, lease_id, worker)        every lease issued for a live job
     results(job_id, state, payload, finished_at)
                                             finished jobs, until retention purges them
@@ -81,6 +83,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from ..core.ledger import after_lost_lease
 from ..errors import StoreError
@@ -105,6 +109,7 @@ class StoredJob:
             lease of an earlier process can still be accepted.
         retries: task errors retried so far.
         due: it is not offered before then (unix seconds), or None.
+        deps: ids of the jobs it waits for (its call refers to their results).
     """
 
     job_id: int
@@ -114,6 +119,7 @@ class StoredJob:
     leases: dict[int, bytes]
     retries: int = 0
     due: float | None = None
+    deps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +242,7 @@ class JobStore:
     def _reset_buffer(self) -> None:
         self._ins: dict[int, tuple[bytes, int]] = {}  # new jobs: job_id -> (payload, max)
         # jobs' columns changed since the last flush: job_id -> {"attempt": a, "lease_id": l, ...}
-        self._set: dict[int, dict[str, float | None]] = {}
+        self._set: dict[int, dict[str, Any]] = {}
         self._lease_add: dict[tuple[int, int], bytes] = {}  # (job_id, lease_id) -> worker
         self._lease_del: set[tuple[int, int]] = set()
         self._gone: set[int] = set()  # stored jobs that finished
@@ -296,13 +302,14 @@ class JobStore:
             pending: list[StoredJob] = []
             leased: list[StoredJob] = []
             dead: list[int] = []
-            for job_id, payload, attempt, max_attempts, lease_id, retries, due in conn.execute(
-                "SELECT job_id, payload, attempt, max_attempts, lease_id, retries, due FROM jobs"
-                " ORDER BY job_id"
+            for job_id, payload, attempt, max_attempts, lease_id, retries, due, deps in conn.execute(
+                "SELECT job_id, payload, attempt, max_attempts, lease_id, retries, due, deps"
+                " FROM jobs ORDER BY job_id"
             ):
                 issued = leases.get(job_id, {})
                 if lease_id is None:
-                    pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued, retries, due))
+                    pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued, retries,
+                                             due, _ids(deps)))
                     continue
                 next_attempt = after_lost_lease(attempt, max_attempts)  # it cannot be confirmed
                 if next_attempt is None:
@@ -410,7 +417,30 @@ class JobStore:
             raise ValueError(f"due must be a finite number of seconds, got {due!r}")
         self._columns(job_id, lease_id=None, retries=retries, due=float(due))
 
-    def _columns(self, job_id: int, **values: float | None) -> None:
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        """Journal that a job waits for the jobs ``deps`` (ids) to succeed. Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._columns(job_id, deps=msgpack.packb(list(deps)))
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        """Journal that a job's dependencies succeeded: ``payload`` is its call with their
+        results in place. Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        if job_id in self._ins:
+            self._ins[job_id] = (bytes(payload), self._ins[job_id][1])
+            self._columns(job_id, deps=None)
+        else:
+            self._columns(job_id, deps=None, payload=bytes(payload))
+
+    def _columns(self, job_id: int, **values: Any) -> None:
         self._set.setdefault(job_id, {}).update(values)
         self._dirty = True
 
@@ -488,11 +518,11 @@ class JobStore:
             conn.executemany("DELETE FROM leases WHERE job_id = ? AND lease_id = ?", self._lease_del)
         if self._ins:
             conn.executemany(
-                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id, retries, due)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id, retries, due,"
+                " deps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (job_id, payload, cols["attempt"], max_attempts, cols["lease_id"],
-                     cols.get("retries", 0), cols.get("due"))
+                     cols.get("retries", 0), cols.get("due"), cols.get("deps"))
                     for job_id, (payload, max_attempts) in self._ins.items()
                     for cols in (self._set[job_id],)
                 ],
@@ -596,6 +626,17 @@ class JobStore:
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, "purging results", exc) from exc
         return removed
+
+
+def _ids(deps: bytes | None) -> tuple[int, ...]:
+    """The job ids of a ``deps`` column (empty when NULL or not an array of ints)."""
+    if deps is None:
+        return ()
+    try:
+        ids = msgpack.unpackb(deps)
+    except Exception:
+        return ()
+    return tuple(i for i in ids if type(i) is int) if type(ids) is list else ()
 
 
 def _check_int64(name: str, value: int) -> None:

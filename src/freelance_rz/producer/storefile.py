@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from ..errors import StoreError
 
 log = logging.getLogger("freelance_rz.store")
-SCHEMA_VERSION = 2  # 2: jobs.retries and jobs.due (issue 15); a version 1 store is upgraded
+SCHEMA_VERSION = 2  # 2: jobs.retries, due, deps (issue 15); a version 1 store is upgraded
 #: ``PRAGMA application_id`` of a job store: "FRZ1" read as a big-endian int.
 APPLICATION_ID = 0x46525A31
 #: seconds to wait for the file lock when opening (a dying predecessor releasing it).
@@ -34,7 +34,7 @@ _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
     "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
     " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, lease_id INTEGER,"
-    " retries INTEGER NOT NULL DEFAULT 0, due REAL)",
+    " retries INTEGER NOT NULL DEFAULT 0, due REAL, deps BLOB)",
     "CREATE TABLE leases (job_id INTEGER NOT NULL, lease_id INTEGER NOT NULL,"
     " worker BLOB NOT NULL, PRIMARY KEY (job_id, lease_id)) WITHOUT ROWID",
     "CREATE TABLE results (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
@@ -42,10 +42,11 @@ _SCHEMA = (
     "CREATE INDEX results_by_finished_at ON results (finished_at)",
 )
 #: what each schema version adds to the one before: (table, column definition)
-_UPGRADES = {2: (("jobs", "retries INTEGER NOT NULL DEFAULT 0"), ("jobs", "due REAL"))}
+_UPGRADES = {2: (("jobs", "retries INTEGER NOT NULL DEFAULT 0"), ("jobs", "due REAL"),
+                 ("jobs", "deps BLOB"))}
 _COLUMNS = {
     "meta": ("key", "value"),
-    "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id", "retries", "due"),
+    "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id", "retries", "due", "deps"),
     "leases": ("job_id", "lease_id", "worker"),
     "results": ("job_id", "state", "payload", "finished_at"),
 }

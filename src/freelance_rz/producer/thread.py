@@ -40,7 +40,7 @@ from ..tracing import ENABLED as TRACING
 from .future import JobEvent, JobFuture, JobProgress, close_future, resolve, stored_future
 from .journal import EventTap, StoreJournal, TallyTap, Wall
 from .report import Reporter
-from .restore import restore_jobs
+from .restore import restore_jobs, waits_for as _waits_for
 from .store import JobStore, Restored
 
 log = logging.getLogger("freelance_rz.producer")
@@ -71,6 +71,7 @@ class Submit:
     needs: Needs | None = None
     due: float | None = None  # not offered before then (monotonic seconds)
     retry: RetryPolicy | None = None  # the task errors it retries
+    deps: tuple[JobFuture, ...] = ()  # Futures of the jobs it waits for
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,8 +429,10 @@ class _Loop:
         self.closing = False  # Shutdown: end once every job is resolved
         self.aborted = False  # Close: end now
         if s.restored is not None:
+            assert self.store is not None
             self.futures.update(restore_jobs(s.restored, self.ledger, self.tally, self.wall,
-                                             lambda job_id: JobFuture(job_id, thread.on_cancel)))
+                                             lambda job_id: JobFuture(job_id, thread.on_cancel),
+                                             self.store.result))
 
     # --- the turns ----------------------------------------------------------------------------
 
@@ -477,7 +480,8 @@ class _Loop:
             self.futures[job_id] = command.future
             self.engine.submit(job_id, command.payload, max_attempts=command.max_attempts,
                                priority=command.priority, timeout_ms=command.timeout_ms,
-                               needs=command.needs, due=command.due, retry=command.retry)
+                               needs=command.needs, due=command.due, retry=command.retry,
+                               **_waits_for(command.deps, self.ledger))
             if command.recorded is not None:
                 self.unrecorded.append((job_id, command.recorded))
         elif isinstance(command, Cancel):
@@ -503,7 +507,8 @@ class _Loop:
         if job_id in self.futures:
             return self.futures[job_id]
         stored = None if self.store is None else self.store.result(job_id)
-        return None if stored is None else stored_future(job_id, stored.state, stored.payload)
+        return None if stored is None else stored_future(job_id, stored.state, stored.payload,
+                                                         self.thread.on_cancel)
 
     def _drain_socket(self, now: float) -> None:
         for _ in range(RECV_BATCH):
