@@ -138,3 +138,12 @@ def retry_me(path, times, in_s=None):
     if runs <= times:
         raise Retry(in_s=in_s)
     return runs
+
+
+def span(path, delay_s=0.0):
+    """Record this run's start and end (``time.time()``) in ``path`` as one line."""
+    started = time.time()
+    time.sleep(delay_s)
+    with open(path, "a") as log:
+        log.write(f"{started!r} {time.time()!r} {os.environ.get('RZ_WORKER', '?')}\n")
+    return started

@@ -93,8 +93,9 @@ worker_kinds = st.tuples(
 
 
 class OfferMachine(RuleBasedStateMachine):
-    @initialize(kinds=st.lists(worker_kinds, min_size=len(WORKERS), max_size=len(WORKERS)))
-    def start(self, kinds):
+    @initialize(kinds=st.lists(worker_kinds, min_size=len(WORKERS), max_size=len(WORKERS)),
+                limit=st.sampled_from([None, 1, 2]))
+    def start(self, kinds, limit):
         self.now = 0.0
         self.replies: list[tuple[bytes, w.Reply]] = []
         self.outcomes: Counter[int] = Counter()
@@ -116,6 +117,9 @@ class OfferMachine(RuleBasedStateMachine):
         self.next_rid = 1
         self.answered: set[tuple[bytes, int]] = set()
         self.not_before: dict[int, float] = {}  # job -> the earliest time it may be handed out
+        self.limit = limit  # jobs of m:f leased at once, at most (None: no limit)
+        if limit is not None:
+            self.engine.limit("m:f", limit, None, self.now)
         self.after: dict[int, int] = {}  # job -> the job it depends on
 
     # --- the engine's outputs ---------------------------------------------------------------
@@ -367,6 +371,13 @@ class OfferMachine(RuleBasedStateMachine):
         assert len({job.lease_id for job in leased}) == len(leased)
 
     @invariant()
+    def a_limit_is_never_exceeded(self):
+        if self.limit is not None:
+            leased = [job for job in self.ledger._jobs.values()
+                      if job.state is JobState.LEASED and job.needs.task == "m:f"]
+            assert len(leased) <= self.limit
+
+    @invariant()
     def nothing_vanishes(self):
         for job_id in range(1, self.next_job):
             live = job_id in self.ledger
@@ -406,7 +417,9 @@ class OfferMachine(RuleBasedStateMachine):
         claims are dropped when a send to it fails)."""
         if self.engine.dispatch_due:
             return
-        pending = [job for job in self.ledger._jobs.values() if job.state is JobState.PENDING]
+        closed = self.ledger.limits.closed(self.now)  # tasks at their limit wait for it
+        pending = [job for job in self.ledger._jobs.values()
+                   if job.state is JobState.PENDING and job.needs.task not in closed]
         for identity, _ in self.engine.parked.keys():
             worker = self.workers[identity]
             if not worker.alive:

@@ -65,6 +65,7 @@ from .jobs import TERMINAL, TRANSITIONS, Expired, JobState, Journal, Lease, Ledg
 from .jobs import JobRecord as _Job
 from .match import Capabilities, Needs
 from .payload import pack_error, remote_error, substitute, unpack_call
+from .limits import Limits
 from .pending import PendingIndex
 from .waiting import Waiting
 
@@ -198,6 +199,7 @@ class Ledger(_LedgerView):
         self.counts: dict[JobState, int] = {state: 0 for state in JobState}
         self.retried = 0  # task errors retried (total)
         self._waiting = Waiting(self._jobs, self._unblock, self._fail_dependency)
+        self.limits = Limits()  # per-task concurrency and rate limits (none by default)
         # jobs failed for a dependency since the engine last asked: (job id, error payload)
         self.dependency_failures: list[tuple[int, bytes]] = []
         self.unblocked = 0  # jobs unblocked (total): the engine offers them
@@ -250,6 +252,8 @@ class Ledger(_LedgerView):
             self._lease_job.pop(job.lease_id, None)
             job.lease_id = None
             job.worker = None
+            if self.limits:
+                self.limits.ended(job.needs.task)
 
     def submit(
         self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0,
@@ -370,7 +374,7 @@ class Ledger(_LedgerView):
         with ``caps`` can run (its task modules, free resources, labels and largest payload;
         None: any job), or None when there is none. Jobs it passes over keep their place
         (see :mod:`.pending` and :meth:`too_large`)."""
-        job = self._pending.take(caps)
+        job = self._pending.take(caps, self.limits.closed(now) if self.limits else None)
         return None if job is None else self._lease(job, worker, now)  # type: ignore[arg-type]
 
     def _lease(self, job: _Job, worker: Hashable, now: float) -> Lease:
@@ -383,6 +387,8 @@ class Ledger(_LedgerView):
         job.deadline = now + self.lease_s
         job.issued[lease_id] = worker
         self._lease_job[lease_id] = job.job_id
+        if self.limits:
+            self.limits.started(job.needs.task, now)
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
         self.journal.lease(job.job_id, lease_id, worker, job.attempt)  # type: ignore[arg-type]
         return Lease(job.job_id, lease_id, job.attempt, job.payload, job.deadline, job.timeout_ms,
@@ -430,7 +436,15 @@ class Ledger(_LedgerView):
         job.deadline = now + self.lease_s
         self._lease_job[lease_id] = job.job_id
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
+        if self.limits:
+            self.limits.started(job.needs.task, now)
         return job
+
+    def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:
+        """Limit the jobs of ``task`` leased at once (``max_running``) and started a second
+        (``per_s``) from now on (both None: no limit; see :mod:`.limits`)."""
+        running = sum(1 for job_id in self._lease_job.values() if self._jobs[job_id].needs.task == task)
+        self.limits.change(task, max_running, per_s, now, running)
 
     def postpone(self, seconds: float) -> None:
         """Push every live lease's deadline ``seconds`` later: the producer itself could not

@@ -162,6 +162,11 @@ class OfferEngine:
     def _waited(self) -> None:
         _waited(self)
 
+    def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:
+        """Limit the jobs of ``task`` leased at once and started a second (:mod:`.limits`)."""
+        self.ledger.limit(task, max_running, per_s, now)
+        self.dispatch_due = True
+
 
     # --- from the wire ----------------------------------------------------------------------
 
@@ -418,6 +423,8 @@ class OfferEngine:
             self.dispatch_due = True
         for expired in self.ledger.expire(now):
             self._lost(expired)
+        if self.ledger.limits:
+            self.ledger.limits.closed(now)  # a rate's next token may be due
         self._waited()
         for identity, rid in self.parked.expired(now):
             self._send(identity, w.NoJob(rid=rid))
@@ -432,13 +439,9 @@ class OfferEngine:
 
     def next_wakeup(self) -> float | None:
         """The earliest time :meth:`tick` has work (a lease or a parked claim runs out, a
-        deferred job is due; 0.0, at once, when pending jobs are to be offered to parked
-        claims)."""
-        if self.dispatch_due and self.parked:
-            return 0.0
-        times = [t for t in (self.ledger.next_deadline(), self.parked.next_expiry(),
-                             self.ledger.next_due()) if t is not None]
-        return min(times) if times else None
+        deferred job is due, a task's rate limit has a token again for a parked claim; 0.0,
+        at once, when pending jobs are to be offered to parked claims)."""
+        return _next_wakeup(self)
 
     def finished(self, now: float) -> bool:
         """Every job resolved, and workers running a cancelled job have heard of it."""
@@ -481,6 +484,26 @@ def _waited(engine: OfferEngine) -> None:
     if engine.ledger.unblocked != engine._unblocked:
         engine._unblocked = engine.ledger.unblocked
         engine.dispatch_due = True
+    if engine.ledger.limits.reopened:  # a task under a limit may run again
+        engine.ledger.limits.reopened = False
+        engine.dispatch_due = True
+
+
+def _next_wakeup(engine: OfferEngine) -> float | None:
+    """:meth:`OfferEngine.next_wakeup`."""
+    if engine.dispatch_due and engine.parked:
+        return 0.0
+    ledger = engine.ledger
+    times = [t for t in (ledger.next_deadline(), engine.parked.next_expiry(), ledger.next_due(),
+                         ledger.limits.next_open() if engine.parked else None) if t is not None]
+    return min(times) if times else None
+
+
+def _pending_by_task(signatures: list[tuple[Needs, int]]) -> dict[str, int]:
+    pending: dict[str, int] = {}
+    for needs, count in signatures:
+        pending[needs.task] = pending.get(needs.task, 0) + count
+    return pending
 
 
 def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
@@ -493,6 +516,8 @@ def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
     return {
         **counts,
         "retried": engine.ledger.retried,  # task errors retried since this start
+        **({"limits": engine.ledger.limits.report(_pending_by_task(engine.ledger.waiting()))}
+           if engine.ledger.limits else {}),
         **engine.facts,
         "workers": len(recent),
         "worker_list": [

@@ -35,7 +35,7 @@ from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
 from .depends import depends_on, owns, reference
 from .when import delay_of, due_time, retry_policy
-from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
+from .thread import AskStatus, Cancel, Close, FindJob, Limit, OfferThread, Settings, Shutdown, Submit
 
 log = logging.getLogger("freelance_rz.producer")
 
@@ -394,6 +394,38 @@ class Producer(Executor):
         if recorded is not None:
             recorded.result()  # durable before we return (raises StoreError if it is not)
         return future
+
+    def limit(self, task: Callable[..., Any] | str, *, max_running: int | None = None,
+              per_s: float | None = None) -> None:
+        """Limit the jobs of ``task`` across all workers: at most ``max_running`` leased at
+        once, at most ``per_s`` started a second (a token bucket: bursts of ``max(1, per_s)``;
+        on average ``per_s``). Enforced when a worker claims: a claim gets another job its
+        worker can run, or waits; a job held back is not reported as one no worker can run.
+        Both None removes the limit; calling again replaces it. In effect from the I/O
+        thread's next turn (before any claim it reads then), for this run of the producer:
+        limits are not kept in a ``store`` (set them again after a restart, before ``start``
+        if you like: jobs restored from a store then wait for them too).
+        ``status()["limits"]`` shows each limit, its running jobs and the jobs it holds back.
+        (Celery's ``rate_limit`` and worker concurrency hold per worker; this is per task, for
+        the whole fleet, with no Redis.)
+
+        Args:
+            task: a module-level function or a ``"module:function"`` name.
+            max_running: jobs of the task leased at once, at most (>= 1), or None.
+            per_s: jobs of the task started a second, at most (> 0, at most 1e6), or None.
+
+        Raises:
+            TypeError: ``max_running`` not an int, ``per_s`` not a number.
+            ValueError: ``task`` is not a valid task; ``max_running`` < 1; ``per_s`` <= 0.
+            RuntimeError: after :meth:`shutdown`.
+        """
+        name = task_name(task)
+        max_running = _check.integer("max_running", max_running, min_=1, max_=_check.INT64_MAX,
+                                     allow_none=True)
+        per_s = _check.number("per_s", per_s, above=0, max_=1e6, unit="jobs a second", allow_none=True)
+        with self._lock:
+            if self._shutdown or not self._io.put(Limit(name, max_running, per_s)):
+                raise RuntimeError("cannot set a limit after shutdown")
 
     def get(self, job_id: int, timeout_s: float | None = 5.0) -> JobFuture:
         """The Future of a job by id, also of a job submitted before a restart on the same

@@ -80,6 +80,15 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """Limit a task's jobs leased at once and started a second (None, None: no limit)."""
+
+    task: str
+    max_running: int | None
+    per_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class AskStatus:
     answer: Future[dict[str, Any]]
     detail: bool = False
@@ -105,7 +114,7 @@ class Close:
     """End now."""
 
 
-Command = Submit | Cancel | AskStatus | FindJob | Shutdown | Close
+Command = Submit | Cancel | AskStatus | FindJob | Shutdown | Close | Limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +495,8 @@ class _Loop:
                 self.unrecorded.append((job_id, command.recorded))
         elif isinstance(command, Cancel):
             self.engine.cancel(command.job_id, now)
+        elif isinstance(command, Limit):
+            self.engine.limit(command.task, command.max_running, command.per_s, now)
         elif isinstance(command, AskStatus):
             command.answer.set_result(self.engine.status(now, command.detail))
         elif isinstance(command, FindJob):
