@@ -18,7 +18,7 @@ from .errors import (
     StoreError,
     TaskNotAllowed,
 )
-from .producer.api import JobEvent, JobFuture, JobOptions, JobProgress, Producer
+from .producer.api import JobEvent, JobFuture, JobOptions, JobProgress, Producer, ScheduleHandle
 from .worker.slots import report_progress
 from .worker.worker import Worker, WorkerStats
 
@@ -42,6 +42,7 @@ __all__ = [
     "ProducerClosed",
     "ProtocolError",
     "Retry",
+    "ScheduleHandle",
     "StoreError",
     "TaskNotAllowed",
     "Worker",

@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
@@ -33,7 +34,9 @@ from ..tracing import active as tracing_active
 from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
+from ..core.schedule import Schedule, check_cron
 from .depends import depends_on, owns, reference
+from .schedules import ScheduleCommand, ScheduleHandle, default_name
 from .when import delay_of, due_time, retry_policy
 from .thread import AskStatus, Cancel, Close, FindJob, Limit, OfferThread, Settings, Shutdown, Submit
 
@@ -427,6 +430,69 @@ class Producer(Executor):
             if self._shutdown or not self._io.put(Limit(name, max_running, per_s)):
                 raise RuntimeError("cannot set a limit after shutdown")
 
+    def schedule(
+        self, fn: Callable[..., Any] | str, /, *args: Any, every_s: float | None = None,
+        cron: str | None = None, tz: str | None = None, overlap: bool = True,
+        name: str | None = None, kwargs: dict[str, Any] | None = None,
+    ) -> ScheduleHandle:
+        """Run ``fn(*args, **kwargs)`` periodically: every ``every_s`` seconds (from now), or
+        at the times of a ``cron`` expression (``"*/5 * * * *"``, five fields) in the time
+        zone ``tz`` (an IANA name such as ``"Europe/Berlin"``; None: UTC). Each run is a job
+        of its own (see ``status()``, ``get(job_id)``); runs happen only while the producer
+        runs, and nothing else is needed (no beat process).
+
+        Slots missed while the producer was down fire once when it starts, not once each.
+        With a ``store``, the schedule and the slot it last fired for are kept: a restarted
+        producer never fires a slot twice, and declaring the schedule again under the same
+        ``name`` (the default name is made of the task, its arguments and the timing) takes
+        over the kept one instead of adding another.
+
+        Args:
+            fn, args: the task and its positional arguments (as for :meth:`submit`; Futures
+                are refused: a schedule outlives them).
+            every_s: seconds between runs (> 0, at most 1e9).
+            cron, tz: a cron expression and its time zone (needs the ``schedule`` extra:
+                ``cronsim``). Give ``every_s`` or ``cron``, not both.
+            overlap: False skips a run while the previous run of this schedule is still
+                pending or running.
+            name: what the schedule is known by (1 to 200 characters).
+            kwargs: the task's keyword arguments.
+
+        Returns:
+            A :class:`~freelance_rz.producer.schedules.ScheduleHandle` (``pause()``,
+            ``resume()``, ``remove()``, ``info()``).
+
+        Raises:
+            TypeError: a wrong type (``every_s`` not a number, ``cron`` not a str, an
+                argument msgpack cannot encode).
+            ValueError: neither or both of ``every_s`` and ``cron``; ``every_s`` <= 0; a cron
+                expression or time zone that cannot be used (the message says why).
+            ImportError: ``cron`` without the ``schedule`` extra.
+            RuntimeError: after :meth:`shutdown`.
+        """
+        every_s = _check.number("every_s", every_s, above=0, max_=_check.MAX_SECONDS,
+                                unit="seconds", allow_none=True)
+        cron = _check.string("cron", cron, allow_none=True)
+        tz = _check.string("tz", tz, allow_none=True)
+        if (every_s is None) == (cron is None):
+            raise ValueError("give every_s (seconds) or cron (e.g. '*/5 * * * *'), one of them")
+        if cron is not None:
+            check_cron(cron, tz)
+        elif tz is not None:
+            raise ValueError("tz goes with cron; every_s counts seconds from now")
+        call = pl.pack_call(task_name(fn), args, dict(kwargs or {}))
+        name = _check.string("name", name, min_chars=1, max_chars=200, allow_none=True)
+        job = Schedule(0, name or default_name(call, every_s, cron, tz), call, every_s, cron, tz,
+                       _check.boolean("overlap", overlap), created=time.time())
+        if not self._started:
+            self.start()
+        info = self._ask(ScheduleCommand("add", Future(), job), 5.0)
+        return ScheduleHandle(info, self._post)
+
+    def _post(self, command: ScheduleCommand) -> bool:
+        with self._lock:
+            return self._started and self._io.put(command)
+
     def get(self, job_id: int, timeout_s: float | None = 5.0) -> JobFuture:
         """The Future of a job by id, also of a job submitted before a restart on the same
         store (already resolved when it finished; finished results are kept per retention).
@@ -525,7 +591,7 @@ class Producer(Executor):
         :meth:`progress`."""
         return self.progress(future)
 
-    def _ask(self, question: AskStatus | FindJob, timeout_s: float | None) -> Any:
+    def _ask(self, question: AskStatus | FindJob | ScheduleCommand, timeout_s: float | None) -> Any:
         """Ask the I/O thread and wait for its answer."""
         with self._lock:
             if not self._started or not self._io.put(question):
@@ -719,4 +785,4 @@ class JobOptions(Executor):
 JobOptions.DEFAULT = JobOptions(None)
 
 
-__all__ = ["JobEvent", "JobFuture", "JobOptions", "JobProgress", "Producer"]
+__all__ = ["JobEvent", "JobFuture", "JobOptions", "JobProgress", "Producer", "ScheduleHandle"]

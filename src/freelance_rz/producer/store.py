@@ -72,6 +72,11 @@ application_id`` marks the file as a freelance_rz job store)::
     leases(job_id, lease_id, worker)        every lease issued for a live job
     results(job_id, state, payload, finished_at)
                                             finished jobs, until retention purges them
+    schedules(schedule_id, name, spec, created, last, paused)
+                                            periodic jobs: spec is msgpack [call, every_s,
+                                            cron, tz, overlap]; last: the slot it last
+                                            fired for (unix seconds), written in the same
+                                            transaction as the job of that run
 """
 
 from __future__ import annotations
@@ -81,12 +86,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from ..core.ledger import after_lost_lease
+from ..core.schedule import Schedule
+from .storeschedules import ScheduleRows, read_schedules
 from ..errors import StoreError
 from .storefile import SCHEMA_VERSION, open_store, sqlite_error, transaction
 
@@ -153,12 +160,14 @@ class Restored:
         next_job_id: the first job id never used in this store (purged jobs included).
         producer_key: a random id made when the store was created and kept for its life, so
             workers can recognise a restarted producer of the same store.
+        schedules: the periodic jobs kept, with the slot each last fired for.
     """
 
     pending: list[StoredJob]
     dead: list[int]
     next_job_id: int
     producer_key: str
+    schedules: list[Schedule] = field(default_factory=list)
 
 
 class JobStore:
@@ -210,6 +219,7 @@ class JobStore:
                 f"retention_count must be None or an int >= 0, got {retention_count!r}"
             )
         self.path = os.fspath(path)
+        self._schedules = ScheduleRows()  # schedule changes since the last flush
         self.retention_s = retention_s
         self.retention_count = retention_count
         self._reset_buffer()
@@ -328,7 +338,39 @@ class JobStore:
                     )
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, "restoring jobs", exc) from exc
-        return Restored(pending + leased, dead, self._next_id, self._producer_key)
+        return Restored(pending + leased, dead, self._next_id, self._producer_key,
+                        read_schedules(conn, self.path))
+
+    def schedule_put(self, schedule: Schedule) -> None:
+        """Journal a schedule added or changed (paused, resumed). Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._schedules.put(schedule)
+        self._dirty = True
+
+    def schedule_fire(self, schedule_id: int, last: float) -> None:
+        """Journal that a schedule fired for the slot ``last`` (unix seconds). Buffered, and
+        written in the same transaction as the job of that run.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._schedules.fire(schedule_id, last)
+        self._dirty = True
+
+    def schedule_remove(self, schedule_id: int) -> None:
+        """Journal that a schedule was removed. Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._schedules.remove(schedule_id)
+        self._dirty = True
 
     # --- the journal (buffered until flush) ---------------------------------------------------
 
@@ -411,10 +453,7 @@ class JobStore:
             StoreError: the store is closed.
         """
         self._require_open()
-        if not isinstance(retries, int) or not 0 <= retries <= _INT64_MAX:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
-        if isinstance(due, bool) or not isinstance(due, (int, float)) or not math.isfinite(due):
-            raise ValueError(f"due must be a finite number of seconds, got {due!r}")
+        _check_due(due, retries)
         self._columns(job_id, lease_id=None, retries=retries, due=float(due))
 
     def block(self, job_id: int, deps: tuple[int, ...]) -> None:
@@ -434,11 +473,10 @@ class JobStore:
             StoreError: the store is closed.
         """
         self._require_open()
-        if job_id in self._ins:
-            self._ins[job_id] = (bytes(payload), self._ins[job_id][1])
-            self._columns(job_id, deps=None)
-        else:
-            self._columns(job_id, deps=None, payload=bytes(payload))
+        new = self._ins.get(job_id)  # not written yet: its row is inserted with the payload
+        if new is not None:
+            self._ins[job_id] = (bytes(payload), new[1])
+        self._columns(job_id, deps=None, **({} if new is not None else {"payload": bytes(payload)}))
 
     def _columns(self, job_id: int, **values: Any) -> None:
         self._set.setdefault(job_id, {}).update(values)
@@ -545,6 +583,7 @@ class JobStore:
                     if job_id not in self._fin
                 ],
             )
+        self._schedules.write(conn)
         if self._next_id != self._stored_next_id:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'next_job_id'", (self._next_id,))
 
@@ -637,6 +676,13 @@ def _ids(deps: bytes | None) -> tuple[int, ...]:
     except Exception:
         return ()
     return tuple(i for i in ids if type(i) is int) if type(ids) is list else ()
+
+
+def _check_due(due: float, retries: int) -> None:
+    if not isinstance(retries, int) or not 0 <= retries <= _INT64_MAX:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if isinstance(due, bool) or not isinstance(due, (int, float)) or not math.isfinite(due):
+        raise ValueError(f"due must be a finite number of seconds, got {due!r}")
 
 
 def _check_int64(name: str, value: int) -> None:

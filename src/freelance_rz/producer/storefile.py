@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from ..errors import StoreError
 
 log = logging.getLogger("freelance_rz.store")
-SCHEMA_VERSION = 2  # 2: jobs.retries, due, deps (issue 15); a version 1 store is upgraded
+SCHEMA_VERSION = 2  # 2: jobs.retries, due, deps; schedules (issue 15); version 1 is upgraded
 #: ``PRAGMA application_id`` of a job store: "FRZ1" read as a big-endian int.
 APPLICATION_ID = 0x46525A31
 #: seconds to wait for the file lock when opening (a dying predecessor releasing it).
@@ -30,6 +30,10 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _COMPANIONS = ("", "-wal", "-shm")
 _NEW_FILE_MODE = 0o600
 
+_SCHEDULES = ("CREATE TABLE schedules (schedule_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+              " spec BLOB NOT NULL, created REAL NOT NULL, last REAL, paused INTEGER NOT NULL)")
+#: tables added after version 1: name -> (the version that added it, its statement)
+_NEW_TABLES = {"schedules": (2, _SCHEDULES)}
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
     "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
@@ -40,6 +44,7 @@ _SCHEMA = (
     "CREATE TABLE results (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
     " payload BLOB NOT NULL, finished_at REAL NOT NULL)",
     "CREATE INDEX results_by_finished_at ON results (finished_at)",
+    _SCHEDULES,
 )
 #: what each schema version adds to the one before: (table, column definition)
 _UPGRADES = {2: (("jobs", "retries INTEGER NOT NULL DEFAULT 0"), ("jobs", "due REAL"),
@@ -49,6 +54,7 @@ _COLUMNS = {
     "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id", "retries", "due", "deps"),
     "leases": ("job_id", "lease_id", "worker"),
     "results": ("job_id", "state", "payload", "finished_at"),
+    "schedules": ("schedule_id", "name", "spec", "created", "last", "paused"),
 }
 
 
@@ -196,10 +202,13 @@ def _validate(path: str, conn: sqlite3.Connection) -> tuple[bool, int]:
         )
     if version < 1:
         raise StoreError(path, f"has an invalid schema version {version} (damaged?)")
-    missing = [name for name in _COLUMNS if name not in tables]
+    missing = [name for name in _COLUMNS if name not in tables
+               and not (name in _NEW_TABLES and version < _NEW_TABLES[name][0])]
     if missing:
         raise StoreError(path, f"is damaged: missing table(s) {', '.join(missing)}")
     for name, expected in _COLUMNS.items():
+        if name not in tables:
+            continue  # a table of a later version, made by the upgrade
         for upgrade in range(version + 1, SCHEMA_VERSION + 1):  # columns it does not have yet
             added = {column.split()[0] for table, column in _UPGRADES[upgrade] if table == name}
             expected = tuple(c for c in expected if c not in added)
@@ -224,6 +233,9 @@ def _upgrade(conn: sqlite3.Connection, version: int) -> None:
         for upgrade in range(version + 1, SCHEMA_VERSION + 1):
             for table, column in _UPGRADES[upgrade]:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            for since, statement in _NEW_TABLES.values():
+                if since == upgrade:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     log.info("job store upgraded from schema version %d to %d", version, SCHEMA_VERSION)
 

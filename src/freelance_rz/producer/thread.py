@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +39,9 @@ from ..tracing import ENABLED as TRACING
 from .future import JobEvent, JobFuture, JobProgress, close_future, resolve, stored_future
 from .journal import EventTap, StoreJournal, TallyTap, Wall
 from .report import Reporter
+from .connections import Connections
 from .restore import restore_jobs, waits_for as _waits_for
+from .schedules import ScheduleCommand, Scheduler
 from .store import JobStore, Restored
 
 log = logging.getLogger("freelance_rz.producer")
@@ -114,7 +115,7 @@ class Close:
     """End now."""
 
 
-Command = Submit | Cancel | AskStatus | FindJob | Shutdown | Close | Limit
+Command = Submit | Cancel | AskStatus | FindJob | Shutdown | Close | Limit | ScheduleCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,8 +420,8 @@ class _Loop:
             journal = EventTap(journal, s.on_event, self.wall)
         self.ledger.journal = journal
         now = time.monotonic()
-        self.accepted: dict[int, None] = {}  # open connections by descriptor, oldest first
-        self.reporter = Reporter(self.ledger, self.tally, self.wall, lambda: len(self.accepted),
+        self.connections = Connections()  # open connections to the offer socket
+        self.reporter = Reporter(self.ledger, self.tally, self.wall, lambda: len(self.connections.accepted),
                                  self._resubmit)
         self.engine = OfferEngine(
             self.ledger, send=self._send, on_outcome=self._outcome, on_progress=self._progress,
@@ -432,13 +433,16 @@ class _Loop:
             on_retry=None if thread.new_job_id is None else self.reporter.retry,
             traceparent=self._traceparent if TRACING else None,
         )
+        self.scheduler = Scheduler(self.wall, lambda call: self._resubmit(
+            call, job_options(call).get("priority", 0), job_options(call).get("timeout_ms")),
+            self.ledger.__contains__, self.store)
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.shed_logged_at = -3600.0
         self.purge_at = 0.0
         self.closing = False  # Shutdown: end once every job is resolved
         self.aborted = False  # Close: end now
         if s.restored is not None:
             assert self.store is not None
+            self.scheduler.restore(s.restored.schedules)
             self.futures.update(restore_jobs(s.restored, self.ledger, self.tally, self.wall,
                                              lambda job_id: JobFuture(job_id, thread.on_cancel),
                                              self.store.result))
@@ -468,8 +472,11 @@ class _Loop:
             if self.sock in events:
                 self._drain_socket(now)
             if self.monitor in events:
-                self._count_connections(now)
+                self.connections.count(self.monitor, self.thread.settings.max_connections,
+                                       self.thread.port, now)
             self.engine.tick(now)
+            if not self.closing:
+                self.scheduler.tick()  # its runs and their slots are flushed together
             self._flush(now)
         self.engine.close()
         self.sock.disable_monitor()
@@ -478,7 +485,8 @@ class _Loop:
             close_future(future, self.ledger.state(job_id) in WAITING)
 
     def _timeout_ms(self, now: float) -> int:
-        soonest = self.engine.next_wakeup()
+        times = [t for t in (self.engine.next_wakeup(), self.scheduler.next_wakeup()) if t is not None]
+        soonest = min(times) if times else None
         if soonest is None:
             return 1000
         return max(0, min(1000, int((soonest - now) * 1000) + 1))
@@ -497,6 +505,8 @@ class _Loop:
             self.engine.cancel(command.job_id, now)
         elif isinstance(command, Limit):
             self.engine.limit(command.task, command.max_running, command.per_s, now)
+        elif isinstance(command, ScheduleCommand):
+            self.scheduler.command(command)
         elif isinstance(command, AskStatus):
             command.answer.set_result(self.engine.status(now, command.detail))
         elif isinstance(command, FindJob):
@@ -587,60 +597,11 @@ class _Loop:
             recorded.set_result(None)
         self.unrecorded.clear()
 
-    def _count_connections(self, now: float) -> None:
-        """Follow the offer socket's open connections (its monitor's ACCEPTED and
-        DISCONNECTED events); past max_connections, close the newest ones at once."""
-        from zmq.utils.monitor import recv_monitor_message
-
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                self.accepted[event["value"]] = None
-            else:
-                self.accepted.pop(event["value"], None)
-        limit = self.thread.settings.max_connections
-        if len(self.accepted) <= limit:
-            return
-        shed = 0
-        for fd in list(self.accepted)[limit:]:
-            shed += _shut_connection(fd, self.thread.port)
-            del self.accepted[fd]  # its DISCONNECTED event follows; never shut it twice
-        if now - self.shed_logged_at > 10.0:
-            self.shed_logged_at = now
-            log.warning(
-                "offer socket: more than %d connections open (max_connections): closed the "
-                "%d newest. A fleet this large needs a higher max_connections and open-file "
-                "limit (ulimit -n); otherwise this is a flood of connections", limit, shed,
-            )
-
     def crashed(self, error: RuntimeError) -> None:
         """The loop died: never leave a caller waiting forever."""
         for future in [*self.futures.values(), *(r for _, r in self.unrecorded)]:
             if not future.done():
                 future.set_exception(error)
-
-
-def _shut_connection(fd: int, port: int) -> int:
-    """Shut down the TCP connection libzmq holds as ``fd`` (libzmq then closes it as if the
-    peer had gone), after checking on a duplicate of the descriptor that it still is a
-    connection to our offer ``port`` (a descriptor number can be reused once libzmq closed
-    it). Returns 1 if it was shut down, else 0."""
-    try:
-        conn = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return 0
-    try:
-        if conn.type == socket.SOCK_STREAM and conn.getsockname()[1] == port:
-            conn.shutdown(socket.SHUT_RDWR)
-            return 1
-    except OSError:
-        pass
-    finally:
-        conn.close()
-    return 0
 
 
 __all__ = ["JobEvent", "OfferThread", "Settings"]
