@@ -1071,7 +1071,12 @@ def call_with_refs(*job_ids: int) -> bytes:
     """A call whose arguments are references to the results of ``job_ids``."""
     from freelance_rz.core import payload as pl
 
-    return pl.pack_call("m:f", [{"x": pl.ref(j)} for j in job_ids], {}, default=lambda o: o)
+    class Result:  # stands for a Future of job ``job_id`` (the producer's JobFuture)
+        def __init__(self, job_id: int) -> None:
+            self.job_id = job_id
+
+    refs = pl.References(lambda obj: obj.job_id if isinstance(obj, Result) else None)
+    return pl.pack_call("m:f", [{"x": Result(j)} for j in job_ids], {}, default=refs)
 
 
 def test_a_diamond_unblocks_once_both_sides_succeeded_with_their_results():

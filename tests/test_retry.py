@@ -89,3 +89,20 @@ def test_retry_refuses_a_bad_delay():
     with pytest.raises(ValueError, match="in_s"):
         Retry(in_s=-1)
     assert pl.remote_error(b"\xc1") is None
+
+
+def test_only_the_producers_own_references_pass_at_submit():
+    """An ExtType or Timestamp among a job's arguments is refused, even one shaped like a
+    reference, also beside real references (hostile finding 12 stays fixed)."""
+    import msgpack
+
+    class Ref:
+        pass
+
+    mine = Ref()
+    for bad in (msgpack.ExtType(5, b"x"), msgpack.Timestamp(1, 2), pl.ref(3)):
+        for args in ([bad], [bad, mine]):
+            with pytest.raises(TypeError, match="extension types"):
+                pl.pack_call("m:f", args, {}, default=pl.References(lambda o: 7 if o is mine else None))
+    packed = pl.pack_call("m:f", [mine, {"x": [mine]}], {}, default=pl.References(lambda o: 7 if o is mine else None))
+    assert pl.unpack_call(pl.substitute(packed, {7: pl.pack_value(42)}))[1] == [42, {"x": [42]}]

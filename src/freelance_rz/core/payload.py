@@ -60,10 +60,12 @@ def _pack_checked(value: Any, what: str, default: Any = None) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} must be msgpack-encodable: {exc}") from None
     try:
-        if default is None:
-            _unpack_payload(packed)
-        else:
-            msgpack.unpackb(packed, raw=False, strict_map_key=False, ext_hook=_ref_hook)
+        try:
+            _unpack_payload(packed)  # no extension type: the common case, checked as ever
+        except Exception:
+            if not getattr(default, "count", 0):
+                raise
+            _only_references(packed, default.count)
     except Exception:
         raise TypeError(
             f"{what} must be msgpack-encodable: dict keys must be str, bytes, int, float, "
@@ -71,6 +73,40 @@ def _pack_checked(value: Any, what: str, default: Any = None) -> bytes:
             "are not accepted"
         ) from None
     return packed
+
+
+class References:
+    """msgpack's ``default`` hook for :func:`pack_call` that turns the objects ``to_id``
+    names (``to_id(obj)``: a job id, or None for anything else, refused as msgpack refuses
+    it) into references (:func:`ref`); ``count``: how many it made."""
+
+    def __init__(self, to_id: Any) -> None:
+        self.to_id = to_id
+        self.count = 0
+
+    def __call__(self, obj: Any) -> Any:
+        job_id = self.to_id(obj)
+        if job_id is None:
+            raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+        self.count += 1
+        return ref(job_id)
+
+
+def _only_references(packed: bytes, made: int) -> None:
+    """Raise ValueError unless the only extension values in ``packed`` are the ``made``
+    references the producer made: an ExtType or a Timestamp among the arguments (even one
+    that looks like a reference) is refused, as in any payload."""
+    seen = []
+
+    def hook(code: int, data: bytes) -> Any:
+        _ref_hook(code, data)
+        seen.append(code)
+        return None
+
+    plain = msgpack.unpackb(packed, raw=False, strict_map_key=False, ext_hook=hook)
+    if len(seen) != made:
+        raise ValueError("an extension value among the arguments")
+    _unpack_payload(msgpack.packb(plain, use_bin_type=True))  # a Timestamp left: refused
 
 
 def _unpack_payload(payload: bytes) -> Any:

@@ -30,13 +30,13 @@ def reference(owner: object, deps: list[JobFuture], foreign: list[JobFuture]) ->
     another producer is added to ``foreign`` (the caller raises); anything else is refused as
     msgpack refuses it."""
 
-    def default(obj: Any) -> Any:
-        if isinstance(obj, JobFuture):
-            (deps if owns(owner, obj) else foreign).append(obj)
-            return pl.ref(obj.job_id)
-        raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+    def to_id(obj: Any) -> int | None:
+        if not isinstance(obj, JobFuture):
+            return None
+        (deps if owns(owner, obj) else foreign).append(obj)
+        return obj.job_id
 
-    return default
+    return pl.References(to_id)
 
 
 def owns(owner: object, future: JobFuture) -> bool:
