@@ -10,7 +10,9 @@ times the jobs record themselves (``time.time()`` in the job process):
   (the previous run's start + its planned backoff, 0.5 s then 1.0 s);
 * delays: 20 jobs with ``delay_s=0.5`` and 20 with ``at=now + 0.5 s``: start minus due time;
 * a limit: 40 jobs of 0.1 s under ``producer.limit(task, max_running=2)``: the most running at
-  once (from their start and end records), against the limit.
+  once (from their start and end records), against the limit;
+* a schedule: ``producer.schedule(task, every_s=0.5)`` for 10 s: each run's start minus its
+  slot (slots are ``last - k * every_s``, from the schedule's ``info()``).
 
 Timing errors include everything between the due time and the job's first line: the
 producer's turn, the JOB on loopback, the worker handing it to its job process.
@@ -84,6 +86,13 @@ def main() -> None:
                 running += step
                 peak = max(peak, running)
             out["limit"] = {"max_running": 2, "most_at_once": peak, "jobs": len(runs(path))}
+            path = tmp / "scheduled"
+            handle = producer.schedule("benchtasks:when_span", str(path), every_s=0.5)
+            time.sleep(10.2)
+            handle.pause()
+            last = handle.info()["last"]
+            time.sleep(0.5)  # the last run lands
+            out["schedule_error"] = pct([(start - last) % 0.5 for start, _ in runs(path)])
         finally:
             for worker in workers:
                 common.kill(worker)
