@@ -54,3 +54,24 @@ async def ainc(x):
     """S1 / S6 on the asyncio pool: the trivial job as a coroutine (a plain function there
     runs in the pool's threads, one hand-off more each way)."""
     return x + 1
+
+
+def when_flaky(path, fails):
+    """Issue 15 timing (benchmarks/when_timing.py): record this run's start in ``path``, and
+    raise ConnectionRefusedError until ``fails`` runs are recorded."""
+    with open(path, "a") as log:
+        log.write(f"{time.time()!r}\n")
+    with open(path) as log:
+        runs = len(log.read().splitlines())
+    if runs <= fails:
+        raise ConnectionRefusedError(f"run {runs}")
+    return runs
+
+
+def when_span(path, delay_s=0.0):
+    """Issue 15 timing: record this run's start and end in ``path`` (one line)."""
+    started = time.time()
+    time.sleep(delay_s)
+    with open(path, "a") as log:
+        log.write(f"{started!r} {time.time()!r}\n")
+    return started

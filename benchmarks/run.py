@@ -898,7 +898,7 @@ def m1(root: Path) -> list[Row]:
     run = Run(root, "M1")
     out = {}
     try:
-        for mode in ("producer", "ledger"):
+        for mode in ("producer", "ledger", "delayed"):
             path = run.dir / f"{mode}.json"
             proc = run.spawn([PY, str(BENCH_DIR / "scale_pending.py"), mode, str(path)], f"m1-{mode}")
             proc.wait(240)
@@ -907,7 +907,18 @@ def m1(root: Path) -> list[Row]:
             out[mode] = json.loads(path.read_text())
     finally:
         run.close()
-    prod, led = out["producer"], out["ledger"]
+    prod, led, later = out["producer"], out["ledger"], out["delayed"]
+    delayed = [Row("SCALE", f"10^6 delayed jobs (delay_s): FAILED: {later['error']}", None, None)]
+    if "error" not in later:
+        delayed = [
+            Row("SCALE", "claims/s with 10^6 delayed jobs waiting ÷ without (Producer, 10^3 "
+                "pending)", later["claims_per_s_1e6"] / later["claims_per_s_1e3"], None, "≥ 0.80",
+                ("frz", ">=", 0.8)),
+            Row("SCALE", "10^6 delayed: bytes per job (Producer: Future + ledger + heap)",
+                later["bytes_per_job"], None),
+            Row("SCALE", "Producer.submit rate of delayed jobs while filling to 10^6 (jobs/s)",
+                later["submits_per_s"], None),
+        ]
     if "error" in prod:
         return [
             Row("SCALE", f"10^6 pending, Producer: FAILED: {prod['error']}", None, None,
@@ -916,6 +927,7 @@ def m1(root: Path) -> list[Row]:
             Row("SCALE", "claims/s at 10^6 ÷ at 10^3 (Ledger alone)",
                 led["claims_per_s_1e6"] / led["claims_per_s_1e3"], None, "≥ 0.80",
                 ("frz", ">=", 0.8)),
+            *delayed,
         ]
     return [
         Row("SCALE", "10^6 pending: bytes per job (Producer: Future + ledger)",
@@ -930,6 +942,7 @@ def m1(root: Path) -> list[Row]:
         Row("SCALE", "claims/s at 10^6 ÷ at 10^3 (Ledger alone)",
             led["claims_per_s_1e6"] / led["claims_per_s_1e3"], None),
         Row("SCALE", "Producer.submit rate while filling to 10^6 (jobs/s)", prod["submits_per_s"], None),
+        *delayed,
     ]
 
 

@@ -11,6 +11,9 @@ through ``Producer.submit`` (so a Future each), claims by a raw DEALER speaking 
 rounds of 500 pipelined CLAIMs (timed) each followed by 500 DECLINEs (untimed, jobs go back to
 the head), so the pending count stays put.
 ``scale_pending.py ledger OUT``: the pure Ledger alone (no Futures, no sockets).
+``scale_pending.py delayed OUT``: a real Producer with 1,000 pending jobs, claim rate measured
+before and after 1,000,000 more jobs were submitted with ``options(delay_s=3600)`` (DEFERRED:
+a heap of due times, never scanned), so the ratio shows what waiting jobs cost the others.
 Writes one JSON object to OUT.
 """
 
@@ -138,9 +141,9 @@ class Stuck(Exception):
     pass
 
 
-def wait_pending(dealer: Dealer, n: int, timeout: float = 60.0) -> None:
+def wait_pending(dealer: Dealer, n: int, timeout: float = 60.0, key: str = "pending") -> None:
     deadline = time.monotonic() + timeout
-    while (pending := dealer.status()["pending"]) < n:
+    while (pending := dealer.status()[key]) < n:
         if time.monotonic() > deadline:
             raise Stuck(f"producer ingested {pending} of {n} submitted jobs; "
                         f"no progress for {timeout} s (the rest never reached its I/O thread)")
@@ -185,10 +188,35 @@ def producer_mode() -> dict:
             "close_s": close_s, "close_hung": alive}
 
 
+def delayed_mode() -> dict:
+    producer = Producer("bench-scale", interfaces=["127.0.0.1"], announce=False, lease_s=600).start()
+    dealer = Dealer(producer.endpoint)
+    futures = []
+    for i in range(N_SMALL):
+        task, resources, labels = requirements(i)
+        futures.append(producer.options(resources=resources, labels=labels).submit(task, i))
+    wait_pending(dealer, N_SMALL)
+    rate_small = dealer.claim_rate()
+    later = producer.options(delay_s=3600)
+    gc.collect()
+    before = rss()
+    t = time.perf_counter()
+    for i in range(N_BIG):
+        futures.append(later.submit("kind1:inc", i))
+    wait_pending(dealer, N_BIG, key="deferred")
+    submit_rate = N_BIG / (time.perf_counter() - t)
+    gc.collect()
+    after = rss()
+    rate_big = dealer.claim_rate()
+    producer.close(timeout_s=20)
+    return {"bytes_per_job": (after - before) / N_BIG, "claims_per_s_1e3": rate_small,
+            "claims_per_s_1e6": rate_big, "submits_per_s": submit_rate}
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
     try:
-        result = ledger_mode() if mode == "ledger" else producer_mode()
+        result = {"ledger": ledger_mode, "delayed": delayed_mode}.get(mode, producer_mode)()
     except Stuck as exc:
         result = {"error": str(exc)}
     with open(out, "w") as f:

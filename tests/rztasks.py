@@ -107,3 +107,43 @@ def count_calls():
     global _calls
     _calls += 1
     return {"pid": os.getpid(), "calls": _calls}
+
+
+class Busy(Exception):
+    """A custom error a retry policy names by string ("rztasks:Busy")."""
+
+
+def flaky(path, fails, error="ConnectionRefusedError"):
+    """Record this run's start (``time.time()``) in ``path``; raise ``error`` (a builtin, or
+    "Busy") until ``fails`` runs are recorded, then return how many runs there were."""
+    with open(path, "a") as log:
+        log.write(f"{time.time()!r}\n")
+    with open(path) as log:
+        runs = len(log.read().splitlines())
+    if runs <= fails:
+        import builtins
+
+        raise (Busy if error == "Busy" else getattr(builtins, error))(f"run {runs}")
+    return runs
+
+
+def retry_me(path, times, in_s=None):
+    """Record this run's start in ``path``; raise Retry(in_s) for the first ``times`` runs."""
+    from freelance_rz import Retry
+
+    with open(path, "a") as log:
+        log.write(f"{time.time()!r}\n")
+    with open(path) as log:
+        runs = len(log.read().splitlines())
+    if runs <= times:
+        raise Retry(in_s=in_s)
+    return runs
+
+
+def span(path, delay_s=0.0):
+    """Record this run's start and end (``time.time()``) in ``path`` as one line."""
+    started = time.time()
+    time.sleep(delay_s)
+    with open(path, "a") as log:
+        log.write(f"{started!r} {time.time()!r} {os.environ.get('RZ_WORKER', '?')}\n")
+    return started

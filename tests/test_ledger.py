@@ -17,6 +17,11 @@ from hypothesis.stateful import (
     rule,
 )
 
+from freelance_rz.core.payload import pack_exception
+from freelance_rz.producer.depends import classify_stored
+from freelance_rz.producer.store import StoredResult
+from freelance_rz.core.retry import DEFAULT_MAX_RETRIES
+from freelance_rz.errors import Retry
 from freelance_rz.core.ledger import (
     TERMINAL,
     TRANSITIONS,
@@ -35,6 +40,8 @@ P, L, D, F, X, C = (
     JobState.DEAD,
     JobState.CANCELLED,
 )
+W = JobState.DEFERRED
+B = JobState.BLOCKED
 LEASE_S = 10.0
 
 
@@ -72,6 +79,19 @@ def test_transition_table_is_exactly_the_documented_one():
         (P, "fail"): F,
         (P, "cancel"): C,
         (L, "cancel"): C,
+        (None, "defer"): W,
+        (W, "due"): P,
+        (L, "retry"): W,
+        (P, "retry"): W,
+        (W, "retry"): W,
+        (W, "succeed"): D,
+        (W, "fail"): F,
+        (W, "cancel"): C,
+        (None, "block"): B,
+        (B, "unblock"): P,
+        (B, "defer"): W,
+        (B, "fail"): F,
+        (B, "cancel"): C,
     }
     assert TERMINAL == {D, F, X, C}
 
@@ -86,7 +106,9 @@ def test_no_event_leaves_a_terminal_state(state):
 @pytest.mark.parametrize(
     "state, event",
     [(D, "claim"), (P, "beat"), (P, "release"), (P, "expire"), (P, "exhaust"), (L, "claim"),
-     (None, "claim"), (P, "submit"), (C, "cancel"), (P, "resume"), (L, "resume")],
+     (None, "claim"), (P, "submit"), (C, "cancel"), (P, "resume"), (L, "resume"),
+     (W, "resume"), (B, "resume"), (W, "claim"), (W, "beat"), (W, "expire"), (P, "due"),
+     (L, "due"), (W, "release")],
 )
 def test_illegal_pairs_have_no_entry(state, event):
     assert (state, event) not in TRANSITIONS
@@ -584,19 +606,43 @@ MAX_ATTEMPTS = 3
 FORGED = st.integers(min_value=0, max_value=2**63 - 1)
 MAX_ATTEMPTS_ARG = st.none() | st.integers(1, 4)
 PAYLOAD = st.binary(max_size=4)
+DELAY = st.sampled_from([0.0, 0.5, 4.0, 12.0])
+RETRY_IN = st.sampled_from([0.0, 1.0, 9.5])
+
+
+def retry_error(in_s: float) -> bytes:
+    """The error payload of a task that raised Retry(in_s=...), as a worker sends it."""
+    return pack_exception(Retry(in_s=in_s), "")
 
 
 class TableJournal:
     """The journal as a durable store keeps it (see producer/store.py): per live job its
-    payload, attempt, max attempts, current lease id (None: pending) and the leases on
-    record (given-back ones forgotten); finished jobs leave."""
+    payload, attempt, max attempts, current lease id (None: not leased), the leases on
+    record (given-back ones forgotten), its retries, due time (kept when it passes, as the
+    store does) and the jobs it waits for; finished jobs leave, their results stay."""
 
     def __init__(self) -> None:
         self.jobs: dict[int, dict] = {}
+        self.results: dict[int, StoredResult] = {}
 
     def add(self, job_id, payload, max_attempts):
         self.jobs[job_id] = {"payload": payload, "attempt": 1, "max_attempts": max_attempts,
-                             "lease_id": None, "leases": {}}
+                             "lease_id": None, "leases": {}, "retries": 0, "due": None,
+                             "deps": ()}
+
+    def defer(self, job_id, due, retries):
+        row = self.jobs[job_id]
+        row["lease_id"], row["retries"], row["due"] = None, retries, due
+
+    def ready(self, job_id):
+        pass  # the store keeps the due time that passed
+
+    def block(self, job_id, deps):
+        self.jobs[job_id]["deps"] = tuple(deps)
+
+    def unblock(self, job_id, payload):
+        row = self.jobs[job_id]
+        row["deps"], row["payload"] = (), payload
 
     def lease(self, job_id, lease_id, worker, attempt):
         row = self.jobs[job_id]
@@ -614,6 +660,7 @@ class TableJournal:
 
     def finish(self, job_id, state, payload):
         del self.jobs[job_id]
+        self.results[job_id] = StoredResult(job_id, state, payload, 0.0)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -647,11 +694,45 @@ class LedgerMachine(RuleBasedStateMachine):
         self.valid: dict[int, dict[int, str]] = {}  # job -> leases a result is accepted from
         self.all_leases: dict[int, tuple[int, str]] = {}  # every lease id -> (job, worker)
         self.resolved: Counter[int] = Counter()
+        self.due: dict[int, tuple[float, int]] = {}  # deferred job -> (due, order of deferral)
+        self.deferrals = 0
+        self.retries: Counter[int] = Counter()
+        self.deps: dict[int, list[int]] = {}  # BLOCKED job -> the jobs it waits for
 
     # --- helpers
 
     def live(self, job_id: int) -> bool:
-        return self.state[job_id] in (P, L)
+        return self.state[job_id] in (P, L, W, B)
+
+    def settle(self):
+        """The model's dependencies: a blocked job whose dependency ended otherwise than done
+        fails (and so on down the chain); one whose dependencies all succeeded is pending, at
+        the tail (those unblocked by one step in any order)."""
+        unblocked = []
+        changed = True
+        while changed:
+            changed = False
+            for job_id, deps in list(self.deps.items()):
+                if any(self.state[d] in (F, X, C) for d in deps):
+                    del self.deps[job_id]
+                    self.state[job_id] = F
+                    self.resolved[job_id] += 1
+                    changed = True
+                elif all(self.state[d] is D for d in deps):
+                    del self.deps[job_id]
+                    self.state[job_id] = P
+                    unblocked.append(job_id)
+                    changed = True
+        if unblocked:
+            self.queue.append(unblocked)
+        reported = [job_id for job_id, _ in self.ledger.dependency_failures]
+        self.ledger.dependency_failures.clear()
+        assert all(self.state[j] is F for j in reported) and len(set(reported)) == len(reported)
+
+    def defer(self, job_id: int, due: float) -> None:
+        self.state[job_id] = W
+        self.due[job_id] = (due, self.deferrals)
+        self.deferrals += 1
 
     def dequeue(self, job_id: int) -> None:
         for group in self.queue:
@@ -690,6 +771,62 @@ class LedgerMachine(RuleBasedStateMachine):
         self.payload[job_id] = payload
         self.valid[job_id] = {}
         self.queue.append([job_id])
+
+    @rule(max_attempts=MAX_ATTEMPTS_ARG, payload=PAYLOAD, delay=DELAY)
+    def submit_later(self, max_attempts, payload, delay):
+        """A job submitted with a delay: DEFERRED until wake() at or after its due time."""
+        job_id = self.next_id
+        self.next_id += 1
+        self.ledger.submit(job_id, payload, max_attempts=max_attempts, due=self.now + delay)
+        self.attempt[job_id] = 1
+        self.max_attempts[job_id] = max_attempts or MAX_ATTEMPTS
+        self.payload[job_id] = payload
+        self.valid[job_id] = {}
+        self.defer(job_id, self.now + delay)
+
+    @precondition(lambda self: any(self.live(j) for j in self.state))
+    @rule(data=st.data(), payload=PAYLOAD)
+    def submit_after(self, data, payload):
+        """A job that waits for one or two live jobs to succeed (BLOCKED until then)."""
+        live = [j for j in self.state if self.live(j)]
+        deps = data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=2, unique=True))
+        job_id = self.next_id
+        self.next_id += 1
+        self.ledger.submit(job_id, payload, deps=deps)
+        self.state[job_id] = B
+        self.attempt[job_id] = 1
+        self.max_attempts[job_id] = MAX_ATTEMPTS
+        self.payload[job_id] = payload
+        self.valid[job_id] = {}
+        self.deps[job_id] = deps
+
+    @rule()
+    def wake(self):
+        """Due jobs become pending, at the tail, in due order (ties: in order of deferral)."""
+        due = sorted((when, job_id) for job_id, when in self.due.items() if when[0] <= self.now)
+        assert self.ledger.wake(self.now) == len(due)
+        for _, job_id in due:
+            del self.due[job_id]
+            self.state[job_id] = P
+            self.queue.append([job_id])
+
+    @precondition(lambda self: self.current)
+    @rule(data=st.data(), in_s=RETRY_IN)
+    def fail_and_retry(self, data, in_s):
+        """The holder of a current lease reports that its task raised Retry(in_s): the job
+        waits in_s seconds, as long as its retries (3 by default) allow; then it fails."""
+        job_id = data.draw(st.sampled_from(list(self.current)))
+        lease_id, worker, _ = self.current.pop(job_id)
+        assert self.ledger.resolve(worker, job_id, lease_id, False, retry_error(in_s), now=self.now)
+        if self.retries[job_id] < DEFAULT_MAX_RETRIES:
+            self.retries[job_id] += 1
+            del self.valid[job_id][lease_id]  # the same result again is stale
+            self.defer(job_id, self.now + in_s)
+            assert self.ledger.job(job_id).retries == self.retries[job_id]
+        else:
+            self.resolved[job_id] += 1
+            self.state[job_id] = F
+        self.settle()
 
     @rule(workers=st.lists(st.sampled_from(WORKERS), min_size=1, max_size=3))
     def claim(self, workers):
@@ -757,6 +894,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.resolved[job_id] == 0
         self.resolved[job_id] += 1
         self.state[job_id] = D if ok else F
+        self.settle()
 
     @rule(worker=st.sampled_from(WORKERS), kind=st.sampled_from(["real", "stale", "forged"]),
           data=st.data())
@@ -788,7 +926,9 @@ class LedgerMachine(RuleBasedStateMachine):
             self.resolved[job_id] += 1
             self.state[job_id] = D if ok else F
             self.current.pop(job_id, None)
+            self.due.pop(job_id, None)
             self.dequeue(job_id)
+        self.settle()
 
     @precondition(lambda self: self.next_id > 0)
     @rule(data=st.data())
@@ -796,24 +936,34 @@ class LedgerMachine(RuleBasedStateMachine):
         job_id = data.draw(st.integers(0, self.next_id - 1))
         was = self.state[job_id]
         assert self.ledger.cancel(job_id) is (was if self.live(job_id) else None)
-        if was in (P, L):
+        if was in (P, L, W, B):
             self.state[job_id] = C
             self.current.pop(job_id, None)
+            self.due.pop(job_id, None)
+            self.deps.pop(job_id, None)
             self.dequeue(job_id)
+        self.settle()
 
     @rule()
     def restart(self):
-        """The producer dies and a new one restores the journal (a durable restart): pending
-        jobs are queued again by job id, leased ones stay leased to the same worker under the
-        same lease and attempt, with a deadline one lease from now."""
+        """The producer dies and a new one restores the journal (a durable restart), every
+        job in job id order, as producer/restore.py does: leased ones stay leased to the same
+        worker under the same lease and attempt, with a deadline one lease from now; deferred
+        ones keep their due time and retries (one whose due time passed is pending); blocked
+        ones wait for the same jobs, with the results of those that succeeded; the rest are
+        queued again by job id."""
         self.restarts += 1
         self.earlier.update({s: n for s, n in self.ledger.counts.items() if s in TERMINAL})
         self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS,
                              rng=random.Random(self.restarts), journal=self.journal)
         for job_id, row in sorted(self.journal.jobs.items()):
+            deps, values, failed = classify_stored(row["deps"], self.ledger.__contains__,
+                                                   self.journal.results.get)
+            assert failed is None  # a dependency that failed failed its dependents at once
             self.ledger.restore(job_id, row["payload"], attempt=row["attempt"],
                                 max_attempts=row["max_attempts"], leases=dict(row["leases"]),
-                                lease_id=row["lease_id"], now=self.now)
+                                lease_id=row["lease_id"], now=self.now, due=row["due"],
+                                retries=row["retries"], deps=deps, values=values)
         assert set(self.journal.jobs) == {j for j in self.state if self.live(j)}  # none vanishes
         for job_id, (lease_id, worker, _) in self.current.items():
             assert self.journal.jobs[job_id]["lease_id"] == lease_id
@@ -821,6 +971,14 @@ class LedgerMachine(RuleBasedStateMachine):
         for job_id in self.state:
             if self.live(job_id):
                 assert self.journal.jobs[job_id]["leases"] == self.valid[job_id]
+                assert self.journal.jobs[job_id]["retries"] == self.retries[job_id]
+                assert set(self.journal.jobs[job_id]["deps"]) == set(self.deps.get(job_id, ()))
+        for job_id, (due, _) in sorted(self.due.items()):  # due times: heap order by job id
+            if due <= self.now:
+                del self.due[job_id]
+                self.state[job_id] = P
+            else:
+                self.defer(job_id, due)
         self.queue = [[job_id] for job_id in sorted(self.state) if self.state[job_id] is P]
 
     @rule(dt=st.sampled_from([0.5, 4.0, 9.5, 10.0, 15.0]))
@@ -856,6 +1014,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 requeued.append(e.job_id)
         if requeued:
             self.queue.insert(0, requeued)
+        self.settle()
 
     # --- invariants
 
@@ -876,7 +1035,7 @@ class LedgerMachine(RuleBasedStateMachine):
         counts = Counter(self.ledger.counts) + self.earlier  # a restart keeps the live jobs
         assert {s: n for s, n in counts.items() if n} == dict(expected)
         assert sum(counts.values()) == self.next_id  # no job vanishes
-        live = expected[P] + expected[L]
+        live = expected[P] + expected[L] + expected[W] + expected[B]
         assert len(self.ledger) == live
         assert self.ledger.pending == expected[P]
         assert sum(len(group) for group in self.queue) == expected[P]
@@ -893,6 +1052,18 @@ class LedgerMachine(RuleBasedStateMachine):
         jobs = [self.all_leases[lease][0] for lease in seen]
         assert len(jobs) == len(set(jobs)), "a job leased twice"
         assert all(self.state[job] is L for job in jobs)
+
+    @invariant()
+    def no_deferred_job_offered_before_its_time(self):
+        """Every deferred job of the model is DEFERRED in the ledger (so claim() never hands
+        it out: claim_one checks each lease against the model's pending queue), and the
+        ledger's next due time is never later than the earliest of them."""
+        assert self.ledger.counts[W] == len(self.due)
+        for job_id in self.due:
+            assert self.ledger.state(job_id) is W
+        if self.due:
+            nd = self.ledger.next_due()
+            assert nd is not None and nd <= min(when for when, _ in self.due.values())
 
     @invariant()
     def resolved_at_most_once(self):
@@ -1025,3 +1196,81 @@ def test_lose_counts_a_lost_attempt_like_an_expiry():
     assert second.attempt == 2
     assert ledger.lose("w", 1, second.lease_id).dead and ledger.state(1) is None
     assert ledger.counts[JobState.DEAD] == 1
+
+
+# --- dependencies (BLOCKED) ---------------------------------------------------------------------
+
+
+def call_with_refs(*job_ids: int) -> bytes:
+    """A call whose arguments are references to the results of ``job_ids``."""
+    from freelance_rz.core import payload as pl
+
+    class Result:  # stands for a Future of job ``job_id`` (the producer's JobFuture)
+        def __init__(self, job_id: int) -> None:
+            self.job_id = job_id
+
+    refs = pl.References(lambda obj: obj.job_id if isinstance(obj, Result) else None)
+    return pl.pack_call("m:f", [{"x": Result(j)} for j in job_ids], {}, default=refs)
+
+
+def test_a_diamond_unblocks_once_both_sides_succeeded_with_their_results():
+    from freelance_rz.core import payload as pl
+
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, b"top")
+    ledger.submit(2, call_with_refs(1), deps=[1])
+    ledger.submit(3, call_with_refs(1), deps=[1])
+    ledger.submit(4, call_with_refs(2, 3), deps=[2, 3])
+    assert [ledger.state(j) for j in (2, 3, 4)] == [B, B, B] and ledger.pending == 1
+    top = claim_ok(ledger, "w", 0.0)
+    assert ledger.claim("w", 0.0) is None  # nothing else may run yet
+    assert ledger.resolve("w", 1, top.lease_id, True, pl.pack_value(10))
+    assert ledger.state(2) is P and ledger.state(3) is P and ledger.state(4) is B
+    left, right = claim_ok(ledger, "w", 0.0), claim_ok(ledger, "w", 0.0)
+    assert pl.unpack_call(left.payload)[1] == [{"x": 10}]  # the reference became the result
+    ledger.resolve("w", left.job_id, left.lease_id, True, pl.pack_value("a"))
+    assert ledger.state(4) is B
+    ledger.resolve("w", right.job_id, right.lease_id, True, pl.pack_value("b"))
+    bottom = claim_ok(ledger, "w", 0.0)
+    assert pl.unpack_call(bottom.payload)[1] == [{"x": "a"}, {"x": "b"}]
+    assert ledger.unblocked == 3 and ledger.dependency_failures == []
+
+
+def test_a_failed_dependency_fails_its_whole_chain_at_once():
+    from freelance_rz.core import payload as pl
+
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, pl.pack_call("m:fetch", [], {}))
+    ledger.submit(2, b"mid", deps=[1])
+    ledger.submit(3, b"end", deps=[2])
+    ledger.submit(4, b"other", deps=[1], due=100.0)
+    lease = claim_ok(ledger, "w", 0.0)
+    ledger.resolve("w", 1, lease.lease_id, False, pl.pack_error("ValueError", "no page", ""))
+    failed = dict(ledger.dependency_failures)
+    assert set(failed) == {2, 3, 4} and len(ledger) == 0
+    assert pl.unpack_error(failed[2])[0] == "DependencyFailed"
+    assert "job 1 (m:fetch), which it depends on, failed: ValueError: no page" in pl.unpack_error(failed[2])[1]
+    assert pl.error_dependency(failed[3]) == 2  # the chain names the job just before it
+    assert counts(ledger) == {F: 4}
+
+
+def test_a_cancelled_dependency_and_one_known_to_have_failed():
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, b"a")
+    ledger.submit(2, b"b", deps=[1])
+    ledger.cancel(1)
+    assert [j for j, _ in ledger.dependency_failures] == [2]
+    ledger.submit(3, b"c", failed=(9, "was cancelled"))
+    assert [j for j, _ in ledger.dependency_failures] == [2, 3] and 3 not in ledger
+    with pytest.raises(ValueError, match="not live"):
+        ledger.submit(4, b"d", deps=[77])
+
+
+def test_a_blocked_job_with_a_due_time_waits_for_both():
+    ledger = Ledger(lease_s=10.0, max_attempts=3)
+    ledger.submit(1, b"a")
+    ledger.submit(2, b"b", deps=[1], due=50.0)
+    lease = claim_ok(ledger, "w", 0.0)
+    ledger.resolve("w", 1, lease.lease_id, True, b"\x01")
+    assert ledger.state(2) is W and ledger.wake(49.0) == 0 and ledger.wake(50.0) == 1
+    assert ledger.state(2) is P

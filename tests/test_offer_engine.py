@@ -10,7 +10,11 @@ token or a wrong one, are among the steps.
 Matching (DESIGN §8): the workers differ in task modules, GPUs and labels, the jobs in their
 task and requirements. A worker is never handed a job it cannot run (its module, its labels,
 its GPUs free when the JOB arrives), and once the engine has dispatched, no pending job that a
-parked claim's worker can run is left waiting."""
+parked claim's worker can run is left waiting.
+
+When a job may run (DESIGN §9): some jobs are submitted with a delay and some results are a
+task's ``Retry(in_s)``; no job is handed out before its due time (and its retry's), and none
+vanishes on the way."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from freelance_rz.core.ledger import JobState, Ledger
 from freelance_rz.core.match import Needs
 from freelance_rz.core.offer import OfferEngine, Outcome
 from freelance_rz.core.tally import Tally
+from freelance_rz.errors import Retry
 from freelance_rz.producer.journal import TallyTap
 
 WORKERS = [f"w{i}".encode() for i in range(4)]
@@ -88,8 +93,9 @@ worker_kinds = st.tuples(
 
 
 class OfferMachine(RuleBasedStateMachine):
-    @initialize(kinds=st.lists(worker_kinds, min_size=len(WORKERS), max_size=len(WORKERS)))
-    def start(self, kinds):
+    @initialize(kinds=st.lists(worker_kinds, min_size=len(WORKERS), max_size=len(WORKERS)),
+                limit=st.sampled_from([None, 1, 2]))
+    def start(self, kinds, limit):
         self.now = 0.0
         self.replies: list[tuple[bytes, w.Reply]] = []
         self.outcomes: Counter[int] = Counter()
@@ -110,6 +116,11 @@ class OfferMachine(RuleBasedStateMachine):
         self.next_job = 1
         self.next_rid = 1
         self.answered: set[tuple[bytes, int]] = set()
+        self.not_before: dict[int, float] = {}  # job -> the earliest time it may be handed out
+        self.limit = limit  # jobs of m:f leased at once, at most (None: no limit)
+        if limit is not None:
+            self.engine.limit("m:f", limit, None, self.now)
+        self.after: dict[int, int] = {}  # job -> the job it depends on
 
     # --- the engine's outputs ---------------------------------------------------------------
 
@@ -141,6 +152,9 @@ class OfferMachine(RuleBasedStateMachine):
                 worker.claims.discard(msg.rid)
                 if isinstance(msg, w.Job):
                     assert worker.free > 0, "a worker was handed more jobs than it claimed"
+                    assert self.now >= self.not_before.get(msg.job_id, 0.0), "offered too early"
+                    if msg.job_id in self.after:  # offered only once its dependency succeeded
+                        assert self.kinds.get(self.after[msg.job_id]) == "done", "offered before its dependency"
                     needs = self.needs[msg.job_id]
                     assert worker.can_run(needs), f"{identity} cannot run {needs}"
                     assert (msg.resources or {}) == dict(needs.resources)
@@ -175,11 +189,13 @@ class OfferMachine(RuleBasedStateMachine):
     @rule(jobs=st.lists(st.tuples(
         st.integers(-1, 1), st.sampled_from(MODULES), st.sampled_from([0, 0, 1, 2]),
         st.sampled_from([None, None, "a"]), st.booleans(),
-    ), min_size=1, max_size=3))
-    def submit(self, jobs):
-        """Jobs (priority, module, GPUs, zone, requirements told or read from the payload)
-        submitted in one turn of the producer's loop."""
-        for priority, module, gpu, zone, told in jobs:
+    ), min_size=1, max_size=3), delays=st.lists(st.sampled_from([None, None, 0.0, 0.6, 3.0]),
+                                                min_size=3, max_size=3),
+          after=st.lists(st.booleans(), min_size=3, max_size=3))
+    def submit(self, jobs, delays, after):
+        """Jobs (priority, module, GPUs, zone, requirements told or read from the payload,
+        a delay or none) submitted in one turn of the producer's loop."""
+        for (priority, module, gpu, zone, told), delay, wait in zip(jobs, delays, after, strict=False):
             job_id, self.next_job = self.next_job, self.next_job + 1
             options = {"resources": {"gpu": gpu}} if gpu else {}
             if zone:
@@ -188,9 +204,15 @@ class OfferMachine(RuleBasedStateMachine):
             needs = Needs.of(task, options.get("resources"), options.get("labels"))
             self.tasks[job_id] = task
             self.needs[job_id] = needs
+            due = None if delay is None else self.now + delay
+            if due is not None:
+                self.not_before[job_id] = due
+            deps = (job_id - 1,) if wait and (job_id - 1) in self.ledger else ()
+            if deps:
+                self.after[job_id] = deps[0]
             self.engine.submit(job_id, pl.pack_call(task, [job_id], {}, options or None),
                                max_attempts=None, priority=priority, timeout_ms=None,
-                               needs=needs if told else None)
+                               needs=needs if told else None, due=due, deps=deps)
         self.settle()
 
     @precondition(lambda self: self.next_job > 1)
@@ -235,8 +257,8 @@ class OfferMachine(RuleBasedStateMachine):
         self.settle()
 
     @rule(identity=st.sampled_from(WORKERS), ok=st.booleans(), carry=st.booleans(),
-          crashed=st.booleans(), data=st.data())
-    def result(self, identity, ok, carry, crashed, data):
+          crashed=st.booleans(), data=st.data(), retry_in=st.sampled_from([None, None, 0.0, 0.8]))
+    def result(self, identity, ok, carry, crashed, data, retry_in):
         worker = self.workers[identity]
         if not worker.alive or not worker.leases:
             return
@@ -247,6 +269,11 @@ class OfferMachine(RuleBasedStateMachine):
             claim = worker.claim(self.rid(), 500)
             worker.claims.add(claim.rid)
         payload = pl.pack_value(job_id) if ok and not crashed else pl.pack_error("E", "x", "")
+        if retry_in is not None and not ok and not crashed:  # the task raised Retry(in_s)
+            payload = pl.pack_exception(Retry(in_s=retry_in), "")
+            live = self.ledger.job(job_id)
+            if live is not None and live.issued.get(lease_id) == identity:
+                self.not_before[job_id] = self.now + retry_in
         self.receive(identity, w.Result(rid=self.rid(), job_id=job_id, lease_id=lease_id,
                                         ok=ok and not crashed, payload=payload, claim=claim,
                                         crashed=True if crashed else None))
@@ -344,6 +371,13 @@ class OfferMachine(RuleBasedStateMachine):
         assert len({job.lease_id for job in leased}) == len(leased)
 
     @invariant()
+    def a_limit_is_never_exceeded(self):
+        if self.limit is not None:
+            leased = [job for job in self.ledger._jobs.values()
+                      if job.state is JobState.LEASED and job.needs.task == "m:f"]
+            assert len(leased) <= self.limit
+
+    @invariant()
     def nothing_vanishes(self):
         for job_id in range(1, self.next_job):
             live = job_id in self.ledger
@@ -353,7 +387,8 @@ class OfferMachine(RuleBasedStateMachine):
     @invariant()
     def counts_add_up(self):
         counts = self.ledger.counts
-        assert counts[JobState.PENDING] + counts[JobState.LEASED] == len(self.ledger)
+        assert sum(counts[s] for s in (JobState.PENDING, JobState.LEASED, JobState.DEFERRED,
+                                       JobState.BLOCKED)) == len(self.ledger)
         finished = Counter(self.kinds.values())
         assert counts[JobState.DONE] == finished["done"]
         assert counts[JobState.CANCELLED] == finished["cancelled"]
@@ -370,7 +405,8 @@ class OfferMachine(RuleBasedStateMachine):
         for name, tally in self.tally.tasks.items():
             assert tally.counts["submitted"] == sum(1 for t in self.tasks.values() if t == name)
             assert sum(tally.wait.counts) >= tally.counts["leased"]
-            assert sum(tally.run.counts) <= tally.counts["done"] + tally.counts["failed"]
+            # every run ended in a result, or in a task error retried
+            assert sum(tally.run.counts) <= tally.counts["done"] + tally.counts["failed"] + tally.counts["retried"]
         leased = {job.job_id for job in self.ledger._jobs.values() if job.state is JobState.LEASED}
         assert set(self.tally.running) == leased
         assert set(self.tally.live) == set(self.ledger._jobs)
@@ -381,7 +417,9 @@ class OfferMachine(RuleBasedStateMachine):
         claims are dropped when a send to it fails)."""
         if self.engine.dispatch_due:
             return
-        pending = [job for job in self.ledger._jobs.values() if job.state is JobState.PENDING]
+        closed = self.ledger.limits.closed(self.now)  # tasks at their limit wait for it
+        pending = [job for job in self.ledger._jobs.values()
+                   if job.state is JobState.PENDING and job.needs.task not in closed]
         for identity, _ in self.engine.parked.keys():
             worker = self.workers[identity]
             if not worker.alive:

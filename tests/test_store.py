@@ -684,3 +684,60 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreModel = StoreMachine.TestCase
 TestStoreModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# --- schema version 2: deferred jobs (issue 15) ------------------------------------------------
+
+V1_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
+    " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, lease_id INTEGER)",
+    "CREATE TABLE leases (job_id INTEGER NOT NULL, lease_id INTEGER NOT NULL,"
+    " worker BLOB NOT NULL, PRIMARY KEY (job_id, lease_id)) WITHOUT ROWID",
+    "CREATE TABLE results (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
+    " payload BLOB NOT NULL, finished_at REAL NOT NULL)",
+    "CREATE INDEX results_by_finished_at ON results (finished_at)",
+)
+
+
+def test_deferred_jobs_keep_their_due_time_and_retries(path):
+    with JobStore(path) as store:
+        store.add(1, b"later", 3)
+        store.defer(1, 2_000_000_000.5, 0)  # submitted with a delay
+        store.add(2, b"retried", 3)
+        store.flush()
+        store.lease(2, 77, b"w", 1)
+        store.flush()
+        store.defer(2, 2_000_000_010.0, 2)  # its task failed, retried twice so far
+        store.add(3, b"now", 3)
+    with JobStore(path) as store:
+        jobs = {job.job_id: job for job in store.restore().pending}
+    assert (jobs[1].due, jobs[1].retries) == (2_000_000_000.5, 0)
+    assert (jobs[2].due, jobs[2].retries, jobs[2].attempt) == (2_000_000_010.0, 2, 1)
+    assert jobs[2].leases == {77: b"w"}  # a late result under it is still recognised
+    assert (jobs[3].due, jobs[3].retries) == (None, 0)
+    with JobStore(path) as store, pytest.raises(ValueError):
+        store.defer(1, float("nan"), 0)
+
+
+def test_a_version_1_store_is_upgraded_and_keeps_its_jobs(path):
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in V1_SCHEMA:
+        conn.execute(statement)
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                     [("producer_key", "abcd"), ("next_job_id", 6)])
+    conn.execute("INSERT INTO jobs VALUES (5, x'00', 2, 3, NULL)")
+    conn.execute("INSERT INTO results VALUES (4, 'done', x'01', 1.0)")
+    conn.execute("PRAGMA application_id=1179802161")  # "FRZ1"
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    with JobStore(path, retention_s=None) as store:
+        restored = store.restore()
+        assert [(j.job_id, j.attempt, j.retries, j.due) for j in restored.pending] == [(5, 2, 0, None)]
+        assert (restored.producer_key, restored.next_job_id) == ("abcd", 6)
+        assert store.result(4).payload == b"\x01"
+        store.defer(5, 2_000_000_000.0, 1)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("SELECT retries, due FROM jobs").fetchall() == [(1, 2_000_000_000.0)]
+    conn.close()

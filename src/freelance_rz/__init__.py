@@ -15,6 +15,7 @@ from typing import Any as _Any
 
 from . import _version
 from .errors import (
+    DependencyFailed,
     FreelanceError,
     JobFailed,
     JobLost,
@@ -22,12 +23,13 @@ from .errors import (
     JobTooLarge,
     ProducerClosed,
     ProtocolError,
+    Retry,
     StoreError,
     TaskNotAllowed,
 )
 
 if TYPE_CHECKING:
-    from .producer.api import JobEvent, JobFuture, JobOptions, JobProgress, Producer
+    from .producer.api import JobEvent, JobFuture, JobOptions, JobProgress, Producer, ScheduleHandle
     from .worker.pipe import report_progress
     from .worker.worker import Worker, WorkerStats
 
@@ -43,6 +45,7 @@ _LAZY = {
     "JobOptions": ".producer.api",
     "JobProgress": ".producer.api",
     "Producer": ".producer.api",
+    "ScheduleHandle": ".producer.api",
     "Worker": ".worker.worker",
     "WorkerStats": ".worker.worker",
     "report_progress": ".worker.pipe",
@@ -63,6 +66,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DependencyFailed",
     "FreelanceError",
     "JobFailed",
     "JobEvent",
@@ -75,6 +79,8 @@ __all__ = [
     "Producer",
     "ProducerClosed",
     "ProtocolError",
+    "Retry",
+    "ScheduleHandle",
     "StoreError",
     "TaskNotAllowed",
     "Worker",

@@ -37,13 +37,18 @@ class JobFailed(FreelanceError):
             ``"TaskNotAllowed"`` or ``"JobTimeout"`` for errors of the worker itself.
         remote_message: ``str(exception)`` on the worker.
         remote_traceback: the formatted traceback on the worker ("" when there is none).
+        attempts: how many times the task ran to an error (1, or more when the job was
+            retried on task errors: ``options(retry_on=...)`` or a raised :class:`Retry`);
+            None when unknown (a result of a job from before a restart).
     """
 
-    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str) -> None:
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str,
+                 attempts: int | None = None) -> None:
         super().__init__(f"{remote_type}: {remote_message}")
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        self.attempts = attempts
 
     def __str__(self) -> str:
         # A traceback prints "JobFailed: ValueError: ..."; a subclass named after the remote
@@ -51,6 +56,8 @@ class JobFailed(FreelanceError):
         text = self.remote_message
         if self.remote_type != type(self).__name__:
             text = f"{self.remote_type}: {text}"
+        if self.attempts is not None and self.attempts > 1:
+            text += f" (after {self.attempts} attempts)"
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
@@ -90,6 +97,46 @@ class JobLost(FreelanceError):
         self.job_id = job_id
         self.attempts = attempts
         self.reason = reason
+
+
+class DependencyFailed(JobFailed):
+    """The job never ran: a job it depends on (a Future passed as an argument, or in
+    ``options(after=[...])``) failed, was cancelled or was dead-lettered; so do the jobs that
+    depend on this one, down the chain. ``remote_type`` is ``"DependencyFailed"``; the message
+    names the job that failed (its id and task) and why.
+
+    Attributes:
+        dependency: the id of the job it depended on that failed (None when unknown).
+    """
+
+    dependency: int | None = None
+
+
+class Retry(FreelanceError):
+    """Raised by a task to be run again later: ``raise freelance_rz.Retry(in_s=10)``.
+
+    The job waits ``in_s`` seconds (None: the job's backoff, ``options(backoff_s=...)``,
+    doubling with each retry) and is offered again, as long as its ``max_retries`` (default
+    3) allow; after that its Future fails with :class:`JobFailed` whose ``remote_type`` is
+    ``"Retry"``. It needs no ``retry_on``. (RQ's ``Retry``, Celery's ``self.retry()``.)
+
+    Args:
+        in_s: seconds to wait before the next attempt (>= 0), or None.
+        message: said in the last error when the retries are spent.
+
+    Raises:
+        ValueError: ``in_s`` is negative or not a finite number.
+    """
+
+    def __init__(self, in_s: float | None = None, message: str = "the task asked to be retried") -> None:
+        if in_s is not None and (isinstance(in_s, bool) or not isinstance(in_s, (int, float))
+                                 or not 0 <= in_s < 1e9):
+            raise ValueError(f"Retry(in_s=...) must be None or seconds from 0 to 1e9, got {in_s!r}")
+        super().__init__(message)
+        self.retry_in_s = in_s
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.retry_in_s, str(self)))
 
 
 class ProducerClosed(FreelanceError):

@@ -43,6 +43,8 @@ JOB_OUTCOMES = {"submitted": "submitted", "done": "done", "failed": "failed", "r
 #: producer gauges read from STATUS: metric name -> (STATUS key, help)
 PRODUCER_GAUGES = {
     "jobs_pending": ("pending", "Jobs waiting for a worker (the ledger's count)."),
+    "jobs_deferred": ("deferred", "Jobs held back until a due time: a delay or a retry's backoff."),
+    "jobs_blocked": ("blocked", "Jobs waiting for the jobs they depend on to succeed."),
     "jobs_leased": ("leased", "Jobs a worker holds under a lease (the ledger's count)."),
     "parked_claims": ("parked_claims", "Claims parked here: free worker slots waiting for a job."),
     "workers": ("workers", "Workers heard from in the last minute."),

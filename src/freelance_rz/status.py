@@ -41,7 +41,7 @@ _WATCHED_EVENTS = (HANDSHAKE_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_
                    | zmq.EVENT_DISCONNECTED)
 
 #: the counts of a STATUS_REPLY ``info`` map: non-negative ints when present.
-COUNT_FIELDS = ("pending", "leased", "done", "failed", "dead", "cancelled", "workers",
+COUNT_FIELDS = ("pending", "deferred", "blocked", "retried", "leased", "done", "failed", "dead", "cancelled", "workers",
                 "finished_last_min", "parked_claims", "bad_messages")
 
 

@@ -80,7 +80,8 @@ def status_view(rows: list[dict[str, Any]]) -> Group:
     return Group(*tables, table)
 
 
-_COUNT_COLUMNS = frozenset({"pending", "leased", "done", "failed", "dead", "workers", "done/min", "up"})
+_COUNT_COLUMNS = frozenset({"pending", "deferred", "blocked", "leased", "done", "failed", "retried", "dead", "workers",
+                            "done/min", "up"})
 
 
 def _status_title(read: list[_ReadRow]) -> str:
@@ -98,12 +99,16 @@ def _status_title(read: list[_ReadRow]) -> str:
 
 def _status_table(read: list[_ReadRow]) -> Table:
     """One row per producer; the ones that gave no usable answer say why in a ``problem``
-    column of their own (shown only when there is one), with their counts left empty."""
+    column of their own (shown only when there is one), with their counts left empty. The
+    ``deferred``, ``blocked`` and ``retried`` columns show only when a producer has such jobs."""
     from rich.table import Table
 
     table = Table(title=_status_title(read))
     problems = any(problem for _, _, problem in read)
-    for column in ("producer", "group", "endpoint", "pending", "leased", "done", "failed",
+    later = [key for key in ("deferred", "blocked", "retried")
+             if any(info is not None and info.counts.get(key) for _, info, _ in read)]
+    keys = ("pending", *later, "leased", "done", "failed", "dead", "workers", "finished_last_min")
+    for column in ("producer", "group", "endpoint", "pending", *later, "leased", "done", "failed",
                    "dead", "workers", "done/min", "up", *(("problem",) if problems else ())):
         table.add_column(column, justify="right" if column in _COUNT_COLUMNS else "left")
     for row, info, problem in read:
@@ -111,13 +116,11 @@ def _status_table(read: list[_ReadRow]) -> Table:
         if info is None:
             producer_id = row.get("producer_id")
             table.add_row(_cell(producer_id) if isinstance(producer_id, str) else "?", "",
-                          endpoint, *[""] * 8, _cell(problem, "red"))
+                          endpoint, *[""] * (len(keys) + 1), _cell(problem, "red"))
             continue
         table.add_row(
             _cell(info.producer_id), _cell(info.group or ""), endpoint,
-            *("" if info.counts[key] is None else str(info.counts[key])
-              for key in ("pending", "leased", "done", "failed", "dead", "workers",
-                          "finished_last_min")),
+            *("" if info.counts[key] is None else str(info.counts[key]) for key in keys),
             "" if info.uptime_s is None else f"{info.uptime_s:.0f} s",
             *(("",) if problems else ()),
         )

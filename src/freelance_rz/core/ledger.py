@@ -19,6 +19,23 @@ wire inputs that do not fit are answered by return values, e.g. a stale lease is
     PENDING  --cancel-->   CANCELLED
     LEASED   --cancel-->   CANCELLED  (its lease becomes void)
 
+    (new)    --defer-->    DEFERRED   submitted with a due time (a delay)
+    DEFERRED --due-->      PENDING    its due time came: tail of its queue
+    LEASED   --retry-->    DEFERRED   a task error its retry policy retries (core/retry.py):
+                                      due after the backoff; its lease becomes void
+    PENDING, DEFERRED --retry--> DEFERRED   the same, from a result of an earlier lease
+    DEFERRED --succeed/fail/cancel--> DONE / FAILED / CANCELLED   (as from PENDING)
+
+    (new)    --block-->    BLOCKED    submitted with dependencies not done yet
+    BLOCKED  --unblock-->  PENDING    its last dependency succeeded (its call now carries
+                                      their results in place of the references to them)
+    BLOCKED  --defer-->    DEFERRED   the same, for a job with a due time
+    BLOCKED  --fail/cancel--> FAILED / CANCELLED   a dependency failed, was cancelled or
+                                      dead-lettered: DependencyFailed, down the whole chain
+
+A DEFERRED job is not offered: it waits in a heap of due times (no timer, no scan; the I/O
+thread polls with :meth:`Ledger.next_due` as a deadline and calls :meth:`Ledger.wake`).
+
 The first result for a job from any lease issued for it (to the worker it was issued to)
 resolves the job; every later or unknown result is "stale": acknowledged and dropped by the
 caller. Terminal jobs (DONE, FAILED, DEAD, CANCELLED) leave the table at once, so memory is
@@ -40,54 +57,24 @@ anything itself), so the journal cannot drift from the ledger.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import random
 import secrets
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from ..errors import ProtocolError
+from .jobs import TERMINAL, TRANSITIONS, Expired, JobState, Journal, Lease, LedgerError, NullJournal
+from .jobs import JobRecord as _Job
 from .match import Capabilities, Needs
-from .payload import unpack_call
+from .payload import pack_error, remote_error, substitute, unpack_call
+from .limits import Limits
 from .pending import PendingIndex
+from .waiting import Waiting
 
+__all__ = ["TERMINAL", "TRANSITIONS", "Expired", "JobState", "Journal", "Lease", "Ledger",
+           "LedgerError", "NullJournal", "after_lost_lease", "needs_of", "timeout_ms"]
+from .retry import RetryPolicy, retry_in
 
-class LedgerError(Exception):
-    """An event that is not allowed in the job's current state (a programming error)."""
-
-
-class JobState(enum.Enum):
-    # Members are singletons compared by identity: hash them so too. Enum's own hash
-    # (of the name, in Python) ran ~15 times a job on the producer's hot path.
-    __hash__ = object.__hash__
-
-    PENDING = "pending"
-    LEASED = "leased"
-    DONE = "done"
-    FAILED = "failed"
-    DEAD = "dead"
-    CANCELLED = "cancelled"
-
-
-#: (state, event) -> next state. ``None`` stands for "not in the ledger yet".
-TRANSITIONS: dict[tuple[JobState | None, str], JobState] = {
-    (None, "submit"): JobState.PENDING,
-    (JobState.PENDING, "claim"): JobState.LEASED,
-    (None, "resume"): JobState.LEASED,
-    (JobState.LEASED, "beat"): JobState.LEASED,
-    (JobState.LEASED, "release"): JobState.PENDING,
-    (JobState.LEASED, "expire"): JobState.PENDING,
-    (JobState.LEASED, "exhaust"): JobState.DEAD,
-    (JobState.LEASED, "succeed"): JobState.DONE,
-    (JobState.LEASED, "fail"): JobState.FAILED,
-    (JobState.PENDING, "succeed"): JobState.DONE,
-    (JobState.PENDING, "fail"): JobState.FAILED,
-    (JobState.PENDING, "cancel"): JobState.CANCELLED,
-    (JobState.LEASED, "cancel"): JobState.CANCELLED,
-}
-TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
 def timeout_ms(timeout_s: float) -> int:
     """The time limit in milliseconds that JOB carries for a limit of ``timeout_s`` seconds
@@ -103,89 +90,83 @@ def after_lost_lease(attempt: int, max_attempts: int) -> int | None:
     return None if attempt >= max_attempts else attempt + 1
 
 
-class Journal(Protocol):
-    """Told every transition of the ledger, in order (a durable producer's job store; the
-    ``on_event`` hook). Worker ids are routing ids; payloads are as on the wire."""
+class _LedgerView:
+    """The ledger's queries (:class:`Ledger` makes every transition)."""
 
-    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None: ...
+    _jobs: dict[int, _Job]
+    _pending: PendingIndex
+    _deadlines: list[tuple[float, int, int]]
+    _lease_job: dict[int, int]
+    _progressing: dict[int, None]
+    _waiting: Waiting
+    counts: dict[JobState, int]
 
-    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None: ...
+    def __len__(self) -> int:
+        """Number of live jobs (pending, deferred, blocked or leased)."""
+        return len(self._jobs)
 
-    def release(self, job_id: int, lease_id: int) -> None: ...
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
 
-    def requeue(self, job_id: int, attempt: int) -> None: ...
+    def state(self, job_id: int) -> JobState | None:
+        """State of a live job, or None when it is terminal or unknown."""
+        job = self._jobs.get(job_id)
+        return None if job is None else job.state
 
-    def finish(self, job_id: int, state: str, payload: bytes) -> None: ...
+    def attempt(self, job_id: int) -> int:
+        """The attempt number of a live job (1 for its first lease). Raises KeyError."""
+        return self._jobs[job_id].attempt
 
+    def job(self, job_id: int) -> _Job | None:
+        """The live job's record (read it, do not change it), or None."""
+        return self._jobs.get(job_id)
 
-class NullJournal:
-    """A journal that keeps nothing (a producer without a store)."""
-
-    def add(self, job_id: int, payload: bytes, max_attempts: int) -> None:
-        pass
-
-    def lease(self, job_id: int, lease_id: int, worker: bytes, attempt: int) -> None:
-        pass
-
-    def release(self, job_id: int, lease_id: int) -> None:
-        pass
-
-    def requeue(self, job_id: int, attempt: int) -> None:
-        pass
-
-    def finish(self, job_id: int, state: str, payload: bytes) -> None:
-        pass
-
-
-@dataclass(slots=True)
-class _Job:
-    job_id: int
-    payload: bytes
-    max_attempts: int
-    needs: Needs  # its requirements (one object per signature, interned by the index)
-    priority: int = 0
-    timeout_ms: int | None = None  # its time limit on a worker
-    state: JobState | None = None
-    seq: int = 0  # its place in the pending index, while pending
-    attempt: int = 1
-    lease_id: int | None = None  # current lease
-    worker: Hashable = None  # holder of the current lease
-    deadline: float = 0.0
-    # every lease ever issued for this job -> its worker (results from these are accepted)
-    issued: dict[int, Hashable] = field(default_factory=dict)
-    progress: tuple[float, float | None, str] | None = None  # its latest report_progress()
-    too_large_since: float | None = None  # when it was first too large for every worker
+    def payload_size(self, job_id: int) -> int:
+        """Bytes of a live job's payload. Raises KeyError."""
+        return len(self._jobs[job_id].payload)
 
     @property
-    def pending(self) -> bool:
-        return self.state is JobState.PENDING
+    def pending(self) -> int:
+        return self.counts[JobState.PENDING]
+
+    def next_due(self) -> float | None:
+        """Earliest due time of a deferred job (monotonic seconds), or None. May be early
+        (a cancelled job's entry), never late."""
+        return self._waiting.next_due()
+
+    def next_deadline(self) -> float | None:
+        """Earliest lease deadline (monotonic seconds), or None. May be early, never late."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def leases_of(self, worker: Hashable) -> list[int]:
+        """Live lease ids held by ``worker`` (O(live leases); for status and tests)."""
+        return [
+            lease_id
+            for lease_id, job_id in self._lease_job.items()
+            if self._jobs[job_id].worker == worker
+        ]
+
+    def too_large(self, max_payload: int) -> list[int]:
+        """Ids of pending jobs whose payload is over ``max_payload`` bytes, at the head of
+        each signature's and priority's queue (those a claim limited to it passed over), at
+        most 100."""
+        return [job.job_id for job in self._pending.too_large(max_payload)]
+
+    def waiting(self) -> list[tuple[Needs, int]]:
+        """Each requirement signature with pending jobs, and how many (O(signatures))."""
+        return self._pending.signatures()
+
+    def progressing(self, limit: int) -> list[_Job]:
+        """Up to ``limit`` live jobs that reported progress, oldest report first."""
+        jobs: list[_Job] = []
+        for job_id in self._progressing:
+            if len(jobs) >= limit:
+                break
+            jobs.append(self._jobs[job_id])
+        return jobs
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A job handed to a worker. ``deadline`` in monotonic seconds; ``attempt`` from 1;
-    ``resources``: what the job holds on the worker while it runs (``(name, amount)``)."""
-
-    job_id: int
-    lease_id: int
-    attempt: int
-    payload: bytes
-    deadline: float
-    timeout_ms: int | None = None
-    resources: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """A lease that ran out. ``dead``: the job was dead-lettered, else it was re-queued."""
-
-    job_id: int
-    lease_id: int
-    attempt: int
-    dead: bool
-
-
-class Ledger:
+class Ledger(_LedgerView):
     """The job table of one producer.
 
     Args:
@@ -218,52 +199,16 @@ class Ledger:
         self.journal: Journal = journal or NullJournal()
         self._progressing: dict[int, None] = {}  # live jobs that reported progress, in order
         self.counts: dict[JobState, int] = {state: 0 for state in JobState}
-
-    # --- queries ---------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        """Number of live (pending or leased) jobs."""
-        return len(self._jobs)
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._jobs
-
-    def state(self, job_id: int) -> JobState | None:
-        """State of a live job, or None when it is terminal or unknown."""
-        job = self._jobs.get(job_id)
-        return None if job is None else job.state
-
-    def attempt(self, job_id: int) -> int:
-        """The attempt number of a live job (1 for its first lease). Raises KeyError."""
-        return self._jobs[job_id].attempt
-
-    def job(self, job_id: int) -> _Job | None:
-        """The live job's record (read it, do not change it), or None."""
-        return self._jobs.get(job_id)
-
-    def payload_size(self, job_id: int) -> int:
-        """Bytes of a live job's payload. Raises KeyError."""
-        return len(self._jobs[job_id].payload)
-
-    @property
-    def pending(self) -> int:
-        return self.counts[JobState.PENDING]
-
-    def next_deadline(self) -> float | None:
-        """Earliest lease deadline (monotonic seconds), or None. May be early, never late."""
-        return self._deadlines[0][0] if self._deadlines else None
-
-    def leases_of(self, worker: Hashable) -> list[int]:
-        """Live lease ids held by ``worker`` (O(live leases); for status and tests)."""
-        return [
-            lease_id
-            for lease_id, job_id in self._lease_job.items()
-            if self._jobs[job_id].worker == worker
-        ]
+        self.retried = 0  # task errors retried (total)
+        self._waiting = Waiting(self._jobs, self._unblock, self._fail_dependency)
+        self.limits = Limits()  # per-task concurrency and rate limits (none by default)
+        # jobs failed for a dependency since the engine last asked: (job id, error payload)
+        self.dependency_failures: list[tuple[int, bytes]] = []
+        self.unblocked = 0  # jobs unblocked (total): the engine offers them
 
     # --- transitions -----------------------------------------------------------------------
 
-    def _move(self, job: _Job, event: str) -> None:
+    def _move(self, job: _Job, event: str, value: bytes = b"") -> None:
         new = TRANSITIONS.get((job.state, event))
         if new is None:
             raise LedgerError(f"job {job.job_id}: event {event!r} not allowed in {job.state}")
@@ -277,49 +222,121 @@ class Ledger:
             del self._jobs[job.job_id]
             self._progressing.pop(job.job_id, None)
             self._end_lease(job)
+            self._waiting.settle(job, new, value)
+
+    def _fail_dependency(self, job: _Job, dependency: int, why: str) -> None:
+        error = pack_error("DependencyFailed", f"job {job.job_id} did not run: {why}", "",
+                           dependency=dependency)
+        self._move(job, "fail")
+        self.journal.finish(job.job_id, "failed", error)
+        self.dependency_failures.append((job.job_id, error))
+
+    def _unblock(self, job: _Job) -> None:
+        if job.values:
+            try:
+                job.payload = substitute(job.payload, job.values)
+            except ProtocolError as exc:  # a worker's result that cannot be read
+                self._fail_dependency(job, min(job.values), f"{exc.message} could not be read")
+                return
+        job.values = None
+        self.journal.unblock(job.job_id, job.payload)
+        self.unblocked += 1
+        if job.later is None:
+            self._move(job, "unblock")
+            self._pending.push(job)
+        else:
+            self._move(job, "defer")
+            self._waiting.push(job, job.later)
+            self.journal.defer(job.job_id, job.later, job.retries)
 
     def _end_lease(self, job: _Job) -> None:
         if job.lease_id is not None:
             self._lease_job.pop(job.lease_id, None)
             job.lease_id = None
             job.worker = None
+            if self.limits:
+                self.limits.ended(job.needs.task)
 
     def submit(
         self, job_id: int, payload: bytes, *, max_attempts: int | None = None, priority: int = 0,
-        timeout_ms: int | None = None, needs: Needs | None = None,
+        timeout_ms: int | None = None, needs: Needs | None = None, due: float | None = None,
+        retry: RetryPolicy | None = None, deps: Iterable[int] = (),
+        values: dict[int, bytes] | None = None, failed: tuple[int, str] | None = None,
     ) -> None:
         """Add a job at the tail of its signature's and priority's queue (higher priorities
         are claimed first, FIFO within one). ``timeout_ms``: its time limit on a worker, if
         any (see :func:`timeout_ms`). ``needs``: its requirements (None: read from the
-        payload's call, see :func:`needs_of`).
+        payload's call, see :func:`needs_of`). ``due``: not offered before then (monotonic
+        seconds; the job is DEFERRED until :meth:`wake` at or after it). ``retry``: the task
+        errors it retries (:mod:`.retry`). ``deps``: ids of live jobs it waits for (BLOCKED
+        until each succeeded); ``values``: results of jobs it depends on that already
+        succeeded (job id -> value payload); the references to them in ``payload``
+        (:data:`~.payload.REF_EXT`) are replaced by these results when it unblocks.
+        ``failed``: ``(job id, what became of it)`` of a dependency that failed already: the
+        job fails at once with DependencyFailed (see :attr:`dependency_failures`).
 
         Raises:
-            ValueError: ``job_id`` is already live, or ``max_attempts`` < 1.
+            ValueError: ``job_id`` is already live, ``max_attempts`` < 1, or a dependency
+                in ``deps`` is not live.
         """
-        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs)
+        blocked = bool(deps) or bool(values) or failed is not None
+        job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs, due, retry, blocked)
         self.journal.add(job_id, payload, job.max_attempts)
+        self._enter(job, due, deps, values, failed)
+
+    def _enter(self, job: _Job, due: float | None, deps: Iterable[int],
+               values: dict[int, bytes] | None, failed: tuple[int, str] | None) -> None:
+        """Journal a new or restored job's wait, if any: its due time, its dependencies."""
+        if job.state is JobState.DEFERRED:
+            self.journal.defer(job.job_id, job.due, job.retries)
+        elif job.state is JobState.BLOCKED:
+            deps = tuple(dict.fromkeys(deps))
+            self._waiting.block(job, deps, values or {}, due)
+            self.journal.block(job.job_id, deps)
+            if failed is not None:
+                self._fail_dependency(job, failed[0], f"job {failed[0]}, which it depends on, {failed[1]}")
+            elif job.blockers == 0:
+                self._unblock(job)
 
     def _add(
         self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
-        timeout_ms: int | None, needs: Needs | None,
+        timeout_ms: int | None, needs: Needs | None, due: float | None = None,
+        retry: RetryPolicy | None = None, blocked: bool = False,
     ) -> _Job:
-        job = self._new(job_id, payload, max_attempts, priority, timeout_ms, needs)
-        self._move(job, "submit")
-        self._pending.push(job)
+        job = self._new(job_id, payload, max_attempts, priority, timeout_ms, needs, retry)
+        if blocked:
+            self._move(job, "block")
+        elif due is None:
+            self._move(job, "submit")
+            self._pending.push(job)
+        else:
+            self._move(job, "defer")
+            self._waiting.push(job, due)
         return job
 
     def _new(
         self, job_id: int, payload: bytes, max_attempts: int | None, priority: int,
-        timeout_ms: int | None, needs: Needs | None,
+        timeout_ms: int | None, needs: Needs | None, retry: RetryPolicy | None,
     ) -> _Job:
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} is already in the ledger")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
         job = _Job(job_id, payload, max_attempts or self.max_attempts, needs or needs_of(payload),
-                   priority=priority, timeout_ms=timeout_ms)
+                   priority=priority, timeout_ms=timeout_ms, retry=retry)
         self._jobs[job_id] = job
         return job
+
+    def wake(self, now: float) -> int:
+        """Make every deferred job whose due time is <= ``now`` pending (at the tail of its
+        queue, in due order); returns how many. O(k log n) for k due jobs."""
+        woken = 0
+        for job in self._waiting.due(now):
+            self._move(job, "due")
+            self._pending.push(job)
+            self.journal.ready(job.job_id)
+            woken += 1
+        return woken
 
     def restore(
         self,
@@ -334,36 +351,54 @@ class Ledger:
         needs: Needs | None = None,
         lease_id: int | None = None,
         now: float = 0.0,
+        due: float | None = None,
+        retries: int = 0,
+        retry: RetryPolicy | None = None,
+        deps: Iterable[int] = (),
+        values: dict[int, bytes] | None = None,
+        failed: tuple[int, str] | None = None,
     ) -> None:
         """Re-add a live job of an earlier run (a durable store's restart), with its attempt
-        number and the leases issued for it before (lease id -> worker), so a result that a
-        worker delivers late under one of those leases is still accepted once.
+        number, ``retries`` (task errors retried so far) and the leases issued for it before
+        (lease id -> worker), so a result that a worker delivers late under one of those
+        leases is still accepted once. Restore jobs in job id order (a dependency's id is
+        lower than its dependents').
 
-        ``lease_id`` None: the job was pending; it goes to the tail of its queue. Otherwise
-        the job was leased under ``lease_id`` (one of ``leases``) and stays LEASED to that
-        worker ("resume") with the deadline ``now + lease_s`` (``now``: monotonic seconds):
-        the worker, still running it, renews the lease with its next heartbeat and delivers
-        its result as usual; a worker that is gone lets it expire like any lease (attempt + 1,
-        or dead-lettered on its last attempt), one lease period after the restart. Nothing
-        is journaled: the journal holds the job as it is restored.
+        The job comes back in the state it was stored in:
+
+        - ``lease_id`` given: it was leased under ``lease_id`` (one of ``leases``) and stays
+          LEASED to that worker ("resume") with the deadline ``now + lease_s`` (``now``:
+          monotonic seconds): the worker, still running it, renews the lease with its next
+          heartbeat and delivers its result as usual; a worker that is gone lets it expire like
+          any lease (attempt + 1, or dead-lettered on its last attempt), one lease period after
+          the restart. Its lease is not journaled again: the journal holds it as it is.
+        - ``deps``, ``values`` or ``failed`` given: BLOCKED on ``deps`` (as for :meth:`submit`;
+          the wait is journaled again, which changes nothing a store holds).
+        - ``due`` later than ``now``: DEFERRED until then (journaled again); a due time that
+          passed while the producer was down makes it pending at once.
+        - else: PENDING, at the tail of its queue.
 
         Raises:
-            ValueError: ``job_id`` is already live, ``attempt``/``max_attempts`` < 1, or
-                ``lease_id`` is not one of ``leases``.
+            ValueError: ``job_id`` is already live, ``attempt``/``max_attempts`` < 1,
+                ``lease_id`` is not one of ``leases``, or a dependency in ``deps`` is not live.
         """
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt!r}")
         if lease_id is not None and lease_id not in leases:
             raise ValueError(f"lease_id {lease_id!r} is not one of the job's leases")
-        job = self._new(job_id, payload, max_attempts, priority, timeout_ms, needs)
-        job.attempt = attempt
-        job.issued.update(leases)
-        if lease_id is None:
-            self._move(job, "submit")
-            self._pending.push(job)
-        else:
+        if lease_id is not None:
+            job = self._new(job_id, payload, max_attempts, priority, timeout_ms, needs, retry)
             self._move(job, "resume")
             self._hold(job, lease_id, leases[lease_id], now)
+        else:
+            due = None if due is None or due <= now else due
+            blocked = bool(deps) or bool(values) or failed is not None
+            job = self._add(job_id, payload, max_attempts, priority, timeout_ms, needs, due, retry, blocked)
+        job.attempt = attempt
+        job.retries = retries
+        job.issued.update(leases)
+        if lease_id is None:
+            self._enter(job, due, deps, values, failed)
 
     def claim(
         self, worker: Hashable, now: float, caps: Capabilities | None = None
@@ -372,18 +407,8 @@ class Ledger:
         with ``caps`` can run (its task modules, free resources, labels and largest payload;
         None: any job), or None when there is none. Jobs it passes over keep their place
         (see :mod:`.pending` and :meth:`too_large`)."""
-        job = self._pending.take(caps)
+        job = self._pending.take(caps, self.limits.closed(now) if self.limits else None)
         return None if job is None else self._lease(job, worker, now)  # type: ignore[arg-type]
-
-    def too_large(self, max_payload: int) -> list[int]:
-        """Ids of pending jobs whose payload is over ``max_payload`` bytes, at the head of
-        each signature's and priority's queue (those a claim limited to it passed over), at
-        most 100."""
-        return [job.job_id for job in self._pending.too_large(max_payload)]
-
-    def waiting(self) -> list[tuple[Needs, int]]:
-        """Each requirement signature with pending jobs, and how many (O(signatures))."""
-        return self._pending.signatures()
 
     def _lease(self, job: _Job, worker: Hashable, now: float) -> Lease:
         self._move(job, "claim")
@@ -424,12 +449,20 @@ class Ledger:
 
     def _hold(self, job: _Job, lease_id: int, worker: Hashable, now: float) -> None:
         """Make ``lease_id`` the leased job's live lease, held by ``worker`` until
-        ``now + lease_s``."""
+        ``now + lease_s`` (it counts against its task's limits, :mod:`.limits`)."""
         job.lease_id = lease_id
         job.worker = worker
         job.deadline = now + self.lease_s
         self._lease_job[lease_id] = job.job_id
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
+        if self.limits:
+            self.limits.started(job.needs.task, now)
+
+    def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:
+        """Limit the jobs of ``task`` leased at once (``max_running``) and started a second
+        (``per_s``) from now on (both None: no limit; see :mod:`.limits`)."""
+        running = sum(1 for job_id in self._lease_job.values() if self._jobs[job_id].needs.task == task)
+        self.limits.change(task, max_running, per_s, now, running)
 
     def postpone(self, seconds: float) -> None:
         """Push every live lease's deadline ``seconds`` later: the producer itself could not
@@ -451,18 +484,36 @@ class Ledger:
         return True
 
     def resolve(
-        self, worker: Hashable, job_id: int, lease_id: int, ok: bool, payload: bytes = b""
+        self, worker: Hashable, job_id: int, lease_id: int, ok: bool, payload: bytes = b"",
+        now: float | None = None,
     ) -> bool:
         """Take a result (``payload``: its value or error, as on the wire). True when it is
         the first for the job and came under a lease issued for it to this ``worker``: the
-        job is then DONE (``ok``) or FAILED and has left the ledger. False for a stale,
-        duplicate or forged result: change nothing."""
+        job is then DONE (``ok``) or FAILED and has left the ledger, or, for an error its
+        retry rule retries (:func:`.retry.retry_in`; only when ``now`` is given), DEFERRED
+        until ``now`` plus the backoff (that lease's later results are stale). False for a
+        stale, duplicate or forged result: change nothing."""
         job = self._jobs.get(job_id)
         if job is None or job.issued.get(lease_id, _NOBODY) != worker:
             return False
-        self._move(job, "succeed" if ok else "fail")
+        if not ok and now is not None:
+            error = remote_error(payload)
+            delay = None if error is None else retry_in(job.retry, job.retries, error, self._rng.random())
+            if delay is not None:
+                self._retry(job, lease_id, now + delay)
+                return True
+        self._move(job, "succeed" if ok else "fail", payload)
         self.journal.finish(job_id, "done" if ok else "failed", payload)
         return True
+
+    def _retry(self, job: _Job, lease_id: int, due: float) -> None:
+        del job.issued[lease_id]  # its result is taken: the same result again is stale
+        self._end_lease(job)
+        self._move(job, "retry")
+        job.retries += 1
+        self.retried += 1
+        self._waiting.push(job, due)
+        self.journal.defer(job.job_id, due, job.retries)
 
     def refuse(self, job_id: int, error: bytes) -> bool:
         """Fail a pending job that will never be handed out (no worker can take it), with
@@ -483,15 +534,6 @@ class Ledger:
         job.progress = progress
         self._progressing[job.job_id] = None
         return job.job_id
-
-    def progressing(self, limit: int) -> list[_Job]:
-        """Up to ``limit`` live jobs that reported progress, oldest report first."""
-        jobs: list[_Job] = []
-        for job_id in self._progressing:
-            if len(jobs) >= limit:
-                break
-            jobs.append(self._jobs[job_id])
-        return jobs
 
     def cancel(self, job_id: int) -> JobState | None:
         """Cancel a live job. Returns the state it was in (PENDING, or LEASED: its lease is

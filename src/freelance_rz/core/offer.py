@@ -43,6 +43,7 @@ from .fleet import WAITING_IN_STATUS, Fleet
 from .ledger import Expired, JobState, Ledger
 from .match import Capabilities, Needs
 from .parked import ParkedClaims
+from .retry import RetryPolicy
 from .text import clean, worker_label
 
 log = logging.getLogger("freelance_rz.producer")
@@ -121,6 +122,7 @@ class OfferEngine:
         self.fleet = Fleet(now)
         self.keys_of: dict[bytes, tuple[str, float]] = {}  # routing id -> (key, last used)
         self.dispatch_due = True  # jobs became pending: offer them to the parked claims
+        self._unblocked = 0  # the ledger's count of unblocked jobs when last looked at
         self.unjournaled: list[tuple[bytes, w.Result]] = []  # RESULTs answered once journaled
         self.forget_at = now + WORKER_FORGET_S  # next time silent workers leave the tables
         self.linger_until = 0.0  # a cancelled running job's worker has heard by then
@@ -132,12 +134,19 @@ class OfferEngine:
     # --- from the application ---------------------------------------------------------------
 
     def submit(self, job_id: int, payload: bytes, *, max_attempts: int | None, priority: int,
-               timeout_ms: int | None, needs: Needs | None = None) -> None:
+               timeout_ms: int | None, needs: Needs | None = None, due: float | None = None,
+               retry: RetryPolicy | None = None, deps: tuple[int, ...] = (),
+               values: dict[int, bytes] | None = None, failed: tuple[int, str] | None = None,
+               ) -> None:
         """A new job, at the tail of its signature's and priority's queue (``needs``: its
-        requirements; None: read from the payload)."""
+        requirements; None: read from the payload), or deferred until ``due`` (monotonic
+        seconds), or blocked on its dependencies (``deps``, ``values``, ``failed``: see
+        :meth:`.Ledger.submit`); ``retry``: the task errors it retries."""
         self.ledger.submit(job_id, payload, max_attempts=max_attempts, priority=priority,
-                           timeout_ms=timeout_ms, needs=needs)
-        self.dispatch_due = True
+                           timeout_ms=timeout_ms, needs=needs, due=due, retry=retry, deps=deps,
+                           values=values, failed=failed)
+        self.dispatch_due = self.dispatch_due or due is None
+        self._waited()
 
     def cancel(self, job_id: int, now: float) -> None:
         """Cancel a live job (a leased one's worker learns it at its next BEAT, so a closing
@@ -148,6 +157,16 @@ class OfferEngine:
         if was is JobState.LEASED:
             self.linger_until = now + self.ledger.lease_s / 2
         self._on_outcome(job_id, Outcome("cancelled"))
+        self._waited()
+
+    def _waited(self) -> None:
+        _waited(self)
+
+    def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:
+        """Limit the jobs of ``task`` leased at once and started a second (:mod:`.limits`)."""
+        self.ledger.limit(task, max_running, per_s, now)
+        self.dispatch_due = True
+
 
     # --- from the wire ----------------------------------------------------------------------
 
@@ -169,6 +188,7 @@ class OfferEngine:
             self.workers_seen[identity] = now
             self.fleet.last_heard = now
         self._handle(identity, msg, now)
+        self._waited()
 
     def _bind_key(self, identity: bytes, key: str, now: float) -> bool:
         """With CURVE, a routing id belongs to the key that used it first, until it has not
@@ -352,7 +372,9 @@ class OfferEngine:
                 self._lost(lost, reason)
             self._answer_result(identity, msg, now)
             return
-        accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok, msg.payload)
+        job = self.ledger.job(msg.job_id)
+        tries = None if job is None else job.retries + 1  # runs that ended in a task error
+        accepted = self.ledger.resolve(identity, msg.job_id, msg.lease_id, msg.ok, msg.payload, now)
         if accepted and self.durable:
             self.unjournaled.append((identity, msg))
         else:
@@ -361,7 +383,12 @@ class OfferEngine:
             log.debug("stale result for job %d dropped", msg.job_id)
             return
         self.throughput.add(now)
-        self._on_outcome(msg.job_id, Outcome("done" if msg.ok else "failed", msg.payload))
+        if self.ledger.state(msg.job_id) is JobState.DEFERRED:  # a task error, retried later
+            log.info("job %d failed (attempt %d); retried in %.3g s", msg.job_id, tries or 0,
+                     job.due - now if job is not None else 0.0, extra={"job_id": msg.job_id})
+            return
+        self._on_outcome(msg.job_id, Outcome("done", msg.payload) if msg.ok
+                         else Outcome("failed", msg.payload, attempts=tries))
 
     def journaled(self, now: float) -> None:
         """The journal has written every transition so far: answer the RESULTs it held back."""
@@ -390,9 +417,15 @@ class OfferEngine:
     # --- time -------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Expire leases and parked claims, forget silent workers, offer pending jobs."""
+        """Expire leases and parked claims, wake deferred jobs that are due, forget silent
+        workers, offer pending jobs."""
+        if self.ledger.wake(now):
+            self.dispatch_due = True
         for expired in self.ledger.expire(now):
             self._lost(expired)
+        if self.ledger.limits:
+            self.ledger.limits.closed(now)  # a rate's next token may be due
+        self._waited()
         for identity, rid in self.parked.expired(now):
             self._send(identity, w.NoJob(rid=rid))
         if now >= self.forget_at:  # bounds the tables; status() shows only the recent ones
@@ -405,14 +438,10 @@ class OfferEngine:
         self._dispatch(now)
 
     def next_wakeup(self) -> float | None:
-        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out;
-        0.0, at once, when pending jobs are to be offered to parked claims)."""
-        if self.dispatch_due and self.parked:
-            return 0.0
-        deadline, expiry = self.ledger.next_deadline(), self.parked.next_expiry()
-        if deadline is None or expiry is None:
-            return deadline if expiry is None else expiry
-        return min(deadline, expiry)
+        """The earliest time :meth:`tick` has work (a lease or a parked claim runs out, a
+        deferred job is due, a task's rate limit has a token again for a parked claim; 0.0,
+        at once, when pending jobs are to be offered to parked claims)."""
+        return _next_wakeup(self)
 
     def finished(self, now: float) -> bool:
         """Every job resolved, and workers running a cancelled job have heard of it."""
@@ -444,6 +473,39 @@ class OfferEngine:
         return _status(self, now, detail)
 
 
+def _waited(engine: OfferEngine) -> None:
+    """Report the jobs failed for a dependency since the last time (DependencyFailed), and
+    offer the jobs whose dependencies all succeeded (:meth:`OfferEngine._waited`)."""
+    failures = engine.ledger.dependency_failures
+    if failures:
+        engine.ledger.dependency_failures = []
+        for job_id, error in failures:
+            engine._on_outcome(job_id, Outcome("failed", error))
+    if engine.ledger.unblocked != engine._unblocked:
+        engine._unblocked = engine.ledger.unblocked
+        engine.dispatch_due = True
+    if engine.ledger.limits.reopened:  # a task under a limit may run again
+        engine.ledger.limits.reopened = False
+        engine.dispatch_due = True
+
+
+def _next_wakeup(engine: OfferEngine) -> float | None:
+    """:meth:`OfferEngine.next_wakeup`."""
+    if engine.dispatch_due and engine.parked:
+        return 0.0
+    ledger = engine.ledger
+    times = [t for t in (ledger.next_deadline(), engine.parked.next_expiry(), ledger.next_due(),
+                         ledger.limits.next_open() if engine.parked else None) if t is not None]
+    return min(times) if times else None
+
+
+def _pending_by_task(signatures: list[tuple[Needs, int]]) -> dict[str, int]:
+    pending: dict[str, int] = {}
+    for needs, count in signatures:
+        pending[needs.task] = pending.get(needs.task, 0) + count
+    return pending
+
+
 def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
     """:meth:`OfferEngine.status`."""
     counts = {state.value: n for state, n in engine.ledger.counts.items()}
@@ -453,6 +515,9 @@ def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
     )
     return {
         **counts,
+        "retried": engine.ledger.retried,  # task errors retried since this start
+        **({"limits": engine.ledger.limits.report(_pending_by_task(engine.ledger.waiting()))}
+           if engine.ledger.limits else {}),
         **engine.facts,
         "workers": len(recent),
         "worker_list": [

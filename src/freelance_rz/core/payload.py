@@ -36,23 +36,52 @@ import msgpack
 
 from ..errors import ProtocolError
 from .match import LABEL_VALUE_MAX_CHARS, MAX_LABELS, MAX_RESOURCES, NAME_RE, valid_amount
+from .retry import MAX_ERROR_TYPES, MAX_TYPE_CHARS, RemoteError
 from .wire import E_INVALID
 
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 
 
-def _pack_checked(value: Any, what: str) -> bytes:
+#: msgpack extension type of a reference "the result of job N" (N: 8 bytes, big-endian,
+#: signed) in a call the producer holds; it replaces each one by the job's result before the
+#: call leaves it (:func:`substitute`), so a worker never sees one (it refuses extension types)
+REF_EXT = 1
+
+
+def ref(job_id: int) -> msgpack.ExtType:
+    """The reference to the result of job ``job_id``, for :func:`pack_call`'s ``default``."""
+    return msgpack.ExtType(REF_EXT, job_id.to_bytes(8, "big", signed=True))
+
+
+def _ref_hook(code: int, data: bytes) -> Any:
+    if code != REF_EXT or len(data) != 8:
+        raise ValueError(f"unknown extension type {code}")
+    return _Ref(int.from_bytes(data, "big", signed=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    job_id: int
+
+
+def _pack_checked(value: Any, what: str, default: Any = None) -> bytes:
     """msgpack ``value`` and check it decodes again: msgpack encodes tuple dict keys as
-    arrays, which no Python peer can decode (unhashable), so they are refused here."""
+    arrays, which no Python peer can decode (unhashable), so they are refused here.
+    ``default``: msgpack's hook for other types (references, see :data:`REF_EXT`)."""
     try:
-        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        packed: bytes = msgpack.packb(value, use_bin_type=True, default=default)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} must be msgpack-encodable: {exc}") from None
     if type(value) in _SCALARS:  # nothing in it that cannot decode again
         return packed
     try:
-        _unpack_payload(packed)
+        try:
+            _unpack_payload(packed)  # no extension type: the common case, checked as ever
+        except Exception:
+            if not getattr(default, "count", 0):
+                raise
+            _only_references(packed, default.count)
     except Exception:
         raise TypeError(
             f"{what} must be msgpack-encodable: dict keys must be str, bytes, int, float, "
@@ -60,6 +89,40 @@ def _pack_checked(value: Any, what: str) -> bytes:
             "are not accepted"
         ) from None
     return packed
+
+
+class References:
+    """msgpack's ``default`` hook for :func:`pack_call` that turns the objects ``to_id``
+    names (``to_id(obj)``: a job id, or None for anything else, refused as msgpack refuses
+    it) into references (:func:`ref`); ``count``: how many it made."""
+
+    def __init__(self, to_id: Any) -> None:
+        self.to_id = to_id
+        self.count = 0
+
+    def __call__(self, obj: Any) -> Any:
+        job_id = self.to_id(obj)
+        if job_id is None:
+            raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+        self.count += 1
+        return ref(job_id)
+
+
+def _only_references(packed: bytes, made: int) -> None:
+    """Raise ValueError unless the only extension values in ``packed`` are the ``made``
+    references the producer made: an ExtType or a Timestamp among the arguments (even one
+    that looks like a reference) is refused, as in any payload."""
+    seen = []
+
+    def hook(code: int, data: bytes) -> Any:
+        _ref_hook(code, data)
+        seen.append(code)
+        return None
+
+    plain = msgpack.unpackb(packed, raw=False, strict_map_key=False, ext_hook=hook)
+    if len(seen) != made:
+        raise ValueError("an extension value among the arguments")
+    _unpack_payload(msgpack.packb(plain, use_bin_type=True))  # a Timestamp left: refused
 
 
 def _unpack_payload(payload: bytes) -> Any:
@@ -73,18 +136,62 @@ def pack_call(
     args: tuple[Any, ...] | list[Any],
     kwargs: dict[str, Any],
     options: dict[str, Any] | None = None,
+    default: Any = None,
 ) -> bytes:
     """Encode a call ``[task, args, kwargs]``, or ``[task, args, kwargs, options]`` when the
     job has options (``timeout_ms``, ``priority``: ints; ``resources``: a map of names to
     numbers; ``labels``: a map of names to strings), kept with the job so that a durable
-    producer restores them.
+    producer restores them. ``default``: msgpack's hook for values it cannot encode (the
+    producer's: a Future of one of its jobs becomes a reference, :func:`ref`).
 
     Raises:
         TypeError: an argument msgpack cannot encode (the message names the type), or a
             dict key no peer could decode (a tuple).
     """
     call = [task, list(args), kwargs] if not options else [task, list(args), kwargs, options]
-    return _pack_checked(call, "job arguments")
+    return _pack_checked(call, "job arguments", default)
+
+
+def substitute(payload: bytes, values: dict[int, bytes]) -> bytes:
+    """The call ``payload`` with each reference (:data:`REF_EXT`) replaced by the value of
+    that job's result (``values``: job id -> value payload).
+
+    A payload that is not a call this codec reads is returned as it is (a worker refuses it,
+    as it refuses any such job).
+
+    Raises:
+        ProtocolError: a value payload that cannot be decoded (its message names the job).
+    """
+    used = []
+
+    def hook(code: int, data: bytes) -> Any:
+        job_id = _ref_hook(code, data).job_id
+        used.append(job_id)
+        try:
+            return unpack_value(values[job_id])
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"the result of job {job_id}: {exc.message}") from None
+
+    try:
+        call = msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=hook)
+    except ProtocolError:
+        raise
+    except Exception:
+        return payload
+    if not used:  # no reference (ordering only): the call stays byte for byte
+        return payload
+    packed: bytes = msgpack.packb(call, use_bin_type=True)
+    return packed
+
+
+def call_needs(payload: bytes) -> tuple[str, dict[str, Any]]:
+    """The task and options of a call the producer holds, references allowed (for a job
+    restored before its dependencies finished); ``("?", {})`` when it cannot be read."""
+    try:
+        call = msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=_ref_hook)
+        return call[0], call[3] if len(call) == 4 and type(call[3]) is dict else {}
+    except Exception:
+        return "?", {}
 
 
 def unpack_call(payload: bytes) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
@@ -188,12 +295,68 @@ def unpack_value(payload: bytes) -> Any:
         ) from None
 
 
-def pack_error(type_name: str, message: str, traceback: str) -> bytes:
-    """Encode a remote error ``{"type", "message", "traceback"}``."""
-    packed: bytes = msgpack.packb(
-        {"type": type_name, "message": message, "traceback": traceback}, use_bin_type=True
-    )
+def pack_error(
+    type_name: str, message: str, traceback: str, types: list[str] | None = None,
+    retry_in_ms: int | None = None, dependency: int | None = None,
+) -> bytes:
+    """Encode a remote error ``{"type", "message", "traceback"}``, with ``types`` (the
+    qualified names of its class and bases), ``retry_in_ms`` (a raised Retry's delay) and
+    ``dependency`` (the job whose failure failed this one, the producer's own) when given."""
+    error: dict[str, Any] = {"type": type_name, "message": message, "traceback": traceback}
+    if dependency is not None:
+        error["dependency"] = dependency
+    if types:
+        error["types"] = types
+    if retry_in_ms is not None:
+        error["retry_in_ms"] = retry_in_ms
+    packed: bytes = msgpack.packb(error, use_bin_type=True)
     return packed
+
+
+def error_types(exc: BaseException) -> list[str]:
+    """The qualified names (``module:qualname``) of ``exc``'s class and bases, most derived
+    first, at most MAX_ERROR_TYPES of them (``object`` left out, names over MAX_TYPE_CHARS
+    skipped): what a retry policy's ``retry_on`` is matched against."""
+    return [
+        name for name in (f"{cls.__module__}:{cls.__qualname__}" for cls in type(exc).__mro__[:-1])
+        if len(name) <= MAX_TYPE_CHARS
+    ][:MAX_ERROR_TYPES]
+
+
+def retry_in_ms(exc: BaseException) -> int | None:
+    """A raised :class:`~freelance_rz.Retry`'s ``in_s`` in whole milliseconds, or None (not
+    a Retry, no delay asked, or one out of range)."""
+    in_s = getattr(exc, "retry_in_s", None)
+    return round(in_s * 1000) if isinstance(in_s, (int, float)) and 0 <= in_s < 1e12 else None
+
+
+def pack_exception(exc: BaseException, traceback: str) -> bytes:
+    """Encode an exception a task raised: its class name, message and ``traceback``, its
+    :func:`error_types` and :func:`retry_in_ms`. (A worker's job process packs with the same
+    parts, each guarded against a hostile exception: ``worker/runners.py``.)"""
+    return pack_error(type(exc).__name__, str(exc), traceback, error_types(exc), retry_in_ms(exc))
+
+
+def error_dependency(payload: bytes) -> int | None:
+    """The ``dependency`` of an error payload (a DependencyFailed), or None."""
+    try:
+        found = _unpack_payload(payload).get("dependency")
+    except Exception:
+        return None
+    return found if type(found) is int else None
+
+
+def remote_error(payload: bytes) -> RemoteError | None:
+    """What the retry rule reads of an error payload, or None when it cannot be read."""
+    try:
+        err = _unpack_payload(payload)
+    except Exception:
+        return None
+    if type(err) is not dict or type(err.get("type")) is not str:
+        return None
+    types, in_ms = err.get("types"), err.get("retry_in_ms")
+    names = tuple(t for t in types[:MAX_ERROR_TYPES] if type(t) is str) if type(types) is list else ()
+    return RemoteError(err["type"], names, in_ms / 1000 if type(in_ms) is int and in_ms >= 0 else None)
 
 
 def unpack_error(payload: bytes) -> tuple[str, str, str]:

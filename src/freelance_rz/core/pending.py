@@ -171,16 +171,18 @@ class PendingIndex:
             found = [queues for module, queues in by_module.items() if module in modules]
         return [queue for queues in found for needs, queue in queues.items() if caps.fits(needs)]
 
-    def take(self, caps: Capabilities | None) -> Entry | None:
+    def take(self, caps: Capabilities | None, closed: set[str] | None = None) -> Entry | None:
         """Remove and return the pending job a claim of a worker with ``caps`` is offered:
         the best head (priority, then sequence) among the signatures it can run, whose
         payload is at most ``caps.max_job`` bytes (a larger head keeps its place and the
-        first fitting job behind it is taken, looking at O(position) entries). None when
-        there is none."""
+        first fitting job behind it is taken, looking at O(position) entries), and whose task
+        is not in ``closed`` (tasks at their limit, :mod:`.limits`). None when there is none."""
         best: Entry | None = None
         best_key = (0, 0)
         best_queue: _Queue | None = None
         for queue in self._candidates(caps):
+            if closed and queue.needs.task in closed:
+                continue
             job = queue.head()
             if job is None:
                 continue
@@ -190,15 +192,17 @@ class PendingIndex:
         if best is None or best_queue is None:
             return None
         if caps is not None and len(best.payload) > caps.max_job:
-            return self._take_fitting(caps)
+            return self._take_fitting(caps, closed)
         best_queue.levels[best.priority].popleft()
         self._taken(best_queue)
         return best
 
-    def _take_fitting(self, caps: Capabilities) -> Entry | None:
+    def _take_fitting(self, caps: Capabilities, closed: set[str] | None) -> Entry | None:
         """:meth:`take` when the best head is larger than the worker takes."""
         best: tuple[tuple[int, int], _Queue, int] | None = None
         for queue in self._candidates(caps):
+            if closed and queue.needs.task in closed:
+                continue
             for negated in queue.priorities:
                 found = _first_fitting(queue.levels[-negated], caps.max_job)
                 if found is not None:

@@ -8,8 +8,8 @@ and state, how long jobs wait for a worker and how long they run (Prometheus his
 dashboard's charts), which jobs run now, and the last failures with their tracebacks. The
 :class:`Tally` keeps that, fed by the same transitions the ledger tells its journal (the
 producer's journal adapter passes each one on, with the task and the time), so it cannot
-drift from the ledger: per task, the live counts add up to the ledger's ``pending`` and
-``leased``, and the finished counts to its ``done``, ``failed``, ``dead`` and ``cancelled``.
+drift from the ledger: per task, the live counts add up to the ledger's ``pending``,
+``deferred`` and ``leased``, and the finished counts to its ``done``, ``failed``, ``dead`` and ``cancelled``.
 
 Cost: each transition is a dict lookup and a few integer additions (a histogram
 observation is one ``bisect``); a live job costs one small record (its task, since when it is
@@ -43,7 +43,8 @@ FAILURES_KEPT = 20  # recent failures and dead letters kept, and listed
 TRACEBACK_CHARS = 4000  # characters of a traceback listed (its end: where it was raised)
 MESSAGE_CHARS = 500  # characters of an error message listed
 #: what each finished state counts as in ``TaskTally.counts``
-COUNTED = ("submitted", "pending", "leased", "done", "failed", "dead", "cancelled", "retried")
+COUNTED = ("submitted", "pending", "leased", "done", "failed", "dead", "cancelled", "retried",
+           "deferred", "blocked")
 
 
 class Histogram:
@@ -87,6 +88,12 @@ SINCE: Final = 1
 WORKER: Final = 2
 ATTEMPT: Final = 3
 CALL: Final = 4
+#: WORKER of a deferred job (a routing id is never empty)
+DEFERRED: Final = b""
+#: WORKER of a job blocked on its dependencies (a generated routing id is 5 bytes, and one a
+#: peer sets never starts with a zero byte)
+BLOCKED: Final = b"\x00"
+_MARKS = {None: "pending", DEFERRED: "deferred", BLOCKED: "blocked"}  # WORKER -> live count
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +163,7 @@ class Tally:
         """A leased job is pending again: its lease was given back unused (release) or lost
         (``retried``: it will be tried again)."""
         job = self.live.get(job_id)
-        if job is None or job[WORKER] is None:
+        if job is None or not job[WORKER]:
             return
         tally = self.tasks[job[TASK]]
         counts = tally.counts
@@ -168,6 +175,44 @@ class Tally:
         self.live[job_id] = (job[TASK], now, None, job[ATTEMPT], job[CALL])
         self.running.pop(job_id, None)
 
+    def defer(self, job_id: int, now: float, *, retried: bool) -> None:
+        """A job waits for its due time: submitted with a delay, or (``retried``) its task
+        failed with an error it retries (a leased job's run ends here)."""
+        job = self.live.get(job_id)
+        if job is None or job[WORKER] == DEFERRED:
+            return
+        tally = self.tasks[job[TASK]]
+        counts = tally.counts
+        if job[WORKER] in _MARKS:
+            counts[_MARKS[job[WORKER]]] -= 1
+        else:
+            counts["leased"] -= 1
+            self.running.pop(job_id, None)
+            tally.run.observe(now - job[SINCE])
+        counts["deferred"] += 1
+        if retried:
+            counts["retried"] += 1
+        tally.active_at = now
+        self.live[job_id] = (job[TASK], now, DEFERRED, job[ATTEMPT], job[CALL])
+
+    def ready(self, job_id: int, now: float, call: bytes | None = None) -> None:
+        """A deferred or blocked job may run: it waits for a worker from now (``call``: its
+        call with its dependencies' results, when it was blocked)."""
+        self._mark(job_id, now, None, call)
+
+    def block(self, job_id: int, now: float) -> None:
+        """A job just submitted waits for the jobs it depends on."""
+        self._mark(job_id, now, BLOCKED)
+
+    def _mark(self, job_id: int, now: float, mark: bytes | None, call: bytes | None = None) -> None:
+        job = self.live.get(job_id)
+        if job is None or job[WORKER] not in _MARKS or job[WORKER] == mark:
+            return
+        counts = self.tasks[job[TASK]].counts
+        counts[_MARKS[job[WORKER]]] -= 1
+        counts[_MARKS[mark]] += 1
+        self.live[job_id] = (job[TASK], now, mark, job[ATTEMPT], call or job[CALL])
+
     def finish(self, job_id: int, state: str, payload: bytes, now: float) -> None:
         """A job ended in ``state`` (``done``, ``failed``, ``dead``, ``cancelled``);
         ``payload``: its value or error, as on the wire."""
@@ -176,8 +221,8 @@ class Tally:
             return
         tally = self.tasks[job[TASK]]
         counts = tally.counts
-        if job[WORKER] is None:
-            counts["pending"] -= 1
+        if job[WORKER] in _MARKS:
+            counts[_MARKS[job[WORKER]]] -= 1
         else:
             counts["leased"] -= 1
             self.running.pop(job_id, None)

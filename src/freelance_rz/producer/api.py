@@ -10,11 +10,13 @@ the socket).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import logging
 import os
 import resource
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
@@ -32,7 +34,11 @@ from ..tracing import active as tracing_active
 from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
-from .thread import AskStatus, Cancel, Close, FindJob, OfferThread, Settings, Shutdown, Submit
+from ..core.schedule import Schedule, check_cron
+from .depends import depends_on, owns, reference
+from .schedules import ScheduleCommand, ScheduleHandle, default_name
+from .when import delay_of, due_time, retry_policy
+from .thread import AskStatus, Cancel, Close, FindJob, Limit, OfferThread, Settings, Shutdown, Submit
 
 log = logging.getLogger("freelance_rz.producer")
 
@@ -296,6 +302,9 @@ class Producer(Executor):
     def options(
         self, *, timeout_s: float | None = None, max_attempts: int | None = None, priority: int = 0,
         resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
+        retry_on: Any = None, max_retries: int | None = None, backoff_s: float | None = None,
+        backoff_max_s: float | None = None, jitter: bool | None = None,
+        delay_s: float | None = None, at: datetime.datetime | None = None, after: Any = None,
     ) -> JobOptions:
         """Job options for the jobs submitted through the returned object, e.g.
         ``producer.options(timeout_s=30, priority=5).submit(fn, x)`` or
@@ -313,6 +322,30 @@ class Producer(Executor):
                 in units of your choosing.
             labels: labels its worker must carry, name -> value (``{"zone": "eu"}``: a
                 worker started with ``--label zone=eu``).
+            retry_on: task errors retried: an exception class, a ``"module:QualName"`` string
+                (for classes the producer cannot import), or a tuple of them; an error matches
+                when its class or one of its bases is named (``ConnectionError`` retries a
+                ``ConnectionRefusedError``). The job is offered again after the backoff; once
+                ``max_retries`` are spent its Future fails with the last error
+                (:class:`~freelance_rz.JobFailed`, whose ``attempts`` says how many runs
+                there were). Lost leases are not task errors: ``max_attempts`` counts those.
+            max_retries: retries at most (0 to 10**6; default 3), also for a task that raises
+                :class:`~freelance_rz.Retry`.
+            backoff_s, backoff_max_s: seconds before the first retry (default 1), doubling
+                with each retry up to ``backoff_max_s`` (default 60, and at least backoff_s).
+            jitter: wait a random time in the upper half of each backoff (default True), so
+                jobs that failed together do not all come back at once.
+            after: Futures of this producer's jobs that must succeed before this one is
+                offered (ordering only; a Future passed as an argument, even inside a list or
+                dict, also makes the job wait, and is replaced by that job's result). If one
+                fails, is cancelled or dead-lettered, this job fails at once with
+                :class:`~freelance_rz.DependencyFailed` naming it, and so on down the chain.
+            delay_s: seconds from now before the job may be offered (>= 0); cancellable
+                meanwhile (it is ``deferred`` in :meth:`status`).
+            at: an aware ``datetime`` before which the job may not be offered (naive ones are
+                refused: their time zone would be a guess). It is converted to the
+                producer's monotonic clock once, at submit; a durable producer stores it as
+                wall time and converts it again after a restart.
 
         The job's task is a requirement too: only a worker with the task's module in its
         ``--tasks`` is handed it. A job that no connected worker can run waits (it is listed
@@ -322,21 +355,31 @@ class Producer(Executor):
             TypeError: ``timeout_s`` not a number (or None), ``max_attempts`` or ``priority``
                 not an int (bools are refused); ``resources`` or ``labels`` not a dict of str
                 to numbers or str.
-            ValueError: ``timeout_s`` not in (0, 1e9] seconds, ``max_attempts`` < 1,
+            ValueError: ``timeout_s`` not in (0, 1e9] seconds, ``max_attempts`` < 1, a
+                negative ``delay_s`` or backoff, a naive ``at``, both ``delay_s`` and ``at``,
                 ``priority`` outside the signed 64-bit range (-2**63 to 2**63 - 1); more than
                 32 resources or labels, a name that is not 1 to 64 of ``A-Z a-z 0-9 _ . -``
                 (starting with a letter or ``_``), an amount that is not a finite number from
                 0 to 1e15, a label value over 128 characters.
         """
         return JobOptions(self, timeout_s=timeout_s, max_attempts=max_attempts, priority=priority,
-                          resources=resources, labels=labels)
+                          resources=resources, labels=labels, retry_on=retry_on,
+                          max_retries=max_retries, backoff_s=backoff_s,
+                          backoff_max_s=backoff_max_s, jitter=jitter, delay_s=delay_s, at=at,
+                          after=after)
 
     def _submit(
         self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
         options: JobOptions,
     ) -> JobFuture:
         task = task_name(fn)
-        payload = pl.pack_call(task, args, kwargs, options.wire)
+        deps: list[JobFuture] = []
+        foreign = [f for f in options.after if not owns(self, f)]
+        payload = pl.pack_call(task, args, kwargs, options.wire, reference(self, deps, foreign))
+        if foreign:
+            raise ValueError(
+                f"job {foreign[0].job_id}'s Future is of another producer: a job can depend only "
+                "on jobs of its own producer (pass its result instead: future.result())")
         if len(payload) > self.max_payload_bytes:
             named = len(task.encode())  # the task name's share of the payload
             raise ValueError(
@@ -356,11 +399,107 @@ class Producer(Executor):
                 future, payload, options.max_attempts, options.priority,
                 None if options.wire is None else options.wire.get("timeout_ms"), recorded,
                 Needs.of(task, options.resources, options.labels),
+                due_time(options.delay_s, options.at), options.retry, (*deps, *options.after),
             )):
                 raise RuntimeError("cannot submit after shutdown")
         if recorded is not None:
             recorded.result()  # durable before we return (raises StoreError if it is not)
         return future
+
+    def limit(self, task: Callable[..., Any] | str, *, max_running: int | None = None,
+              per_s: float | None = None) -> None:
+        """Limit the jobs of ``task`` across all workers: at most ``max_running`` leased at
+        once, at most ``per_s`` started a second (a token bucket: bursts of ``max(1, per_s)``;
+        on average ``per_s``). Enforced when a worker claims: a claim gets another job its
+        worker can run, or waits; a job held back is not reported as one no worker can run.
+        Both None removes the limit; calling again replaces it. In effect from the I/O
+        thread's next turn (before any claim it reads then), for this run of the producer:
+        limits are not kept in a ``store`` (set them again after a restart, before ``start``
+        if you like: jobs restored from a store then wait for them too).
+        ``status()["limits"]`` shows each limit, its running jobs and the jobs it holds back.
+        (Celery's ``rate_limit`` and worker concurrency hold per worker; this is per task, for
+        the whole fleet, with no Redis.)
+
+        Args:
+            task: a module-level function or a ``"module:function"`` name.
+            max_running: jobs of the task leased at once, at most (>= 1), or None.
+            per_s: jobs of the task started a second, at most (> 0, at most 1e6), or None.
+
+        Raises:
+            TypeError: ``max_running`` not an int, ``per_s`` not a number.
+            ValueError: ``task`` is not a valid task; ``max_running`` < 1; ``per_s`` <= 0.
+            RuntimeError: after :meth:`shutdown`.
+        """
+        name = task_name(task)
+        max_running = _check.integer("max_running", max_running, min_=1, max_=_check.INT64_MAX,
+                                     allow_none=True)
+        per_s = _check.number("per_s", per_s, above=0, max_=1e6, unit="jobs a second", allow_none=True)
+        with self._lock:
+            if self._shutdown or not self._io.put(Limit(name, max_running, per_s)):
+                raise RuntimeError("cannot set a limit after shutdown")
+
+    def schedule(
+        self, fn: Callable[..., Any] | str, /, *args: Any, every_s: float | None = None,
+        cron: str | None = None, tz: str | None = None, overlap: bool = True,
+        name: str | None = None, kwargs: dict[str, Any] | None = None,
+    ) -> ScheduleHandle:
+        """Run ``fn(*args, **kwargs)`` periodically: every ``every_s`` seconds (from now), or
+        at the times of a ``cron`` expression (``"*/5 * * * *"``, five fields) in the time
+        zone ``tz`` (an IANA name such as ``"Europe/Berlin"``; None: UTC). Each run is a job
+        of its own (see ``status()``, ``get(job_id)``); runs happen only while the producer
+        runs, and nothing else is needed (no beat process).
+
+        Slots missed while the producer was down fire once when it starts, not once each.
+        With a ``store``, the schedule and the slot it last fired for are kept: a restarted
+        producer never fires a slot twice, and declaring the schedule again under the same
+        ``name`` (the default name is made of the task, its arguments and the timing) takes
+        over the kept one instead of adding another.
+
+        Args:
+            fn, args: the task and its positional arguments (as for :meth:`submit`; Futures
+                are refused: a schedule outlives them).
+            every_s: seconds between runs (> 0, at most 1e9).
+            cron, tz: a cron expression and its time zone (needs the ``schedule`` extra:
+                ``cronsim``). Give ``every_s`` or ``cron``, not both.
+            overlap: False skips a run while the previous run of this schedule is still
+                pending or running.
+            name: what the schedule is known by (1 to 200 characters).
+            kwargs: the task's keyword arguments.
+
+        Returns:
+            A :class:`~freelance_rz.producer.schedules.ScheduleHandle` (``pause()``,
+            ``resume()``, ``remove()``, ``info()``).
+
+        Raises:
+            TypeError: a wrong type (``every_s`` not a number, ``cron`` not a str, an
+                argument msgpack cannot encode).
+            ValueError: neither or both of ``every_s`` and ``cron``; ``every_s`` <= 0; a cron
+                expression or time zone that cannot be used (the message says why).
+            ImportError: ``cron`` without the ``schedule`` extra.
+            RuntimeError: after :meth:`shutdown`.
+        """
+        every_s = _check.number("every_s", every_s, above=0, max_=_check.MAX_SECONDS,
+                                unit="seconds", allow_none=True)
+        cron = _check.string("cron", cron, allow_none=True)
+        tz = _check.string("tz", tz, allow_none=True)
+        if (every_s is None) == (cron is None):
+            raise ValueError("give every_s (seconds) or cron (e.g. '*/5 * * * *'), one of them")
+        if cron is not None:
+            check_cron(cron, tz)
+        elif tz is not None:
+            raise ValueError("tz goes with cron; every_s counts seconds from now")
+        call = pl.pack_call(task_name(fn), args, dict(kwargs or {}))
+        name = _check.string("name", name, min_chars=1, max_chars=200, allow_none=True)
+        job = Schedule(0, name or default_name(call, every_s, cron, tz), call, every_s, cron, tz,
+                       _check.boolean("overlap", overlap), created=time.time())
+        if not self._started:
+            self.start()
+        info = self._ask(ScheduleCommand("add", Future(), job), 5.0)
+        return ScheduleHandle(info, self._post)
+
+    def _post(self, command: ScheduleCommand) -> bool:
+        with self._lock:
+            return self._started and self._io.put(command)
 
     def get(self, job_id: int, timeout_s: float | None = 5.0) -> JobFuture:
         """The Future of a job by id, also of a job submitted before a restart on the same
@@ -460,7 +599,7 @@ class Producer(Executor):
         :meth:`progress`."""
         return self.progress(future)
 
-    def _ask(self, question: AskStatus | FindJob, timeout_s: float | None) -> Any:
+    def _ask(self, question: AskStatus | FindJob | ScheduleCommand, timeout_s: float | None) -> Any:
         """Ask the I/O thread and wait for its answer."""
         with self._lock:
             if not self._started or not self._io.put(question):
@@ -602,7 +741,18 @@ class JobOptions(Executor):
         priority: int = 0,
         resources: Mapping[str, float] | None = None,
         labels: Mapping[str, str] | None = None,
+        retry_on: Any = None,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
+        backoff_max_s: float | None = None,
+        jitter: bool | None = None,
+        delay_s: float | None = None,
+        at: datetime.datetime | None = None,
+        after: Any = None,
     ) -> None:
+        self.after = depends_on(after)
+        self.retry = retry_policy(retry_on, max_retries, backoff_s, backoff_max_s, jitter)
+        self.delay_s, self.at = delay_of(delay_s, at)  # seconds; unix seconds
         timeout_s = _check.number(
             "timeout_s", timeout_s, above=0, max_=_check.MAX_SECONDS, unit="seconds", allow_none=True
         )
@@ -625,6 +775,8 @@ class JobOptions(Executor):
             wire["resources"] = self.resources
         if self.labels:
             wire["labels"] = self.labels
+        if self.retry is not None:
+            wire["retry"] = self.retry.wire()
         self.wire: dict[str, Any] | None = wire or None
 
     def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> JobFuture:
@@ -641,4 +793,4 @@ class JobOptions(Executor):
 JobOptions.DEFAULT = JobOptions(None)
 
 
-__all__ = ["JobEvent", "JobFuture", "JobOptions", "JobProgress", "Producer"]
+__all__ = ["JobEvent", "JobFuture", "JobOptions", "JobProgress", "Producer", "ScheduleHandle"]

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from ..core import payload as pl
 from ..core.offer import Outcome
-from ..errors import JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
+from ..errors import DependencyFailed, JobFailed, JobLost, JobTimeout, JobTooLarge, ProducerClosed, ProtocolError
 from ..tracing import end_job_span
 
 _CONDITION_LOCK = threading.Lock()
@@ -22,7 +22,11 @@ class JobEvent(NamedTuple):
 
     ``kind``: ``"submitted"``, ``"leased"`` (handed to ``worker``, try number ``attempt``),
     ``"released"`` (the lease was given back unused), ``"requeued"`` (its lease was lost;
-    ``attempt`` is the next try), or the end: ``"done"``, ``"failed"``, ``"dead"``
+    ``attempt`` is the next try), ``"deferred"`` (submitted with a delay), ``"retrying"`` (its
+    task failed with an error it retries; ``attempt``: the run that comes next, counting runs
+    that ended in a task error), ``"due"`` (a deferred job became pending),
+    ``"blocked"`` (it waits for jobs it depends on), ``"unblocked"`` (they all succeeded), or
+    the end: ``"done"``, ``"failed"``, ``"dead"``
     (dead-lettered), ``"cancelled"``. ``at``: wall-clock time (``time.time()``, seconds).
     ``worker``: the worker, as ``NAME-xxxxxxxx`` (its ``--name`` and a hash of its secret
     routing id, which tells apart workers of one name), for ``"leased"``, else None.
@@ -95,7 +99,9 @@ class JobFuture(Future):  # type: ignore[type-arg]
 
 
 #: remote error types that come back as exceptions of their own (subclasses of JobFailed)
-_LOCAL_ERRORS: dict[str, type[JobFailed]] = {"JobTimeout": JobTimeout, "JobTooLarge": JobTooLarge}
+_LOCAL_ERRORS: dict[str, type[JobFailed]] = {
+    "JobTimeout": JobTimeout, "JobTooLarge": JobTooLarge, "DependencyFailed": DependencyFailed,
+}
 
 
 def resolve(future: JobFuture, outcome: Outcome, job_id: int) -> None:
@@ -116,7 +122,10 @@ def resolve(future: JobFuture, outcome: Outcome, job_id: int) -> None:
                 future.set_result(pl.unpack_value(outcome.payload))
             else:
                 remote = pl.unpack_error(outcome.payload)
-                future.set_exception(_LOCAL_ERRORS.get(remote[0], JobFailed)(*remote))
+                failed = _LOCAL_ERRORS.get(remote[0], JobFailed)(*remote, outcome.attempts)
+                if isinstance(failed, DependencyFailed):
+                    failed.dependency = pl.error_dependency(outcome.payload)
+                future.set_exception(failed)
         except ProtocolError as exc:  # a result we cannot read still resolves the Future
             future.set_exception(exc)
     if future.span is not None:
@@ -125,10 +134,12 @@ def resolve(future: JobFuture, outcome: Outcome, job_id: int) -> None:
         future.span = None
 
 
-def stored_future(job_id: int, state: str, payload: bytes) -> JobFuture:
+def stored_future(job_id: int, state: str, payload: bytes,
+                  on_cancel: Callable[[JobFuture], None] | None = None) -> JobFuture:
     """A resolved Future for a job finished before (from the store): ``state`` is one of
-    ``done``, ``failed``, ``dead``, ``cancelled``."""
-    future = JobFuture(job_id)
+    ``done``, ``failed``, ``dead``, ``cancelled``; ``on_cancel``: its producer's (so it is
+    known as one of its jobs when passed as an argument)."""
+    future = JobFuture(job_id, on_cancel)
     if state == "dead":
         future.set_exception(JobLost(job_id, None, "dead-lettered before a restart"))
     else:

@@ -31,6 +31,14 @@ class Wall:
     def tick(self, monotonic_now: float) -> None:
         self.now = monotonic_now + self._offset
 
+    def at(self, monotonic: float) -> float:
+        """The wall-clock time of a monotonic time (seconds)."""
+        return monotonic + self._offset
+
+    def monotonic(self, wall: float) -> float:
+        """The monotonic time of a wall-clock time (seconds)."""
+        return wall - self._offset
+
 
 class StoreJournal:
     """Writes the ledger's transitions into a :class:`JobStore` (buffered there until the I/O
@@ -43,9 +51,23 @@ class StoreJournal:
         self.release = store.release
         self.requeue = store.requeue
         self._finish = store.finish
+        self._defer = store.defer
+        self._store = store
 
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
         self._finish(job_id, state, payload, self._wall.now)
+
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        self._defer(job_id, self._wall.at(due), retries)  # wall time: a restart converts it
+
+    def ready(self, job_id: int) -> None:
+        pass  # the stored due time has passed: a restart finds the job pending
+
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        self._store.block(job_id, deps)
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        self._store.unblock(job_id, payload)
 
 
 class EventTap:
@@ -83,6 +105,23 @@ class EventTap:
         self._journal.finish(job_id, state, payload)
         self._emit(state, job_id, self._wall.now)
 
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        self._journal.defer(job_id, due, retries)
+        self._emit("retrying" if retries else "deferred", job_id, self._wall.now, None,
+                   retries + 1 if retries else None)
+
+    def ready(self, job_id: int) -> None:
+        self._journal.ready(job_id)
+        self._emit("due", job_id, self._wall.now)
+
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        self._journal.block(job_id, deps)
+        self._emit("blocked", job_id, self._wall.now)
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        self._journal.unblock(job_id, payload)
+        self._emit("unblocked", job_id, self._wall.now)
+
 
 class TallyTap:
     """Passes transitions on to ``journal`` and tells the producer's
@@ -114,3 +153,19 @@ class TallyTap:
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
         self._journal.finish(job_id, state, payload)
         self._tally.finish(job_id, state, payload, self._wall.now)
+
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        self._journal.defer(job_id, due, retries)
+        self._tally.defer(job_id, self._wall.now, retried=retries > 0)
+
+    def ready(self, job_id: int) -> None:
+        self._journal.ready(job_id)
+        self._tally.ready(job_id, self._wall.now)
+
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        self._journal.block(job_id, deps)
+        self._tally.block(job_id, self._wall.now)
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        self._journal.unblock(job_id, payload)
+        self._tally.ready(job_id, self._wall.now, payload)

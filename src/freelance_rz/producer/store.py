@@ -9,8 +9,9 @@ checks a transition: that is the ledger's), and a restarted producer rebuilds it
 :meth:`JobStore.restore`:
 pending jobs are offered again, leased jobs stay leased under their stored lease and worker
 (the ledger gives each one lease period from the restart to be renewed by that worker's
-heartbeat, else it expires as usual), finished results are kept (for a while, see retention)
-so a result of an earlier run can still be looked up.
+heartbeat, else it expires as usual), deferred jobs wait for their due time and blocked ones
+for their dependencies again, finished results are kept (for a while, see retention) so a
+result of an earlier run can still be looked up.
 
 Durability
 ----------
@@ -60,15 +61,24 @@ group or others can write is refused with :class:`StoreError` (anyone could then
 jobs a producer hands out); one that they can read is used, with a warning. Both messages say
 ``chmod 600 PATH``.
 
-Layout (schema version 1; ``PRAGMA user_version`` holds the version, ``PRAGMA
+Layout (schema version 2; a version 1 store is upgraded when opened; ``PRAGMA user_version`` holds the version, ``PRAGMA
 application_id`` marks the file as a freelance_rz job store)::
 
     meta(key, value)                        producer_key, next_job_id
-    jobs(job_id, payload, attempt, max_attempts, lease_id)
-                                            live jobs only; lease_id NULL when pending
+    jobs(job_id, payload, attempt, max_attempts, lease_id, retries, due, deps)
+                                            live jobs only; lease_id NULL when pending;
+                                            retries: task errors retried; due: not
+                                            offered before then (unix seconds) or NULL;
+                                            deps: msgpack array of the ids of the jobs it
+                                            waits for (NULL: none, or they succeeded)
     leases(job_id, lease_id, worker)        every lease issued for a live job
     results(job_id, state, payload, finished_at)
                                             finished jobs, until retention purges them
+    schedules(schedule_id, name, spec, created, last, paused)
+                                            periodic jobs: spec is msgpack [call, every_s,
+                                            cron, tz, overlap]; last: the slot it last
+                                            fired for (unix seconds), written in the same
+                                            transaction as the job of that run
 """
 
 from __future__ import annotations
@@ -77,9 +87,13 @@ import math
 import os
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
+from ..core.schedule import Schedule
+from .storeschedules import ScheduleRows, read_schedules
 from ..errors import StoreError
 from .storefile import SCHEMA_VERSION, open_store, sqlite_error, transaction
 
@@ -102,6 +116,10 @@ class StoredJob:
             lease of an earlier process can still be accepted.
         lease_id: the lease it was held under when the store was last written (one of
             ``leases``, and ``attempt`` is that lease's attempt), or None: it was pending.
+        retries: task errors retried so far.
+        due: it is not offered before then (unix seconds), or None. Kept as written: a
+            due time that has passed (or a leased job's) means nothing.
+        deps: ids of the jobs it waits for (its call refers to their results).
     """
 
     job_id: int
@@ -110,6 +128,9 @@ class StoredJob:
     max_attempts: int
     leases: dict[int, bytes]
     lease_id: int | None = None
+    retries: int = 0
+    due: float | None = None
+    deps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +156,22 @@ class Restored:
     """What :meth:`JobStore.restore` found.
 
     Attributes:
-        pending: the jobs that were pending, to offer again, in queue order (by job id).
+        pending: the jobs that were not leased, by job id: pending (to offer again, in
+            queue order), deferred (``due``) or blocked (``deps``).
         leased: the jobs that were leased, by job id, each with its ``lease_id`` and
             ``attempt``: they are restored leased to the same worker (see
             :meth:`~freelance_rz.core.ledger.Ledger.restore`), not re-queued.
         next_job_id: the first job id never used in this store (purged jobs included).
         producer_key: a random id made when the store was created and kept for its life, so
             workers can recognise a restarted producer of the same store.
+        schedules: the periodic jobs kept, with the slot each last fired for.
     """
 
     pending: list[StoredJob]
     leased: list[StoredJob]
     next_job_id: int
     producer_key: str
+    schedules: list[Schedule] = field(default_factory=list)
 
 
 class JobStore:
@@ -199,6 +223,7 @@ class JobStore:
                 f"retention_count must be None or an int >= 0, got {retention_count!r}"
             )
         self.path = os.fspath(path)
+        self._schedules = ScheduleRows()  # schedule changes since the last flush
         self.retention_s = retention_s
         self.retention_count = retention_count
         self._reset_buffer()
@@ -230,8 +255,8 @@ class JobStore:
 
     def _reset_buffer(self) -> None:
         self._ins: dict[int, tuple[bytes, int]] = {}  # new jobs: job_id -> (payload, max)
-        # jobs' columns changed since the last flush: job_id -> {"attempt": a, "lease_id": l}
-        self._set: dict[int, dict[str, int | None]] = {}
+        # jobs' columns changed since the last flush: job_id -> {"attempt": a, "lease_id": l, ...}
+        self._set: dict[int, dict[str, Any]] = {}
         self._lease_add: dict[tuple[int, int], bytes] = {}  # (job_id, lease_id) -> worker
         self._lease_del: set[tuple[int, int]] = set()
         self._gone: set[int] = set()  # stored jobs that finished
@@ -268,16 +293,18 @@ class JobStore:
     def restore(self) -> Restored:
         """Rebuild the job table of a (re)started producer. Call once, after opening.
 
-        Nothing is changed: pending jobs are returned to be offered again, leased jobs with
-        the lease and attempt they were held under (a lease the file has no worker for, which
+        Nothing is changed: pending, deferred and blocked jobs are returned with their due
+        time, retries and dependencies, leased jobs with the lease and attempt they were held
+        under (a lease the file has no worker for, which
         a store written by this module never has, is returned held by worker ``b""``: no
         worker has that routing id, so it expires). What happens to a leased job from then on
         is the ledger's to journal (renewed by a heartbeat; expired: re-queued with
         ``attempt + 1`` or dead-lettered on its last attempt).
 
         Returns:
-            :class:`Restored`: the jobs to offer, in order; the leased jobs; the next job id;
-            the store's producer key.
+            :class:`Restored`: the jobs not leased, in order; the leased jobs; the next job
+            id; the store's producer key; the schedules. Give them to the ledger merged in
+            job id order (a job's dependencies have lower ids).
 
         Raises:
             StoreError: SQLite failed while reading (e.g. a damaged page).
@@ -292,18 +319,53 @@ class JobStore:
                 leases.setdefault(job_id, {})[lease_id] = worker
             pending: list[StoredJob] = []
             leased: list[StoredJob] = []
-            for job_id, payload, attempt, max_attempts, lease_id in conn.execute(
-                "SELECT job_id, payload, attempt, max_attempts, lease_id FROM jobs ORDER BY job_id"
+            for job_id, payload, attempt, max_attempts, lease_id, retries, due, deps in conn.execute(
+                "SELECT job_id, payload, attempt, max_attempts, lease_id, retries, due, deps"
+                " FROM jobs ORDER BY job_id"
             ):
                 issued = leases.get(job_id, {})
                 if lease_id is None:
-                    pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued))
+                    pending.append(StoredJob(job_id, payload, attempt, max_attempts, issued,
+                                             retries=retries, due=due, deps=_ids(deps)))
                 else:
                     issued.setdefault(lease_id, b"")
-                    leased.append(StoredJob(job_id, payload, attempt, max_attempts, issued, lease_id))
+                    leased.append(StoredJob(job_id, payload, attempt, max_attempts, issued, lease_id,
+                                            retries=retries))
+            schedules = read_schedules(conn, self.path)
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, "restoring jobs", exc) from exc
-        return Restored(pending, leased, self._next_id, self._producer_key)
+        return Restored(pending, leased, self._next_id, self._producer_key, schedules)
+
+    def schedule_put(self, schedule: Schedule) -> None:
+        """Journal a schedule added or changed (paused, resumed). Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._schedules.put(schedule)
+        self._dirty = True
+
+    def schedule_fire(self, schedule_id: int, last: float) -> None:
+        """Journal that a schedule fired for the slot ``last`` (unix seconds). Buffered, and
+        written in the same transaction as the job of that run.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._schedules.fire(schedule_id, last)
+        self._dirty = True
+
+    def schedule_remove(self, schedule_id: int) -> None:
+        """Journal that a schedule was removed. Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._schedules.remove(schedule_id)
+        self._dirty = True
 
     # --- the journal (buffered until flush) ---------------------------------------------------
 
@@ -377,7 +439,41 @@ class JobStore:
         _check_attempt(attempt)
         self._columns(job_id, attempt=attempt, lease_id=None)
 
-    def _columns(self, job_id: int, **values: int | None) -> None:
+    def defer(self, job_id: int, due: float, retries: int) -> None:
+        """Journal that a job waits until ``due`` (unix seconds): submitted with a delay, or
+        retried after a task error (``retries`` so far; its lease, if any, ended). Buffered.
+
+        Raises:
+            ValueError: ``retries`` < 0 or ``due`` not a finite number.
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        _check_due(due, retries)
+        self._columns(job_id, lease_id=None, retries=retries, due=float(due))
+
+    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+        """Journal that a job waits for the jobs ``deps`` (ids) to succeed. Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        self._columns(job_id, deps=msgpack.packb(list(deps)))
+
+    def unblock(self, job_id: int, payload: bytes) -> None:
+        """Journal that a job's dependencies succeeded: ``payload`` is its call with their
+        results in place. Buffered.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        self._require_open()
+        new = self._ins.get(job_id)  # not written yet: its row is inserted with the payload
+        if new is not None:
+            self._ins[job_id] = (bytes(payload), new[1])
+        self._columns(job_id, deps=None, **({} if new is not None else {"payload": bytes(payload)}))
+
+    def _columns(self, job_id: int, **values: Any) -> None:
         self._set.setdefault(job_id, {}).update(values)
         self._dirty = True
 
@@ -455,21 +551,24 @@ class JobStore:
             conn.executemany("DELETE FROM leases WHERE job_id = ? AND lease_id = ?", self._lease_del)
         if self._ins:
             conn.executemany(
-                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (job_id, payload, attempt, max_attempts, lease_id, retries, due,"
+                " deps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, payload, self._set[job_id]["attempt"], max_attempts,
-                     self._set[job_id]["lease_id"])
+                    (job_id, payload, cols["attempt"], max_attempts, cols["lease_id"],
+                     cols.get("retries", 0), cols.get("due"), cols.get("deps"))
                     for job_id, (payload, max_attempts) in self._ins.items()
+                    for cols in (self._set[job_id],)
                 ],
             )
-        changed = [(job_id, cols) for job_id, cols in self._set.items() if job_id not in self._ins]
-        both = [(cols["attempt"], cols["lease_id"], job_id) for job_id, cols in changed if "attempt" in cols]
-        lease_only = [(cols["lease_id"], job_id) for job_id, cols in changed if "attempt" not in cols]
-        if both:
-            conn.executemany("UPDATE jobs SET attempt = ?, lease_id = ? WHERE job_id = ?", both)
-        if lease_only:
-            conn.executemany("UPDATE jobs SET lease_id = ? WHERE job_id = ?", lease_only)
+        # updates grouped by the columns they set (attempt, lease_id, retries, due)
+        updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for job_id, cols in self._set.items():
+            if job_id not in self._ins:
+                names = tuple(sorted(cols))
+                updates.setdefault(names, []).append((*(cols[n] for n in names), job_id))
+        for names, rows in updates.items():
+            assigned = ", ".join(f"{name} = ?" for name in names)
+            conn.executemany(f"UPDATE jobs SET {assigned} WHERE job_id = ?", rows)
         if self._lease_add:
             conn.executemany(
                 "INSERT OR REPLACE INTO leases (job_id, lease_id, worker) VALUES (?, ?, ?)",
@@ -479,6 +578,7 @@ class JobStore:
                     if job_id not in self._fin
                 ],
             )
+        self._schedules.write(conn)
         if self._next_id != self._stored_next_id:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'next_job_id'", (self._next_id,))
 
@@ -560,6 +660,24 @@ class JobStore:
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, "purging results", exc) from exc
         return removed
+
+
+def _ids(deps: bytes | None) -> tuple[int, ...]:
+    """The job ids of a ``deps`` column (empty when NULL or not an array of ints)."""
+    if deps is None:
+        return ()
+    try:
+        ids = msgpack.unpackb(deps)
+    except Exception:
+        return ()
+    return tuple(i for i in ids if type(i) is int) if type(ids) is list else ()
+
+
+def _check_due(due: float, retries: int) -> None:
+    if not isinstance(retries, int) or not 0 <= retries <= _INT64_MAX:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if isinstance(due, bool) or not isinstance(due, (int, float)) or not math.isfinite(due):
+        raise ValueError(f"due must be a finite number of seconds, got {due!r}")
 
 
 def _check_int64(name: str, value: int) -> None:

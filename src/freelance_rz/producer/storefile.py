@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from ..errors import StoreError
 
 log = logging.getLogger("freelance_rz.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.retries, due, deps; schedules (issue 15); version 1 is upgraded
 #: ``PRAGMA application_id`` of a job store: "FRZ1" read as a big-endian int.
 APPLICATION_ID = 0x46525A31
 #: seconds to wait for the file lock when opening (a dying predecessor releasing it).
@@ -30,21 +30,31 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _COMPANIONS = ("", "-wal", "-shm")
 _NEW_FILE_MODE = 0o600
 
+_SCHEDULES = ("CREATE TABLE schedules (schedule_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+              " spec BLOB NOT NULL, created REAL NOT NULL, last REAL, paused INTEGER NOT NULL)")
+#: tables added after version 1: name -> (the version that added it, its statement)
+_NEW_TABLES = {"schedules": (2, _SCHEDULES)}
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
     "CREATE TABLE jobs (job_id INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
-    " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, lease_id INTEGER)",
+    " attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL, lease_id INTEGER,"
+    " retries INTEGER NOT NULL DEFAULT 0, due REAL, deps BLOB)",
     "CREATE TABLE leases (job_id INTEGER NOT NULL, lease_id INTEGER NOT NULL,"
     " worker BLOB NOT NULL, PRIMARY KEY (job_id, lease_id)) WITHOUT ROWID",
     "CREATE TABLE results (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
     " payload BLOB NOT NULL, finished_at REAL NOT NULL)",
     "CREATE INDEX results_by_finished_at ON results (finished_at)",
+    _SCHEDULES,
 )
+#: what each schema version adds to the one before: (table, column definition)
+_UPGRADES = {2: (("jobs", "retries INTEGER NOT NULL DEFAULT 0"), ("jobs", "due REAL"),
+                 ("jobs", "deps BLOB"))}
 _COLUMNS = {
     "meta": ("key", "value"),
-    "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id"),
+    "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id", "retries", "due", "deps"),
     "leases": ("job_id", "lease_id", "worker"),
     "results": ("job_id", "state", "payload", "finished_at"),
+    "schedules": ("schedule_id", "name", "spec", "created", "last", "paused"),
 }
 
 
@@ -83,13 +93,15 @@ def open_store(path: str) -> sqlite3.Connection:
     try:
         # before the first read: hold the file lock for the life of the connection
         conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        new = _validate(path, conn)
+        new, version = _validate(path, conn)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(path, f"cannot be put in WAL mode (journal_mode is {mode!r})")
         conn.execute("PRAGMA synchronous=NORMAL")
         if new:
             _create(path, conn)
+        elif version < SCHEMA_VERSION:
+            _upgrade(conn, version)
     except sqlite3.Error as exc:
         conn.close()
         raise sqlite_error(path, "opening it", exc) from exc
@@ -166,8 +178,8 @@ def _check_header(path: str) -> None:
             "it was left as it is: move it away to start a new store"
         )
 
-def _validate(path: str, conn: sqlite3.Connection) -> bool:
-    """Check an existing file read-only. True when it is empty (a new store)."""
+def _validate(path: str, conn: sqlite3.Connection) -> tuple[bool, int]:
+    """Check an existing file read-only. Returns (it is empty: a new store, its version)."""
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     tables = sorted(
@@ -176,7 +188,7 @@ def _validate(path: str, conn: sqlite3.Connection) -> bool:
         if not name.startswith("sqlite_")
     )
     if app_id == 0 and not tables and version == 0:
-        return True
+        return True, SCHEMA_VERSION
     if app_id != APPLICATION_ID:
         shown = ", ".join(tables[:8]) + (", ..." if len(tables) > 8 else "")
         raise StoreError(path, 
@@ -190,10 +202,16 @@ def _validate(path: str, conn: sqlite3.Connection) -> bool:
         )
     if version < 1:
         raise StoreError(path, f"has an invalid schema version {version} (damaged?)")
-    missing = [name for name in _COLUMNS if name not in tables]
+    missing = [name for name in _COLUMNS if name not in tables
+               and not (name in _NEW_TABLES and version < _NEW_TABLES[name][0])]
     if missing:
         raise StoreError(path, f"is damaged: missing table(s) {', '.join(missing)}")
     for name, expected in _COLUMNS.items():
+        if name not in tables:
+            continue  # a table of a later version, made by the upgrade
+        for upgrade in range(version + 1, SCHEMA_VERSION + 1):  # columns it does not have yet
+            added = {column.split()[0] for table, column in _UPGRADES[upgrade] if table == name}
+            expected = tuple(c for c in expected if c not in added)
         columns = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({name})"))
         if columns != expected:
             raise StoreError(path, 
@@ -205,7 +223,22 @@ def _validate(path: str, conn: sqlite3.Connection) -> bool:
             f"is damaged (SQLite quick_check: {'; '.join(map(str, problems))}); "
             "it was left as it is"
         )
-    return False
+    return False, version
+
+
+def _upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a store of an older schema ``version`` to SCHEMA_VERSION, in one transaction
+    (columns are only added: its jobs and results stay as they were)."""
+    with transaction(conn):
+        for upgrade in range(version + 1, SCHEMA_VERSION + 1):
+            for table, column in _UPGRADES[upgrade]:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            for since, statement in _NEW_TABLES.values():
+                if since == upgrade:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    log.info("job store upgraded from schema version %d to %d", version, SCHEMA_VERSION)
+
 
 def _create(path: str, conn: sqlite3.Connection) -> None:
     with transaction(conn):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,8 @@ from ..core import wire as w
 from ..core.ledger import JobState, Ledger
 from ..core.match import Needs
 from ..core.offer import OfferEngine, Outcome
-from ..core.payload import job_options, peek_task
+from ..core.payload import job_options
+from ..core.retry import RetryPolicy
 from ..core.tally import Tally
 from ..discovery import Announcer, local_networks
 from ..errors import StoreError
@@ -39,10 +39,14 @@ from ..tracing import ENABLED as TRACING
 from .future import JobEvent, JobFuture, JobProgress, close_future, resolve, stored_future
 from .journal import EventTap, StoreJournal, TallyTap, Wall
 from .report import Reporter
+from .connections import Connections
+from .restore import restore_jobs, waits_for as _waits_for
+from .schedules import ScheduleCommand, Scheduler
 from .store import JobStore, Restored
 
 log = logging.getLogger("freelance_rz.producer")
 
+WAITING = (JobState.PENDING, JobState.DEFERRED)  # held by no worker: cancelled on close
 RECV_BATCH = 256  # messages taken per wake-up before looking at the clock again
 RCVHWM = 100  # messages queued in this process per connection, at most
 HANDSHAKE_IVL_MS = 5000  # a connection that has not finished its ZMTP handshake by then is closed
@@ -66,11 +70,23 @@ class Submit:
     timeout_ms: int | None
     recorded: Future[None] | None
     needs: Needs | None = None
+    due: float | None = None  # not offered before then (monotonic seconds)
+    retry: RetryPolicy | None = None  # the task errors it retries
+    deps: tuple[JobFuture, ...] = ()  # Futures of the jobs it waits for
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
     job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Limit a task's jobs leased at once and started a second (None, None: no limit)."""
+
+    task: str
+    max_running: int | None
+    per_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +115,7 @@ class Close:
     """End now."""
 
 
-Command = Submit | Cancel | AskStatus | FindJob | Shutdown | Close
+Command = Submit | Cancel | AskStatus | FindJob | Shutdown | Close | Limit | ScheduleCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,8 +420,8 @@ class _Loop:
             journal = EventTap(journal, s.on_event, self.wall)
         self.ledger.journal = journal
         now = time.monotonic()
-        self.accepted: dict[int, None] = {}  # open connections by descriptor, oldest first
-        self.reporter = Reporter(self.ledger, self.tally, self.wall, lambda: len(self.accepted),
+        self.connections = Connections()  # open connections to the offer socket
+        self.reporter = Reporter(self.ledger, self.tally, self.wall, lambda: len(self.connections.accepted),
                                  self._resubmit)
         self.engine = OfferEngine(
             self.ledger, send=self._send, on_outcome=self._outcome, on_progress=self._progress,
@@ -417,30 +433,22 @@ class _Loop:
             on_retry=None if thread.new_job_id is None else self.reporter.retry,
             traceparent=self._traceparent if TRACING else None,
         )
+        self.scheduler = Scheduler(self.wall, lambda call: self._resubmit(
+            call, job_options(call).get("priority", 0), job_options(call).get("timeout_ms")),
+            self.ledger.__contains__, self.store)
         self.monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self.shed_logged_at = -3600.0
         self.purge_at = 0.0
         self.closing = False  # Shutdown: end once every job is resolved
         self.aborted = False  # Close: end now
         self.unheard_since: float | None = None  # restored leases wait until it is announced
         if s.restored is not None:
-            self._restore(s.restored, now)
-
-    def _restore(self, restored: Restored, now: float) -> None:
-        """Rebuild the ledger from the store: pending jobs are queued again, leased ones stay
-        leased to their worker for one lease period from the restart: from when the producer
-        is announced (workers cannot find it before; see :meth:`run`)."""
-        for job in (*restored.pending, *restored.leased):
-            options = job_options(job.payload)
-            self.ledger.restore(job.job_id, job.payload, attempt=job.attempt, max_attempts=job.max_attempts,
-                                leases=dict(job.leases), priority=options.get("priority", 0),
-                                timeout_ms=options.get("timeout_ms"), lease_id=job.lease_id, now=now)
-            self.futures[job.job_id] = JobFuture(job.job_id, self.thread.on_cancel)
-            self.tally.add(job.job_id, peek_task(job.payload), job.payload, self.wall.now, restored=True)
-            if job.lease_id is not None:
-                self.tally.lease(job.job_id, job.leases[job.lease_id], job.attempt, self.wall.now)
-        self.unheard_since = now if restored.leased else None
-        log.info("store: %d job(s) restored, %d leased", len(restored.pending) + len(restored.leased), len(restored.leased))
+            assert self.store is not None
+            self.scheduler.restore(s.restored.schedules)
+            self.futures.update(restore_jobs(s.restored, self.ledger, self.tally, self.wall, now,
+                                             lambda job_id: JobFuture(job_id, thread.on_cancel),
+                                             self.store.result))
+            # restored leases count from when workers can find it (see run())
+            self.unheard_since = now if s.restored.leased else None
 
     # --- the turns ----------------------------------------------------------------------------
 
@@ -470,17 +478,21 @@ class _Loop:
             if self.sock in events:
                 self._drain_socket(now)
             if self.monitor in events:
-                self._count_connections(now)
+                self.connections.count(self.monitor, self.thread.settings.max_connections,
+                                       self.thread.port, now)
             self.engine.tick(now)
+            if not self.closing:
+                self.scheduler.tick()  # its runs and their slots are flushed together
             self._flush(now)
         self.engine.close()
         self.sock.disable_monitor()
         self.monitor.close(0)
         for job_id, future in self.futures.items():  # only after Close
-            close_future(future, self.ledger.state(job_id) is JobState.PENDING)
+            close_future(future, self.ledger.state(job_id) in WAITING)
 
     def _timeout_ms(self, now: float) -> int:
-        soonest = self.engine.next_wakeup()
+        times = [t for t in (self.engine.next_wakeup(), self.scheduler.next_wakeup()) if t is not None]
+        soonest = min(times) if times else None
         if soonest is None:
             return 1000
         return max(0, min(1000, int((soonest - now) * 1000) + 1))
@@ -491,11 +503,16 @@ class _Loop:
             self.futures[job_id] = command.future
             self.engine.submit(job_id, command.payload, max_attempts=command.max_attempts,
                                priority=command.priority, timeout_ms=command.timeout_ms,
-                               needs=command.needs)
+                               needs=command.needs, due=command.due, retry=command.retry,
+                               **_waits_for(command.deps, self.ledger))
             if command.recorded is not None:
                 self.unrecorded.append((job_id, command.recorded))
         elif isinstance(command, Cancel):
             self.engine.cancel(command.job_id, now)
+        elif isinstance(command, Limit):
+            self.engine.limit(command.task, command.max_running, command.per_s, now)
+        elif isinstance(command, ScheduleCommand):
+            self.scheduler.command(command)
         elif isinstance(command, AskStatus):
             command.answer.set_result(self.engine.status(now, command.detail))
         elif isinstance(command, FindJob):
@@ -509,7 +526,7 @@ class _Loop:
             self.closing = True
             if command.cancel_futures:  # the jobs no worker holds, as Executor does
                 for job_id, future in list(self.futures.items()):
-                    if self.ledger.state(job_id) is JobState.PENDING:
+                    if self.ledger.state(job_id) in WAITING:
                         future.cancel()  # posts a Cancel
 
     def _find(self, job_id: int) -> JobFuture | None:
@@ -517,7 +534,8 @@ class _Loop:
         if job_id in self.futures:
             return self.futures[job_id]
         stored = None if self.store is None else self.store.result(job_id)
-        return None if stored is None else stored_future(job_id, stored.state, stored.payload)
+        return None if stored is None else stored_future(job_id, stored.state, stored.payload,
+                                                         self.thread.on_cancel)
 
     def _drain_socket(self, now: float) -> None:
         for _ in range(RECV_BATCH):
@@ -548,7 +566,8 @@ class _Loop:
         assert self.thread.new_job_id is not None
         job_id = self.thread.new_job_id()
         self.futures[job_id] = JobFuture(job_id, self.thread.on_cancel)
-        self.engine.submit(job_id, call, max_attempts=None, priority=priority, timeout_ms=timeout_ms)
+        self.engine.submit(job_id, call, max_attempts=None, priority=priority, timeout_ms=timeout_ms,
+                           retry=RetryPolicy.from_wire(job_options(call).get("retry")))
         return job_id
 
     def _traceparent(self, job_id: int) -> str | None:
@@ -587,60 +606,11 @@ class _Loop:
             recorded.set_result(None)
         self.unrecorded.clear()
 
-    def _count_connections(self, now: float) -> None:
-        """Follow the offer socket's open connections (its monitor's ACCEPTED and
-        DISCONNECTED events); past max_connections, close the newest ones at once."""
-        from zmq.utils.monitor import recv_monitor_message
-
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                self.accepted[event["value"]] = None
-            else:
-                self.accepted.pop(event["value"], None)
-        limit = self.thread.settings.max_connections
-        if len(self.accepted) <= limit:
-            return
-        shed = 0
-        for fd in list(self.accepted)[limit:]:
-            shed += _shut_connection(fd, self.thread.port)
-            del self.accepted[fd]  # its DISCONNECTED event follows; never shut it twice
-        if now - self.shed_logged_at > 10.0:
-            self.shed_logged_at = now
-            log.warning(
-                "offer socket: more than %d connections open (max_connections): closed the "
-                "%d newest. A fleet this large needs a higher max_connections and open-file "
-                "limit (ulimit -n); otherwise this is a flood of connections", limit, shed,
-            )
-
     def crashed(self, error: RuntimeError) -> None:
         """The loop died: never leave a caller waiting forever."""
         for future in [*self.futures.values(), *(r for _, r in self.unrecorded)]:
             if not future.done():
                 future.set_exception(error)
-
-
-def _shut_connection(fd: int, port: int) -> int:
-    """Shut down the TCP connection libzmq holds as ``fd`` (libzmq then closes it as if the
-    peer had gone), after checking on a duplicate of the descriptor that it still is a
-    connection to our offer ``port`` (a descriptor number can be reused once libzmq closed
-    it). Returns 1 if it was shut down, else 0."""
-    try:
-        conn = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return 0
-    try:
-        if conn.type == socket.SOCK_STREAM and conn.getsockname()[1] == port:
-            conn.shutdown(socket.SHUT_RDWR)
-            return 1
-    except OSError:
-        pass
-    finally:
-        conn.close()
-    return 0
 
 
 __all__ = ["JobEvent", "OfferThread", "Settings"]

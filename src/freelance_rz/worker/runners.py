@@ -62,7 +62,9 @@ def _error(exc: BaseException) -> bytes:
     Never raises for what a task's exception does: a ``__str__`` that raises gives a message
     saying so, a traceback that cannot be formatted (``__notes__`` that raise) gives one line
     saying why, and text msgpack cannot encode (lone surrogates) is backslash-escaped; else
-    the job's process would die and the job be reported lost instead of failed (C7)."""
+    the job's process would die and the job be reported lost instead of failed (C7). It
+    carries the class's MRO names (``types``) and a :class:`~freelance_rz.Retry`'s delay
+    (``retry_in_ms``) for the producer's retry rule (issue 15), each left out when it raises."""
     kind = type(exc).__name__
     try:
         message = str(exc)
@@ -72,7 +74,15 @@ def _error(exc: BaseException) -> bytes:
         trace = traceback.format_exc()
     except BaseException as err:  # noqa: BLE001 - e.g. the task's own __notes__
         trace = f"(the traceback of this {kind} could not be formatted: {type(err).__name__})"
-    return pl.pack_error(*(_utf8(text) for text in (kind, message, trace)))
+    try:  # a metaclass or a retry_in_s property of the task's own may raise too
+        types: list[str] | None = [_utf8(name) for name in pl.error_types(exc)]
+    except BaseException:  # noqa: BLE001 - then the policy matches by class name only
+        types = None
+    try:
+        retry_in_ms = pl.retry_in_ms(exc)
+    except BaseException:  # noqa: BLE001 - then the backoff applies
+        retry_in_ms = None
+    return pl.pack_error(_utf8(kind), _utf8(message), _utf8(trace), types, retry_in_ms)
 
 
 def _utf8(text: str) -> str:
