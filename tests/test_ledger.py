@@ -637,8 +637,9 @@ class TableJournal:
     def ready(self, job_id):
         pass  # the store keeps the due time that passed
 
-    def block(self, job_id, deps):
-        self.jobs[job_id]["deps"] = tuple(deps)
+    def block(self, job_id, deps, due=None):
+        row = self.jobs[job_id]
+        row["deps"], row["due"] = tuple(deps), due
 
     def unblock(self, job_id, payload):
         row = self.jobs[job_id]
@@ -661,6 +662,22 @@ class TableJournal:
     def finish(self, job_id, state, payload):
         del self.jobs[job_id]
         self.results[job_id] = StoredResult(job_id, state, payload, 0.0)
+
+
+def restored(journal: TableJournal, now: float, seed: int) -> Ledger:
+    """A new ledger that restores ``journal``'s jobs at ``now``, in job id order, as a
+    restarted durable producer does (producer/restore.py): dependencies are classified by
+    what the journal holds of them (live, or their results)."""
+    ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS, rng=random.Random(seed),
+                    journal=journal)
+    for job_id, row in sorted(journal.jobs.items()):
+        deps, values, failed = classify_stored(row["deps"], ledger.__contains__, journal.results.get)
+        assert failed is None  # a dependency that failed failed its dependents at once
+        ledger.restore(job_id, row["payload"], attempt=row["attempt"],
+                       max_attempts=row["max_attempts"], leases=dict(row["leases"]),
+                       lease_id=row["lease_id"], now=now, due=row["due"],
+                       retries=row["retries"], deps=deps, values=values)
+    return ledger
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -954,16 +971,7 @@ class LedgerMachine(RuleBasedStateMachine):
         queued again by job id."""
         self.restarts += 1
         self.earlier.update({s: n for s, n in self.ledger.counts.items() if s in TERMINAL})
-        self.ledger = Ledger(lease_s=LEASE_S, max_attempts=MAX_ATTEMPTS,
-                             rng=random.Random(self.restarts), journal=self.journal)
-        for job_id, row in sorted(self.journal.jobs.items()):
-            deps, values, failed = classify_stored(row["deps"], self.ledger.__contains__,
-                                                   self.journal.results.get)
-            assert failed is None  # a dependency that failed failed its dependents at once
-            self.ledger.restore(job_id, row["payload"], attempt=row["attempt"],
-                                max_attempts=row["max_attempts"], leases=dict(row["leases"]),
-                                lease_id=row["lease_id"], now=self.now, due=row["due"],
-                                retries=row["retries"], deps=deps, values=values)
+        self.ledger = restored(self.journal, self.now, self.restarts)
         assert set(self.journal.jobs) == {j for j in self.state if self.live(j)}  # none vanishes
         for job_id, (lease_id, worker, _) in self.current.items():
             assert self.journal.jobs[job_id]["lease_id"] == lease_id
@@ -1274,3 +1282,25 @@ def test_a_blocked_job_with_a_due_time_waits_for_both():
     ledger.resolve("w", 1, lease.lease_id, True, b"\x01")
     assert ledger.state(2) is W and ledger.wake(49.0) == 0 and ledger.wake(50.0) == 1
     assert ledger.state(2) is P
+
+
+def test_a_restart_keeps_what_a_blocked_job_waits_for_and_the_results_it_has():
+    """A job submitted when one of its dependencies had succeeded already and one had not,
+    with a due time: the journal holds both dependencies and the due time, so after a restart
+    (two, here) it still waits for both, then gets both results."""
+    from freelance_rz.core import payload as pl
+
+    journal = TableJournal()
+    ledger = Ledger(lease_s=LEASE_S, max_attempts=3, journal=journal)
+    ledger.submit(1, b"one")
+    ledger.submit(2, b"two")
+    first = claim_ok(ledger, "w", 0.0)
+    assert ledger.resolve("w", 1, first.lease_id, True, pl.pack_value("a"))
+    ledger.submit(3, call_with_refs(1, 2), deps=[2], values={1: pl.pack_value("a")}, due=50.0)
+    for seed in range(2):
+        ledger = restored(journal, now=1.0, seed=seed)
+        assert ledger.state(2) is P and ledger.state(3) is B
+    second = claim_ok(ledger, "w", 1.0)
+    assert ledger.resolve("w", 2, second.lease_id, True, pl.pack_value("b"))
+    assert ledger.state(3) is W and ledger.wake(49.0) == 0 and ledger.wake(50.0) == 1
+    assert pl.unpack_call(claim_ok(ledger, "w", 50.0).payload)[1] == [{"x": "a"}, {"x": "b"}]

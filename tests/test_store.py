@@ -741,3 +741,17 @@ def test_a_version_1_store_is_upgraded_and_keeps_its_jobs(path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert conn.execute("SELECT retries, due FROM jobs").fetchall() == [(1, 2_000_000_000.0)]
     conn.close()
+
+
+def test_a_blocked_job_keeps_its_dependencies_and_due_time(path):
+    with JobStore(path) as store:
+        store.add(1, b"waits", 3)
+        store.block(1, (7, 8), 2_000_000_000.5)  # 7 may have succeeded already: kept too
+        store.add(2, b"waits too", 3)
+        store.block(2, (7,))
+    with JobStore(path) as store:
+        jobs = {job.job_id: job for job in store.restore().pending}
+        assert (jobs[1].deps, jobs[1].due) == ((7, 8), 2_000_000_000.5)
+        assert (jobs[2].deps, jobs[2].due) == ((7,), None)
+        with pytest.raises(ValueError):
+            store.block(2, (7,), float("inf"))

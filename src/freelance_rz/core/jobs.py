@@ -87,8 +87,10 @@ class Journal(Protocol):
     def ready(self, job_id: int) -> None:
         """A deferred job's due time came: it is pending."""
 
-    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
-        """The job waits for the jobs ``deps`` (ids) to succeed."""
+    def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
+        """The job waits for the jobs ``deps`` (ids; those that succeeded already included:
+        their results replace the references to them) to succeed, then, when ``due`` is
+        given (monotonic seconds), until then."""
 
     def unblock(self, job_id: int, payload: bytes) -> None:
         """The job's dependencies succeeded: ``payload`` is its call with their results."""
@@ -118,7 +120,7 @@ class NullJournal:
     def ready(self, job_id: int) -> None:
         pass
 
-    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
+    def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
         pass
 
     def unblock(self, job_id: int, payload: bytes) -> None:

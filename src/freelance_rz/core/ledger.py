@@ -292,7 +292,9 @@ class Ledger(_LedgerView):
         elif job.state is JobState.BLOCKED:
             deps = tuple(dict.fromkeys(deps))
             self._waiting.block(job, deps, values or {}, due)
-            self.journal.block(job.job_id, deps)
+            # every job it refers to, those that succeeded already too: a restart reads their
+            # results from the store to put in place of the references
+            self.journal.block(job.job_id, tuple(dict.fromkeys((*deps, *(values or {})))), due)
             if failed is not None:
                 self._fail_dependency(job, failed[0], f"job {failed[0]}, which it depends on, {failed[1]}")
             elif job.blockers == 0:

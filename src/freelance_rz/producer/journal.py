@@ -63,8 +63,8 @@ class StoreJournal:
     def ready(self, job_id: int) -> None:
         pass  # the stored due time has passed: a restart finds the job pending
 
-    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
-        self._store.block(job_id, deps)
+    def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
+        self._store.block(job_id, deps, None if due is None else self._wall.at(due))
 
     def unblock(self, job_id: int, payload: bytes) -> None:
         self._store.unblock(job_id, payload)
@@ -114,8 +114,8 @@ class EventTap:
         self._journal.ready(job_id)
         self._emit("due", job_id, self._wall.now)
 
-    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
-        self._journal.block(job_id, deps)
+    def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
+        self._journal.block(job_id, deps, due)
         self._emit("blocked", job_id, self._wall.now)
 
     def unblock(self, job_id: int, payload: bytes) -> None:
@@ -162,8 +162,8 @@ class TallyTap:
         self._journal.ready(job_id)
         self._tally.ready(job_id, self._wall.now)
 
-    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
-        self._journal.block(job_id, deps)
+    def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
+        self._journal.block(job_id, deps, due)
         self._tally.block(job_id, self._wall.now)
 
     def unblock(self, job_id: int, payload: bytes) -> None:

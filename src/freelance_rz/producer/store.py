@@ -451,14 +451,20 @@ class JobStore:
         _check_due(due, retries)
         self._columns(job_id, lease_id=None, retries=retries, due=float(due))
 
-    def block(self, job_id: int, deps: tuple[int, ...]) -> None:
-        """Journal that a job waits for the jobs ``deps`` (ids) to succeed. Buffered.
+    def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
+        """Journal that a job waits for the jobs ``deps`` (ids, those that succeeded already
+        included) to succeed, and then until ``due`` (unix seconds) when given. Buffered.
 
         Raises:
+            ValueError: ``due`` not a finite number.
             StoreError: the store is closed.
         """
         self._require_open()
-        self._columns(job_id, deps=msgpack.packb(list(deps)))
+        if due is None:
+            self._columns(job_id, deps=msgpack.packb(list(deps)))
+        else:
+            _check_due(due, 0)
+            self._columns(job_id, deps=msgpack.packb(list(deps)), due=float(due))
 
     def unblock(self, job_id: int, payload: bytes) -> None:
         """Journal that a job's dependencies succeeded: ``payload`` is its call with their
