@@ -630,9 +630,10 @@ class TableJournal:
                              "lease_id": None, "leases": {}, "retries": 0, "due": None,
                              "deps": ()}
 
-    def defer(self, job_id, due, retries):
+    def defer(self, job_id, due, retries, lease_id=None):
         row = self.jobs[job_id]
         row["lease_id"], row["retries"], row["due"] = None, retries, due
+        row["leases"].pop(lease_id, None)
 
     def ready(self, job_id):
         pass  # the store keeps the due time that passed
@@ -1304,3 +1305,19 @@ def test_a_restart_keeps_what_a_blocked_job_waits_for_and_the_results_it_has():
     assert ledger.resolve("w", 2, second.lease_id, True, pl.pack_value("b"))
     assert ledger.state(3) is W and ledger.wake(49.0) == 0 and ledger.wake(50.0) == 1
     assert pl.unpack_call(claim_ok(ledger, "w", 50.0).payload)[1] == [{"x": "a"}, {"x": "b"}]
+
+
+def test_a_retried_result_resent_after_a_restart_is_stale():
+    """The lease whose task error was retried is forgotten in the journal, as in the ledger:
+    the same result sent again to a restarted producer (its ack was lost) changes nothing,
+    even once the job runs again under a new lease."""
+    journal = TableJournal()
+    ledger = Ledger(lease_s=LEASE_S, max_attempts=3, journal=journal)
+    ledger.submit(1, b"one")
+    first = claim_ok(ledger, "w", 0.0)
+    assert ledger.resolve("w", 1, first.lease_id, False, retry_error(1.0), now=0.0)
+    ledger = restored(journal, now=2.0, seed=1)
+    assert ledger.state(1) is P
+    again = claim_ok(ledger, "w2", 2.0)
+    assert not ledger.resolve("w", 1, first.lease_id, False, retry_error(1.0), now=2.5)
+    assert ledger.state(1) is L and ledger.job_of("w2", again.lease_id) == 1

@@ -708,13 +708,13 @@ def test_deferred_jobs_keep_their_due_time_and_retries(path):
         store.flush()
         store.lease(2, 77, b"w", 1)
         store.flush()
-        store.defer(2, 2_000_000_010.0, 2)  # its task failed, retried twice so far
+        store.defer(2, 2_000_000_010.0, 2, 77)  # its task failed, retried twice so far
         store.add(3, b"now", 3)
     with JobStore(path) as store:
         jobs = {job.job_id: job for job in store.restore().pending}
     assert (jobs[1].due, jobs[1].retries) == (2_000_000_000.5, 0)
     assert (jobs[2].due, jobs[2].retries, jobs[2].attempt) == (2_000_000_010.0, 2, 1)
-    assert jobs[2].leases == {77: b"w"}  # a late result under it is still recognised
+    assert jobs[2].leases == {}  # its result was taken: the same result again is stale
     assert (jobs[3].due, jobs[3].retries) == (None, 0)
     with JobStore(path) as store, pytest.raises(ValueError):
         store.defer(1, float("nan"), 0)

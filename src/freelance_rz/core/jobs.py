@@ -80,9 +80,10 @@ class Journal(Protocol):
 
     def finish(self, job_id: int, state: str, payload: bytes) -> None: ...
 
-    def defer(self, job_id: int, due: float, retries: int) -> None:
+    def defer(self, job_id: int, due: float, retries: int, lease_id: int | None = None) -> None:
         """The job waits until ``due`` (monotonic seconds): submitted with a delay
-        (``retries`` 0) or retried after a task error (``retries``: how many so far)."""
+        (``retries`` 0) or retried after a task error (``retries``: how many so far) whose
+        result came under ``lease_id``: that lease is forgotten (its result was taken)."""
 
     def ready(self, job_id: int) -> None:
         """A deferred job's due time came: it is pending."""
@@ -114,7 +115,7 @@ class NullJournal:
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
         pass
 
-    def defer(self, job_id: int, due: float, retries: int) -> None:
+    def defer(self, job_id: int, due: float, retries: int, lease_id: int | None = None) -> None:
         pass
 
     def ready(self, job_id: int) -> None:

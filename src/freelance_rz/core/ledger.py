@@ -515,7 +515,7 @@ class Ledger(_LedgerView):
         job.retries += 1
         self.retried += 1
         self._waiting.push(job, due)
-        self.journal.defer(job.job_id, due, job.retries)
+        self.journal.defer(job.job_id, due, job.retries, lease_id)
 
     def refuse(self, job_id: int, error: bytes) -> bool:
         """Fail a pending job that will never be handed out (no worker can take it), with

@@ -57,8 +57,8 @@ class StoreJournal:
     def finish(self, job_id: int, state: str, payload: bytes) -> None:
         self._finish(job_id, state, payload, self._wall.now)
 
-    def defer(self, job_id: int, due: float, retries: int) -> None:
-        self._defer(job_id, self._wall.at(due), retries)  # wall time: a restart converts it
+    def defer(self, job_id: int, due: float, retries: int, lease_id: int | None = None) -> None:
+        self._defer(job_id, self._wall.at(due), retries, lease_id)  # wall time: a restart converts it
 
     def ready(self, job_id: int) -> None:
         pass  # the stored due time has passed: a restart finds the job pending
@@ -105,8 +105,8 @@ class EventTap:
         self._journal.finish(job_id, state, payload)
         self._emit(state, job_id, self._wall.now)
 
-    def defer(self, job_id: int, due: float, retries: int) -> None:
-        self._journal.defer(job_id, due, retries)
+    def defer(self, job_id: int, due: float, retries: int, lease_id: int | None = None) -> None:
+        self._journal.defer(job_id, due, retries, lease_id)
         self._emit("retrying" if retries else "deferred", job_id, self._wall.now, None,
                    retries + 1 if retries else None)
 
@@ -154,8 +154,8 @@ class TallyTap:
         self._journal.finish(job_id, state, payload)
         self._tally.finish(job_id, state, payload, self._wall.now)
 
-    def defer(self, job_id: int, due: float, retries: int) -> None:
-        self._journal.defer(job_id, due, retries)
+    def defer(self, job_id: int, due: float, retries: int, lease_id: int | None = None) -> None:
+        self._journal.defer(job_id, due, retries, lease_id)
         self._tally.defer(job_id, self._wall.now, retried=retries > 0)
 
     def ready(self, job_id: int) -> None:

@@ -423,6 +423,9 @@ class JobStore:
         """
         self._require_open()
         self._columns(job_id, lease_id=None)
+        self._forget(job_id, lease_id)
+
+    def _forget(self, job_id: int, lease_id: int) -> None:
         key = (job_id, lease_id)
         if self._lease_add.pop(key, None) is None:
             self._lease_del.add(key)
@@ -439,9 +442,11 @@ class JobStore:
         _check_attempt(attempt)
         self._columns(job_id, attempt=attempt, lease_id=None)
 
-    def defer(self, job_id: int, due: float, retries: int) -> None:
+    def defer(self, job_id: int, due: float, retries: int, lease_id: int | None = None) -> None:
         """Journal that a job waits until ``due`` (unix seconds): submitted with a delay, or
-        retried after a task error (``retries`` so far; its lease, if any, ended). Buffered.
+        retried after a task error (``retries`` so far) reported under ``lease_id``, which is
+        forgotten as a given-back lease is (its result was taken: the same result again,
+        after a restart too, is stale). Buffered.
 
         Raises:
             ValueError: ``retries`` < 0 or ``due`` not a finite number.
@@ -450,6 +455,8 @@ class JobStore:
         self._require_open()
         _check_due(due, retries)
         self._columns(job_id, lease_id=None, retries=retries, due=float(due))
+        if lease_id is not None:
+            self._forget(job_id, lease_id)
 
     def block(self, job_id: int, deps: tuple[int, ...], due: float | None = None) -> None:
         """Journal that a job waits for the jobs ``deps`` (ids, those that succeeded already
