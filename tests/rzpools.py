@@ -154,3 +154,43 @@ def raise_bad_notes():
 
 def raise_surrogate():
     raise ValueError("bad \udcff text")
+
+
+class Hostile(ConnectionError):
+    """A ConnectionError whose ``retry_in_s`` (read for a Retry's delay) raises."""
+
+    @property
+    def retry_in_s(self):
+        raise RuntimeError("retry_in_s fails")
+
+
+def raise_hostile():
+    raise Hostile("hostile")
+
+
+def _run_count(path):
+    with open(path, "a") as log:
+        log.write("run\n")
+    with open(path) as log:
+        return len(log.read().splitlines())
+
+
+async def aflaky(path, fails):
+    """rztasks.flaky as a coroutine: ConnectionRefusedError until ``fails`` runs are
+    recorded in ``path``, then the number of runs."""
+    await asyncio.sleep(0)
+    runs = _run_count(path)
+    if runs <= fails:
+        raise ConnectionRefusedError(f"run {runs}")
+    return runs
+
+
+async def aretry_me(path, times, in_s):
+    """Raise Retry(in_s) for the first ``times`` runs, then return the number of runs."""
+    from freelance_rz import Retry
+
+    await asyncio.sleep(0)
+    runs = _run_count(path)
+    if runs <= times:
+        raise Retry(in_s=in_s)
+    return runs

@@ -64,6 +64,25 @@ def test_an_exception_that_cannot_be_printed_fails_its_job(make_producer, start_
     assert info.value.remote_message == "bad \\udcff text"
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_each_pool_sends_what_the_retry_policy_reads(make_producer, start_worker, pool, tmp_path):
+    """Issue 15's error fields leave every pool: a ConnectionRefusedError is retried under
+    retry_on=ConnectionError (matched on the class's MRO names, ``types``), a Retry's delay
+    (``retry_in_ms``) is kept, and an exception whose retry_in_s raises is still an ordinary
+    error, retried on its type with the backoff (its job's process used to die)."""
+    producer = make_producer()
+    start_worker("w1", "--tasks", "rzpools", "--pool", pool, "--slots", "1")
+    options = producer.options(retry_on=ConnectionError, backoff_s=0.05, jitter=False)
+    assert options.submit(rztasks.flaky, str(tmp_path / "a"), 1).result(timeout=30) == 2
+    assert options.submit(rzpools.aflaky, str(tmp_path / "b"), 1).result(timeout=30) == 2
+    assert producer.submit(rzpools.aretry_me, str(tmp_path / "c"), 1, 0.05).result(timeout=30) == 2
+    with pytest.raises(JobFailed) as info:
+        producer.options(retry_on=ConnectionError, max_retries=1, backoff_s=0.05).submit(
+            rzpools.raise_hostile).result(timeout=30)
+    assert (info.value.remote_type, info.value.remote_message) == ("Hostile", "hostile")
+    assert info.value.attempts == 2
+
+
 @pytest.mark.parametrize("pool, task", [
     ("thread", rzpools.meet), ("asyncio", rzpools.ameet), ("asyncio", rzpools.meet),
 ])
