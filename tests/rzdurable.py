@@ -3,6 +3,9 @@
     python rzdurable.py STORE GROUP submit N DELAY_S   submit N whoami(DELAY_S) jobs
     python rzdurable.py STORE GROUP resume N            wait for jobs 1..N of an earlier run
     python rzdurable.py STORE GROUP mark N PATH DELAY_S submit N mark(PATH, DELAY_S) jobs
+    python rzdurable.py STORE GROUP mixed 3 PATH DELAY_S LATER_S
+        job 1 mark(PATH, DELAY_S), job 2 echo(job 1's result) (it waits for job 1),
+        job 3 whoami() not before LATER_S seconds from now
 
 Prints "endpoint ...", then "done JOB_ID JSON" as each job finishes, then "all done"; and
 "event KIND JOB_ID ATTEMPT AT" for each step of a job (``Producer(on_event=...)``).
@@ -46,6 +49,10 @@ if __name__ == "__main__":
         elif mode == "mark":
             futures = [producer.submit(rztasks.mark, sys.argv[5], float(sys.argv[6]))
                        for _ in range(count)]
+        elif mode == "mixed":
+            first = producer.submit(rztasks.mark, sys.argv[5], float(sys.argv[6]))
+            futures = [first, producer.submit(rztasks.echo, first),
+                       producer.options(delay_s=float(sys.argv[7])).submit(rztasks.whoami)]
         else:
             futures = [producer.get(job_id) for job_id in range(1, count + 1)]
         for future in as_completed(futures):

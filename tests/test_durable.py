@@ -29,10 +29,11 @@ class DurableProducer:
             env=None if env is None else dict(os.environ, **env),
         )
 
-    def events(self, kind: str) -> list[tuple[int, int, float]]:
-        """(job id, attempt, wall-clock time) of each "event KIND ..." line."""
+    def events(self, kind: str) -> list[tuple[int, int | None, float]]:
+        """(job id, attempt, wall-clock time) of each "event KIND ..." line (attempt None for
+        the events that carry none, e.g. deferred)."""
         return [
-            (int(job), int(attempt), float(at))
+            (int(job), None if attempt == "None" else int(attempt), float(at))
             for _, k, job, attempt, at in (line.split() for line in self.lines()
                                            if line.startswith("event "))
             if k == kind
@@ -126,6 +127,31 @@ def test_a_running_job_survives_a_producer_restart_and_runs_once(durable, start_
     assert second.events("leased") == [] and second.events("requeued") == []
     assert "aborting" not in worker.log(), worker.log()
     assert "1 running job(s) go on under their leases" in worker.log()
+
+
+def test_a_restart_keeps_a_running_job_leased_its_dependent_blocked_and_a_delayed_job_deferred(
+    durable, start_worker, tmp_path,
+):
+    """Issue 15 on top of the kept leases: SIGKILL the producer while job 1 runs, job 2
+    waits for job 1's result and job 3 for its due time. The restarted producer keeps job 1
+    leased (it runs once, on the same worker, which has a free slot), gives job 2 job 1's
+    result, and offers job 3 no sooner than its due time (which falls after the restart)."""
+    marks = tmp_path / "runs.txt"
+    worker = start_worker("w1", "--slots", "2")
+    first = durable("first", "mixed", "3", str(marks), "4.0", "8.0")
+    first.wait_for(lambda: _runs(marks), 30, "the job never started")
+    [(_, _, submitted_at)] = [e for e in first.events("deferred") if e[0] == 3]
+    first.kill()
+    second = durable("second", "resume", "3")
+    second.wait_for(lambda: "all done" in second.lines(), 60, "the results never arrived")
+    done = second.done()
+    assert done[1] == "w1" and len(_runs(marks)) == 1  # it ran exactly once
+    assert done[2] == {"args": ["w1"], "kwargs": {}}  # job 1's result, from the old lease
+    assert done[3]["started"] >= submitted_at + 8.0 - 0.05  # wall clocks of one host
+    assert [job for job, _, _ in second.events("due")] == [3]  # it was still deferred
+    assert [job for job, _, _ in second.events("unblocked")] == [2]
+    assert sorted(job for job, _, _ in second.events("leased")) == [2, 3]  # job 1 not again
+    assert "aborting" not in worker.log(), worker.log()
 
 
 def test_a_busy_worker_keeps_its_job_across_a_producer_restart_while_another_waits(
