@@ -69,7 +69,9 @@ class Producer(Executor):
             ``lease_s`` from the restart (a worker still running one renews it with its next
             heartbeat and the job goes on there; otherwise it is re-offered with attempt + 1,
             or dead-lettered on its last attempt, about ``lease_s`` after it is announced), keeps
-            finished results (:meth:`get`) and accepts results that workers still hold for the
+            delayed jobs and retry backoffs waiting for their due times, jobs with
+            dependencies waiting for them, and schedules with the slot each last fired for,
+            keeps finished results (:meth:`get`) and accepts results that workers still hold for the
             old process (the zguide's Titanic pattern, without a broker). A
             KeyboardInterrupt inside :meth:`submit` after the job was recorded leaves it stored
             (it runs) without its Future reaching the caller.
