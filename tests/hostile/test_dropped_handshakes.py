@@ -47,7 +47,13 @@ class DroppingServer:
             except OSError:
                 return
             self.accepted += 1
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._talk_to, args=(conn,), daemon=True).start()
+
+    def _talk_to(self, conn: socket.socket) -> None:
+        try:
+            self._talk(conn)
+        except ConnectionError:  # the client gave up first (libzmq resets and reconnects)
+            pass
 
     @staticmethod
     def _talk(conn: socket.socket) -> None:

@@ -383,8 +383,8 @@ class Peers:
             session.probing = False
             log.info("forgotten producer %s at %s answers again", session.label, session.endpoint)
         self.stats.producers_found += 1
-        for old in list(self.sessions.values()):
-            if old.endpoint not in self.links and old.owes and self.successor(old) is session:
+        for old in list(self.sessions.values()):  # its link may be open again: a retry
+            if old.owes and self.successor(old) is session:
                 self.hand_over(old, session, now)
 
     def hand_over(self, old: Session, new: Session, now: float) -> None:
