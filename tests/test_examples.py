@@ -266,7 +266,7 @@ def test_tutorial_runs_as_written(tmp_path):
     started with its command, and the output it shows."""
     text = (REPO / "docs" / "tutorial.md").read_text()
     files = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
-    assert set(files) == {"tasks.py", "app.py"}
+    assert {"tasks.py", "app.py"} <= set(files)
     group = f"{GROUP}-tutorial"
     assert 'group="tutorial"' in files["app.py"]
     (tmp_path / "tasks.py").write_text(files["tasks.py"])
@@ -287,3 +287,35 @@ def test_tutorial_runs_as_written(tmp_path):
                 assert line in run.stderr, run
             else:
                 assert line in run.stdout, f"{line!r} missing\n{run}"
+
+
+def test_tutorial_sections_on_when_a_job_runs_run_as_written(tmp_path):
+    """Sections 11-15 of docs/tutorial.md (retries, delays, dependencies, limits, schedules):
+    tasks.py with what they add to it, two workers started with the tutorial's command, each
+    script run as written (its group swapped for this run's), and what its comments promise."""
+    text = (REPO / "docs" / "tutorial.md").read_text()
+    files = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    added = re.findall(r"<!-- tutorial-add: tasks.py -->\n```python\n(.*?)```", text, re.S)
+    scripts = ["retries.py", "later.py", "chains.py", "limits.py", "periodic.py"]
+    assert set(scripts) <= set(files) and len(added) == 2
+    group = f"{GROUP}-tutorial-when"
+    (tmp_path / "tasks.py").write_text("\n\n".join([files["tasks.py"], *added]))
+    for name in scripts:
+        assert 'group="tutorial"' in files[name], name
+        (tmp_path / name).write_text(files[name].replace('group="tutorial"', f"group={group!r}"))
+    args = "--discover --tasks tasks --group tutorial --slots 2".split()
+    args[args.index("tutorial")] = group
+    out = {}
+    with two_workers(args, tmp_path, tmp_path):
+        for name in scripts:
+            run = run_example(tmp_path / name, tmp_path=tmp_path)
+            assert run.returncode == 0, run
+            out[name] = run.stdout.splitlines()
+    retries = out["retries.py"]
+    assert retries[:2] == [str([n * 10 for n in range(10)]), "report done"], retries
+    assert re.fullmatch(r"retried: \d+", retries[2]), retries
+    assert retries[3:] in ([], ["gave up after 2 attempts: service busy for -1"]), retries
+    assert out["later.py"] == ["2", "9"]
+    assert out["chains.py"] == ["25", "25", "never ran: True"]
+    assert out["limits.py"][-1] == "12250" and "call_service" in out["limits.py"][0]
+    assert out["periodic.py"] == ["3"]
