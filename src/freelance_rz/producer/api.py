@@ -34,7 +34,7 @@ from ..tracing import active as tracing_active
 from ..tracing import start_job_span
 from .future import JobEvent, JobFuture, JobProgress
 from .store import JobStore, Restored
-from ..core.schedule import Schedule, check_cron
+from ..core.schedule import MIN_EVERY_S, Schedule, check_cron
 from .depends import depends_on, owns, reference
 from .schedules import ScheduleCommand, ScheduleHandle, default_name
 from .when import delay_of, due_time, retry_policy
@@ -460,7 +460,7 @@ class Producer(Executor):
         Args:
             fn, args: the task and its positional arguments (as for :meth:`submit`; Futures
                 are refused: a schedule outlives them).
-            every_s: seconds between runs (> 0, at most 1e9).
+            every_s: seconds between runs (0.1 to 1e9).
             cron, tz: a cron expression and its time zone (needs the ``schedule`` extra:
                 ``cronsim``). Give ``every_s`` or ``cron``, not both.
             overlap: False skips a run while the previous run of this schedule is still
@@ -475,12 +475,12 @@ class Producer(Executor):
         Raises:
             TypeError: a wrong type (``every_s`` not a number, ``cron`` not a str, an
                 argument msgpack cannot encode).
-            ValueError: neither or both of ``every_s`` and ``cron``; ``every_s`` <= 0; a cron
+            ValueError: neither or both of ``every_s`` and ``cron``; ``every_s`` < 0.1; a cron
                 expression or time zone that cannot be used (the message says why).
             ImportError: ``cron`` without the ``schedule`` extra.
             RuntimeError: after :meth:`shutdown`.
         """
-        every_s = _check.number("every_s", every_s, above=0, max_=_check.MAX_SECONDS,
+        every_s = _check.number("every_s", every_s, min_=MIN_EVERY_S, max_=_check.MAX_SECONDS,
                                 unit="seconds", allow_none=True)
         cron = _check.string("cron", cron, allow_none=True)
         tz = _check.string("tz", tz, allow_none=True)
