@@ -97,3 +97,28 @@ def test_a_restart_fires_a_missed_slot_once_and_no_slot_twice(tmp_path, start_wo
         kept.remove()
     finally:
         again.close()
+
+
+def test_overlap_false_holds_across_a_restart(tmp_path, start_worker):
+    """A run is still going when the producer restarts on its store (same port: the worker
+    keeps its job and hands it to the new process). The kept schedule fires at start and
+    the app declares it again: neither starts a run beside the one still going (the store
+    keeps each schedule's latest job; a fresh user's find: without it two ran at once)."""
+    store, log = tmp_path / "jobs.sqlite", tmp_path / "runs"
+    first = Producer(GROUP, interfaces=["127.0.0.1"], store=store, announce=False).start()
+    port = int(first.endpoint.rsplit(":", 1)[1])
+    start_worker("w1", "--slots", "2", connect=first.endpoint)
+    first.schedule(rztasks.span, str(log), 4.0, every_s=1.0, overlap=False, name="slow")
+    wait_for(lambda: first.status()["leased"] == 1, 30, "the first run started")
+    first.close()
+    again = Producer(GROUP, interfaces=["127.0.0.1"], store=store, announce=False, port=port).start()
+    try:
+        kept = again.schedule(rztasks.span, str(log), 4.0, every_s=1.0, overlap=False, name="slow")
+        wait_for(lambda: len(starts(log)) >= 2, 40, "a second run after the first one ended")
+        kept.remove()
+        runs = sorted(tuple(map(float, line.split()[:2])) for line in log.read_text().splitlines())
+        for (_, ended), (started, _) in zip(runs, runs[1:], strict=False):
+            assert started >= ended - 0.05, runs  # never two at once
+        assert kept.info() is None
+    finally:
+        again.close()

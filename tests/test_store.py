@@ -79,6 +79,40 @@ def test_new_store_is_empty_and_uses_wal(path):
     store.close()  # idempotent
 
 
+def test_schedules_keep_their_state_and_latest_run(path):
+    """A schedule added, fired (with its run's job) and paused comes back as it was: its
+    slot, its latest job (``overlap=False`` after a restart) and its pause, in their columns."""
+    from freelance_rz.core.schedule import Schedule
+
+    store, _ = reopen(path)
+    tick = Schedule(1, "tick", b"call", every_s=0.3, created=100.0)
+    nightly = Schedule(2, "nightly", b"other", cron="0 3 * * *", tz="Europe/Berlin", overlap=False,
+                       created=100.0)
+    store.schedule_put(tick)
+    store.schedule_put(nightly)
+    store.schedule_fire(1, 100.3, 7)  # in the same flush as the put
+    store.flush()
+    nightly.paused = True
+    store.schedule_put(nightly)
+    store.schedule_fire(2, 3600.0, 9)  # the put and a fire of one schedule in one flush
+    store.flush()
+    store.schedule_fire(1, 100.6, 8)  # a fire alone
+    store.flush()
+    store.close()
+    store, restored = reopen(path)
+    kept = {s.name: s for s in restored.schedules}
+    assert (kept["tick"].last, kept["tick"].job_id, kept["tick"].paused) == (100.6, 8, False)
+    assert kept["tick"].every_s == 0.3 and kept["tick"].call == b"call"
+    assert (kept["nightly"].last, kept["nightly"].job_id, kept["nightly"].paused) == (3600.0, 9, True)
+    assert (kept["nightly"].cron, kept["nightly"].tz, kept["nightly"].overlap) == ("0 3 * * *", "Europe/Berlin", False)
+    store.schedule_remove(1)
+    store.flush()
+    store.close()
+    store, restored = reopen(path)
+    assert [s.name for s in restored.schedules] == ["nightly"]
+    store.close()
+
+
 def test_producer_key_is_stable_per_store_and_differs_between_stores(tmp_path):
     with JobStore(tmp_path / "a") as a:
         key_a = a.restore().producer_key

@@ -101,9 +101,10 @@ class Scheduler:
         schedule.schedule_id = max(self.schedules.by_id, default=0) + 1
         kept_id = self.by_name.get(schedule.name)
         kept = None if kept_id is None else self.schedules.by_id.get(kept_id)
-        if kept is not None:  # declared again (after a restart): keep its id and last slot
+        if kept is not None:  # declared again (after a restart): it goes on where it was
             schedule.schedule_id, schedule.last = kept.schedule_id, kept.last
             schedule.created, schedule.paused = kept.created, kept.paused
+            schedule.job_id, schedule.runs, schedule.skipped = kept.job_id, kept.runs, kept.skipped
         self.schedules.add(schedule)
         self.by_name[schedule.name] = schedule.schedule_id
         return schedule
@@ -116,7 +117,7 @@ class Scheduler:
             schedule.runs += 1
             fired += 1
             if self.store is not None:  # in the same flush as the job: a slot fires once
-                self.store.schedule_fire(schedule.schedule_id, slot)
+                self.store.schedule_fire(schedule.schedule_id, slot, schedule.job_id)
             log.debug("schedule %s fired for %.3f: job %d", schedule.name, slot, schedule.job_id)
         return fired
 

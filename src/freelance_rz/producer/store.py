@@ -74,11 +74,11 @@ application_id`` marks the file as a freelance_rz job store)::
     leases(job_id, lease_id, worker)        every lease issued for a live job
     results(job_id, state, payload, finished_at)
                                             finished jobs, until retention purges them
-    schedules(schedule_id, name, spec, created, last, paused)
+    schedules(schedule_id, name, spec, created, last, paused, job_id)
                                             periodic jobs: spec is msgpack [call, every_s,
                                             cron, tz, overlap]; last: the slot it last
                                             fired for (unix seconds), written in the same
-                                            transaction as the job of that run
+                                            transaction as the job of that run (job_id)
 """
 
 from __future__ import annotations
@@ -346,15 +346,16 @@ class JobStore:
         self._schedules.put(schedule)
         self._dirty = True
 
-    def schedule_fire(self, schedule_id: int, last: float) -> None:
-        """Journal that a schedule fired for the slot ``last`` (unix seconds). Buffered, and
-        written in the same transaction as the job of that run.
+    def schedule_fire(self, schedule_id: int, last: float, job_id: int) -> None:
+        """Journal that a schedule fired for the slot ``last`` (unix seconds) as job
+        ``job_id`` (a restart knows whether that run is still live: ``overlap=False``).
+        Buffered, and written in the same transaction as the job of that run.
 
         Raises:
             StoreError: the store is closed.
         """
         self._require_open()
-        self._schedules.fire(schedule_id, last)
+        self._schedules.fire(schedule_id, last, job_id)
         self._dirty = True
 
     def schedule_remove(self, schedule_id: int) -> None:

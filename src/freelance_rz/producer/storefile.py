@@ -31,7 +31,8 @@ _COMPANIONS = ("", "-wal", "-shm")
 _NEW_FILE_MODE = 0o600
 
 _SCHEDULES = ("CREATE TABLE schedules (schedule_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
-              " spec BLOB NOT NULL, created REAL NOT NULL, last REAL, paused INTEGER NOT NULL)")
+              " spec BLOB NOT NULL, created REAL NOT NULL, last REAL, paused INTEGER NOT NULL,"
+              " job_id INTEGER)")
 #: tables added after version 1: name -> (the version that added it, its statement)
 _NEW_TABLES = {"schedules": (2, _SCHEDULES)}
 _SCHEMA = (
@@ -54,7 +55,7 @@ _COLUMNS = {
     "jobs": ("job_id", "payload", "attempt", "max_attempts", "lease_id", "retries", "due", "deps"),
     "leases": ("job_id", "lease_id", "worker"),
     "results": ("job_id", "state", "payload", "finished_at"),
-    "schedules": ("schedule_id", "name", "spec", "created", "last", "paused"),
+    "schedules": ("schedule_id", "name", "spec", "created", "last", "paused", "job_id"),
 }
 
 

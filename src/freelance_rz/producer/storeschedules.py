@@ -17,15 +17,15 @@ class ScheduleRows:
 
     def __init__(self) -> None:
         self._put: dict[int, Schedule] = {}  # schedules added or changed
-        self._last: dict[int, float] = {}  # schedule id -> the slot it fired for
+        self._last: dict[int, tuple[float, int | None]] = {}  # schedule id -> (slot fired for, its job)
         self._gone: set[int] = set()
 
     def put(self, schedule: Schedule) -> None:
         self._put[schedule.schedule_id] = schedule
         self._gone.discard(schedule.schedule_id)
 
-    def fire(self, schedule_id: int, last: float) -> None:
-        self._last[schedule_id] = last
+    def fire(self, schedule_id: int, last: float, job_id: int | None) -> None:
+        self._last[schedule_id] = (last, job_id)
 
     def remove(self, schedule_id: int) -> None:
         self._put.pop(schedule_id, None)
@@ -39,13 +39,14 @@ class ScheduleRows:
             return
         conn.executemany("DELETE FROM schedules WHERE schedule_id = ?", [(i,) for i in self._gone])
         conn.executemany(
-            "INSERT OR REPLACE INTO schedules (schedule_id, name, spec, created, last, paused)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO schedules (schedule_id, name, spec, created, paused, last,"
+            " job_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(s.schedule_id, s.name, msgpack.packb([s.call, s.every_s, s.cron, s.tz, s.overlap]),
-              s.created, self._last.get(s.schedule_id, s.last), int(s.paused))
+              s.created, int(s.paused), *self._last.get(s.schedule_id, (s.last, s.job_id)))
              for s in self._put.values()])
-        conn.executemany("UPDATE schedules SET last = ? WHERE schedule_id = ?",
-                         [(last, i) for i, last in self._last.items() if i not in self._put])
+        conn.executemany("UPDATE schedules SET last = ?, job_id = ? WHERE schedule_id = ?",
+                         [(last, job_id, i) for i, (last, job_id) in self._last.items()
+                          if i not in self._put])
         self._put, self._last, self._gone = {}, {}, set()
 
 
@@ -56,13 +57,13 @@ def read_schedules(conn: sqlite3.Connection, path: str) -> list[Schedule]:
         StoreError: SQLite failed.
     """
     try:
-        rows = conn.execute("SELECT schedule_id, name, spec, created, last, paused FROM schedules"
-                            " ORDER BY schedule_id").fetchall()
+        rows = conn.execute("SELECT schedule_id, name, spec, created, last, paused, job_id"
+                            " FROM schedules ORDER BY schedule_id").fetchall()
     except sqlite3.Error as exc:
         raise sqlite_error(path, "reading schedules", exc) from exc
     out = []
-    for schedule_id, name, spec, created, last, paused in rows:
+    for schedule_id, name, spec, created, last, paused, job_id in rows:
         call, every_s, cron, tz, overlap = msgpack.unpackb(spec)
         out.append(Schedule(schedule_id, name, call, every_s, cron, tz, bool(overlap),
-                            bool(paused), created, last))
+                            bool(paused), created, last, job_id))
     return out
