@@ -88,6 +88,8 @@ def test_a_malformed_policy_reads_as_none(value):
 def test_retry_refuses_a_bad_delay():
     with pytest.raises(ValueError, match="in_s"):
         Retry(in_s=-1)
+    with pytest.raises(TypeError, match="in_s"):  # the wrong type is a TypeError, as everywhere
+        Retry(in_s="10")
     assert pl.remote_error(b"\xc1") is None
 
 
@@ -104,5 +106,7 @@ def test_only_the_producers_own_references_pass_at_submit():
         for args in ([bad], [bad, mine]):
             with pytest.raises(TypeError, match="extension types"):
                 pl.pack_call("m:f", args, {}, default=pl.References(lambda o: 7 if o is mine else None))
+    with pytest.raises(TypeError, match="not Futures"):  # its result could be a list: no key
+        pl.pack_call("m:f", [{mine: 1}], {}, default=pl.References(lambda o: 7 if o is mine else None))
     packed = pl.pack_call("m:f", [mine, {"x": [mine]}], {}, default=pl.References(lambda o: 7 if o is mine else None))
     assert pl.unpack_call(pl.substitute(packed, {7: pl.pack_value(42)}))[1] == [42, {"x": [42]}]

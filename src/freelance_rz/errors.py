@@ -125,13 +125,16 @@ class Retry(FreelanceError):
         message: said in the last error when the retries are spent.
 
     Raises:
-        ValueError: ``in_s`` is negative or not a finite number.
+        TypeError: ``in_s`` is not a number (a str, a bool).
+        ValueError: ``in_s`` is negative, not finite or over 1e9.
     """
 
     def __init__(self, in_s: float | None = None, message: str = "the task asked to be retried") -> None:
-        if in_s is not None and (isinstance(in_s, bool) or not isinstance(in_s, (int, float))
-                                 or not 0 <= in_s < 1e9):
-            raise ValueError(f"Retry(in_s=...) must be None or seconds from 0 to 1e9, got {in_s!r}")
+        if in_s is not None:
+            if isinstance(in_s, bool) or not isinstance(in_s, (int, float)):
+                raise TypeError(f"Retry(in_s=...) must be None or a number of seconds, got {in_s!r}")
+            if not 0 <= in_s < 1e9:
+                raise ValueError(f"Retry(in_s=...) must be None or seconds from 0 to 1e9, got {in_s!r}")
         super().__init__(message)
         self.retry_in_s = in_s
 

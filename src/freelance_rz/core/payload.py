@@ -85,7 +85,7 @@ def _pack_checked(value: Any, what: str, default: Any = None) -> bytes:
     except Exception:
         raise TypeError(
             f"{what} must be msgpack-encodable: dict keys must be str, bytes, int, float, "
-            "bool or None (not tuples), and extension types (msgpack.ExtType, Timestamp) "
+            "bool or None (not tuples, not Futures), and extension types (msgpack.ExtType, Timestamp) "
             "are not accepted"
         ) from None
     return packed
@@ -117,7 +117,7 @@ def _only_references(packed: bytes, made: int) -> None:
     def hook(code: int, data: bytes) -> Any:
         _ref_hook(code, data)
         seen.append(code)
-        return None
+        return []  # unhashable: a Future as a dict key is refused (its result may be a list)
 
     plain = msgpack.unpackb(packed, raw=False, strict_map_key=False, ext_hook=hook)
     if len(seen) != made:
