@@ -24,7 +24,7 @@ def test_max_running_closes_and_reopens_a_task():
     assert limits.closed(0.0) == set() and limits.reopened
     limits.started("m:other", 0.0)  # an unlimited task costs nothing
     limits.change("m:f", None, None, 0.0, running=0)
-    assert not limits
+    assert not limits.active
 
 
 def test_a_rate_is_a_token_bucket():

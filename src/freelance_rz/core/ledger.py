@@ -222,7 +222,8 @@ class Ledger(_LedgerView):
             del self._jobs[job.job_id]
             self._progressing.pop(job.job_id, None)
             self._end_lease(job)
-            self._waiting.settle(job, new, value)
+            if self._waiting.dependents:
+                self._waiting.settle(job, new, value)
 
     def _fail_dependency(self, job: _Job, dependency: int, why: str) -> None:
         error = pack_error("DependencyFailed", f"job {job.job_id} did not run: {why}", "",
@@ -254,7 +255,7 @@ class Ledger(_LedgerView):
             self._lease_job.pop(job.lease_id, None)
             job.lease_id = None
             job.worker = None
-            if self.limits:
+            if self.limits.active:
                 self.limits.ended(job.needs.task)
 
     def submit(
@@ -409,7 +410,7 @@ class Ledger(_LedgerView):
         with ``caps`` can run (its task modules, free resources, labels and largest payload;
         None: any job), or None when there is none. Jobs it passes over keep their place
         (see :mod:`.pending` and :meth:`too_large`)."""
-        job = self._pending.take(caps, self.limits.closed(now) if self.limits else None)
+        job = self._pending.take(caps, self.limits.closed(now) if self.limits.active else None)
         return None if job is None else self._lease(job, worker, now)  # type: ignore[arg-type]
 
     def _lease(self, job: _Job, worker: Hashable, now: float) -> Lease:
@@ -457,7 +458,7 @@ class Ledger(_LedgerView):
         job.deadline = now + self.lease_s
         self._lease_job[lease_id] = job.job_id
         heapq.heappush(self._deadlines, (job.deadline, lease_id, job.job_id))
-        if self.limits:
+        if self.limits.active:
             self.limits.started(job.needs.task, now)
 
     def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:

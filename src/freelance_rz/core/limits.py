@@ -48,9 +48,7 @@ class Limits:
         self._closed: set[str] = set()  # tasks at a limit (rates refreshed in closed())
         self.reopened = False  # a task reopened since the engine last looked: offer again
         self.peaks: dict[str, int] = {}  # most leased at once, per limited task (for tests)
-
-    def __bool__(self) -> bool:
-        return bool(self._limits)
+        self.active = False  # any task limited (an attribute: read once or more per job)
 
     def change(self, task: str, max_running: int | None, per_s: float | None, now: float,
             running: int) -> None:
@@ -60,9 +58,11 @@ class Limits:
             self._limits.pop(task, None)
             self._closed.discard(task)
             self.reopened = True
+            self.active = bool(self._limits)
             return
         limit = _Limit(max_running, per_s, running, max(1.0, per_s or 0.0), now)
         self._limits[task] = limit
+        self.active = True
         self._update(task, limit)
 
     def _update(self, task: str, limit: _Limit) -> None:

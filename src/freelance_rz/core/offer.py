@@ -160,7 +160,9 @@ class OfferEngine:
         self._waited()
 
     def _waited(self) -> None:
-        _waited(self)
+        ledger = self.ledger  # checked here: once or more per message, rarely anything to do
+        if ledger.dependency_failures or ledger.unblocked != self._unblocked or ledger.limits.reopened:
+            _waited(self)
 
     def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:
         """Limit the jobs of ``task`` leased at once and started a second (:mod:`.limits`)."""
@@ -423,7 +425,7 @@ class OfferEngine:
             self.dispatch_due = True
         for expired in self.ledger.expire(now):
             self._lost(expired)
-        if self.ledger.limits:
+        if self.ledger.limits.active:
             self.ledger.limits.closed(now)  # a rate's next token may be due
         self._waited()
         for identity, rid in self.parked.expired(now):
@@ -517,7 +519,7 @@ def _status(engine: OfferEngine, now: float, detail: bool) -> dict[str, Any]:
         **counts,
         "retried": engine.ledger.retried,  # task errors retried since this start
         **({"limits": engine.ledger.limits.report(_pending_by_task(engine.ledger.waiting()))}
-           if engine.ledger.limits else {}),
+           if engine.ledger.limits.active else {}),
         **engine.facts,
         "workers": len(recent),
         "worker_list": [

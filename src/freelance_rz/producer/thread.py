@@ -504,7 +504,7 @@ class _Loop:
             self.engine.submit(job_id, command.payload, max_attempts=command.max_attempts,
                                priority=command.priority, timeout_ms=command.timeout_ms,
                                needs=command.needs, due=command.due, retry=command.retry,
-                               **_waits_for(command.deps, self.ledger))
+                               **(_waits_for(command.deps, self.ledger) if command.deps else {}))
             if command.recorded is not None:
                 self.unrecorded.append((job_id, command.recorded))
         elif isinstance(command, Cancel):
