@@ -111,6 +111,8 @@ class Scheduler:
 
     def tick(self) -> int:
         """Fire the schedules due now; returns how many jobs were submitted."""
+        if not self.schedules.by_id:  # asked every turn of the I/O thread
+            return 0
         fired = 0
         for schedule, slot in self.schedules.due(self.wall.now, self.live):
             schedule.job_id = self.submit(schedule.call)
@@ -123,6 +125,8 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """The next slot, on the I/O thread's monotonic clock, or None."""
+        if not self.schedules.by_id:
+            return None
         upcoming = self.schedules.next_fire()
         return None if upcoming is None else self.wall.monotonic(upcoming)
 
