@@ -186,6 +186,32 @@ def test_claim_cost_follows_signatures_not_jobs():
     assert visited == [Needs.of("m:f")] * 2  # (its queue, emptied, is kept for the next job)
 
 
+def test_deferred_jobs_cost_a_claim_nothing():
+    """100,000 delayed jobs of the claimed task wait in a heap of due times, in no queue: the
+    claim visits the one pending queue, and waking at a time before their due time takes
+    none (a scan would visit each; issue 15's "a heap, not a scan")."""
+    led = ledger()
+    for job_id in range(100_000):
+        led.submit(job_id, b"", needs=Needs.of("m:f"), due=3600.0)
+    led.submit(-1, b"", needs=Needs.of("m:f"))
+    visited = []
+    real = type(led._pending)._candidates
+
+    def counting(index, worker):
+        for queue in real(index, worker):
+            visited.append(queue.live)
+            yield queue
+    type(led._pending)._candidates = counting
+    try:
+        assert led.claim(b"w", 0.0, caps("m")).job_id == -1
+        assert led.claim(b"w", 0.0, caps("m")) is None
+    finally:
+        type(led._pending)._candidates = real
+    assert visited in ([1], [1, 0])  # the pending job's queue (kept, emptied, for the next)
+    assert led.wake(3599.0) == 0 and led.next_due() == 3600.0
+    assert led.wake(3600.0) == 100_000
+
+
 # --- the offer engine -----------------------------------------------------------------------
 
 
