@@ -318,4 +318,6 @@ def test_tutorial_sections_on_when_a_job_runs_run_as_written(tmp_path):
     assert out["later.py"] == ["2", "9"]
     assert out["chains.py"] == ["25", "25", "never ran: True"]
     assert out["limits.py"][-1] == "12250" and "call_service" in out["limits.py"][0]
-    assert out["periodic.py"] == ["3"]
+    # "# 3" in the doc: slots at 1, 2 and 3 s, counted at 3.5 s; a loaded machine that holds
+    # the producer's thread past a slot merges it with the next (missed slots fire once)
+    assert out["periodic.py"] in (["3"], ["2"])
