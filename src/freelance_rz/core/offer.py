@@ -160,8 +160,8 @@ class OfferEngine:
         self._waited()
 
     def _waited(self) -> None:
-        ledger = self.ledger  # checked here: once or more per message, rarely anything to do
-        if ledger.dependency_failures or ledger.unblocked != self._unblocked or ledger.limits.reopened:
+        # checked here, once or more per message: there is rarely anything to do
+        if self.ledger.dependency_failures or self.ledger.unblocked != self._unblocked or self.ledger.limits.reopened:
             _waited(self)
 
     def limit(self, task: str, max_running: int | None, per_s: float | None, now: float) -> None:
