@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -163,6 +166,24 @@ def test_a_signature_with_no_pending_job_is_dropped():
     assert len(led._pending._queues) <= 64
 
 
+@contextmanager
+def queues_visited(led: Ledger, seen: Callable[[Any], Any]) -> Iterator[list[Any]]:
+    """Inside the block, ``seen(queue)`` of each pending queue a claim looks at, in order
+    (taken at the visit: a queue changes once a job is taken from it)."""
+    visited: list[Any] = []
+    real = type(led._pending)._candidates
+
+    def counting(index, worker):
+        for queue in real(index, worker):
+            visited.append(seen(queue))
+            yield queue
+    type(led._pending)._candidates = counting
+    try:
+        yield visited
+    finally:
+        type(led._pending)._candidates = real
+
+
 def test_claim_cost_follows_signatures_not_jobs():
     """100,000 pending jobs a worker cannot run cost its claim nothing: the claim looks at
     the signatures of its modules only (a scan would visit every job)."""
@@ -170,19 +191,9 @@ def test_claim_cost_follows_signatures_not_jobs():
     for job_id in range(100_000):
         led.submit(job_id, b"", needs=Needs.of("big:f", {"gpu": 1}))
     led.submit(-1, b"", needs=Needs.of("m:f"))
-    visited = []
-    real = type(led._pending)._candidates
-
-    def counting(index, worker):
-        for queue in real(index, worker):
-            visited.append(queue.needs)
-            yield queue
-    type(led._pending)._candidates = counting
-    try:
+    with queues_visited(led, lambda queue: queue.needs) as visited:
         assert led.claim(b"w", 0.0, caps("m")).job_id == -1
         assert led.claim(b"w", 0.0, caps("m", "big")) is None  # no GPU
-    finally:
-        type(led._pending)._candidates = real
     assert visited == [Needs.of("m:f")] * 2  # (its queue, emptied, is kept for the next job)
 
 
@@ -194,19 +205,9 @@ def test_deferred_jobs_cost_a_claim_nothing():
     for job_id in range(100_000):
         led.submit(job_id, b"", needs=Needs.of("m:f"), due=3600.0)
     led.submit(-1, b"", needs=Needs.of("m:f"))
-    visited = []
-    real = type(led._pending)._candidates
-
-    def counting(index, worker):
-        for queue in real(index, worker):
-            visited.append(queue.live)
-            yield queue
-    type(led._pending)._candidates = counting
-    try:
+    with queues_visited(led, lambda queue: queue.live) as visited:
         assert led.claim(b"w", 0.0, caps("m")).job_id == -1
         assert led.claim(b"w", 0.0, caps("m")) is None
-    finally:
-        type(led._pending)._candidates = real
     assert visited in ([1], [1, 0])  # the pending job's queue (kept, emptied, for the next)
     assert led.wake(3599.0) == 0 and led.next_due() == 3600.0
     assert led.wake(3600.0) == 100_000
