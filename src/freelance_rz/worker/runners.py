@@ -162,12 +162,37 @@ class Runner:
     def serve(self) -> None:
         raise NotImplementedError
 
+    def _outcome(self, run_id: int, payload: bytes) -> bytes:
+        """Run one job on this thread; its outcome's frame (an awaitable it returns is run
+        to completion by :meth:`_await`)."""
+        begin_run(run_id)
+        try:
+            fn, args, kwargs = self.call(payload)
+            value = fn(*args, **kwargs)
+            if type(value) not in _PLAIN and inspect.isawaitable(value):
+                value = self._await(run_id, value)
+            return pl.encode_finished(run_id, True, pl.pack_value(value))
+        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
+            return pl.encode_finished(run_id, False, _error(exc))
+
+    def _await(self, run_id: int, awaitable: Any) -> Any:
+        """Run an awaitable a task returned to completion, on :meth:`loop`."""
+        return self.loop().run_until_complete(awaitable)
+
+    @staticmethod
+    def _traced(job: pl.Run, body: Callable[[], bytes]) -> bytes:
+        """``body()`` inside the job's trace span; its outcome's frame."""
+        with _span(job) as done:
+            frame = body()
+            done(_failure(frame))
+        return frame
+
 
 class SerialRunner(Runner):
     """The ``process`` pool: one job at a time on the main thread."""
 
     def serve(self) -> None:
-        pipe, run = self.pipe, self.run
+        pipe, run = self.pipe, self._outcome
         while (body := pipe.read()) is not None:
             kind = body[:1]
             if kind == b"J":  # the hot path (a cancel is never sent: the worker kills instead)
@@ -175,22 +200,7 @@ class SerialRunner(Runner):
             elif kind == b"T":
                 msg = pl.decode_to_job_process(body)
                 assert isinstance(msg, pl.Run)
-                with _span(msg) as done:
-                    frame = run(msg.run_id, msg.payload)
-                    done(_failure(frame))
-                pipe.write(frame)
-
-    def run(self, run_id: int, payload: bytes) -> bytes:
-        """Run one job; its outcome's frame."""
-        begin_run(run_id)
-        try:
-            fn, args, kwargs = self.call(payload)
-            value = fn(*args, **kwargs)
-            if type(value) not in _PLAIN and inspect.isawaitable(value):
-                value = self.loop().run_until_complete(value)
-            return pl.encode_finished(run_id, True, pl.pack_value(value))
-        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            return pl.encode_finished(run_id, False, _error(exc))
+                pipe.write(self._traced(msg, partial(run, msg.run_id, msg.payload)))
 
 
 @dataclass(slots=True)
@@ -322,26 +332,8 @@ class ThreadRunner(Runner):
                 body = partial(self._traced, job, body)
             self.pipe.write(self.registry.run(job.run_id, body))
 
-    @staticmethod
-    def _traced(job: pl.Run, body: Callable[[], bytes]) -> bytes:
-        with _span(job) as done:
-            frame = body()
-            done(_failure(frame))
-        return frame
-
-    def _outcome(self, run_id: int, payload: bytes) -> bytes:
-        begin_run(run_id)
-        try:
-            fn, args, kwargs = self.call(payload)
-            value = fn(*args, **kwargs)
-            if type(value) not in _PLAIN and inspect.isawaitable(value):
-                value = self._await(run_id, value)
-            return pl.encode_finished(run_id, True, pl.pack_value(value))
-        except BaseException as exc:  # noqa: BLE001 - every task error must travel (C7)
-            return pl.encode_finished(run_id, False, _error(exc))
-
     def _await(self, run_id: int, awaitable: Any) -> Any:
-        """Run an awaitable to completion on this thread's event loop."""
+        """Run an awaitable to completion on this thread's event loop (cancellable)."""
         import asyncio
 
         loop = getattr(self._local, "loop", None)
