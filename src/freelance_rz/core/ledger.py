@@ -222,8 +222,7 @@ class Ledger(_LedgerView):
             del self._jobs[job.job_id]
             self._progressing.pop(job.job_id, None)
             self._end_lease(job)
-            if self._waiting.dependents:
-                self._waiting.settle(job, new, value)
+            self._waiting.settle(job, new, value)
 
     def _fail_dependency(self, job: _Job, dependency: int, why: str) -> None:
         error = pack_error("DependencyFailed", f"job {job.job_id} did not run: {why}", "",

@@ -42,7 +42,7 @@ class Waiting:
         self._fail = fail
         self._due: list[tuple[float, int, int]] = []  # (due, sequence, job id)
         self._seq = itertools.count()
-        self.dependents: dict[int, list[int]] = {}  # live job -> BLOCKED jobs waiting for it
+        self._dependents: dict[int, list[int]] = {}  # live job -> BLOCKED jobs waiting for it
 
     # --- due times ------------------------------------------------------------------------
 
@@ -80,12 +80,12 @@ class Waiting:
                 raise ValueError(f"job {job.job_id} depends on job {dep}, which is not live")
         job.blockers, job.values, job.later = len(deps), dict(values), later
         for dep in deps:
-            self.dependents.setdefault(dep, []).append(job.job_id)
+            self._dependents.setdefault(dep, []).append(job.job_id)
 
     def settle(self, job: JobRecord, state: JobState, value: bytes) -> None:
         """``job`` ended in ``state`` (``value``: its result or error payload): tell the
         BLOCKED jobs that wait for it."""
-        dependents = self.dependents.pop(job.job_id, None)
+        dependents = self._dependents.pop(job.job_id, None)
         for dep_id in dependents or ():
             dep = self._jobs.get(dep_id)
             if dep is None or dep.state is not JobState.BLOCKED:
