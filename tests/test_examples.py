@@ -261,11 +261,17 @@ def test_api_reference_documents_every_public_name(api_reference, name):
 # --- the tutorial ----------------------------------------------------------------------------
 
 
+def doc_blocks(text: str, marker: str) -> dict[str, str]:
+    """The python blocks of a doc marked ``<!-- MARKER: NAME -->``, by NAME (the last block
+    of a NAME that is marked twice)."""
+    return dict(re.findall(rf"<!-- {marker}: (\S+) -->\n```python\n(.*?)```", text, re.S))
+
+
 def test_tutorial_runs_as_written(tmp_path):
     """docs/tutorial.md's tasks.py and app.py (its group swapped for this run's), two workers
     started with its command, and the output it shows."""
     text = (REPO / "docs" / "tutorial.md").read_text()
-    files = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    files = doc_blocks(text, "tutorial-file")
     assert {"tasks.py", "app.py"} <= set(files)
     group = f"{GROUP}-tutorial"
     assert 'group="tutorial"' in files["app.py"]
@@ -294,7 +300,7 @@ def test_tutorial_sections_on_when_a_job_runs_run_as_written(tmp_path):
     tasks.py with what they add to it, two workers started with the tutorial's command, each
     script run as written (its group swapped for this run's), and what its comments promise."""
     text = (REPO / "docs" / "tutorial.md").read_text()
-    files = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    files = doc_blocks(text, "tutorial-file")
     added = re.findall(r"<!-- tutorial-add: tasks.py -->\n```python\n(.*?)```", text, re.S)
     scripts = ["retries.py", "later.py", "chains.py", "limits.py", "periodic.py"]
     assert set(scripts) <= set(files) and len(added) == 2

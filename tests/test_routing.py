@@ -337,10 +337,11 @@ def test_the_tutorial_routing_section_runs_as_written(tmp_path):
     import signal
 
     from conftest import GROUP
+    from test_examples import doc_blocks
 
     text = (TESTS_DIR.parent / "docs" / "tutorial.md").read_text()
-    tutorial = dict(re.findall(r"<!-- tutorial-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
-    files = dict(re.findall(r"<!-- routing-file: (\S+) -->\n```python\n(.*?)```", text, re.S))
+    tutorial = doc_blocks(text, "tutorial-file")
+    files = doc_blocks(text, "routing-file")
     assert set(files) == {"render.py", "routing.py"}
     group = f"{GROUP}-routing"
     (tmp_path / "tasks.py").write_text(tutorial["tasks.py"])
